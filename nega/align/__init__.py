@@ -1,0 +1,1 @@
+"""Alignment methods that learn from negatives: D²O and per-step negative RL."""

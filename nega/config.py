@@ -1,0 +1,365 @@
+"""The recipe schema: common sections + one section per method, discriminated on `method`.
+
+A recipe is one YAML file, validated whole before anything runs. `load_recipe` collects every problem
+(unknown keys, bad values, missing files, unknown method) into one `RecipeError` naming the file and
+each key path. Only pydantic and yaml are imported here, so validation is instant.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator, model_validator
+
+from nega.align.d2o.config import D2OConfig
+from nega.align.stepneg.config import StepNegConfig
+from nega.distill.qcrd.config import QCRDConfig
+
+RECIPES_DIR = Path(__file__).parent / "recipes"
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+def _existing_path(value: str | None) -> str | None:
+    """Expand `$VARS` and `~`; the file must exist. Kept as text so the resolved recipe stays readable."""
+    if value is None:
+        return None
+    expanded = os.path.expanduser(os.path.expandvars(value))
+    if "$" in expanded:
+        raise ValueError(f"unset environment variable in path {value!r}")
+    if not Path(expanded).exists():
+        raise ValueError(f"file not found: {expanded!r} (from {value!r}; relative paths start at {os.getcwd()})")
+    return expanded
+
+
+class ModelConfig(Strict):
+    name: str = Field(description="hub id, local folder, or 'toy' (tiny model built from the `toy` section)")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    trust_remote_code: bool = Field(False, description="run code shipped with the model; only for models you trust")
+    revision: str | None = None
+    max_length: int = Field(1024, ge=8, description="prompt + response tokens kept for training and scoring")
+
+    @field_validator("name")
+    @classmethod
+    def _local_folder_exists(cls, v: str) -> str:
+        if v.startswith(("./", "../", "/", "~")):
+            _existing_path(v)
+            return os.path.expanduser(os.path.expandvars(v))
+        return v
+
+
+class LoraConfig(Strict):
+    enabled: bool = True
+    r: int = Field(16, ge=1)
+    alpha: int = Field(32, ge=1)
+    dropout: float = Field(0.05, ge=0, lt=1)
+    target_modules: str | list[str] = "all-linear"
+
+
+DataFormat = Literal[
+    "auto", "prompt-rejected", "messages", "hh-rlhf", "pku-saferlhf", "problems", "rationales", "toy"
+]
+
+
+class DataConfig(Strict):
+    dataset: str | None = Field(None, description="hub dataset id, or 'toy' for the toy world's data")
+    path: str | None = Field(None, description="local jsonl/json/csv/parquet file (overrides dataset)")
+    split: str = "train"
+    format: DataFormat = "auto"
+    fields: dict[str, str] = Field(default_factory=dict, description="renames {nega_name: column_name}")
+    limit: int | None = Field(None, ge=1, description="use the first N rows")
+    eval_fraction: float = Field(0.0, ge=0, lt=1, description="rows held out for validation")
+    on_bad_row: Literal["error", "skip"] = "error"
+
+    _check_path = field_validator("path")(classmethod(lambda cls, v: _existing_path(v)))
+
+    @model_validator(mode="after")
+    def _one_source(self) -> DataConfig:
+        if self.dataset is None and self.path is None:
+            raise ValueError("set data.dataset (hub id or 'toy') or data.path (local file)")
+        return self
+
+
+class SamplingConfig(Strict):
+    backend: Literal["auto", "vllm", "hf", "server"] = "auto"
+    n: int = Field(8, ge=1, description="completions per prompt")
+    temperature: float = Field(1.0, ge=0)
+    top_p: float = Field(1.0, gt=0, le=1)
+    max_tokens: int = Field(256, ge=1)
+    seed: int = 0
+    batch_size: int = Field(64, ge=1, description="prompts per generate call (HF backend)")
+    tensor_parallel_size: int | None = Field(None, ge=1, description="vLLM; default: all local GPUs")
+    gpu_memory_utilization: float = Field(0.85, gt=0, le=1)
+    kv_cache_gib: int = Field(1, ge=1, description="vLLM CPU KV cache (VLLM_CPU_KVCACHE_SPACE)")
+    enable_prefix_caching: bool = True
+    server_url: str | None = Field(None, description="OpenAI-compatible endpoint for backend: server")
+    server_timeout: float = Field(120.0, gt=0)
+    server_retries: int = Field(3, ge=0)
+
+    @model_validator(mode="after")
+    def _server_needs_url(self) -> SamplingConfig:
+        if self.backend == "server" and not self.server_url:
+            raise ValueError("sampling.backend 'server' needs sampling.server_url (e.g. http://host:8000/v1)")
+        return self
+
+
+class DeepSpeedConfig(Strict):
+    stage: Literal[0, 2, 3] = 0
+    offload_optimizer: bool = False
+    offload_params: bool = False
+
+
+class TrainConfig(Strict):
+    lr: float = Field(5e-6, gt=0)
+    epochs: float = Field(1.0, gt=0)
+    max_steps: int | None = Field(None, ge=1, description="overrides epochs when set")
+    batch_size: int = Field(8, ge=1, description="prompts per device per step")
+    grad_accum: int = Field(1, ge=1)
+    warmup_ratio: float = Field(0.1, ge=0, lt=1)
+    weight_decay: float = Field(0.0, ge=0)
+    lr_scheduler: Literal["cosine", "linear", "constant", "constant_with_warmup"] = "cosine"
+    max_grad_norm: float = Field(1.0, gt=0)
+    save_steps: int = Field(50, ge=1)
+    logging_steps: int = Field(10, ge=1)
+    gradient_checkpointing: bool = False
+    bf16: bool = False
+    deepspeed: DeepSpeedConfig = Field(default_factory=DeepSpeedConfig)
+
+
+class HarmEvalConfig(Strict):
+    prompts: str = Field("advbench", description="advbench | hh-harmless | xstest | toy | path to jsonl/csv")
+    scorer: str = Field("refusal", description="refusal | toy | classifier:<model> | judge:<model>")
+    limit: int | None = Field(100, ge=1)
+    max_tokens: int = Field(128, ge=1)
+
+
+class ReasoningEvalConfig(Strict):
+    data: str = Field("gsm8k", description="gsm8k | math500 | svamp | toy | path to jsonl")
+    samples: int = Field(1, ge=1)
+    limit: int | None = Field(100, ge=1)
+    max_tokens: int = Field(256, ge=1)
+    temperature: float = Field(0.7, ge=0, description="for the k samples; accuracy is always greedy")
+
+
+class EvalConfig(Strict):
+    before: bool = Field(True, description="also evaluate the starting model")
+    harm: HarmEvalConfig | None = None
+    reasoning: ReasoningEvalConfig | None = None
+
+
+class HubConfig(Strict):
+    repo_id: str | None = None
+    private: bool = True
+    merge: bool = False
+
+
+class ToyConfig(Strict):
+    world: Literal["harm", "reasoning", "rationale"]
+    size: Literal["tiny", "small", "base", "25m"] = "tiny"
+    steps: int = Field(600, ge=1, description="training steps of the toy model on the world's SFT corpus")
+    lr: float = Field(3e-3, gt=0)
+    batch_size: int = Field(32, ge=1)
+    n_train: int = Field(400, ge=1, description="rows of the method's dataset")
+    n_test: int = Field(200, ge=1)
+    options: dict[str, Any] = Field(default_factory=dict, description="world parameters, e.g. harm_rate")
+
+
+class RecipeBase(Strict):
+    name: str = Field(description="run name; the run directory is <output_dir>/<name>")
+    description: str = ""
+    seed: int = 0
+    output_dir: str = "runs"
+    model: ModelConfig
+    lora: LoraConfig = Field(default_factory=LoraConfig)
+    data: DataConfig
+    sampling: SamplingConfig = Field(default_factory=SamplingConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+    hub: HubConfig = Field(default_factory=HubConfig)
+    toy: ToyConfig | None = None
+
+    @field_validator("name")
+    @classmethod
+    def _slug(cls, v: str) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", v):
+            raise ValueError("use letters, digits, '.', '_' or '-' (it names a folder)")
+        return v
+
+    @model_validator(mode="after")
+    def _toy_section(self) -> RecipeBase:
+        uses_toy = self.model.name == "toy" or self.data.dataset == "toy"
+        if uses_toy and self.toy is None:
+            raise ValueError("model.name or data.dataset is 'toy' but the recipe has no `toy:` section")
+        return self
+
+
+class SFTRecipe(RecipeBase):
+    method: Literal["sft"]
+
+
+class D2ORecipe(RecipeBase):
+    method: Literal["d2o"]
+    d2o: D2OConfig = Field(default_factory=D2OConfig)
+
+
+class StepNegRecipe(RecipeBase):
+    method: Literal["stepneg"]
+    stepneg: StepNegConfig = Field(default_factory=StepNegConfig)
+
+
+class QCRDRecipe(RecipeBase):
+    method: Literal["qcrd"]
+    qcrd: QCRDConfig = Field(default_factory=QCRDConfig)
+
+
+Recipe = Annotated[SFTRecipe | D2ORecipe | StepNegRecipe | QCRDRecipe, Field(discriminator="method")]
+RECIPE = TypeAdapter(Recipe)
+METHOD_NAMES = ("sft", "d2o", "stepneg", "qcrd")
+
+
+class RecipeError(Exception):
+    """A recipe that cannot run: every problem at once, with the file and key paths."""
+
+    def __init__(self, source: str, problems: list[str]):
+        self.source = source
+        self.problems = problems
+        lines = "\n".join(f"  - {p}" for p in problems)
+        noun = "problem" if len(problems) == 1 else "problems"
+        super().__init__(
+            f"recipe {source} has {len(problems)} {noun}:\n{lines}\n"
+            "Fix the recipe file, or override a field with KEY=VALUE (e.g. train.lr=1e-5)."
+        )
+
+
+def builtin_recipes() -> dict[str, Path]:
+    """Built-in recipe name -> file, from every YAML under nega/recipes/."""
+    return {p.stem: p for p in sorted(RECIPES_DIR.rglob("*.yaml"))}
+
+
+def resolve_recipe_path(name_or_path: str) -> Path:
+    path = Path(name_or_path)
+    if path.suffix in (".yaml", ".yml") or path.exists():
+        if not path.exists():
+            raise RecipeError(str(path), [f"file not found (looked in {os.getcwd()})"])
+        return path
+    builtins = builtin_recipes()
+    if name_or_path in builtins:
+        return builtins[name_or_path]
+    raise RecipeError(
+        name_or_path,
+        [f"no such file and no built-in recipe of that name; built-ins: {', '.join(builtins) or 'none'}"],
+    )
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """`train.lr=1e-5` -> (["train", "lr"], 1e-05). Values are YAML, so 3, true, [a, b] parse."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key or not re.fullmatch(r"[A-Za-z0-9_]+(\.[A-Za-z0-9_]+)*", key):
+        raise ValueError(f"override {text!r} is not KEY=VALUE with a dotted key (e.g. train.lr=1e-5)")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return key.split("."), value
+
+
+def apply_overrides(data: dict, overrides: list[str]) -> list[str]:
+    """Set each dotted key in `data` (creating sections); returns problems instead of raising."""
+    problems = []
+    for text in overrides:
+        try:
+            keys, value = parse_override(text)
+        except ValueError as exc:
+            problems.append(str(exc))
+            continue
+        node = data
+        for k in keys[:-1]:
+            if node.get(k) is None:
+                node[k] = {}
+            if not isinstance(node[k], dict):
+                problems.append(f"{'.'.join(keys)}: {k!r} is a value, not a section")
+                break
+            node = node[k]
+        else:
+            node[keys[-1]] = value
+    return problems
+
+
+def _fields_of(model: type[BaseModel] | None) -> list[str]:
+    return sorted(model.model_fields) if model is not None else []
+
+
+def _section_model(loc: tuple, method: str | None) -> type[BaseModel] | None:
+    """The pydantic model at `loc` (for listing allowed keys in unknown-key errors)."""
+    classes = {"sft": SFTRecipe, "d2o": D2ORecipe, "stepneg": StepNegRecipe, "qcrd": QCRDRecipe}
+    model: Any = classes.get(method or "", RecipeBase)
+    for part in loc:
+        field = model.model_fields.get(part) if isinstance(model, type) and issubclass(model, BaseModel) else None
+        if field is None:
+            return None
+        ann = field.annotation
+        candidates = [ann, *getattr(ann, "__args__", ())]
+        model = next((c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)), None)
+        if model is None:
+            return None
+    return model
+
+
+def format_validation_errors(exc: ValidationError, method: str | None) -> list[str]:
+    problems = []
+    for err in exc.errors():
+        loc = tuple(p for p in err["loc"] if p not in METHOD_NAMES or err["loc"][0] != p)
+        key = ".".join(str(p) for p in loc) or "(top level)"
+        if err["type"] == "extra_forbidden":
+            allowed = _fields_of(_section_model(loc[:-1], method))
+            hint = f"; allowed here: {', '.join(allowed)}" if allowed else ""
+            problems.append(f"{key}: unknown key{hint}")
+        elif err["type"] == "missing":
+            problems.append(f"{key}: required but missing")
+        elif err["type"] == "union_tag_invalid":
+            problems.append(f"method: unknown method {err['input'].get('method')!r}; choose one of {', '.join(METHOD_NAMES)}")
+        elif err["type"] == "union_tag_not_found":
+            problems.append(f"method: required but missing; choose one of {', '.join(METHOD_NAMES)}")
+        else:
+            msg = err["msg"].removeprefix("Value error, ")
+            got = err.get("input")
+            shown = "" if isinstance(got, dict | list) or got is None else f" (got {got!r})"
+            problems.append(f"{key}: {msg}{shown}")
+    return problems
+
+
+def load_recipe(name_or_path: str, overrides: list[str] | None = None) -> Recipe:
+    """Read, override and validate a recipe; raises one RecipeError listing every problem."""
+    path = resolve_recipe_path(name_or_path)
+    source = str(path)
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as exc:
+        raise RecipeError(source, [f"not UTF-8 text ({exc.reason} at byte {exc.start})"]) from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        raise RecipeError(source, [f"YAML syntax error: {where}{getattr(exc, 'problem', exc)}"]) from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise RecipeError(source, [f"top level must be a mapping of sections, got {type(data).__name__}"])
+    problems = apply_overrides(data, overrides or [])
+    try:
+        recipe = RECIPE.validate_python(data)
+    except ValidationError as exc:
+        problems += format_validation_errors(exc, data.get("method") if isinstance(data.get("method"), str) else None)
+        raise RecipeError(source, problems) from None
+    if problems:
+        raise RecipeError(source, problems)
+    return recipe
+
+
+def recipe_to_yaml(recipe: BaseModel) -> str:
+    return yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False, allow_unicode=True)

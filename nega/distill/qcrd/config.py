@@ -1,0 +1,28 @@
+"""QCRD recipe section (METHODS.md §3)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class QCRDConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    objective: Literal["qcrd", "qcrd_no_disc", "step_by_step", "label_only"] = "qcrd"
+    teacher: str | None = Field(None, description="teacher model (hub id or folder); null = rationales from data")
+    teacher_samples: int = Field(5, ge=1)
+    teacher_temperature: float = Field(0.7, ge=0)
+    consistency: Literal["majority", "gold"] = "majority"
+    alpha1: float = Field(0.5, ge=0)
+    alpha2: float = Field(0.5, ge=0)
+    alpha3: float = Field(0.5, ge=0)
+    alpha3_decay: float = Field(0.9, gt=0, le=1)
+    delta: float = Field(3.0, gt=0, description="hinge margin on the negative's CE")
+    lag: int = Field(5, ge=1, description="negatives come from the student this many epochs back")
+    negative_temperature: float = Field(1.5, gt=0)
+    disc_steps: int = Field(500, ge=1)
+    disc_every: int = Field(1, ge=1)
+    disc_backbone: Literal["student", "encoder"] = "student"
+    step_by_step_alpha: float = Field(0.5, ge=0, le=1, description="label weight of the step-by-step baseline")

@@ -1,0 +1,55 @@
+"""Shared fixtures: tiny models and tokenizers built locally, no network."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("NEGA_QUIET", "1")
+os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")
+os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+
+SHARED_DATA = Path(os.environ.get("NEGA_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
+
+# A small corpus with enough structure that a trained tiny model gives varied, checkable outputs.
+CORPUS_PAIRS = [
+    (f"what is {a} plus {b}?", f"{a} plus {b} is {a + b}.")
+    for a in range(10)
+    for b in range(10)
+] + [
+    ("name a color.", "blue"),
+    ("name an animal.", "a cat"),
+    ("say hello.", "hello there, friend!"),
+    ("count to five.", "one two three four five"),
+]
+
+
+def shared_data(*parts: str) -> Path:
+    """Path under ../shared/data, or skip the test with the reason when it is absent (a user's clone)."""
+    path = SHARED_DATA.joinpath(*parts)
+    if not path.exists():
+        pytest.skip(f"shared dataset {path} not present (set NEGA_SHARED_DATA to the data folder)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    """A 2-layer Llama (head_dim 32) + BPE tokenizer, trained 400 steps on CORPUS_PAIRS, saved to disk."""
+    import torch
+
+    from nega.sampling.base import render_prompt
+    from nega.toy.model import build_model, build_tokenizer, save_model, train_on_pairs
+
+    torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+    texts = [p + " " + r for p, r in CORPUS_PAIRS]
+    tokenizer = build_tokenizer(texts * 3, vocab_size=300)
+    model = build_model(tokenizer, size="tiny", seed=0)
+    pairs = [(render_prompt(tokenizer, [{"role": "user", "content": p}]), r) for p, r in CORPUS_PAIRS]
+    train_on_pairs(model, tokenizer, pairs, steps=400, lr=3e-3, batch_size=32, seed=0)
+    return save_model(model, tokenizer, tmp_path_factory.mktemp("tiny") / "model")
