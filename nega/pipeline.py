@@ -1,0 +1,210 @@
+"""Run directories, stages, manifests and resume.
+
+A run is `runs/<name>/` holding the resolved recipe and one folder per stage, numbered in the order the
+method's `run.py` declares them (`01-toy-model`, `02-sample`, ...). A stage finishes by writing
+`manifest.json` last: the hash of its inputs and config, the sha256 of every file it wrote, counts and
+timings. Re-running a recipe skips every stage whose manifest matches and whose files are intact, and
+reruns the others. A stage's folder also remembers the input hash it started with (`stage.json`), so an
+interrupted stage with unchanged inputs keeps its partial work (training checkpoints, log-prob caches)
+while one whose inputs changed starts clean.
+
+Files are written to a temporary name and renamed, so a kill never leaves a half file that looks whole.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import time
+import warnings
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+MANIFEST = "manifest.json"
+STAGE_INFO = "stage.json"
+
+
+def canonical_json(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, ensure_ascii=False, default=str)
+
+
+def hash_value(value: Any) -> str:
+    return hashlib.sha256(canonical_json(value).encode()).hexdigest()
+
+
+def hash_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def atomic_write_text(path: Path, text: str) -> Path:
+    """Write through a temporary file in the same folder, fsync, then rename over `path`."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with tmp.open("w", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    return path
+
+
+def write_json(path: Path, value: Any) -> Path:
+    return atomic_write_text(path, json.dumps(value, indent=2, ensure_ascii=False, default=str) + "\n")
+
+
+def read_json(path: Path) -> Any:
+    return json.loads(Path(path).read_text(encoding="utf-8"))
+
+
+def write_jsonl(path: Path, rows: Iterable[dict]) -> Path:
+    return atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    rows = []
+    for number, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{path}: line {number} is not valid JSON ({exc.msg})") from None
+    return rows
+
+
+def file_hashes(folder: Path) -> dict[str, str]:
+    """sha256 of every file under `folder` except the stage's own bookkeeping."""
+    out = {}
+    for path in sorted(Path(folder).rglob("*")):
+        if path.is_file() and path.name not in (MANIFEST, STAGE_INFO) and ".tmp-" not in path.name:
+            out[str(path.relative_to(folder))] = hash_file(path)
+    return out
+
+
+@dataclass
+class Stage:
+    """One step of a run. `done` is True when a matching, intact manifest was found (skip the work).
+
+    Typical use in a method's run.py::
+
+        stage = run.stage("sample", config={...}, inputs=[model_stage])
+        if not stage.done:
+            write_jsonl(stage.dir / "samples.jsonl", rows)
+            stage.finish(counts={"samples": len(rows)})
+        rows = read_jsonl(stage.dir / "samples.jsonl")
+    """
+
+    name: str
+    dir: Path
+    hash: str
+    config: dict
+    done: bool = False
+    manifest: dict = field(default_factory=dict)
+    started: float = field(default_factory=time.time)
+
+    def finish(self, counts: dict | None = None, **extra: Any) -> Stage:
+        manifest = {
+            "stage": self.name,
+            "hash": self.hash,
+            "config": self.config,
+            "counts": counts or {},
+            "files": file_hashes(self.dir),
+            "seconds": round(time.time() - self.started, 3),
+            "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            **extra,
+        }
+        write_json(self.dir / MANIFEST, manifest)
+        self.manifest = manifest
+        self.done = True
+        return self
+
+    def path(self, name: str) -> Path:
+        return self.dir / name
+
+
+class Run:
+    """The run directory of one recipe: `<output_dir>/<name>/`, with its stages in declaration order."""
+
+    def __init__(self, recipe, root: Path | None = None, *, is_main_process: bool = True):
+        from nega.config import recipe_to_yaml
+
+        self.recipe = recipe
+        self.dir = Path(root) if root is not None else Path(recipe.output_dir) / recipe.name
+        self.is_main_process = is_main_process
+        self._count = 0
+        self.dir.mkdir(parents=True, exist_ok=True)
+        if is_main_process:
+            atomic_write_text(self.dir / "recipe.yaml", recipe_to_yaml(recipe))
+
+    def stage(self, name: str, *, config: Any = None, inputs: Iterable[Stage | str | Path] = ()) -> Stage:
+        """Open stage `name` (numbered in call order); `done` tells whether it can be skipped.
+
+        The stage hash covers its name, its `config` (anything JSON-able) and its inputs: upstream
+        stages by their own hash, files by their content hash, other values as given.
+        """
+        self._count += 1
+        folder = self.dir / f"{self._count:02d}-{name}"
+        config = json.loads(canonical_json(config)) if config is not None else {}
+        stage_hash = hash_value({"name": name, "config": config, "inputs": [_input_key(i) for i in inputs]})
+        stage = Stage(name=name, dir=folder, hash=stage_hash, config=config)
+        manifest_path = folder / MANIFEST
+        if manifest_path.exists():
+            problem = _manifest_problem(folder, stage_hash)
+            if problem is None:
+                stage.done = True
+                stage.manifest = read_json(manifest_path)
+                return stage
+            warnings.warn(f"stage {folder.name} reruns: {problem}", stacklevel=2)
+            if self.is_main_process:
+                manifest_path.unlink()
+        info = folder / STAGE_INFO
+        if folder.exists() and (not info.exists() or read_json(info).get("hash") != stage_hash):
+            if self.is_main_process:
+                shutil.rmtree(folder)
+        if self.is_main_process:
+            folder.mkdir(parents=True, exist_ok=True)
+            if not info.exists():
+                write_json(info, {"hash": stage_hash, "started_at": time.strftime("%Y-%m-%dT%H:%M:%S")})
+        return stage
+
+    def stages(self) -> Iterator[tuple[str, dict]]:
+        for manifest in sorted(self.dir.glob(f"*/{MANIFEST}")):
+            yield manifest.parent.name, read_json(manifest)
+
+
+def _input_key(item: Stage | str | Path) -> Any:
+    if isinstance(item, Stage):
+        return {"stage": item.name, "hash": item.hash}
+    path = Path(item)
+    if path.is_file():
+        return {"file": str(path), "sha256": hash_file(path)}
+    if path.is_dir():
+        return {"dir": str(path), "files": file_hashes(path)}
+    return str(item)
+
+
+def _manifest_problem(folder: Path, stage_hash: str) -> str | None:
+    """Why a finished stage cannot be reused, or None when it can."""
+    try:
+        manifest = read_json(folder / MANIFEST)
+    except (OSError, json.JSONDecodeError):
+        return "its manifest is unreadable"
+    if manifest.get("hash") != stage_hash:
+        return "its inputs or config changed"
+    recorded = manifest.get("files", {})
+    actual = file_hashes(folder)
+    for name, digest in recorded.items():
+        if name not in actual:
+            return f"{name} is missing"
+        if actual[name] != digest:
+            return f"{name} does not match its recorded hash (truncated or edited)"
+    return None
