@@ -11,7 +11,9 @@ class QCRDConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     objective: Literal["qcrd", "qcrd_no_disc", "step_by_step", "label_only"] = "qcrd"
-    teacher: str | None = Field(None, description="teacher model (hub id or folder); null = rationales from data")
+    teacher: str | None = Field(
+        None, description="teacher model (hub id or folder); null = rationales from data"
+    )
     teacher_samples: int = Field(5, ge=1)
     teacher_temperature: float = Field(0.7, ge=0)
     consistency: Literal["majority", "gold"] = "majority"
@@ -25,4 +27,6 @@ class QCRDConfig(BaseModel):
     disc_steps: int = Field(500, ge=1)
     disc_every: int = Field(1, ge=1)
     disc_backbone: Literal["student", "encoder"] = "student"
-    step_by_step_alpha: float = Field(0.5, ge=0, le=1, description="label weight of the step-by-step baseline")
+    step_by_step_alpha: float = Field(
+        0.5, ge=0, le=1, description="label weight of the step-by-step baseline"
+    )
