@@ -314,7 +314,8 @@ def _section_model(loc: tuple, method: str | None) -> type[BaseModel] | None:
 def format_validation_errors(exc: ValidationError, method: str | None) -> list[str]:
     problems = []
     for err in exc.errors():
-        loc = tuple(p for p in err["loc"] if p not in METHOD_NAMES or err["loc"][0] != p)
+        # A discriminated union puts the tag first: ("d2o", "d2o", "alpha") is the d2o.alpha key.
+        loc = err["loc"][1:] if err["loc"] and err["loc"][0] == method else err["loc"]
         key = ".".join(str(p) for p in loc) or "(top level)"
         if err["type"] == "extra_forbidden":
             allowed = _fields_of(_section_model(loc[:-1], method))

@@ -183,7 +183,8 @@ class Run:
 
 def _input_key(item: Stage | str | Path) -> Any:
     if isinstance(item, Stage):
-        return {"stage": item.name, "hash": item.hash}
+        # Upstream outputs, not just upstream inputs: a rerun that writes different files reruns us too.
+        return {"stage": item.name, "hash": item.hash, "files": item.manifest.get("files")}
     path = Path(item)
     if path.is_file():
         return {"file": str(path), "sha256": hash_file(path)}

@@ -1,0 +1,147 @@
+"""The `nega` command line: run, validate, list and sample recipes; evaluate; push.
+
+Only typer, rich and the recipe schema are imported at start-up, so `nega --help` and `nega validate`
+return at once; each command imports what it needs.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from pathlib import Path
+
+import typer
+
+app = typer.Typer(
+    name="nega",
+    help="Align and distill language models by learning from negatives (D²O, per-step negative RL, QCRD).",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+# method name -> "module:function" running the whole recipe; function(recipe, run) -> results table
+METHODS = {
+    "sft": "nega.sft:run",
+    "d2o": "nega.align.d2o.run:run",
+    "stepneg": "nega.align.stepneg.run:run",
+    "qcrd": "nega.distill.qcrd.run:run",
+}
+
+RecipeArg = typer.Argument(..., help="built-in recipe name (see `nega recipes`) or path to a YAML file")
+OverridesArg = typer.Argument(None, help="KEY=VALUE overrides, e.g. train.lr=1e-5 sampling.n=4")
+
+
+def fail(message: str, code: int = 2) -> None:
+    typer.secho(message, err=True, fg=typer.colors.RED)
+    raise typer.Exit(code)
+
+
+def load(recipe: str, overrides: list[str] | None):
+    from nega.config import RecipeError, load_recipe
+
+    try:
+        return load_recipe(recipe, overrides or [])
+    except RecipeError as exc:
+        fail(str(exc))
+
+
+def method_entry(method: str):
+    module, func = METHODS[method].split(":")
+    return getattr(importlib.import_module(module), func)
+
+
+@app.command()
+def run(
+    recipe: str = RecipeArg,
+    overrides: list[str] = OverridesArg,
+    output_dir: Path | None = typer.Option(None, "--output-dir", "-o", help="run folder (default runs/<name>)"),
+):
+    """Run a recipe end to end; finished stages are skipped, so re-running resumes an interrupted run."""
+    from nega.data import DataError
+    from nega.pipeline import Run
+
+    cfg = load(recipe, overrides)
+    run_dir = Run(cfg, output_dir)
+    typer.echo(f"[nega] run {cfg.name} ({cfg.method}) -> {run_dir.dir}", err=True)
+    try:
+        method_entry(cfg.method)(cfg, run_dir)
+    except DataError as exc:
+        fail(f"data error: {exc}")
+    typer.echo(f"[nega] done: {run_dir.dir / 'report.md'}", err=True)
+
+
+@app.command()
+def validate(recipe: str = RecipeArg, overrides: list[str] = OverridesArg):
+    """Check a recipe (schema, files) and print it resolved, with every default filled in. Loads no model."""
+    from nega.config import recipe_to_yaml
+
+    cfg = load(recipe, overrides)
+    typer.echo(recipe_to_yaml(cfg), nl=False)
+
+
+@app.command("recipes")
+def list_recipes():
+    """List the built-in recipes."""
+    import yaml
+    from rich.console import Console
+    from rich.table import Table
+
+    from nega.config import builtin_recipes
+
+    table = Table(title="built-in recipes (nega run NAME)")
+    for column in ("name", "method", "model", "data", "description"):
+        table.add_column(column)
+    for name, path in builtin_recipes().items():
+        data = yaml.safe_load(path.read_text()) or {}
+        source = data.get("data", {}) or {}
+        table.add_row(
+            name,
+            str(data.get("method", "")),
+            str((data.get("model") or {}).get("name", "")),
+            str(source.get("dataset") or source.get("path") or ""),
+            str(data.get("description", "")),
+        )
+    Console(width=160).print(table)
+
+
+@app.command()
+def sample(
+    recipe: str = RecipeArg,
+    overrides: list[str] = OverridesArg,
+    adapter: Path | None = typer.Option(None, help="LoRA adapter folder to sample from"),
+    output_dir: Path | None = typer.Option(None, "--output-dir", "-o"),
+):
+    """Run only the sampling stage: `sampling.n` completions per prompt of the recipe's data."""
+    from nega.data import DataError
+    from nega.pipeline import Run
+    from nega.sampler_stage import sample_prompts
+
+    cfg = load(recipe, overrides)
+    run_dir = Run(cfg, output_dir)
+    try:
+        path = sample_prompts(run_dir, adapter=str(adapter) if adapter else None)
+    except DataError as exc:
+        fail(f"data error: {exc}")
+    typer.echo(f"[nega] samples: {path}", err=True)
+
+
+def _register_optional(module: str) -> None:
+    """Sub-command groups living in their own modules (evaluation, hub); each adds itself to `app`."""
+    try:
+        importlib.import_module(module).register(app)
+    except ModuleNotFoundError as exc:
+        if exc.name != module:
+            raise
+
+
+for _module in ("nega.cli.eval", "nega.cli.push"):
+    _register_optional(_module)
+
+
+def main() -> None:
+    app(prog_name="nega")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

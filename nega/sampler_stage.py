@@ -1,0 +1,70 @@
+"""`nega sample`: the sampling stage alone, over the prompts of any recipe's data."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from nega.data import DataError, load_rows
+from nega.pipeline import Run, write_jsonl
+from nega.sampling.base import Prompt
+from nega.stages import base_model
+
+
+def prompt_of(row: dict) -> Prompt:
+    """A row's prompt: `prompt` (text or chat messages), `question`, `problem`, or `messages` minus the
+    last assistant turn. Other column names are mapped with `data.fields`."""
+    for key in ("prompt", "question", "problem"):
+        value = row.get(key)
+        if isinstance(value, str) and value.strip():
+            return [{"role": "user", "content": value}]
+        if isinstance(value, list) and value:
+            return value
+    messages = row.get("messages")
+    if isinstance(messages, list) and messages:
+        if messages[-1].get("role") == "assistant":
+            messages = messages[:-1]
+        return messages
+    raise KeyError("prompt")
+
+
+def sample_prompts(run: Run, adapter: str | None = None) -> Path:
+    from nega.data import convert_rows
+    from nega.sampling import make_sampler
+
+    recipe = run.recipe
+    model_path, _ = base_model(run)
+    rows, source = load_rows(recipe.data, toy_cfg=recipe.toy, seed=recipe.seed)
+    prompts, skipped = convert_rows(rows, prompt_of, source=source, on_bad_row=recipe.data.on_bad_row)
+    if not prompts:
+        raise DataError(f"{source}: no prompts")
+    cfg = recipe.sampling
+    stage = run.stage(
+        "sample",
+        config={"sampling": cfg.model_dump(), "prompts": prompts, "adapter": adapter},
+        inputs=[model_path] + ([adapter] if adapter else []),
+    )
+    out = stage.dir / "samples.jsonl"
+    if stage.done:
+        return out
+    sampler = make_sampler(model_path, cfg, max_lora_rank=recipe.lora.r)
+    try:
+        groups = sampler.generate(
+            prompts,
+            n=cfg.n,
+            temperature=cfg.temperature,
+            top_p=cfg.top_p,
+            max_tokens=cfg.max_tokens,
+            seed=cfg.seed,
+            adapter=adapter,
+        )
+    finally:
+        sampler.close()
+    write_jsonl(
+        out,
+        (
+            {"prompt": p, "completions": [c.text for c in g], "finish_reasons": [c.finish_reason for c in g]}
+            for p, g in zip(prompts, groups)
+        ),
+    )
+    stage.finish(counts={"prompts": len(prompts), "completions": sum(len(g) for g in groups), "bad_rows": skipped})
+    return out
