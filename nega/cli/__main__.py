@@ -1,0 +1,6 @@
+"""`python -m nega.cli` runs the command line."""
+
+from nega.cli import main
+
+if __name__ == "__main__":
+    main()

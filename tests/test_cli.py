@@ -1,0 +1,60 @@
+"""The command line through typer's CliRunner, and start-up time."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+
+from typer.testing import CliRunner
+
+from nega.cli import app
+
+runner = CliRunner()
+
+GOOD = "name: demo\nmethod: d2o\nmodel: {name: org/model}\ndata: {dataset: org/data}\n"
+
+
+def test_validate_prints_resolved_recipe(tmp_path):
+    (tmp_path / "r.yaml").write_text(GOOD)
+    result = runner.invoke(app, ["validate", str(tmp_path / "r.yaml"), "d2o.alpha=0.3"])
+    assert result.exit_code == 0, result.output
+    assert "alpha: 0.3" in result.output and "beta: 0.1" in result.output and "trust_remote_code: false" in result.output
+
+
+def test_bad_recipe_exits_2_and_writes_nothing(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "r.yaml").write_text(GOOD.replace("d2o}", "d2o}") + "train: {lr: 0}\nbogus: 1\n")
+    result = runner.invoke(app, ["run", "r.yaml", "sampling.n=0"])
+    assert result.exit_code == 2
+    assert "recipe r.yaml has 3 problems" in result.output
+    for key in ("train.lr", "bogus: unknown key", "sampling.n"):
+        assert key in result.output
+    assert "Traceback" not in result.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r.yaml"]
+
+
+def test_unknown_recipe_name(tmp_path):
+    result = runner.invoke(app, ["validate", "nope"])
+    assert result.exit_code == 2 and "no built-in recipe" in result.output
+
+
+def test_recipes_table_lists_builtins():
+    from nega.config import builtin_recipes
+
+    result = runner.invoke(app, ["recipes"])
+    assert result.exit_code == 0
+    for name in builtin_recipes():
+        assert name in result.output
+
+
+def test_help_is_fast():
+    start = time.perf_counter()
+    out = subprocess.run([sys.executable, "-m", "nega.cli", "--help"], capture_output=True, text=True, check=True)
+    assert "run" in out.stdout and "validate" in out.stdout
+    assert time.perf_counter() - start < 3.0  # generous: a loaded shared machine; typically ~0.3 s
+    heavy = subprocess.run(
+        [sys.executable, "-c", "import sys, nega.cli, nega.config; print(sorted(m for m in ('torch', 'vllm', 'transformers') if m in sys.modules))"],
+        capture_output=True, text=True, check=True,
+    )
+    assert heavy.stdout.strip() == "[]"
