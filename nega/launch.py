@@ -93,3 +93,51 @@ def train_with_resume(trainer, output_dir: Path):
 def log_history(trainer) -> list[dict]:
     """Per-step logged metrics (loss, lr, method metrics) for the stage manifest."""
     return [dict(entry) for entry in trainer.state.log_history]
+
+
+class NonFiniteLossError(RuntimeError):
+    """Training produced a NaN/inf loss or gradient; the last good weights were saved first."""
+
+
+def guarded_trainer_class():
+    """`transformers.Trainer` that stops on a non-finite loss or gradient, after saving the last good state.
+
+    Built lazily so importing nega.launch does not import transformers. Method trainers subclass the
+    returned class and override `compute_loss` only. The check runs after backward and before the
+    optimizer step, so the weights saved to `<output_dir>/last-good/` are the state before the bad batch.
+    Batches may carry `row_index` (dataset rows) so the message names them.
+    """
+    global _GUARDED
+    if _GUARDED is not None:
+        return _GUARDED
+    from transformers import Trainer
+
+    class GuardedTrainer(Trainer):
+        def training_step(self, model, inputs, num_items_in_batch=None):
+            rows = inputs.get("row_index") if isinstance(inputs, dict) else None
+            loss = super().training_step(model, inputs, num_items_in_batch)
+            what = None
+            if not torch.isfinite(loss).all():
+                what = f"loss is {loss.item()}"
+            else:
+                bad = [n for n, p in model.named_parameters() if p.grad is not None and not torch.isfinite(p.grad).all()]
+                if bad:
+                    what = f"gradient of {bad[0]} is not finite ({len(bad)} tensors)"
+            if what is not None:
+                model.zero_grad(set_to_none=True)
+                good = Path(self.args.output_dir) / "last-good"
+                self.save_model(str(good))
+                step = self.state.global_step + 1
+                rows_text = f", dataset rows {rows.tolist() if hasattr(rows, 'tolist') else rows}" if rows is not None else ""
+                raise NonFiniteLossError(
+                    f"training stopped at step {step}{rows_text}: {what}. The weights before this batch are in "
+                    f"{good}; the last checkpoint is {last_checkpoint(self.args.output_dir)}. Lower train.lr, "
+                    "check those rows, or set train.max_grad_norm lower."
+                )
+            return loss
+
+    _GUARDED = GuardedTrainer
+    return GuardedTrainer
+
+
+_GUARDED = None

@@ -59,6 +59,7 @@ def run(
 ):
     """Run a recipe end to end; finished stages are skipped, so re-running resumes an interrupted run."""
     from nega.data import DataError
+    from nega.launch import NonFiniteLossError
     from nega.pipeline import Run
 
     cfg = load(recipe, overrides)
@@ -68,6 +69,8 @@ def run(
         method_entry(cfg.method)(cfg, run_dir)
     except DataError as exc:
         fail(f"data error: {exc}")
+    except NonFiniteLossError as exc:
+        fail(str(exc), code=1)
     typer.echo(f"[nega] done: {run_dir.dir / 'report.md'}", err=True)
 
 

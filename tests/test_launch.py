@@ -1,0 +1,84 @@
+"""Training arguments, DeepSpeed configs, checkpoint discovery, and the non-finite-loss guard."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from nega.config import TrainConfig
+from nega.launch import (
+    NonFiniteLossError,
+    deepspeed_config,
+    guarded_trainer_class,
+    last_checkpoint,
+    training_arguments,
+)
+
+
+def test_deepspeed_config_per_stage():
+    assert deepspeed_config(TrainConfig()) is None
+    two = deepspeed_config(TrainConfig(deepspeed={"stage": 2, "offload_optimizer": True}))
+    assert two["zero_optimization"]["stage"] == 2
+    assert two["zero_optimization"]["offload_optimizer"]["device"] == "cpu"
+    assert "stage3_param_persistence_threshold" not in two["zero_optimization"]
+    three = deepspeed_config(TrainConfig(deepspeed={"stage": 3, "offload_params": True}))
+    zero = three["zero_optimization"]
+    assert zero["stage"] == 3 and zero["stage3_param_persistence_threshold"] == 0
+    assert zero["stage3_gather_16bit_weights_on_model_save"] is True
+    assert zero["offload_param"]["device"] == "cpu" and "offload_optimizer" not in zero
+    assert three["train_micro_batch_size_per_gpu"] == "auto"
+
+
+def test_training_arguments_map_the_recipe(tmp_path):
+    cfg = TrainConfig(lr=2e-4, batch_size=3, grad_accum=2, max_steps=7, save_steps=5, warmup_ratio=0.2)
+    args = training_arguments(cfg, tmp_path, seed=11)
+    assert args.learning_rate == 2e-4 and args.per_device_train_batch_size == 3
+    assert args.gradient_accumulation_steps == 2 and args.max_steps == 7 and args.save_steps == 5
+    assert args.seed == 11 and args.report_to == [] and args.remove_unused_columns is False
+    assert training_arguments(cfg, tmp_path, max_steps=2).max_steps == 2
+
+
+def test_last_checkpoint_needs_trainer_state(tmp_path):
+    assert last_checkpoint(tmp_path) is None
+    for step in (5, 10, 20):
+        (tmp_path / f"checkpoint-{step}").mkdir()
+    for step in (5, 10):
+        (tmp_path / f"checkpoint-{step}" / "trainer_state.json").write_text("{}")
+    # checkpoint-20 was being written when the run died: not complete, not used.
+    assert last_checkpoint(tmp_path).endswith("checkpoint-10")
+
+
+class _Rows(torch.utils.data.Dataset):
+    def __len__(self):
+        return 8
+
+    def __getitem__(self, i):
+        return {"x": torch.tensor([float(i)]), "row_index": i}
+
+
+def test_non_finite_loss_stops_with_step_and_rows(tmp_path):
+    base = guarded_trainer_class()
+
+    class Exploding(base):
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            out = model(inputs["x"]).sum()
+            # Third optimizer step sees an infinite loss.
+            return out * (float("inf") if self.state.global_step == 2 else 1.0)
+
+    model = torch.nn.Linear(1, 1)
+    args = training_arguments(TrainConfig(lr=0.1, batch_size=2, max_steps=5, save_steps=1), tmp_path, seed=0)
+    trainer = Exploding(
+        model=model,
+        args=args,
+        train_dataset=_Rows(),
+        data_collator=lambda rows: {
+            "x": torch.stack([r["x"] for r in rows]),
+            "row_index": torch.tensor([r["row_index"] for r in rows]),
+        },
+    )
+    before = model.weight.detach().clone()
+    with pytest.raises(NonFiniteLossError, match=r"step 3, dataset rows \[\d, \d\]: loss is inf") as info:
+        trainer.train()
+    assert "checkpoint-2" in str(info.value)
+    assert (tmp_path / "last-good").exists()
+    assert torch.isfinite(model.weight).all() and not torch.equal(model.weight, before)
