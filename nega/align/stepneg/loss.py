@@ -1,0 +1,89 @@
+"""Per-step negative RL losses (METHODS.md §2; Setlur et al. 2024, arXiv 2406.14532). Pure torch.
+
+Log-probs are sums over response tokens given the prompt. The reference is π_sft, scored once
+before training and never refreshed.
+
+Per-step DPO, with chosen y⁺ a correct solution and rejected the negative's prefix ŷ_1..c up to its
+first pit c (no EOS, so the model is not taught that a solution ends there):
+
+    L = -log σ( β[log π_θ(y⁺|x) − log π_sft(y⁺|x)] − β[log π_θ(ŷ_1..c|x) − log π_sft(ŷ_1..c|x)] )
+
+The outcome-DPO baseline is the same function on a full incorrect solution (with EOS) as rejected.
+
+Advantage-weighted per-step likelihood (the variant `stepneg.loss: awr`; the paper shows per-step DPO
+optimises the same objective):
+
+    L = −(1/B) Σ_b Σ_i w_bi · log π_θ(ŷ_bi | x_b, ŷ_b,<i),   w = exp(A/β) / mean(exp(A/β)), clipped at `clip`
+
+with the mean over the valid steps of the batch.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def dpo_loss(
+    policy_chosen: torch.Tensor,
+    policy_rejected: torch.Tensor,
+    reference_chosen: torch.Tensor,
+    reference_rejected: torch.Tensor,
+    beta: float,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """DPO over a batch of pairs; every argument is [B] summed log-probs. Returns (mean loss, metrics).
+
+    Per-step DPO passes the first-pit prefix as rejected; outcome DPO the full incorrect solution.
+    """
+    chosen_reward = beta * (policy_chosen - reference_chosen)
+    rejected_reward = beta * (policy_rejected - reference_rejected)
+    margin = chosen_reward - rejected_reward
+    loss = -F.logsigmoid(margin).mean()
+    metrics = {
+        "rewards/chosen": chosen_reward.detach().mean(),
+        "rewards/rejected": rejected_reward.detach().mean(),
+        "rewards/margin": margin.detach().mean(),
+        "rewards/accuracy": (margin.detach() > 0).float().mean(),
+        "logps/chosen": policy_chosen.detach().mean(),
+        "logps/rejected": policy_rejected.detach().mean(),
+    }
+    return loss, metrics
+
+
+def awr_weights(advantages: torch.Tensor, mask: torch.Tensor, beta: float, clip: float) -> torch.Tensor:
+    """w = exp(A/β) normalised to mean 1 over the valid steps, then clipped at `clip`; 0 where masked.
+
+    advantages, mask: [B, S]. Computed through a softmax, so exp(A/β) never overflows for small β.
+    Weights are data: no gradient flows through them.
+    """
+    mask = mask.bool()
+    count = mask.sum()
+    if count == 0:
+        return torch.zeros_like(advantages)
+    scaled = (advantages.detach() / beta).masked_fill(~mask, float("-inf"))
+    weights = torch.softmax(scaled.flatten(), dim=0).view_as(advantages) * count
+    return weights.clamp(max=clip).masked_fill(~mask, 0.0)
+
+
+def awr_loss(
+    step_logps: torch.Tensor,
+    advantages: torch.Tensor,
+    mask: torch.Tensor,
+    beta: float,
+    clip: float,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Advantage-weighted per-step log-likelihood.
+
+    step_logps [B, S]: log π_θ(ŷ_i | x, ŷ_<i) summed over step i's tokens; advantages [B, S]: A_i;
+    mask [B, S]: True for real steps. Returns (loss averaged over the B sequences, metrics).
+    """
+    weights = awr_weights(advantages, mask, beta, clip)
+    loss = -(weights * step_logps.masked_fill(~mask.bool(), 0.0)).sum() / step_logps.size(0)
+    valid = mask.bool()
+    metrics = {
+        "awr/weight_max": weights.max().detach(),
+        "awr/clipped_share": ((weights >= clip) & valid).float().sum() / valid.sum().clamp_min(1),
+        "awr/advantage_mean": advantages[valid].mean().detach() if valid.any() else advantages.new_zeros(()),
+        "logps/steps": step_logps.detach()[valid].mean() if valid.any() else step_logps.new_zeros(()),
+    }
+    return loss, metrics
