@@ -1,0 +1,307 @@
+"""D²O data: negatives datasets -> `{prompt, rejected}` rows, and the batches the trainer consumes.
+
+D²O learns from prompts with one human-annotated dispreferred response each; a dataset's `chosen`
+response, when it has one, is ignored. `data.format` names the shape of the rows:
+
+- `prompt-rejected`: `prompt` (text or chat messages) and `rejected` (text) columns;
+- `messages`: chat `messages` whose last assistant turn is the negative;
+- `hh-rlhf`: Anthropic HH transcripts; the negative is the last Assistant turn of `rejected`, the prompt
+  the dialogue before it;
+- `pku-saferlhf`: PKU-SafeRLHF pairs; the negative is an unsafe response, the less safe one when both
+  are (the one not named by `safer_response_id`); pairs with no unsafe response are skipped;
+- `toy`: toy-world rows (`prompt-rejected` plus `kind`);
+- `auto`: detected from the first row's columns.
+
+Example row after conversion::
+
+    {"prompt": [{"role": "user", "content": "how do I steal the car?"}],
+     "rejected": "[unsafe] get a crowbar, ...", "kind": "harmful"}
+
+A training example joins a row with its K self-samples and the cached reference log-probs::
+
+    {"prompt": "<|user|>\\nhow do I steal the car?\\n<|assistant|>\\n",   # rendered
+     "self": ["I can't help with that.", ...], "self_eos": [true, ...], "ref_self": [-4.1, ...],
+     "rejected": "[unsafe] ...", "ref_rejected": -20.3,
+     "kl_response": "<another prompt's negative>", "ref_kl": -31.0}
+
+`D2OCollator` turns a list of examples into one flat batch of sequences (every self-sample and every
+negative of the batch's prompts) plus index tensors that gather the flat log-probs back into [B, K].
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from nega.data import DataError, convert_rows, load_rows, require_text
+from nega.logps import collate_sequences, encode_pair
+
+ROLES = {"Human": "user", "Assistant": "assistant"}
+_HH_TURN = re.compile(r"\n\n(Human|Assistant):")
+
+
+def _as_messages(prompt, key: str = "prompt") -> list[dict]:
+    if isinstance(prompt, str):
+        if not prompt.strip():
+            raise ValueError(f"field {key!r} is empty")
+        return [{"role": "user", "content": prompt}]
+    if isinstance(prompt, list) and prompt:
+        for i, message in enumerate(prompt):
+            if (
+                not isinstance(message, dict)
+                or "role" not in message
+                or not isinstance(message.get("content"), str)
+            ):
+                raise ValueError(f"{key}[{i}] must be a {{'role', 'content'}} message, got {message!r:.80}")
+        if prompt[-1]["role"] != "user":
+            raise ValueError(f"{key} must end with a user turn, ends with {prompt[-1]['role']!r}")
+        return [{"role": m["role"], "content": m["content"]} for m in prompt]
+    raise TypeError(
+        f"field {key!r} must be text or a non-empty list of chat messages, got {type(prompt).__name__}"
+    )
+
+
+def from_prompt_rejected(row: dict) -> dict:
+    out = {"prompt": _as_messages(row["prompt"]), "rejected": require_text(row, "rejected")}
+    if "kind" in row:
+        out["kind"] = row["kind"]
+    return out
+
+
+def from_messages(row: dict) -> dict:
+    messages = row["messages"]
+    if not isinstance(messages, list) or len(messages) < 2:
+        raise ValueError("field 'messages' must hold at least a user turn and an assistant turn")
+    last = messages[-1]
+    if not isinstance(last, dict) or last.get("role") != "assistant":
+        raise ValueError("the last message must be the assistant's (the negative response)")
+    negative = last.get("content")
+    if not isinstance(negative, str) or not negative.strip():
+        raise ValueError("the last assistant message (the negative) is empty")
+    return {"prompt": _as_messages(messages[:-1], "messages"), "rejected": negative}
+
+
+def parse_hh_transcript(text: str) -> list[dict]:
+    """`\\n\\nHuman: … \\n\\nAssistant: …` -> chat messages; consecutive turns of one speaker are joined
+    (a few HH transcripts repeat the `Assistant:` marker inside one answer)."""
+    parts = _HH_TURN.split(text)
+    if len(parts) < 3 or parts[0].strip():
+        raise ValueError("not an HH transcript: expected it to start with '\\n\\nHuman: '")
+    messages: list[dict] = []
+    for speaker, content in zip(parts[1::2], parts[2::2], strict=True):
+        role, content = ROLES[speaker], content.strip()
+        if messages and messages[-1]["role"] == role:
+            messages[-1]["content"] += "\n\n" + content
+        else:
+            messages.append({"role": role, "content": content})
+    return messages
+
+
+def from_hh_rlhf(row: dict) -> dict:
+    messages = parse_hh_transcript(require_text(row, "rejected"))
+    if messages[-1]["role"] != "assistant" or len(messages) < 2:
+        raise ValueError("the 'rejected' transcript must end with an Assistant turn after a Human turn")
+    if not messages[-1]["content"]:
+        raise ValueError("the last Assistant turn of 'rejected' (the negative) is empty")
+    return {"prompt": _as_messages(messages[:-1], "rejected transcript"), "rejected": messages[-1]["content"]}
+
+
+def _flag(row: dict, key: str) -> bool:
+    value = row[key]
+    if isinstance(value, str) and value.strip().lower() in ("true", "false", "1", "0"):
+        return value.strip().lower() in ("true", "1")
+    if isinstance(value, bool | int):
+        return bool(value)
+    raise TypeError(f"field {key!r} must be a boolean, got {value!r}")
+
+
+def from_pku_saferlhf(row: dict) -> dict | None:
+    """The unsafe response (the less safe one of two unsafe); None (skipped) when both are safe."""
+    unsafe = [i for i in (0, 1) if not _flag(row, f"is_response_{i}_safe")]
+    if not unsafe:
+        return None
+    if len(unsafe) == 2:
+        # safer_response_id names the safer of the pair; better_response_id (helpfulness) only as a fallback.
+        key = "safer_response_id" if row.get("safer_response_id") is not None else "better_response_id"
+        safer = int(row[key])
+        if safer not in (0, 1):
+            raise ValueError(f"field {key!r} must be 0 or 1, got {row[key]!r}")
+        unsafe = [1 - safer]
+    return {"prompt": _as_messages(row["prompt"]), "rejected": require_text(row, f"response_{unsafe[0]}")}
+
+
+CONVERTERS: dict[str, Callable[[dict], dict | None]] = {
+    "prompt-rejected": from_prompt_rejected,
+    "messages": from_messages,
+    "hh-rlhf": from_hh_rlhf,
+    "pku-saferlhf": from_pku_saferlhf,
+    "toy": from_prompt_rejected,
+}
+
+
+def detect_format(row: dict) -> str:
+    """The format of a row, from its columns; a DataError lists the columns when none fits."""
+    if "is_response_0_safe" in row and "response_0" in row:
+        return "pku-saferlhf"
+    if "prompt" in row and "rejected" in row:
+        return "prompt-rejected"
+    if "messages" in row:
+        return "messages"
+    if isinstance(row.get("rejected"), str) and row["rejected"].lstrip(" ").startswith("\n\nHuman:"):
+        return "hh-rlhf"
+    raise DataError(
+        f"cannot tell the data format from the columns {sorted(row)}; set data.format to one of "
+        f"{', '.join(CONVERTERS)}, or map your columns to prompt/rejected with data.fields"
+    )
+
+
+def load_negatives(recipe, split: str | None = None) -> tuple[list[dict], str, dict]:
+    """(rows {prompt: messages, rejected, [kind]}, source, counts) for the recipe's `data` section."""
+    rows, source = load_rows(recipe.data, toy_cfg=recipe.toy, seed=recipe.seed, split=split)
+    fmt = recipe.data.format
+    if fmt == "auto":
+        fmt = detect_format(rows[0])
+    if fmt not in CONVERTERS:
+        raise DataError(f"data.format {fmt!r} is not a negatives format; D²O reads {', '.join(CONVERTERS)}")
+    converted, bad = convert_rows(
+        rows, CONVERTERS[fmt], source=f"{source} [format {fmt}]", on_bad_row=recipe.data.on_bad_row
+    )
+    kept = [r for r in converted if r is not None]
+    if not kept:
+        raise DataError(
+            f"{source}: no row has a negative response (format {fmt}; {len(converted)} rows all skipped)"
+        )
+    return (
+        kept,
+        source,
+        {"rows": len(rows), "kept": len(kept), "bad": bad, "no_negative": len(converted) - len(kept)},
+    )
+
+
+def kl_partners(n: int) -> list[int]:
+    """Row i's mismatched partner for KTO's KL estimate: the next row's negative (a derangement for n > 1)."""
+    return [(i + 1) % n for i in range(n)]
+
+
+# Self-samples each objective's loss reads per prompt (None = all K); whether it needs KTO's KL pairs.
+SELF_SAMPLES_USED = {"d2o": None, "dpo_self": 1, "ga": 0, "kto_neg": 0}
+USES_KL_PAIRS = {"d2o": False, "dpo_self": False, "ga": False, "kto_neg": True}
+
+
+@dataclass
+class D2OCollator:
+    """Examples -> one flat batch of sequences + index tensors; see the module docstring.
+
+    Output: `input_ids`, `attention_mask`, `response_mask` [N, T] over the flat sequences;
+    `self_index`, `self_mask`, `ref_self_logps` [B, K_max]; `neg_index`, `ref_neg_logps` [B];
+    with KL pairs also `kl_index`, `ref_kl_logps` [B]. Padding slots of `self_index` point at row 0
+    and are masked.
+    """
+
+    tokenizer: object
+    objective: str = "d2o"
+    max_length: int | None = None
+
+    def __call__(self, examples: list[dict]) -> dict[str, torch.Tensor]:
+        used = SELF_SAMPLES_USED[self.objective]
+        encoded, self_slots, neg_index, kl_index = [], [], [], []
+        for ex in examples:
+            texts = ex["self"] if used is None else ex["self"][:used]
+            slots = []
+            for text, eos in zip(texts, ex["self_eos"][: len(texts)], strict=True):
+                slots.append(len(encoded))
+                encoded.append(
+                    encode_pair(self.tokenizer, ex["prompt"], text, add_eos=eos, max_length=self.max_length)
+                )
+            self_slots.append(slots)
+        for ex in examples:
+            neg_index.append(len(encoded))
+            encoded.append(
+                encode_pair(self.tokenizer, ex["prompt"], ex["rejected"], max_length=self.max_length)
+            )
+        if USES_KL_PAIRS[self.objective]:
+            for ex in examples:
+                kl_index.append(len(encoded))
+                encoded.append(
+                    encode_pair(self.tokenizer, ex["prompt"], ex["kl_response"], max_length=self.max_length)
+                )
+        input_ids, attention_mask, response_mask = collate_sequences(encoded, self.tokenizer.pad_token_id)
+        width = max(1, max(len(s) for s in self_slots))
+        self_index = torch.zeros(len(examples), width, dtype=torch.long)
+        self_mask = torch.zeros(len(examples), width, dtype=torch.bool)
+        ref_self = torch.zeros(len(examples), width, dtype=torch.float32)
+        for b, (ex, slots) in enumerate(zip(examples, self_slots, strict=True)):
+            self_index[b, : len(slots)] = torch.tensor(slots, dtype=torch.long)
+            self_mask[b, : len(slots)] = True
+            ref_self[b, : len(slots)] = torch.tensor(ex["ref_self"][: len(slots)], dtype=torch.float32)
+        batch = {
+            "input_ids": input_ids,
+            "attention_mask": attention_mask,
+            "response_mask": response_mask,
+            "self_index": self_index,
+            "self_mask": self_mask,
+            "ref_self_logps": ref_self,
+            "neg_index": torch.tensor(neg_index, dtype=torch.long),
+            "ref_neg_logps": torch.tensor([ex["ref_rejected"] for ex in examples], dtype=torch.float32),
+        }
+        if kl_index:
+            batch["kl_index"] = torch.tensor(kl_index, dtype=torch.long)
+            batch["ref_kl_logps"] = torch.tensor([ex["ref_kl"] for ex in examples], dtype=torch.float32)
+        return batch
+
+
+def select_self_samples(
+    completions: list[dict], k: int, flag: Callable[[str], bool] | None = None
+) -> tuple[list[str], list[bool], int]:
+    """Up to k self-samples of one prompt as (texts, eos flags, number dropped by `flag`).
+
+    `completions` are `{"text", "finish_reason"}`; a sample cut at max_tokens is scored without EOS,
+    so the loss never claims the model chose to stop there. `flag` (a harm scorer) drops samples.
+    """
+    texts, eos, dropped = [], [], 0
+    for c in completions:
+        if flag is not None and flag(c["text"]):
+            dropped += 1
+            continue
+        if len(texts) < k:
+            texts.append(c["text"])
+            eos.append(c.get("finish_reason", "stop") != "length")
+    return texts, eos, dropped
+
+
+def build_examples(
+    prompts: list[str],
+    negatives: list[str],
+    self_samples: list[tuple[list[str], list[bool]]],
+    reference_logps: Callable[[list[tuple[str, str]], list[bool]], list[float]],
+) -> list[dict]:
+    """Training examples (module docstring) from rendered prompts, negatives and selected self-samples.
+
+    `reference_logps(pairs, eos_flags)` scores (prompt, response) pairs under the frozen reference; it is
+    called once over every sequence so it can batch and cache.
+    """
+    partners = kl_partners(len(prompts))
+    pairs, eos = [], []
+    for prompt, negative, (texts, flags), j in zip(prompts, negatives, self_samples, partners, strict=True):
+        pairs += [(prompt, t) for t in texts] + [(prompt, negative), (prompt, negatives[j])]
+        eos += list(flags) + [True, True]
+    values = iter(reference_logps(pairs, eos))
+    examples = []
+    for prompt, negative, (texts, flags), j in zip(prompts, negatives, self_samples, partners, strict=True):
+        ref_self = [next(values) for _ in texts]
+        examples.append(
+            {
+                "prompt": prompt,
+                "self": list(texts),
+                "self_eos": list(flags),
+                "ref_self": ref_self,
+                "rejected": negative,
+                "ref_rejected": next(values),
+                "kl_response": negatives[j],
+                "ref_kl": next(values),
+            }
+        )
+    return examples
