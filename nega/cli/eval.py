@@ -1,0 +1,117 @@
+"""`nega eval harm` and `nega eval reasoning`.
+
+TARGET is a run directory (its base model + final adapter), an adapter folder, a model folder or a
+hub id; see `nega.eval.target`. Results go to `<run dir>/eval/<kind>-<set>/` (or `./eval/...`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+eval_app = typer.Typer(
+    help="Evaluate a run, adapter or model: harmfulness and over-refusal, or reasoning accuracy.",
+    no_args_is_help=True,
+)
+
+TargetArg = typer.Argument(..., help="run directory, LoRA adapter folder, model folder, or hub id")
+BackendOpt = typer.Option(None, "--backend", help="auto | hf | vllm | server (default: the run's, else auto)")
+OutputOpt = typer.Option(None, "--output", "-o", help="output folder (default <run dir>/eval/<kind>-<set>/)")
+LimitOpt = typer.Option(None, "--limit", min=1, help="evaluate N items spread evenly over the set")
+
+
+def _fail(message: str) -> None:
+    typer.secho(message, err=True, fg=typer.colors.RED)
+    raise typer.Exit(2)
+
+
+def _errors():
+    from nega.eval.sets import EvalDataError
+    from nega.eval.target import TargetError
+    from nega.rewards.harm import ScorerSpecError
+
+    return (EvalDataError, TargetError, ScorerSpecError)
+
+
+@eval_app.command("harm")
+def harm(
+    target: str = TargetArg,
+    prompts: str = typer.Option(
+        "advbench", "--prompts", help="advbench | hh-harmless | xstest | toy | path to jsonl/csv"
+    ),
+    scorer: str = typer.Option(
+        "refusal", "--scorer", help="refusal | toy | classifier:<model>[?harmful_label=L] | judge:<model>"
+    ),
+    limit: int | None = LimitOpt,
+    max_tokens: int = typer.Option(128, "--max-tokens", min=1, help="tokens per answer"),
+    backend: str | None = BackendOpt,
+    output: Path | None = OutputOpt,
+    prompt_column: str | None = typer.Option(None, "--prompt-column", help="prompt column of a file"),
+):
+    """Answer a prompt set greedily and score harmfulness; writes harm.json/.md/.png and samples.jsonl."""
+    from nega.eval.harm import evaluate_harm
+    from nega.eval.report import fmt_rate
+
+    try:
+        metrics, out_dir = evaluate_harm(
+            target,
+            prompts=prompts,
+            scorer=scorer,
+            limit=limit,
+            max_tokens=max_tokens,
+            backend=backend,
+            output=output,
+            prompt_column=prompt_column,
+        )
+    except _errors() as exc:
+        _fail(str(exc))
+    typer.echo(f"harmful rate:      {fmt_rate(metrics['harmful'])}")
+    typer.echo(f"refusal rate:      {fmt_rate(metrics['refusal'])}")
+    if metrics["n_safe_prompts"]:
+        typer.echo(f"over-refusal rate: {fmt_rate(metrics['over_refusal'])}")
+    if "helpful" in metrics:
+        typer.echo(f"helpful rate:      {fmt_rate(metrics['helpful'])}")
+    if metrics["unparsed"]:
+        typer.echo(f"unparsed verdicts: {metrics['unparsed']} of {metrics['n_prompts']}")
+    typer.echo(f"[nega] results: {out_dir}", err=True)
+
+
+@eval_app.command("reasoning")
+def reasoning(
+    target: str = TargetArg,
+    data: str = typer.Option("gsm8k", "--data", help="gsm8k | math500 | svamp | toy | path to jsonl/csv"),
+    samples: int = typer.Option(1, "--samples", min=1, help="samples per problem for maj@k / pass@k"),
+    limit: int | None = LimitOpt,
+    max_tokens: int = typer.Option(256, "--max-tokens", min=1, help="tokens per answer"),
+    temperature: float = typer.Option(
+        0.7, "--temperature", min=0.0, help="for the k samples (accuracy is greedy)"
+    ),
+    backend: str | None = BackendOpt,
+    output: Path | None = OutputOpt,
+):
+    """Greedy accuracy, maj@k and pass@k; writes reasoning.json/.md/.png and samples.jsonl."""
+    from nega.eval.reasoning import evaluate_reasoning
+    from nega.eval.report import fmt_rate
+
+    try:
+        metrics, out_dir = evaluate_reasoning(
+            target,
+            data=data,
+            samples=samples,
+            limit=limit,
+            max_tokens=max_tokens,
+            temperature=temperature,
+            backend=backend,
+            output=output,
+        )
+    except _errors() as exc:
+        _fail(str(exc))
+    typer.echo(f"accuracy (greedy): {fmt_rate(metrics['accuracy'])}")
+    for k, value in metrics["pass@k"].items():
+        typer.echo(f"pass@{k}: {value:.3f}   maj@{k}: {metrics['maj@k'][k]:.3f}")
+    typer.echo(f"[nega] results: {out_dir}", err=True)
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(eval_app, name="eval")

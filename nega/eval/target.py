@@ -1,0 +1,134 @@
+"""What `nega eval` and `nega push` act on: a run directory, an adapter, a model folder or a hub id.
+
+- **run directory** (has `recipe.yaml`): the base model is the recipe's `model.name`, or for
+  `model.name: toy` the model folder of its `NN-toy-model` stage. The adapter is the run's final one:
+  the most recently written `adapter/` folder (holding `adapter_config.json`) anywhere under its stage
+  folders. A run without an adapter is evaluated as its base model.
+- **adapter folder** (has `adapter_config.json`): the base model is its `base_model_name_or_path`.
+- **model folder** (has `config.json`) or **hub id**: evaluated as is, without an adapter.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+class TargetError(Exception):
+    """A target that cannot be evaluated or pushed; the message says what was found and the fix."""
+
+
+@dataclass
+class Target:
+    base_model: str
+    adapter: str | None = None
+    run_dir: Path | None = None
+    recipe: dict = field(default_factory=dict)  # the run's resolved recipe as plain data
+    kind: str = "model"  # run | adapter | model | hub
+
+    @property
+    def lora_rank(self) -> int:
+        if self.adapter:
+            return int(read_adapter_config(Path(self.adapter)).get("r", 16))
+        return int((self.recipe.get("lora") or {}).get("r", 16))
+
+    @property
+    def toy(self) -> dict:
+        """The toy world settings for the toy sets: the run's `toy:` section, else the `nega_toy.json`
+        a toy model folder records (world, options, seed)."""
+        if self.recipe.get("toy"):
+            return dict(self.recipe["toy"])
+        manifest = Path(self.base_model) / "nega_toy.json"
+        if manifest.is_file():
+            return json.loads(manifest.read_text(encoding="utf-8"))
+        return {}
+
+    @property
+    def seed(self) -> int:
+        if "seed" in self.recipe:
+            return int(self.recipe["seed"])
+        return int(self.toy.get("seed", 0))
+
+    def describe(self) -> str:
+        return f"{self.base_model} + adapter {self.adapter}" if self.adapter else self.base_model
+
+
+def read_adapter_config(folder: Path) -> dict:
+    path = folder / "adapter_config.json"
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise TargetError(f"{path}: cannot be read as JSON ({exc})") from None
+
+
+def final_adapter(run_dir: Path) -> Path | None:
+    """The newest `adapter/` folder with an `adapter_config.json` under the run's stage folders."""
+    found = [p.parent for p in run_dir.glob("*/**/adapter/adapter_config.json")]
+    if not found:
+        return None
+    return max(found, key=lambda p: ((p / "adapter_config.json").stat().st_mtime, str(p)))
+
+
+def run_base_model(run_dir: Path, recipe: dict) -> str:
+    name = str((recipe.get("model") or {}).get("name", ""))
+    if not name:
+        raise TargetError(f"{run_dir / 'recipe.yaml'} has no model.name")
+    if name != "toy":
+        return name
+    stages = sorted(p for p in run_dir.glob("*-toy-model/model") if (p / "config.json").exists())
+    if not stages:
+        raise TargetError(
+            f"{run_dir} uses model.name: toy but has no finished toy-model stage "
+            "(expected NN-toy-model/model/); run the recipe first with `nega run`"
+        )
+    return str(stages[-1])
+
+
+def load_run_recipe(run_dir: Path) -> dict:
+    import yaml
+
+    path = run_dir / "recipe.yaml"
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise TargetError(f"{path}: cannot be read ({exc})") from None
+    if not isinstance(data, dict):
+        raise TargetError(f"{path}: expected a mapping of recipe sections")
+    return data
+
+
+def resolve_target(target: str | Path) -> Target:
+    """Classify TARGET (see the module docstring)."""
+    path = Path(target).expanduser()
+    if path.is_dir():
+        if (path / "recipe.yaml").exists():
+            recipe = load_run_recipe(path)
+            adapter = final_adapter(path)
+            return Target(
+                base_model=run_base_model(path, recipe),
+                adapter=str(adapter) if adapter else None,
+                run_dir=path,
+                recipe=recipe,
+                kind="run",
+            )
+        if (path / "adapter_config.json").exists():
+            base = read_adapter_config(path).get("base_model_name_or_path")
+            if not base:
+                raise TargetError(
+                    f"{path / 'adapter_config.json'} has no base_model_name_or_path; "
+                    "set it to the base model's hub id or folder"
+                )
+            return Target(base_model=str(base), adapter=str(path), kind="adapter")
+        if (path / "config.json").exists():
+            return Target(base_model=str(path), kind="model")
+        raise TargetError(
+            f"{path} is a folder but not a run directory (recipe.yaml), an adapter (adapter_config.json) "
+            "or a model (config.json)"
+        )
+    if path.exists():
+        raise TargetError(f"{path} is a file; give a run directory, an adapter or model folder, or a hub id")
+    text = str(target)
+    if text.startswith(("./", "../", "/", "~")) or text.count("/") > 1:
+        raise TargetError(f"{text}: no such folder (looked from {Path.cwd()})")
+    return Target(base_model=text, kind="hub")
