@@ -1,0 +1,144 @@
+"""QCRD data: answer comparison, self-consistency split, step-by-step files, multi-task batches."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import shared_data
+
+from nega.distill.qcrd.data import (
+    MultiTaskCollator,
+    answer_by_pattern,
+    answer_key,
+    answers_match,
+    majority_answer,
+    parse_palm_output,
+    parse_step_by_step,
+    record_from_row,
+    split_by_consistency,
+)
+
+
+def test_answer_key_compares_equations_by_value_and_text_without_choice_letter():
+    assert answers_match("(84 / 2)", "( 84.0 / 2.0 )")
+    assert not answers_match("(7 * 36)", "( 7.0 * 30.0 )")
+    assert answers_match("(c) Train Station.", "train station")
+    assert answer_key("(10 / 0)") == "10 0"  # not a valid number: compared as text, never crashes
+    assert answer_key(None) is None and not answers_match(None, None)
+
+
+def test_majority_answer_and_ties_take_the_first_seen():
+    assert majority_answer(["4", "5", "4.0", None, "5"]) == "4"
+    assert majority_answer(["b", "a", "a"]) == "a"
+    assert majority_answer([None, None]) is None
+
+
+def test_split_by_consistency_majority_and_gold():
+    record = {
+        "id": "q1", "question": "2+2?", "label": "5",
+        "rationales": [{"text": f"r{i}", "answer": a} for i, a in enumerate(["4", "4", "5", None, "4"])],
+    }  # fmt: skip
+    majority = split_by_consistency(record, "majority")
+    assert majority["positives"] == ["r0", "r1", "r4"]
+    assert majority["negatives"] == ["r2", "r3"]
+    gold = split_by_consistency(record, "gold")
+    assert gold["positives"] == ["r2"]
+    assert gold["negatives"] == ["r0", "r1", "r3", "r4"]
+    no_label = split_by_consistency(dict(record, label=None), "gold")  # falls back to the majority
+    assert no_label["positives"] == ["r0", "r1", "r4"]
+
+
+def test_parse_palm_output_rule():
+    out = parse_palm_output(
+        "Beavers live in woods. So the answer is (c).\n\nQ: next?", "So the answer is", ["x", "y", "wood"]
+    )
+    assert out == {"text": "Beavers live in woods.", "answer": "wood"}
+    cut = parse_palm_output("He has 3 apples and then", "The answer is")
+    assert cut == {"text": "He has 3 apples and then", "answer": None}
+
+
+def test_record_from_row_accepts_lists_and_single_rationales():
+    record = record_from_row(
+        {"question": "q", "label": 3, "rationales": ["a", {"text": "b", "answer": "3"}]}, 7
+    )
+    assert record["id"] == "7" and record["label"] == "3"
+    assert record["rationales"] == [{"text": "a", "answer": None}, {"text": "b", "answer": "3"}]
+    single = record_from_row({"id": "x", "question": "q", "label": "yes", "rationale": "because"}, 0)
+    assert single["rationales"] == [{"text": "because", "answer": "yes"}]
+    with pytest.raises(ValueError):
+        record_from_row({"question": " ", "rationale": "r"}, 0)
+
+
+def test_answer_by_pattern_takes_the_last_match():
+    extract = answer_by_pattern(r"answer is\s*(.+?)\.?\s*$")
+    assert extract("so the answer is 12.") == "12"
+    assert extract("no conclusion") is None
+
+
+def test_cqa_files_parse_into_teacher_records():
+    path = shared_data("distill_step_by_step", "cqa", "cqa_train.json")
+    train = parse_step_by_step(path)
+    test = parse_step_by_step(path, "test")
+    assert (len(train), len(test)) == (9741, 1221)
+    first = train[0]
+    assert first["id"] == "cqa-train-0"
+    assert first["label"] == "math problem"
+    assert first["question"].endswith(
+        "Answer Choices:\n(a) park\n(b) coloring book\n(c) garden center\n(d) math problem\n(e) gravity"
+    )
+    assert first["rationales"] == [
+        {
+            "text": "The answer must be something that has to do with the above problem. Of the above "
+            "choices, only math problem has to do with the above problem.",
+            "answer": "math problem",
+        }
+    ]
+    assert all(len(r["rationales"]) == 1 and r["rationales"][0]["answer"] for r in train)
+    split = [split_by_consistency(r, "gold") for r in train]
+    negatives = sum(len(e["negatives"]) for e in split)
+    assert negatives == 2407  # PaLM disagrees with the CQA gold label on 24.7% of train rows
+    assert split[1]["negatives"] and split[1]["label"] == "bridge"  # PaLM said "train station"
+
+
+def test_svamp_files_parse_into_teacher_records():
+    path = shared_data("distill_step_by_step", "svamp", "svamp_train.json")
+    train = parse_step_by_step(path)
+    test = parse_step_by_step(path, "test")
+    assert (len(train), len(test)) == (800, 200)
+    assert train[0]["rationales"][0] == {
+        "text": "Luke scored 84 points after 2 rounds. So he scored 84 points in 2 rounds. 84 / 2 = 42.",
+        "answer": "(84 / 2)",
+    }
+    assert train[0]["label"] == "( 84.0 / 2.0 )"
+    assert sum(r["rationales"][0]["answer"] is None for r in train) == 11  # cut-off continuations
+    agree = sum(answers_match(r["rationales"][0]["answer"], r["label"]) for r in train)
+    assert agree == 593
+
+
+def test_collator_stacks_label_positive_and_negative_sequences():
+    from nega.toy.model import build_tokenizer
+
+    lines = ["predict: what is 1 plus 2? 3", "explain: 1 plus 2 is 3. name a color. blue 4."]
+    tokenizer = build_tokenizer(lines * 5, vocab_size=300)
+    examples = [
+        {"question": "what is 1 plus 2?", "label": "3", "positives": ["1 plus 2 is 3.", "3."], "negatives": ["4."],
+         "pos_scores": [0.9, 0.4], "neg_scores": [0.2]},
+        {"question": "name a color.", "label": "blue", "positives": [], "negatives": []},
+    ]  # fmt: skip
+    batch = MultiTaskCollator(tokenizer)(examples)
+    assert batch["input_ids"].shape[0] == 2 + 2 + 1
+    assert batch["pos_index"].tolist() == [[2, 3], [0, 0]]
+    assert batch["pos_mask"].tolist() == [[True, True], [False, False]]
+    assert batch["neg_index"].tolist() == [[4], [0]]
+    torch.testing.assert_close(batch["pos_scores"], torch.tensor([[0.9, 0.4], [1.0, 1.0]]))
+    torch.testing.assert_close(batch["neg_scores"], torch.tensor([[0.2], [0.0]]))
+    prompt = tokenizer.decode(batch["input_ids"][2][~batch["response_mask"][2] & batch["attention_mask"][2]])
+    assert "explain: what is 1 plus 2?" in prompt
+    label_prompt = tokenizer.decode(
+        batch["input_ids"][0][~batch["response_mask"][0] & batch["attention_mask"][0]]
+    )
+    assert "predict: what is 1 plus 2?" in label_prompt
+    response = tokenizer.decode(batch["input_ids"][0][batch["response_mask"][0]], skip_special_tokens=True)
+    assert response.strip() == "3"
+    label_only = MultiTaskCollator(tokenizer, rationales=False)(examples)
+    assert label_only["input_ids"].shape[0] == 2 and label_only["pos_mask"].shape == (2, 0)
