@@ -14,6 +14,13 @@ class QCRDConfig(BaseModel):
     teacher: str | None = Field(
         None, description="teacher model (hub id or folder); null = rationales from data"
     )
+    teacher_prompt: str = Field(
+        "{question}", description="the teacher's user message; {question} is replaced by the input"
+    )
+    answer_pattern: str = Field(
+        r"(?i)\banswer(?: is|:)\s*([^\n]+?)\.?[ \t]*(?:\n|$)",
+        description="regex whose first group (last match) is a rationale's answer, for self-consistency",
+    )
     teacher_samples: int = Field(5, ge=1)
     teacher_temperature: float = Field(0.7, ge=0)
     consistency: Literal["majority", "gold"] = "majority"
@@ -27,6 +34,9 @@ class QCRDConfig(BaseModel):
     disc_steps: int = Field(500, ge=1)
     disc_every: int = Field(1, ge=1)
     disc_backbone: Literal["student", "encoder"] = "student"
+    disc_lr: float = Field(1e-3, gt=0)
+    disc_batch_size: int = Field(32, ge=1)
+    disc_augment_rate: float = Field(0.15, gt=0, le=1, description="word-mask / word-replace rate")
     step_by_step_alpha: float = Field(
         0.5, ge=0, le=1, description="label weight of the step-by-step baseline"
     )

@@ -1,0 +1,290 @@
+"""QCRD's online discriminator D(x, r) ∈ [0, 1]: how likely rationale r is a good one for question x.
+
+Two backbones (`qcrd.disc_backbone`), both built locally, nothing downloaded:
+
+- `student`: the student's own base model (its transformer body, no LM head), LoRA adapters on it and
+  a linear head on the last real token's hidden state (a causal model's last position has read all of
+  the input). Memory: one more copy of the base weights, frozen, plus small adapters.
+- `encoder`: a 2-layer transformer encoder over the student's tokenizer, trained from scratch, mean
+  pooled, with a linear head. Cheap; enough for short rationales.
+
+Training (`fit`): binary cross-entropy, S_pos labelled 1 and S_neg labelled 0, for `steps` batches.
+The minority class is first topped up to the majority's size with copies whose words are masked or
+replaced at random (word-mask / word-replace augmentation), so D is not merely the class prior.
+Re-training every `qcrd.disc_every` epochs continues from the current weights on that epoch's data.
+"""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import torch
+from torch import nn
+
+Pair = tuple[str, str]  # (question, rationale)
+
+
+# ---------------------------------------------------------------- augmentation
+
+
+def word_mask(text: str, rng: random.Random, rate: float, mask_token: str) -> str:
+    """Each word replaced by `mask_token` with probability `rate` (at least one word when any exist)."""
+    words = text.split()
+    if not words:
+        return text
+    chosen = [i for i in range(len(words)) if rng.random() < rate] or [rng.randrange(len(words))]
+    for i in chosen:
+        words[i] = mask_token
+    return " ".join(words)
+
+
+def word_replace(text: str, rng: random.Random, rate: float, vocabulary: list[str]) -> str:
+    """Each word replaced by a random vocabulary word with probability `rate` (at least one word)."""
+    words = text.split()
+    if not words or not vocabulary:
+        return text
+    chosen = [i for i in range(len(words)) if rng.random() < rate] or [rng.randrange(len(words))]
+    for i in chosen:
+        words[i] = rng.choice(vocabulary)
+    return " ".join(words)
+
+
+def balance_classes(
+    positives: list[Pair],
+    negatives: list[Pair],
+    rng: random.Random,
+    *,
+    rate: float = 0.15,
+    mask_token: str = "<mask>",
+) -> tuple[list[Pair], list[Pair]]:
+    """Both classes at the size of the larger one: the smaller gets augmented copies of its own pairs.
+
+    Copies alternate word-mask and word-replace; replacement words come from all rationales given.
+    """
+    vocabulary = sorted({w for _, r in positives + negatives for w in r.split()})
+    small, large = (positives, negatives) if len(positives) < len(negatives) else (negatives, positives)
+    if not small:
+        return list(positives), list(negatives)
+    extra = []
+    for k in range(len(large) - len(small)):
+        question, rationale = small[rng.randrange(len(small))]
+        if k % 2 == 0:
+            extra.append((question, word_mask(rationale, rng, rate, mask_token)))
+        else:
+            extra.append((question, word_replace(rationale, rng, rate, vocabulary)))
+    topped = list(small) + extra
+    return (topped, list(large)) if small is positives else (list(large), topped)
+
+
+# ---------------------------------------------------------------- backbones
+
+
+class TinyEncoder(nn.Module):
+    """Token embeddings + positions, a small transformer encoder, mean pooling, a linear head -> logit."""
+
+    def __init__(
+        self, vocab_size: int, *, dim: int = 64, layers: int = 2, heads: int = 2, max_positions: int = 512
+    ):
+        super().__init__()
+        self.embed = nn.Embedding(vocab_size, dim)
+        self.position = nn.Embedding(max_positions, dim)
+        layer = nn.TransformerEncoderLayer(dim, heads, dim_feedforward=4 * dim, dropout=0.0, batch_first=True)
+        self.encoder = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
+        self.head = nn.Linear(dim, 1)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        positions = torch.arange(input_ids.size(1), device=input_ids.device)
+        hidden = self.embed(input_ids) + self.position(positions)[None]
+        hidden = self.encoder(hidden, src_key_padding_mask=~attention_mask.bool())
+        weights = attention_mask.unsqueeze(-1).to(hidden.dtype)
+        pooled = (hidden * weights).sum(1) / weights.sum(1).clamp_min(1.0)
+        return self.head(pooled).squeeze(-1)
+
+
+class BackboneHead(nn.Module):
+    """A causal LM's transformer body with a linear head on the last real token -> logit."""
+
+    def __init__(self, body: nn.Module, hidden_size: int):
+        super().__init__()
+        self.body = body
+        self.head = nn.Linear(hidden_size, 1)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        hidden = self.body(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        last = attention_mask.long().sum(-1).clamp_min(1) - 1  # right padding: last real position
+        pooled = hidden[torch.arange(hidden.size(0), device=hidden.device), last]
+        return self.head(pooled.float()).squeeze(-1)
+
+
+def student_backbone(model_path: str | Path, model_cfg=None, lora_cfg=None) -> nn.Module:
+    """The student's base model body (no LM head) with LoRA adapters (when enabled) and a fresh head."""
+    from transformers import AutoModel
+
+    from nega.models import torch_dtype
+
+    body = AutoModel.from_pretrained(
+        str(model_path),
+        dtype=torch_dtype(model_cfg.dtype if model_cfg else "auto"),
+        trust_remote_code=bool(model_cfg and model_cfg.trust_remote_code),
+        use_safetensors=True,
+    )
+    if lora_cfg is not None and lora_cfg.enabled:
+        from peft import LoraConfig, TaskType, get_peft_model
+
+        peft_cfg = LoraConfig(
+            r=lora_cfg.r,
+            lora_alpha=lora_cfg.alpha,
+            lora_dropout=0.0,
+            target_modules=lora_cfg.target_modules,
+            task_type=TaskType.FEATURE_EXTRACTION,
+        )
+        body = get_peft_model(body, peft_cfg)
+    return BackboneHead(body, body.config.hidden_size)
+
+
+# ---------------------------------------------------------------- the discriminator
+
+
+class Discriminator:
+    """D(x, r) = sigmoid(module(tokens of x and r)); `fit` trains it, `scores` applies it (no grad)."""
+
+    def __init__(self, module: nn.Module, tokenizer, *, max_length: int = 512, lr: float = 1e-3):
+        self.module = module
+        self.tokenizer = tokenizer
+        self.max_length = max_length
+        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        self.module.to(self.device)
+        params = [p for p in self.module.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+        self.mask_token = tokenizer.mask_token or tokenizer.unk_token or "_"
+
+    @classmethod
+    def build(
+        cls,
+        backbone: str,
+        tokenizer,
+        *,
+        model_path=None,
+        model_cfg=None,
+        lora_cfg=None,
+        lr: float = 1e-3,
+        seed: int = 0,
+    ):
+        torch.manual_seed(seed)
+        if backbone == "encoder":
+            module = TinyEncoder(len(tokenizer))
+        elif backbone == "student":
+            module = student_backbone(model_path, model_cfg, lora_cfg)
+        else:
+            raise ValueError(f"qcrd.disc_backbone: unknown backbone {backbone!r}; choose student or encoder")
+        max_length = min(512, getattr(model_cfg, "max_length", 512))
+        return cls(module, tokenizer, max_length=max_length, lr=lr)
+
+    def _text(self, question: str, rationale: str) -> str:
+        return f"question: {question}\nrationale: {rationale}"
+
+    def _batch(self, pairs: list[Pair]) -> tuple[torch.Tensor, torch.Tensor]:
+        ids = [
+            self.tokenizer(self._text(q, r), add_special_tokens=False)["input_ids"][: self.max_length] or [0]
+            for q, r in pairs
+        ]
+        width = max(len(x) for x in ids)
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        input_ids = torch.full((len(ids), width), pad, dtype=torch.long)
+        attention = torch.zeros((len(ids), width), dtype=torch.bool)
+        for row, x in enumerate(ids):
+            input_ids[row, : len(x)] = torch.tensor(x)
+            attention[row, : len(x)] = True
+        return input_ids.to(self.device), attention.to(self.device)
+
+    def fit(
+        self,
+        positives: list[Pair],
+        negatives: list[Pair],
+        *,
+        steps: int,
+        batch_size: int = 32,
+        seed: int = 0,
+        augment_rate: float = 0.15,
+        description: str = "training the discriminator",
+    ) -> dict[str, float]:
+        """`steps` BCE steps on balanced S_pos (1) vs S_neg (0); returns the loss and accuracy of the
+        last quarter of steps (accuracy on the batches as trained, before each step)."""
+        from nega.progress import progress_bar
+
+        if not positives or not negatives:
+            raise ValueError(
+                f"the discriminator needs both classes: got {len(positives)} positive and {len(negatives)} "
+                "negative rationales; check qcrd.consistency and the teacher's rationales"
+            )
+        rng = random.Random(seed)
+        pos, neg = balance_classes(positives, negatives, rng, rate=augment_rate, mask_token=self.mask_token)
+        data = [(p, 1.0) for p in pos] + [(n, 0.0) for n in neg]
+        order: list[int] = []
+        tail = max(1, steps // 4)
+        losses, correct, seen = [], 0, 0
+        self.module.train()
+        with progress_bar(description, total=steps) as advance:
+            for step in range(steps):
+                if len(order) < batch_size:
+                    fresh = list(range(len(data)))
+                    rng.shuffle(fresh)
+                    order.extend(fresh)
+                chosen = [data[i] for i in order[:batch_size]]
+                del order[:batch_size]
+                ids, attention = self._batch([pair for pair, _ in chosen])
+                targets = torch.tensor([y for _, y in chosen], device=self.device)
+                logits = self.module(ids, attention).float()
+                loss = nn.functional.binary_cross_entropy_with_logits(logits, targets)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(self.module.parameters(), 1.0)
+                self.optimizer.step()
+                self.optimizer.zero_grad(set_to_none=True)
+                if step >= steps - tail:
+                    losses.append(loss.item())
+                    correct += int(((logits.detach() > 0).float() == targets).sum())
+                    seen += len(chosen)
+                advance(1, loss=loss.item())
+        self.module.eval()
+        return {
+            "loss": sum(losses) / len(losses),
+            "accuracy": correct / max(1, seen),
+            "positives": float(len(positives)),
+            "negatives": float(len(negatives)),
+            "augmented": float(len(pos) + len(neg) - len(positives) - len(negatives)),
+        }
+
+    @torch.no_grad()
+    def scores(self, pairs: list[Pair], *, batch_size: int = 64) -> list[float]:
+        """D(x, r) for each (question, rationale) pair, in order."""
+        self.module.eval()
+        out: list[float] = []
+        for start in range(0, len(pairs), batch_size):
+            ids, attention = self._batch(pairs[start : start + batch_size])
+            out.extend(torch.sigmoid(self.module(ids, attention).float()).tolist())
+        return out
+
+    def accuracy(self, positives: list[Pair], negatives: list[Pair]) -> float:
+        """Share of pairs on the right side of 0.5 (positives above, negatives below)."""
+        hits = sum(s > 0.5 for s in self.scores(positives)) + sum(s < 0.5 for s in self.scores(negatives))
+        return hits / max(1, len(positives) + len(negatives))
+
+    def save(self, path: Path) -> Path:
+        """The trainable weights (adapters + head, or the whole encoder)."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        trainable = {n for n, p in self.module.named_parameters() if p.requires_grad}
+        state = {k: v.detach().cpu() for k, v in self.module.state_dict().items() if k in trainable}
+        tmp = path.with_name(f".{path.name}.tmp")
+        torch.save(state, tmp)
+        tmp.replace(path)
+        return path
+
+    def load(self, path: Path) -> Discriminator:
+        state = torch.load(Path(path), map_location=self.device, weights_only=True)
+        missing = set(state) - set(self.module.state_dict())
+        if missing:
+            raise ValueError(f"{path}: weights {sorted(missing)[:3]} do not fit this discriminator backbone")
+        self.module.load_state_dict(state, strict=False)
+        return self

@@ -1,0 +1,108 @@
+"""QCRD discriminator: augmentation, class balance, and learning a separable toy set quickly."""
+
+from __future__ import annotations
+
+import random
+import time
+
+import pytest
+import torch
+
+from nega.distill.qcrd.discriminator import Discriminator, balance_classes, word_mask, word_replace
+
+GOOD = "the weights are stated and the comparison holds so the answer follows".split()
+BAD = "banana purple sideways jumps over nothing while clocks melt quietly".split()
+
+
+def separable_pairs(n_pos: int, n_neg: int, seed: int = 0):
+    rng = random.Random(seed)
+    questions = [f"is item {i} heavier than item {i + 1}?" for i in range(50)]
+
+    def sentence(words):
+        return " ".join(rng.choice(words) for _ in range(rng.randint(6, 10)))
+
+    pos = [(rng.choice(questions), sentence(GOOD)) for _ in range(n_pos)]
+    neg = [(rng.choice(questions), sentence(BAD)) for _ in range(n_neg)]
+    return pos, neg
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    from nega.toy.model import build_tokenizer
+
+    pos, neg = separable_pairs(30, 30, seed=9)
+    lines = [f"question: {q}\nrationale: {r}" for q, r in pos + neg]
+    return build_tokenizer(lines * 3, vocab_size=300)
+
+
+def test_word_mask_and_replace_change_words_but_keep_length():
+    rng = random.Random(0)
+    text = "one two three four five six seven eight"
+    masked = word_mask(text, rng, 0.5, "<unk>")
+    assert masked != text and len(masked.split()) == 8 and "<unk>" in masked.split()
+    replaced = word_replace(text, rng, 0.5, ["zzz"])
+    assert replaced != text and len(replaced.split()) == 8 and "zzz" in replaced.split()
+    # rate 0 still changes one word: an augmented copy is never an exact duplicate
+    assert sum(a != b for a, b in zip(word_mask(text, rng, 0.0, "M").split(), text.split(), strict=True)) == 1
+
+
+def test_balance_classes_tops_up_the_minority_with_augmented_copies():
+    pos, neg = separable_pairs(40, 10)
+    bpos, bneg = balance_classes(pos, neg, random.Random(0), rate=0.2)
+    assert len(bpos) == len(bneg) == 40
+    assert bpos == pos and bneg[:10] == neg
+    originals = {r for _, r in neg}
+    assert all(r not in originals for _, r in bneg[10:])
+    # with an empty class there is nothing to copy: unchanged
+    assert balance_classes(pos, [], random.Random(0)) == (pos, [])
+
+
+def test_encoder_discriminator_learns_a_separable_set_in_seconds(tokenizer):
+    torch.manual_seed(0)
+    pos, neg = separable_pairs(60, 15, seed=1)  # imbalanced: balanced by augmentation
+    disc = Discriminator.build("encoder", tokenizer, lr=3e-3, seed=0)
+    start = time.perf_counter()
+    metrics = disc.fit(pos, neg, steps=60, batch_size=16, seed=0)
+    elapsed = time.perf_counter() - start
+    held_pos, held_neg = separable_pairs(40, 40, seed=2)
+    accuracy = disc.accuracy(held_pos, held_neg)
+    assert accuracy > 0.8, (accuracy, metrics)
+    assert metrics["augmented"] == 45
+    assert elapsed < 60
+    scores = disc.scores(held_pos[:3] + held_neg[:3])
+    assert all(0.0 <= s <= 1.0 for s in scores)
+    assert min(scores[:3]) > max(scores[3:])
+
+
+def test_fit_needs_both_classes(tokenizer):
+    disc = Discriminator.build("encoder", tokenizer)
+    pos, _ = separable_pairs(5, 0)
+    with pytest.raises(ValueError, match="both classes"):
+        disc.fit(pos, [], steps=1)
+
+
+def test_student_backbone_discriminator_trains_and_round_trips(tokenizer, tmp_path):
+    from nega.config import LoraConfig
+    from nega.toy.model import build_model, save_model
+
+    model_dir = save_model(build_model(tokenizer, size="tiny", seed=0), tokenizer, tmp_path / "student")
+    pos, neg = separable_pairs(40, 40, seed=3)
+    disc = Discriminator.build(
+        "student", tokenizer, model_path=model_dir, lora_cfg=LoraConfig(r=8, alpha=16), lr=3e-3
+    )
+    frozen = {n: p.detach().clone() for n, p in disc.module.named_parameters() if not p.requires_grad}
+    assert frozen, "the base weights of the student backbone stay frozen"
+    disc.fit(pos, neg, steps=40, batch_size=16, seed=0)
+    held_pos, held_neg = separable_pairs(30, 30, seed=4)
+    assert disc.accuracy(held_pos, held_neg) > 0.8
+    for name, param in disc.module.named_parameters():
+        if name in frozen:
+            assert torch.equal(param, frozen[name]), name
+    before = disc.scores(held_pos[:4])
+    path = disc.save(tmp_path / "disc.pt")
+    fresh = Discriminator.build(
+        "student", tokenizer, model_path=model_dir, lora_cfg=LoraConfig(r=8, alpha=16), seed=5
+    )
+    assert fresh.scores(held_pos[:4]) != pytest.approx(before)
+    fresh.load(path)
+    assert fresh.scores(held_pos[:4]) == pytest.approx(before, abs=1e-5)
