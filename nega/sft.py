@@ -1,0 +1,312 @@
+"""Supervised fine-tuning: response-masked cross-entropy on (prompt, response) pairs, LoRA, resume.
+
+The `sft` method (`method: sft` recipes) and the SFT and RFT stages of per-step negative RL use it.
+The loss is the mean negative log-likelihood of the response tokens and the closing EOS; prompt and
+padding tokens are masked. With `lora.enabled` a fresh LoRA adapter trains on the given model folder
+and is saved as `<output_dir>/adapter`; without LoRA the full model is saved as `<output_dir>/model`.
+
+Rows become pairs through `sft_pair_of`, which knows the usual column names:
+
+    {"prompt": ..., "response" | "completion" | "chosen": ...}
+    {"question" | "problem": ..., "solution" | "answer": ...}   (GSM8K's calculator markup is removed)
+    {"messages": [..., {"role": "assistant", "content": ...}]}
+
+`run(recipe, run)` runs a `method: sft` recipe: starting model (the toy model for `model.name: toy`),
+SFT on `data`, then greedy evaluation of the model before and after (the toy world's oracle metrics,
+or reasoning accuracy when `eval.reasoning` is set), printed as a table.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from nega.launch import guarded_trainer_class
+from nega.logps import collate_sequences, encode_pair, token_logps
+
+RESPONSE_KEYS = ("response", "completion", "chosen")
+PROMPT_KEYS = ("prompt", "question", "problem")
+SOLUTION_KEYS = ("solution", "answer")
+
+
+def sft_pair_of(row: dict) -> dict:
+    """{"prompt": chat messages, "response": text} from one dataset row (see the module docstring)."""
+    from nega.data import require_text
+    from nega.rewards.math import strip_calculator_annotations
+
+    messages = row.get("messages")
+    if isinstance(messages, list) and messages:
+        if not isinstance(messages[-1], dict) or messages[-1].get("role") != "assistant":
+            raise ValueError("field 'messages' must end with an assistant turn (the response to learn)")
+        return {"prompt": messages[:-1], "response": require_text(messages[-1], "content")}
+    prompt_key = next((k for k in PROMPT_KEYS if row.get(k) is not None), None)
+    if prompt_key is None:
+        raise KeyError("prompt")
+    prompt = row[prompt_key]
+    if isinstance(prompt, str):
+        prompt = [{"role": "user", "content": require_text(row, prompt_key)}]
+    response_key = next((k for k in (*RESPONSE_KEYS, *SOLUTION_KEYS) if row.get(k) is not None), None)
+    if response_key is None:
+        raise KeyError("response")
+    response = require_text(row, response_key)
+    if response_key == "answer":
+        response = strip_calculator_annotations(response)
+    return {"prompt": prompt, "response": response}
+
+
+def encode_sft_pairs(tokenizer, pairs: list[tuple[str, str]], max_length: int | None) -> list[dict]:
+    """(rendered prompt, response) -> {"input_ids", "prompt_len"} with EOS closing each response."""
+    out = []
+    for prompt, response in pairs:
+        ids, prompt_len = encode_pair(tokenizer, prompt, response, add_eos=True, max_length=max_length)
+        out.append({"input_ids": ids, "prompt_len": prompt_len})
+    return out
+
+
+class SupervisedCollator:
+    """Right-pads encoded pairs into input_ids, attention_mask, response_mask [B, T]."""
+
+    def __init__(self, pad_id: int):
+        self.pad_id = pad_id
+
+    def __call__(self, examples: list[dict]) -> dict[str, torch.Tensor]:
+        ids, attention, response = collate_sequences(
+            [(e["input_ids"], e["prompt_len"]) for e in examples], self.pad_id
+        )
+        return {"input_ids": ids, "attention_mask": attention, "response_mask": response}
+
+
+def response_nll(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Mean negative log-likelihood over the batch's response tokens (prompt and padding masked)."""
+    logits = model(
+        input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False
+    ).logits
+    mask = batch["response_mask"][:, 1:] & batch["attention_mask"][:, 1:].bool()
+    per_token = token_logps(logits[:, :-1], batch["input_ids"][:, 1:])
+    return -(per_token * mask).sum() / mask.sum().clamp_min(1)
+
+
+class SupervisedTrainer(guarded_trainer_class()):
+    """`Trainer` whose loss is the response-masked NLL of `response_nll`."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        # The loss is already a mean over the micro-batch's tokens; let the Trainer scale accumulation.
+        self.model_accepts_loss_kwargs = False
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        loss = response_nll(model, inputs)
+        return (loss, {}) if return_outputs else loss
+
+
+def sft_train(
+    model_path: str,
+    pairs: list[tuple[str, str]],
+    output_dir,
+    *,
+    model_cfg,
+    lora_cfg,
+    train_cfg,
+    seed: int = 0,
+    adapter: str | None = None,
+    **overrides,
+) -> tuple[str, list[dict]]:
+    """Fine-tune `model_path` on (rendered prompt, response) pairs; returns (saved folder, log history).
+
+    The folder is `<output_dir>/adapter` with LoRA (continuing `adapter` when given) or
+    `<output_dir>/model` without. Checkpoints go to `<output_dir>/checkpoints`, and an interrupted
+    call resumes from the last one. `overrides` go to TrainingArguments (e.g. max_steps=100).
+    """
+    from pathlib import Path
+
+    from nega.launch import log_history, train_with_resume, training_arguments
+    from nega.models import load_policy, save_adapter
+
+    if not pairs:
+        raise ValueError("sft_train got no (prompt, response) pairs; check the data section of the recipe")
+    output_dir = Path(output_dir)
+    model, tokenizer = load_policy(model_path, model_cfg, lora_cfg, adapter=adapter)
+    checkpoints = output_dir / "checkpoints"
+    args = training_arguments(train_cfg, checkpoints, seed=seed, **overrides)
+    trainer = SupervisedTrainer(
+        model=model,
+        args=args,
+        train_dataset=encode_sft_pairs(tokenizer, pairs, model_cfg.max_length),
+        data_collator=SupervisedCollator(tokenizer.pad_token_id),
+    )
+    train_with_resume(trainer, checkpoints)
+    folder = save_adapter(trainer.model, tokenizer, output_dir / ("adapter" if lora_cfg.enabled else "model"))
+    return str(folder), log_history(trainer)
+
+
+def sft_entry(
+    recipe: dict, model_path: str, pairs_file: str, output_dir: str, overrides: dict | None = None
+) -> None:
+    """`sft_train` from JSON-able arguments, as `nega.launch.run_training` calls it on every rank."""
+    from pathlib import Path
+
+    from nega.config import RECIPE
+    from nega.launch import is_main_process
+    from nega.pipeline import read_jsonl, write_json
+
+    cfg = RECIPE.validate_python(recipe)
+    pairs = [(r["prompt"], r["response"]) for r in read_jsonl(Path(pairs_file))]
+    folder, history = sft_train(
+        model_path,
+        pairs,
+        output_dir,
+        model_cfg=cfg.model,
+        lora_cfg=cfg.lora,
+        train_cfg=cfg.train,
+        seed=cfg.seed,
+        **(overrides or {}),
+    )
+    if is_main_process():
+        write_json(Path(output_dir) / "train_log.json", {"folder": folder, "history": history})
+
+
+def sft_stage(run, name: str, model_path: str, pairs: list[tuple[str, str]], *, inputs=(), overrides=None):
+    """A run stage that fine-tunes `model_path` on rendered pairs; returns (stage, saved folder).
+
+    The pairs are written to the stage folder first, so training ranks launched for `--gpus` read them
+    from disk.
+    """
+    from nega.launch import run_training
+    from nega.pipeline import hash_value, read_json, write_jsonl
+
+    recipe = run.recipe
+    stage = run.stage(
+        name,
+        config={
+            "train": recipe.train.model_dump(),
+            "lora": recipe.lora.model_dump(),
+            "model": recipe.model.model_dump(),
+            "overrides": overrides or {},
+            "pairs": len(pairs),
+            "pairs_hash": hash_value(pairs),
+            "seed": recipe.seed,
+        },
+        inputs=list(inputs),
+    )
+    if not stage.done:
+        pairs_file = stage.dir / "pairs.jsonl"
+        write_jsonl(pairs_file, ({"prompt": p, "response": r} for p, r in pairs))
+        run_training(
+            "nega.sft:sft_entry",
+            {
+                "recipe": recipe.model_dump(mode="json"),
+                "model_path": str(model_path),
+                "pairs_file": str(pairs_file),
+                "output_dir": str(stage.dir),
+                "overrides": overrides or {},
+            },
+            stage.dir,
+            needs_launcher=recipe.train.deepspeed.stage > 0,
+        )
+        history = read_json(stage.dir / "train_log.json")["history"]
+        losses = [h["loss"] for h in history if "loss" in h]
+        stage.finish(counts={"pairs": len(pairs), "final_loss": losses[-1] if losses else None})
+    return stage, read_json(stage.dir / "train_log.json")["folder"]
+
+
+def run(recipe, run) -> dict[str, dict[str, float]]:
+    """`method: sft`: starting model -> SFT on `data` -> greedy evaluation before and after -> report."""
+    from nega.data import DataError, convert_rows, load_rows
+    from nega.sampling.base import render_prompt
+    from nega.stages import base_model, evaluate, write_report
+
+    model_path, model_stage = base_model(run)
+    rows, source = load_rows(recipe.data, toy_cfg=recipe.toy, seed=recipe.seed, split=recipe.data.split)
+    examples, bad = convert_rows(rows, sft_pair_of, source=source, on_bad_row=recipe.data.on_bad_row)
+    tokenizer = _tokenizer(model_path, recipe.model)
+    pairs = [(render_prompt(tokenizer, e["prompt"]), e["response"]) for e in examples]
+    stage, folder = sft_stage(run, "sft", model_path, pairs, inputs=[model_stage or model_path])
+
+    prompts, score, columns = eval_problems(recipe)
+    if not prompts:
+        table = {"sft": {"train_pairs": float(len(pairs)), "bad_rows": float(bad)}}
+    else:
+        if recipe.lora.enabled:
+            adapters = {"start": None, "sft": folder} if recipe.eval.before else {"sft": folder}
+            table = evaluate(
+                run, "eval", model_path, adapters, prompts, score, columns=columns, inputs=[stage]
+            )
+        else:
+            table = {}
+            if recipe.eval.before:
+                table |= evaluate(
+                    run, "eval-start", model_path, {"start": None}, prompts, score, columns=columns
+                )
+            table |= evaluate(
+                run, "eval-sft", folder, {"sft": None}, prompts, score, columns=columns, inputs=[stage]
+            )
+    if not table:
+        raise DataError("nothing to report")
+    write_report(run, table)
+    return table
+
+
+def _tokenizer(model_path: str, model_cfg):
+    from nega.models import load_tokenizer
+
+    return load_tokenizer(model_path, model_cfg)
+
+
+def eval_problems(recipe):
+    """(prompts, score_fn, columns) for the recipe's evaluation; empty prompts when it has none.
+
+    Toy worlds score with their own oracle on `toy.n_test` test rows; otherwise `eval.reasoning`
+    names a reasoning set graded by the math verifier.
+    """
+    if recipe.toy is not None and recipe.model.name == "toy":
+        from nega.toy import make_world
+
+        world = make_world(recipe.toy.world, seed=recipe.seed, **recipe.toy.options)
+        rows = world.rows("test", recipe.toy.n_test)
+        prompts = [[{"role": "user", "content": _user_text(r)}] for r in rows]
+
+        def score_world(completions: list[str]) -> dict[str, float]:
+            return world.score(prompts, completions, **_columns(rows))
+
+        return prompts, score_world, rows
+    if recipe.eval.reasoning is None:
+        return [], None, None
+    toy = recipe.toy.model_dump() if recipe.toy is not None else None
+    return reasoning_problems(recipe.eval.reasoning, seed=recipe.seed, toy=toy)
+
+
+def reasoning_problems(reasoning_cfg, *, seed: int = 0, toy: dict | None = None, answer_format: str = "auto"):
+    """(prompts, accuracy score fn, rows) for an `eval.reasoning` section.
+
+    Questions are asked bare, as the SFT data asks them; answers are graded by nega.rewards.math (or
+    the toy world's verifier for the toy set).
+    """
+    from nega.eval.sets import load_problem_set
+    from nega.rewards.math import math_reward
+
+    problem_set = load_problem_set(reasoning_cfg.data, limit=reasoning_cfg.limit, toy=toy, seed=seed)
+    rows = [dict(item) for item in problem_set.items]
+    prompts = [[{"role": "user", "content": r["question"]}] for r in rows]
+
+    def score_accuracy(completions: list[str]) -> dict[str, float]:
+        per_prompt = len(completions) // max(1, len(rows))
+        expanded = [r for r in rows for _ in range(per_prompt)]
+        if problem_set.grade is not None:
+            rewards = [float(problem_set.grade(r, c)) for r, c in zip(expanded, completions, strict=True)]
+        else:
+            answers = [r["answer"] for r in expanded]
+            rewards = math_reward(prompts, completions, answer=answers, answer_format=answer_format)
+        return {"accuracy": sum(rewards) / max(1, len(rewards)), "n": float(len(rewards))}
+
+    return prompts, score_accuracy, rows
+
+
+def _user_text(row: dict) -> str:
+    for key in ("prompt", "question", "problem"):
+        if isinstance(row.get(key), str):
+            return row[key]
+    raise KeyError("prompt")
+
+
+def _columns(rows: list[dict]) -> dict[str, list]:
+    keys = sorted({k for r in rows for k in r})
+    return {k: [r.get(k) for r in rows] for k in keys}

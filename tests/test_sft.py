@@ -1,0 +1,105 @@
+"""Supervised fine-tuning: row conversion, the masked loss, two LoRA steps, and a toy `method: sft` run."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from nega.sft import SupervisedCollator, encode_sft_pairs, response_nll, sft_pair_of
+
+
+def test_sft_pair_of_reads_the_usual_columns():
+    assert sft_pair_of({"prompt": "hi", "response": "hello"}) == {
+        "prompt": [{"role": "user", "content": "hi"}],
+        "response": "hello",
+    }
+    gsm = sft_pair_of({"question": "q?", "answer": "2*3=<<2*3=6>>6\n#### 6"})
+    assert gsm["response"] == "2*3=6\n#### 6"
+    assert sft_pair_of({"problem": "p", "solution": "s", "answer": "a"})["response"] == "s"
+    chat = [{"role": "user", "content": "u"}, {"role": "assistant", "content": "a"}]
+    assert sft_pair_of({"messages": chat}) == {"prompt": chat[:1], "response": "a"}
+    with pytest.raises(KeyError):
+        sft_pair_of({"text": "x"})
+    with pytest.raises(ValueError, match="assistant"):
+        sft_pair_of({"messages": chat[:1]})
+    with pytest.raises(ValueError, match="empty"):
+        sft_pair_of({"prompt": "p", "response": "  "})
+
+
+def test_response_nll_counts_only_response_tokens(tiny_model_dir):
+    from nega.models import load_base_model, load_tokenizer
+
+    tokenizer = load_tokenizer(tiny_model_dir)
+    model = load_base_model(tiny_model_dir)
+    pairs = [
+        ("<|user|>\nwhat is 2 plus 3?\n<|assistant|>\n", "2 plus 3 is 5."),
+        ("<|user|>\nsay hello.\n<|assistant|>\n", "hi"),
+    ]
+    encoded = encode_sft_pairs(tokenizer, pairs, max_length=None)
+    assert encoded[0]["input_ids"][-1] == tokenizer.eos_token_id
+    batch = SupervisedCollator(tokenizer.pad_token_id)(encoded)
+    with torch.no_grad():
+        loss = response_nll(model, batch).item()
+        total, count = 0.0, 0
+        for e in encoded:
+            ids = torch.tensor([e["input_ids"]])
+            logp = torch.log_softmax(model(input_ids=ids).logits[0, :-1], -1)
+            for t in range(e["prompt_len"], len(e["input_ids"])):
+                total -= logp[t - 1, e["input_ids"][t]].item()
+                count += 1
+    assert loss == pytest.approx(total / count, rel=1e-4)
+
+
+def test_two_sft_steps_change_lora_weights_and_not_the_base(tiny_model_dir, tmp_path):
+    from safetensors.torch import load_file
+
+    from nega.config import LoraConfig, ModelConfig, TrainConfig
+    from nega.models import load_base_model
+    from nega.sft import sft_train
+
+    pairs = [("<|user|>\nname a color.\n<|assistant|>\n", "green")] * 4
+    folder, history = sft_train(
+        str(tiny_model_dir),
+        pairs,
+        tmp_path / "sft",
+        model_cfg=ModelConfig(name=str(tiny_model_dir)),
+        lora_cfg=LoraConfig(r=4, alpha=8, dropout=0.0),
+        train_cfg=TrainConfig(
+            lr=1e-2, batch_size=2, max_steps=2, warmup_ratio=0.0, logging_steps=1, save_steps=1
+        ),
+        max_steps=2,
+    )
+    weights = load_file(f"{folder}/adapter_model.safetensors")
+    lora_b = [v for k, v in weights.items() if "lora_B" in k]
+    assert lora_b and any(v.abs().sum() > 0 for v in lora_b)  # B starts at zero; two steps moved it
+    losses = [h["loss"] for h in history if "loss" in h]
+    assert len(losses) == 2 and all(math.isfinite(x) for x in losses)
+    # The base folder is untouched and a resumed call finds the finished run (no further steps).
+    base_after = load_base_model(tiny_model_dir).state_dict()
+    base_before = load_file(f"{tiny_model_dir}/model.safetensors")
+    assert all(torch.equal(base_before[k], base_after[k]) for k in base_before)
+
+
+@pytest.mark.slow
+def test_toy_sft_recipe_runs_and_reports_oracle_metrics(tmp_path, monkeypatch):
+    from nega.config import load_recipe
+    from nega.pipeline import Run
+    from nega.sft import run
+
+    monkeypatch.chdir(tmp_path)
+    recipe = load_recipe(
+        "toy-sft",
+        [
+            "toy.steps=60",
+            "toy.n_train=16",
+            "toy.n_test=16",
+            "toy.options.sft_problems=200",
+            "train.max_steps=3",
+        ],
+    )
+    table = run(recipe, Run(recipe))
+    assert set(table) == {"start", "sft"}
+    assert 0.0 <= table["sft"]["accuracy"] <= 1.0 and table["sft"]["n"] == 16
+    assert (tmp_path / "runs" / recipe.name / "report.md").exists()
