@@ -6,6 +6,7 @@ this module holds the pieces every method's trainer shares.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
 
@@ -73,6 +74,8 @@ def training_arguments(train_cfg, output_dir: Path, *, seed: int = 0, **override
         disable_tqdm=os.environ.get("NEGA_QUIET") == "1",
         deepspeed=deepspeed_config(train_cfg),
     )
+    if _CONFIGURED_STATE:
+        kwargs["accelerator_config"] = {"use_configured_state": True}
     kwargs.update(overrides)
     return TrainingArguments(**kwargs)
 
@@ -141,3 +144,126 @@ def guarded_trainer_class():
 
 
 _GUARDED = None
+
+
+# ---------------------------------------------------------------------------------------------------
+# Multi-process training: `nega run RECIPE --gpus N [--nodes M ...]`.
+#
+# Sampling and evaluation stages run once, in the `nega run` process (vLLM takes every local GPU through
+# tensor parallelism). A training stage is handed to `run_training`, which runs it in-process for a
+# single device, or re-launches it under `accelerate launch` on every device and node and waits. The
+# stage's function takes only JSON-able arguments (paths, the recipe file), so ranks rebuild their
+# state from disk; rank 0 writes the artifacts, the parent process writes the manifest.
+# ---------------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class Topology:
+    gpus: int = 1  # processes per node (devices, or CPU processes with cpu=True)
+    nodes: int = 1
+    node_rank: int = 0
+    main_address: str = "127.0.0.1"
+    main_port: int = 29500
+    cpu: bool = False  # gloo on CPU processes: for testing sharding on a machine without GPUs
+
+    @property
+    def world_size(self) -> int:
+        return self.gpus * self.nodes
+
+
+_TOPOLOGY = Topology()
+_CONFIGURED_STATE = False
+
+
+def set_topology(topology: Topology) -> None:
+    global _TOPOLOGY
+    _TOPOLOGY = topology
+
+
+def topology() -> Topology:
+    return _TOPOLOGY
+
+
+def accelerate_command(payload: Path, topo: Topology) -> list[str]:
+    """The `accelerate launch` command line that runs `python -m nega.launch PAYLOAD` on every rank."""
+    import sys
+
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(topo.world_size)]
+    cmd += ["--num_machines", str(topo.nodes), "--machine_rank", str(topo.node_rank)]
+    cmd += ["--main_process_ip", topo.main_address, "--main_process_port", str(topo.main_port)]
+    if topo.world_size > 1:
+        # With CPU processes `--multi_gpu` is what starts N synchronised ranks; `--cpu` alone starts one.
+        cmd.append("--multi_gpu")
+    cmd += ["--mixed_precision", "no", "--module", "nega.launch", str(payload)]
+    return cmd
+
+
+def run_training(entry: str, kwargs: dict, work_dir: Path, *, needs_launcher: bool = False) -> None:
+    """Call `entry` ("module:function") with `kwargs` on every rank of the current topology.
+
+    One device and no DeepSpeed: a plain call in this process. Otherwise `kwargs` is written to
+    `work_dir/launch.json` and the ranks start under accelerate; a failing rank fails the stage with
+    the end of its output.
+    """
+    import importlib
+    import json
+    import subprocess
+
+    topo = topology()
+    if topo.world_size == 1 and not needs_launcher:
+        module, func = entry.split(":")
+        getattr(importlib.import_module(module), func)(**kwargs)
+        return
+    work_dir.mkdir(parents=True, exist_ok=True)
+    payload = work_dir / "launch.json"
+    payload.write_text(json.dumps({"entry": entry, "kwargs": kwargs}, indent=2, default=str))
+    env = dict(os.environ)
+    if topo.cpu or not torch.cuda.is_available():
+        env["ACCELERATE_USE_CPU"] = "true"
+        env.setdefault("OMP_NUM_THREADS", "1")  # one thread per rank: 4x faster than oversubscribing
+    log = work_dir / "launch.log"
+    with log.open("w") as out:
+        result = subprocess.run(accelerate_command(payload, topo), env=env, stdout=out, stderr=subprocess.STDOUT)
+    if result.returncode != 0:
+        tail = "".join(log.read_text(errors="replace").splitlines(keepends=True)[-40:])
+        raise RuntimeError(f"training ranks failed (exit {result.returncode}); end of {log}:\n{tail}")
+
+
+def prepare_distributed_state() -> None:
+    """Make accelerate use gloo for CPU ranks.
+
+    Without CUDA, accelerate leaves the backend unset, believes it has one process, and DeepSpeed's
+    batch-size check fails; creating the shared state with gloo first (and telling the Trainer to use
+    it, see `training_arguments`) fixes both.
+    """
+    global _CONFIGURED_STATE
+    if "LOCAL_RANK" in os.environ and not torch.cuda.is_available():
+        from accelerate import PartialState
+
+        PartialState(backend="gloo")
+        _CONFIGURED_STATE = True
+
+
+def is_main_process() -> bool:
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def _worker(payload: Path) -> None:
+    import importlib
+    import json
+
+    spec = json.loads(Path(payload).read_text())
+    prepare_distributed_state()
+    module, func = spec["entry"].split(":")
+    try:
+        getattr(importlib.import_module(module), func)(**spec["kwargs"])
+    finally:
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            # Without this, about one run in nine aborted at interpreter shutdown on gloo.
+            torch.distributed.destroy_process_group()
+
+
+if __name__ == "__main__":
+    import sys
+
+    _worker(Path(sys.argv[1]))

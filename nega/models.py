@@ -59,11 +59,12 @@ def lora_peft_config(lora_cfg):
     )
 
 
-def load_policy(model_path: str | Path, model_cfg, lora_cfg, *, adapter: str | Path | None = None):
+def load_policy(model_path: str | Path, model_cfg, lora_cfg, *, adapter: str | Path | None = None, seed: int = 0):
     """(model, tokenizer) ready to train: a peft model with a fresh (or given) trainable adapter.
 
     With `lora.enabled: false` the full model trains and a reference needs its own frozen copy
-    (see `frozen_reference`).
+    (the method keeps a frozen copy of the starting weights). The adapter's random init is seeded, so every rank of a distributed run
+    (and every re-run) starts from the same weights.
     """
     from peft import PeftModel, get_peft_model
 
@@ -73,6 +74,7 @@ def load_policy(model_path: str | Path, model_cfg, lora_cfg, *, adapter: str | P
         if adapter is not None:
             model = PeftModel.from_pretrained(model, str(adapter), is_trainable=True)
         else:
+            torch.manual_seed(seed)
             model = get_peft_model(model, lora_peft_config(lora_cfg))
     return model, tokenizer
 

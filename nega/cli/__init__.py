@@ -56,12 +56,25 @@ def run(
     recipe: str = RecipeArg,
     overrides: list[str] = OverridesArg,
     output_dir: Path | None = typer.Option(None, "--output-dir", "-o", help="run folder (default runs/<name>)"),
+    gpus: int = typer.Option(1, min=1, help="training processes per node (one per GPU)"),
+    nodes: int = typer.Option(1, min=1, help="machines; run the same command on each with its --node-rank"),
+    node_rank: int = typer.Option(0, min=0, help="this machine's index, 0..nodes-1"),
+    main_address: str = typer.Option("127.0.0.1", help="address of the node with rank 0"),
+    main_port: int = typer.Option(29500, help="port on the rank-0 node for the process group"),
+    cpu: bool = typer.Option(False, help="train with CPU processes (gloo) instead of GPUs"),
 ):
-    """Run a recipe end to end; finished stages are skipped, so re-running resumes an interrupted run."""
+    """Run a recipe end to end; finished stages are skipped, so re-running resumes an interrupted run.
+
+    Training stages shard over --gpus processes per node (DeepSpeed ZeRO per `train.deepspeed.stage`);
+    sampling and evaluation run once, in this process, with vLLM over all local GPUs.
+    """
     from nega.data import DataError
-    from nega.launch import NonFiniteLossError
+    from nega.launch import NonFiniteLossError, Topology, set_topology
     from nega.pipeline import Run
 
+    if node_rank >= nodes:
+        fail(f"--node-rank {node_rank} must be below --nodes {nodes}")
+    set_topology(Topology(gpus, nodes, node_rank, main_address, main_port, cpu))
     cfg = load(recipe, overrides)
     run_dir = Run(cfg, output_dir)
     typer.echo(f"[nega] run {cfg.name} ({cfg.method}) -> {run_dir.dir}", err=True)

@@ -1,0 +1,75 @@
+"""Sharded LoRA training across 2 CPU processes (gloo) under DDP, ZeRO-2 and ZeRO-3.
+
+Each rank sees half of the same global batch; the per-step losses must match the single-process run, and
+the adapter rank 0 saves under ZeRO-3 must be complete, load with peft and reproduce the trained outputs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from nega.launch import Topology, accelerate_command, run_training, set_topology, topology
+
+pytest.importorskip("deepspeed")
+TESTS = str(Path(__file__).parent)
+
+
+@pytest.fixture
+def entry_on_path(monkeypatch):
+    monkeypatch.setenv("PYTHONPATH", TESTS + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    monkeypatch.syspath_prepend(TESTS)
+    saved = topology()
+    yield
+    set_topology(saved)
+
+
+def train(model_dir, out: Path, processes: int, stage: int) -> list[float]:
+    set_topology(Topology(gpus=processes, cpu=True, main_port=29500 + 10 * stage + processes))
+    kwargs = {"model_dir": str(model_dir), "out_dir": str(out), "stage": stage}
+    run_training("distributed_entry:train_lora", kwargs, out, needs_launcher=processes > 1 or stage > 0)
+    return json.loads((out / "losses.json").read_text())
+
+
+def test_accelerate_command_for_two_nodes():
+    cmd = accelerate_command(Path("p.json"), Topology(gpus=8, nodes=2, node_rank=1, main_address="10.0.0.1"))
+    text = " ".join(cmd)
+    assert "--num_processes 16" in text and "--num_machines 2" in text and "--machine_rank 1" in text
+    assert "--main_process_ip 10.0.0.1" in text and "--multi_gpu" in text
+    assert cmd[-3:] == ["--module", "nega.launch", "p.json"]
+
+
+@pytest.mark.slow
+def test_two_process_zero_matches_one_process(tiny_model_dir, tmp_path, entry_on_path):
+    from peft import PeftModel
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    single = train(tiny_model_dir, tmp_path / "single", 1, 0)
+    assert len(single) == 4 and single[-1] < single[0]
+    for stage in (2, 3):
+        sharded = train(tiny_model_dir, tmp_path / f"zero{stage}", 2, stage)
+        # Equal losses prove the ranks communicate: rank 0 alone logs the mean over both halves.
+        assert sharded == pytest.approx(single, abs=1e-5), f"ZeRO-{stage}"
+
+    # The ZeRO-3 adapter (gathered by rank 0) equals the single-process adapter, tensor by tensor.
+    ref = load_file(tmp_path / "single" / "adapter" / "adapter_model.safetensors")
+    got = load_file(tmp_path / "zero3" / "adapter" / "adapter_model.safetensors")
+    assert set(got) == set(ref) and len(got) == 28
+    for name, tensor in ref.items():
+        assert got[name].numel() > 0 and torch.allclose(got[name], tensor, atol=1e-4), name
+    assert any(t.abs().sum() > 0 for n, t in got.items() if "lora_B" in n)
+
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    prompt = tok("<|user|>\nwhat is 2 plus 1?\n<|assistant|>\n", return_tensors="pt", add_special_tokens=False)
+    outputs = []
+    for folder in ("single", "zero3"):
+        model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model_dir), tmp_path / folder / "adapter")
+        outputs.append(tok.decode(model.generate(**prompt, max_new_tokens=10, do_sample=False)[0]))
+    assert outputs[0] == outputs[1]
+    # Trained on "a plus b is a+b+1": the adapter changed the answer.
+    assert "is 4." in outputs[0]
