@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -58,7 +59,9 @@ def vllm_available() -> bool:
     return importlib.util.find_spec("vllm") is not None
 
 
-def make_sampler(model_path: str | Path, cfg, *, max_lora_rank: int = 16, dtype: str | None = None) -> Sampler:
+def make_sampler(
+    model_path: str | Path, cfg, *, max_lora_rank: int = 16, dtype: str | None = None
+) -> Sampler:
     """A sampler for `model_path` as `cfg` (a SamplingConfig) asks; `auto` = vLLM when installed."""
     backend = cfg.backend
     if backend == "auto":
@@ -74,3 +77,32 @@ def make_sampler(model_path: str | Path, cfg, *, max_lora_rank: int = 16, dtype:
     from nega.sampling.hf import HFSampler
 
     return HFSampler(model_path, cfg, dtype=dtype)
+
+
+def adapter_version(adapter: str | Path) -> tuple[Path, int]:
+    """A LoRA adapter folder's resolved path and the mtime (ns) of its weights file.
+
+    Backends key loaded adapters by both, so an online round that overwrites the same folder with new
+    weights is loaded afresh instead of served from a stale copy.
+    """
+    path = Path(adapter).expanduser().resolve()
+    if not (path / "adapter_config.json").is_file():
+        raise FileNotFoundError(
+            f"LoRA adapter folder {path} has no adapter_config.json; pass a folder written by peft's save_pretrained"
+        )
+    for name in ("adapter_model.safetensors", "adapter_model.bin"):
+        if (path / name).is_file():
+            return path, (path / name).stat().st_mtime_ns
+    raise FileNotFoundError(
+        f"LoRA adapter folder {path} has no adapter_model.safetensors or adapter_model.bin"
+    )
+
+
+def request_seed(seed: int, index: int) -> int:
+    """The seed of prompt `index` in a call seeded `seed`: a 31-bit hash of both.
+
+    Engines give a request's n samples the seeds s, s+1, ..., s+n-1; hashing (rather than seed + index)
+    keeps those ranges apart across prompts and across nearby run seeds.
+    """
+    digest = hashlib.sha256(f"{seed}:{index}".encode()).digest()
+    return int.from_bytes(digest[:4], "little") & 0x7FFFFFFF

