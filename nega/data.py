@@ -44,6 +44,8 @@ def read_table(path: str | Path) -> list[dict]:
         raise DataError(f"{path}: not UTF-8 text (byte {exc.start}); re-encode the file as UTF-8") from None
     except json.JSONDecodeError as exc:
         raise DataError(f"{path}: invalid JSON at line {exc.lineno} ({exc.msg})") from None
+    except csv.Error as exc:
+        raise DataError(f"{path}: unreadable CSV ({exc})") from None
     raise DataError(f"{path}: unsupported file type {suffix!r}; use .jsonl, .json, .csv or .parquet")
 
 
