@@ -6,11 +6,17 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+Objective = Literal["qcrd", "qcrd_no_disc", "step_by_step", "label_only"]
+
 
 class QCRDConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    objective: Literal["qcrd", "qcrd_no_disc", "step_by_step", "label_only"] = "qcrd"
+    objective: Objective = "qcrd"
+    baselines: list[Objective] = Field(
+        default_factory=list,
+        description="also train these objectives on the same data and steps, reported beside `objective`",
+    )
     teacher: str | None = Field(
         None, description="teacher model (hub id or folder); null = rationales from data"
     )
@@ -37,6 +43,7 @@ class QCRDConfig(BaseModel):
     disc_lr: float = Field(1e-3, gt=0)
     disc_batch_size: int = Field(32, ge=1)
     disc_augment_rate: float = Field(0.15, gt=0, le=1, description="word-mask / word-replace rate")
+    eval_limit: int | None = Field(500, ge=1, description="test questions evaluated (null = all)")
     step_by_step_alpha: float = Field(
         0.5, ge=0, le=1, description="label weight of the step-by-step baseline"
     )

@@ -198,26 +198,60 @@ def sample_teacher_rationales(
     return records
 
 
-def record_from_row(row: dict, index: int) -> dict:
+def sample_self_negatives(
+    sampler,
+    examples: list[dict],
+    *,
+    adapter: str | None,
+    temperature: float = 1.5,
+    top_p: float = 1.0,
+    max_tokens: int = 256,
+    seed: int = 0,
+    description: str = "self-adversarial negatives",
+) -> list[dict]:
+    """One `explain:` rationale per example from the student (`adapter`; None = the base model).
+
+    Returns [{"id", "texts": [rationale]}] (empty texts when the sample is blank).
+    """
+    outputs = sampler.generate(
+        [explain_prompt(e["question"]) for e in examples], n=1, temperature=temperature, top_p=top_p,
+        max_tokens=max_tokens, seed=seed, adapter=adapter, description=description,
+    )  # fmt: skip
+    return [
+        {"id": e["id"], "texts": [c.text.strip() for c in group if c.text.strip()]}
+        for e, group in zip(examples, outputs, strict=True)
+    ]
+
+
+def with_negatives(examples: list[dict], sampled: list[dict]) -> list[dict]:
+    """Copies of `examples` whose S_neg also holds the sampled rationales (rows of `sample_self_negatives`)."""
+    by_id = {row["id"]: row["texts"] for row in sampled}
+    return [dict(e, negatives=e["negatives"] + by_id.get(e["id"], [])) for e in examples]
+
+
+def record_from_row(row: dict, index: int, answer_of: Callable[[str], str | None] | None = None) -> dict:
     """A rationale-file row -> teacher-rationale record.
 
-    Accepted: {"question", "label"?, "rationales": [str | {"text", "answer"?}]} or a single
-    {"question", "label", "rationale"} (the toy world's rows; the rationale then agrees with the label).
+    Accepted, first match wins: {"question", "label"?, "rationales": [str | {"text", "answer"?}]};
+    {"question", "label"?, "teacher_rationales": [...]} (the toy rationale world's rows); or a single
+    {"question", "label", "rationale"}, which then agrees with the label. A rationale given as plain
+    text gets its answer from `answer_of` (None without it).
     """
     question = row["question"]
     if not isinstance(question, str) or not question.strip():
         raise ValueError("field 'question' must be non-empty text")
     label = row.get("label")
-    if "rationales" in row:
-        items = row["rationales"]
+    key = next((k for k in ("rationales", "teacher_rationales") if k in row), None)
+    if key is not None:
+        items = row[key]
         if not isinstance(items, list):
-            raise TypeError(f"field 'rationales' must be a list, got {type(items).__name__}")
+            raise TypeError(f"field {key!r} must be a list, got {type(items).__name__}")
     else:
         items = [{"text": row["rationale"], "answer": label}]
     rationales = []
     for item in items:
         if isinstance(item, str):
-            item = {"text": item, "answer": None}
+            item = {"text": item, "answer": answer_of(item) if answer_of else None}
         if not isinstance(item, dict) or not isinstance(item.get("text"), str):
             raise TypeError("each rationale must be text or an object with a 'text' field")
         rationales.append({"text": item["text"], "answer": item.get("answer")})
@@ -301,7 +335,7 @@ def parse_step_by_step(path: str | Path, split: str | None = None) -> list[dict]
 
 
 def load_teacher_records(
-    data_cfg, *, toy_cfg=None, seed: int = 0, split: str | None = None
+    data_cfg, *, toy_cfg=None, seed: int = 0, split: str | None = None, answer_of=None
 ) -> tuple[list[dict], str]:
     """(teacher-rationale records, source) for a recipe's `data` section.
 
@@ -318,7 +352,10 @@ def load_teacher_records(
     rows, source = load_rows(data_cfg, toy_cfg=toy_cfg, seed=seed, split=split)
     indexed = [dict(r, _index=i) for i, r in enumerate(rows)]
     records, _ = convert_rows(
-        indexed, lambda r: record_from_row(r, r["_index"]), source=source, on_bad_row=data_cfg.on_bad_row
+        indexed,
+        lambda r: record_from_row(r, r["_index"], answer_of),
+        source=source,
+        on_bad_row=data_cfg.on_bad_row,
     )
     return records, source
 

@@ -288,3 +288,20 @@ class Discriminator:
             raise ValueError(f"{path}: weights {sorted(missing)[:3]} do not fit this discriminator backbone")
         self.module.load_state_dict(state, strict=False)
         return self
+
+
+def rationale_pairs(examples: list[dict], key: str) -> list[Pair]:
+    """(question, rationale) for every rationale under `key` ("positives" / "negatives"), in order."""
+    return [(e["question"], r) for e in examples for r in e[key]]
+
+
+def with_scores(disc: Discriminator, examples: list[dict]) -> list[dict]:
+    """Copies of `examples` with `pos_scores` / `neg_scores`: D(x, r) of each positive and negative."""
+    pos = iter(disc.scores(rationale_pairs(examples, "positives")))
+    neg = iter(disc.scores(rationale_pairs(examples, "negatives")))
+    return [
+        dict(
+            e, pos_scores=[next(pos) for _ in e["positives"]], neg_scores=[next(neg) for _ in e["negatives"]]
+        )
+        for e in examples
+    ]

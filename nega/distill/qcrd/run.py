@@ -1,0 +1,227 @@
+"""QCRD: quality-guided contrastive rationale distillation (Wang et al., arXiv 2405.13014).
+
+Stages, top to bottom (METHODS.md §3):
+
+    toy-model        the starting student (toy recipes only; else the hub id / folder)
+    teacher          teacher rationales (sampled 5× at T=0.7, or read from data) -> S_pos / S_neg
+    per objective, per epoch e:
+      e<k>-negatives       1 rationale per input at T=1.5 from the student `qcrd.lag` epochs back
+                           (the lag queue; epoch 0 = the starting student), added to S_neg
+      e<k>-discriminator   (qcrd only) pre-train D on S_pos vs S_neg at e=0, re-train every
+                           `disc_every` epochs, and score every rationale of the epoch
+      e<k>-train           one epoch of the loss below, α3 = α3·0.9^e
+    eval             label accuracy (`predict:` greedy) and, on toy worlds, rationale quality
+                     (`explain:` greedy, the world's oracle) for the start and every objective
+
+Loss (mean token CE of the response; r* the easiest positive, r⁻ the hardest negative)::
+
+    L = α1·CE(label | predict: x) + α2·D(x, r*)·min_{r∈S_pos} CE(r | explain: x)
+        + α3·(1 − D(x, r⁻))·max(0, δ − CE(r⁻ | explain: x))
+
+Baselines on the same data and optimizer steps (`qcrd.baselines`): label_only, step_by_step
+(α·label + (1−α)·mean positive CE), qcrd_no_disc (D ≡ 1 on positives, ≡ 0 on negatives).
+
+Deviations from the paper:
+- The student is a causal LM with LoRA; `predict: ` / `explain: ` prefix the user turn of its chat
+  template (the paper trains T5 encoder-decoders with input prefixes).
+- S_neg of epoch e = the teacher's inconsistent rationales + that epoch's self-adversarial sample;
+  samples of earlier epochs are not kept (the paper does not say).
+- Each epoch is a separate Trainer started from the previous adapter (sampling and training never share
+  a process): the LR schedule spans all epochs, the optimizer moments restart every epoch.
+- The discriminator is the student's own base model with LoRA and a pooled head, or a tiny encoder
+  trained from scratch; re-training continues from the last weights for `disc_steps` steps.
+- With rationale files holding one teacher rationale per input (the PaLM files), self-consistency has
+  nothing to vote on: use `consistency: gold`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from nega.distill.qcrd import data
+from nega.distill.qcrd.trainer import LagQueue, uses_negatives
+from nega.pipeline import Run, read_jsonl, write_jsonl
+from nega.stages import base_model, evaluate, write_report
+
+
+def run(recipe, run: Run) -> dict[str, dict[str, float]]:
+    epochs = whole_epochs(recipe.train.epochs)
+    model_path, model_stage = base_model(run)
+    upstream = [model_stage] if model_stage is not None else []
+    teacher = teacher_stage(run, recipe, upstream)
+    examples = read_jsonl(teacher.dir / "examples.jsonl")
+    adapters: dict[str, str | None] = {"start": None} if recipe.eval.before else {}
+    for objective in dict.fromkeys([recipe.qcrd.objective, *recipe.qcrd.baselines]):
+        adapters[objective] = train_student(
+            run, recipe, objective, model_path, examples, epochs, [*upstream, teacher]
+        )
+    table = evaluate_students(run, recipe, model_path, adapters)
+    write_report(run, table, title=f"{recipe.name} (qcrd, {epochs} epochs)")
+    return table
+
+
+def whole_epochs(epochs: float) -> int:
+    if epochs != int(epochs):
+        raise ValueError(
+            f"train.epochs must be a whole number for qcrd (negatives are drawn per epoch), got {epochs}"
+        )
+    return int(epochs)
+
+
+def teacher_stage(run: Run, recipe, upstream: list):
+    """Teacher rationales (records.jsonl) and their self-consistency split into S_pos / S_neg (examples.jsonl)."""
+    cfg = recipe.qcrd
+    config = {"data": recipe.data.model_dump(), "qcrd": cfg.model_dump(), "seed": recipe.seed}
+    stage = run.stage("teacher", config=config, inputs=[*upstream, *filter(None, [recipe.data.path])])
+    if stage.done:
+        return stage
+    answer_of = data.answer_by_pattern(cfg.answer_pattern)
+    records, _ = data.load_teacher_records(
+        recipe.data, toy_cfg=recipe.toy, seed=recipe.seed, answer_of=answer_of
+    )
+    if cfg.teacher is not None:
+        from nega.sampling import make_sampler
+
+        sampler = make_sampler(cfg.teacher, recipe.sampling)
+        try:
+            records = data.sample_teacher_rationales(
+                sampler, records, answer_of=answer_of, n=cfg.teacher_samples, temperature=cfg.teacher_temperature,
+                top_p=recipe.sampling.top_p, max_tokens=recipe.sampling.max_tokens, seed=recipe.seed,
+                template=cfg.teacher_prompt,
+            )  # fmt: skip
+        finally:
+            sampler.close()
+    examples = [data.split_by_consistency(r, cfg.consistency) for r in records]
+    write_jsonl(stage.dir / "records.jsonl", records)
+    write_jsonl(stage.dir / "examples.jsonl", examples)
+    positives, negatives = (sum(len(e[k]) for e in examples) for k in ("positives", "negatives"))
+    return stage.finish(counts={"inputs": len(examples), "positives": positives, "negatives": negatives})
+
+
+def train_student(
+    run: Run, recipe, objective: str, model_path: str, examples: list[dict], epochs: int, upstream: list
+):
+    """`epochs` epochs of `objective`, each with fresh negatives and scores; returns the last adapter folder."""
+    from nega.launch import run_training
+
+    queue = LagQueue(recipe.qcrd.lag)
+    queue.push(0, None)  # index 0 = the starting student
+    adapter, last_train, disc = None, None, None
+    for epoch in range(epochs):
+        inputs = [*upstream, *filter(None, [last_train])]
+        epoch_examples = examples
+        if uses_negatives(objective):
+            _, source = queue.for_epoch(epoch)
+            negatives = negatives_stage(
+                run, recipe, f"{objective}-e{epoch}-negatives", model_path, source, examples, epoch, inputs
+            )
+            epoch_examples = data.with_negatives(examples, read_jsonl(negatives.dir / "negatives.jsonl"))
+            inputs.append(negatives)
+        if objective == "qcrd":
+            disc = discriminator_stage(run, recipe, epoch, model_path, epoch_examples, disc, inputs)
+            epoch_examples = read_jsonl(disc.dir / "examples.jsonl")
+            inputs.append(disc)
+        config = {"objective": objective, "epoch": epoch, "epochs": epochs, "train": recipe.train.model_dump(),
+                  "lora": recipe.lora.model_dump(), "qcrd": recipe.qcrd.model_dump()}  # fmt: skip
+        stage = run.stage(f"{objective}-e{epoch}-train", config=config, inputs=inputs)
+        if not stage.done:
+            write_jsonl(stage.dir / "examples.jsonl", epoch_examples)
+            kwargs = {"recipe": recipe.model_dump(mode="json"), "model_path": model_path, "adapter": adapter,
+                      "examples_path": str(stage.dir / "examples.jsonl"), "output_dir": str(stage.dir),
+                      "objective": objective, "epoch": epoch, "epochs": epochs}  # fmt: skip
+            needs_launcher = recipe.train.deepspeed.stage > 0
+            run_training(
+                "nega.distill.qcrd.trainer:train_epoch", kwargs, stage.dir, needs_launcher=needs_launcher
+            )
+            stage.finish(counts={"examples": len(epoch_examples), "epoch": epoch})
+        adapter, last_train = str(stage.dir / "adapter"), stage
+        queue.push(epoch + 1, adapter)
+    return adapter
+
+
+def negatives_stage(
+    run: Run, recipe, name: str, model_path: str, source, examples: list[dict], epoch: int, inputs: list
+):
+    """One self-adversarial rationale per input at `negative_temperature` from the lagged student `source`."""
+    config = {
+        "temperature": recipe.qcrd.negative_temperature,
+        "sampling": recipe.sampling.model_dump(),
+        "epoch": epoch,
+    }
+    stage = run.stage(name, config=config, inputs=[*inputs, source or "starting student"])
+    if stage.done:
+        return stage
+    from nega.sampling import make_sampler
+
+    sampler = make_sampler(model_path, recipe.sampling, max_lora_rank=recipe.lora.r)
+    try:
+        rows = data.sample_self_negatives(
+            sampler, examples, adapter=source, temperature=recipe.qcrd.negative_temperature,
+            top_p=recipe.sampling.top_p, max_tokens=recipe.sampling.max_tokens, seed=recipe.seed * 1000 + epoch,
+            description=f"self-adversarial negatives (epoch {epoch})",
+        )  # fmt: skip
+    finally:
+        sampler.close()
+    write_jsonl(stage.dir / "negatives.jsonl", rows)
+    return stage.finish(counts={"negatives": sum(len(r["texts"]) for r in rows)}, source=source or "start")
+
+
+def discriminator_stage(
+    run: Run, recipe, epoch: int, model_path: str, examples: list[dict], previous, inputs: list
+):
+    """Pre-train D (epoch 0) or re-train it (every `disc_every` epochs) on this epoch's S_pos vs S_neg, then
+    score every rationale: examples.jsonl gains pos_scores / neg_scores."""
+    from nega.distill.qcrd.discriminator import Discriminator, rationale_pairs, with_scores
+    from nega.models import load_tokenizer
+
+    cfg = recipe.qcrd
+    due = epoch % cfg.disc_every == 0
+    config = {
+        "epoch": epoch,
+        "trains": due,
+        **cfg.model_dump(include={f for f in type(cfg).model_fields if f.startswith("disc_")}),
+    }
+    stage = run.stage(f"qcrd-e{epoch}-discriminator", config=config, inputs=inputs)
+    if stage.done:
+        return stage
+    tokenizer = load_tokenizer(model_path, recipe.model)
+    disc = Discriminator.build(cfg.disc_backbone, tokenizer, model_path=model_path, model_cfg=recipe.model,
+                               lora_cfg=recipe.lora, lr=cfg.disc_lr, seed=recipe.seed)  # fmt: skip
+    if previous is not None:
+        disc.load(Path(previous.dir) / "discriminator.pt")
+    fit = {}
+    if due:
+        pos, neg = rationale_pairs(examples, "positives"), rationale_pairs(examples, "negatives")
+        fit = disc.fit(pos, neg, steps=cfg.disc_steps, batch_size=cfg.disc_batch_size, seed=recipe.seed + epoch,
+                       augment_rate=cfg.disc_augment_rate, description=f"discriminator (epoch {epoch})")  # fmt: skip
+    disc.save(stage.dir / "discriminator.pt")
+    write_jsonl(stage.dir / "examples.jsonl", with_scores(disc, examples))
+    return stage.finish(counts={"examples": len(examples)}, fit=fit)
+
+
+def evaluate_students(
+    run: Run, recipe, model_path: str, adapters: dict, *, split: str = "test", name: str = "eval"
+):
+    """accuracy of greedy `predict:` answers; on a toy world also the oracle's rationale_quality (and
+    rationale_accuracy: the stated answer is right) of greedy `explain:` rationales."""
+    records, _ = data.load_teacher_records(recipe.data, toy_cfg=recipe.toy, seed=recipe.seed, split=split)
+    records = records[: recipe.qcrd.eval_limit]
+    questions, labels = [r["question"] for r in records], [r["label"] for r in records]
+    world = None
+    if recipe.toy is not None and recipe.data.dataset == "toy":
+        from nega.toy import make_world
+
+        world = make_world(recipe.toy.world, seed=recipe.seed, **recipe.toy.options)
+    prompts = [data.predict_prompt(q) for q in questions]
+    if world is not None:
+        prompts += [data.explain_prompt(q) for q in questions]
+
+    def score(texts: list[str]) -> dict[str, float]:
+        if world is not None:
+            metrics = world.score(prompts, texts, label=labels * 2)
+            return {k: metrics[k] for k in ("accuracy", "rationale_quality", "rationale_accuracy")}
+        return {"accuracy": sum(map(data.answers_match, texts, labels)) / len(labels)}
+
+    columns = [{"label": label} for label in labels] * (len(prompts) // len(labels))
+    config = {"split": split, "questions": len(records)}
+    return evaluate(run, name, model_path, adapters, prompts, score, columns=columns, config=config)

@@ -1,0 +1,222 @@
+"""QCRD training: one epoch per call, a Trainer whose loss is `loss.py`, and the lagged-checkpoint queue.
+
+Each epoch is its own stage (its negatives and discriminator scores are made between epochs, by a
+sampler that never shares the training process), so every epoch starts a Trainer from the previous
+epoch's adapter. The learning-rate schedule still spans the whole run: epoch e's scheduler starts at
+global step e·steps_per_epoch of one warmup + decay over all epochs. The optimizer's moments restart
+each epoch.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from pathlib import Path
+
+from nega.distill.qcrd.loss import (
+    label_only_loss,
+    mean_token_ce,
+    qcrd_loss,
+    qcrd_no_disc_loss,
+    step_by_step_loss,
+)
+from nega.launch import guarded_trainer_class
+
+
+class LagQueue:
+    """Student checkpoints by epoch index: index e = the student at the start of epoch e (0 = the start).
+
+    `for_epoch(e)` is the checkpoint `lag` epochs back, clipped to the oldest kept; only the newest
+    lag + 1 are kept, since nothing older can be asked for.
+    """
+
+    def __init__(self, lag: int):
+        if lag < 1:
+            raise ValueError(f"qcrd.lag must be >= 1, got {lag}")
+        self.lag = lag
+        self.items: dict[int, str | None] = {}
+
+    def push(self, index: int, checkpoint: str | None) -> None:
+        self.items[index] = checkpoint
+        for old in [i for i in self.items if i < index - self.lag]:
+            del self.items[old]
+
+    def for_epoch(self, epoch: int) -> tuple[int, str | None]:
+        """(index, checkpoint) of the student `lag` epochs before `epoch`, clipped to the oldest kept."""
+        if not self.items:
+            raise ValueError("the checkpoint queue is empty; push the starting student (index 0) first")
+        index = max(epoch - self.lag, min(self.items))
+        return index, self.items[index]
+
+
+QCRD_WEIGHTS = ("alpha1", "alpha2", "alpha3", "delta")
+
+
+def _qcrd(batch, label_ce, pos_ce, neg_ce, weights):
+    return qcrd_loss(
+        label_ce, pos_ce, batch["pos_mask"], neg_ce, batch["neg_mask"], batch["pos_scores"], batch["neg_scores"],
+        **{k: weights[k] for k in QCRD_WEIGHTS},
+    )  # fmt: skip
+
+
+def _qcrd_no_disc(batch, label_ce, pos_ce, neg_ce, weights):
+    return qcrd_no_disc_loss(
+        label_ce,
+        pos_ce,
+        batch["pos_mask"],
+        neg_ce,
+        batch["neg_mask"],
+        **{k: weights[k] for k in QCRD_WEIGHTS},
+    )
+
+
+def _step_by_step(batch, label_ce, pos_ce, neg_ce, weights):
+    return step_by_step_loss(label_ce, pos_ce, batch["pos_mask"], alpha=weights["step_by_step_alpha"])
+
+
+def _label_only(batch, label_ce, pos_ce, neg_ce, weights):
+    return label_only_loss(label_ce)
+
+
+# objective -> (loss from the CEs and the batch, needs rationales, needs negatives)
+
+OBJECTIVES = {
+    "qcrd": (_qcrd, True, True),
+    "qcrd_no_disc": (_qcrd_no_disc, True, True),
+    "step_by_step": (_step_by_step, True, False),
+    "label_only": (_label_only, False, False),
+}
+
+
+def uses_negatives(objective: str) -> bool:
+    return OBJECTIVES[objective][2]
+
+
+def make_trainer_class():
+    base = guarded_trainer_class()
+
+    class QCRDTrainer(base):
+        """`Trainer` whose loss is QCRD (or a baseline) over batches from `MultiTaskCollator`.
+
+        One forward over every stacked sequence gives each one's mean token CE; `loss.py` does the rest.
+        `schedule_offset` / `schedule_total` place this epoch inside the run-wide LR schedule.
+        """
+
+        def __init__(self, *args, objective: str = "qcrd", weights: dict | None = None, schedule_offset: int = 0,
+                     schedule_total: int | None = None, **kwargs):  # fmt: skip
+            super().__init__(*args, **kwargs)
+            if objective not in OBJECTIVES:
+                raise ValueError(
+                    f"qcrd.objective {objective!r} is unknown; choose one of {', '.join(OBJECTIVES)}"
+                )
+            self.objective = objective
+            self.objective_fn = OBJECTIVES[objective][0]
+            self.weights = dict(weights or {})
+            self.schedule_offset = schedule_offset
+            self.schedule_total = schedule_total
+            self.model_accepts_loss_kwargs = False  # per-batch mean: the Trainer divides by accumulation
+            self._pending_metrics: dict[str, list[float]] = defaultdict(list)
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            logits = model(
+                input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], use_cache=False
+            ).logits
+            ce = mean_token_ce(logits, inputs["input_ids"], inputs["response_mask"])
+            n = int(inputs["n_labels"])
+            loss, metrics = self.objective_fn(
+                inputs, ce[:n], ce[inputs["pos_index"]], ce[inputs["neg_index"]], self.weights
+            )
+            for key, value in metrics.items():
+                self._pending_metrics[key].append(float(value))
+            return (loss, {"ce": ce.detach()}) if return_outputs else loss
+
+        def create_scheduler(self, num_training_steps, optimizer=None):
+            if self.lr_scheduler is None:
+                from torch.optim.lr_scheduler import LambdaLR
+                from transformers import get_scheduler
+
+                optimizer = optimizer or self.optimizer
+                total = self.schedule_total or num_training_steps
+                whole_run = get_scheduler(
+                    self.args.lr_scheduler_type, optimizer,
+                    num_warmup_steps=self.args.get_warmup_steps(total), num_training_steps=total,
+                )  # fmt: skip
+                shape, offset = whole_run.lr_lambdas[0], self.schedule_offset
+                self.lr_scheduler = LambdaLR(optimizer, lambda step: shape(step + offset))
+            return self.lr_scheduler
+
+        def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+            if "loss" in logs and self._pending_metrics:
+                for key, value in self._pending_metrics.items():
+                    logs[f"{self.objective}/{key}"] = sum(value) / len(value)
+                self._pending_metrics.clear()
+            super().log(logs, start_time)
+
+    return QCRDTrainer
+
+
+def steps_per_epoch(n_examples: int, train_cfg, world_size: int = 1) -> int:
+    """Optimizer steps that see every example once (train.max_steps caps it)."""
+    per_step = train_cfg.batch_size * train_cfg.grad_accum * world_size
+    steps = max(1, math.ceil(n_examples / per_step))
+    return min(steps, train_cfg.max_steps) if train_cfg.max_steps else steps
+
+
+def loss_weights(qcrd_cfg, epoch: int) -> dict:
+    """Every objective's weights for 0-based `epoch` (α3 decayed per epoch)."""
+    from nega.distill.qcrd.loss import alpha3_at
+
+    return {
+        "alpha1": qcrd_cfg.alpha1,
+        "alpha2": qcrd_cfg.alpha2,
+        "alpha3": alpha3_at(epoch, qcrd_cfg.alpha3, qcrd_cfg.alpha3_decay),
+        "delta": qcrd_cfg.delta,
+        "step_by_step_alpha": qcrd_cfg.step_by_step_alpha,
+    }
+
+
+def train_epoch(
+    recipe: dict,
+    model_path: str,
+    examples_path: str,
+    output_dir: str,
+    *,
+    objective: str,
+    epoch: int,
+    epochs: int,
+    adapter: str | None = None,
+) -> str:
+    """Train the student one epoch on `examples_path` (JSONL) from `adapter` (None = a fresh LoRA) and
+    save the adapter to `<output_dir>/adapter`. JSON-able arguments, so it also runs under
+    `nega.launch.run_training` on every rank."""
+    from nega.config import RECIPE
+    from nega.distill.qcrd.data import MultiTaskCollator
+    from nega.launch import is_main_process, log_history, topology, train_with_resume, training_arguments
+    from nega.models import load_policy, save_adapter
+    from nega.pipeline import read_jsonl, write_json
+
+    cfg = RECIPE.validate_python(recipe)
+    examples = read_jsonl(Path(examples_path))
+    output_dir = Path(output_dir)
+    model, tokenizer = load_policy(model_path, cfg.model, cfg.lora, adapter=adapter)
+    per_epoch = steps_per_epoch(len(examples), cfg.train, topology().world_size)
+    checkpoints = output_dir / "checkpoints"
+    args = training_arguments(cfg.train, checkpoints, seed=cfg.seed + epoch, max_steps=per_epoch)
+    _, rationales, negatives = OBJECTIVES[objective]
+    trainer = make_trainer_class()(
+        model=model,
+        args=args,
+        train_dataset=examples,
+        data_collator=MultiTaskCollator(
+            tokenizer, max_length=cfg.model.max_length, rationales=rationales, negatives=negatives
+        ),
+        objective=objective,
+        weights=loss_weights(cfg.qcrd, epoch),
+        schedule_offset=epoch * per_epoch,
+        schedule_total=epochs * per_epoch,
+    )
+    train_with_resume(trainer, checkpoints)
+    if is_main_process():
+        save_adapter(trainer.model, tokenizer, output_dir / "adapter")
+        write_json(output_dir / "log_history.json", log_history(trainer))
+    return str(output_dir / "adapter")
