@@ -119,5 +119,7 @@ class World:
 def take_from_pool(pool: list, n: int, rng: random.Random, *, world: str, split: str, hint: str) -> list:
     """n distinct items of `pool` in a seeded order; a clear error when the split's pool is too small."""
     if n > len(pool):
-        raise ValueError(f"the {world} world's {split} split holds {len(pool)} distinct items, {n} were asked; {hint}")
+        raise ValueError(
+            f"the {world} world's {split} split holds {len(pool)} distinct items, {n} were asked; {hint}"
+        )
     return rng.sample(pool, n)

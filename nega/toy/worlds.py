@@ -1,0 +1,45 @@
+"""The table of toy worlds and `make_world`, which checks a world's options before building it."""
+
+from __future__ import annotations
+
+from nega.toy.base import World
+from nega.toy.harm import HarmWorld
+from nega.toy.rationale import RationaleWorld
+from nega.toy.reasoning import ReasoningWorld
+
+WORLDS: dict[str, type[World]] = {
+    "harm": HarmWorld,
+    "reasoning": ReasoningWorld,
+    "rationale": RationaleWorld,
+}
+
+
+def make_world(name: str, seed: int = 0, **options) -> World:
+    """The world `name` with `options` (e.g. harm_rate=0.4); every bad option is named in one ValueError.
+
+    Option names are the fields of the world's Options dataclass; `world_options(name)` lists them
+    with their defaults.
+    """
+    if name not in WORLDS:
+        raise ValueError(f"unknown toy world {name!r}; choose one of {', '.join(WORLDS)}")
+    cls = WORLDS[name]
+    allowed = cls.Options.names()
+    unknown = sorted(set(options) - set(allowed))
+    if unknown:
+        raise ValueError(
+            f"unknown option(s) {', '.join(map(repr, unknown))} for the {name} toy world; "
+            f"allowed options: {', '.join(allowed)}"
+        )
+    parsed = cls.Options(**options)
+    problems = parsed.problems()
+    if problems:
+        raise ValueError(f"bad option(s) for the {name} toy world: " + "; ".join(problems))
+    return cls(seed=seed, options=parsed)
+
+
+def world_options(name: str) -> dict[str, object]:
+    """Option names of world `name` and their defaults."""
+    if name not in WORLDS:
+        raise ValueError(f"unknown toy world {name!r}; choose one of {', '.join(WORLDS)}")
+    defaults = WORLDS[name].Options()
+    return {field: getattr(defaults, field) for field in WORLDS[name].Options.names()}
