@@ -1,0 +1,106 @@
+"""QCRD recipes and stages end to end: real-data recipes on a tiny local student, the toy recipe (slow)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from conftest import shared_data
+
+from nega.config import load_recipe
+
+REAL = {"qcrd-cqa": ("cqa", "cqa_train.json"), "qcrd-svamp": ("svamp", "svamp_train.json")}
+
+
+def test_toy_recipe_validates():
+    recipe = load_recipe("toy-qcrd")
+    assert recipe.method == "qcrd" and recipe.toy.world == "rationale"
+    assert recipe.qcrd.objective == "qcrd"
+    assert recipe.qcrd.baselines == ["label_only", "step_by_step", "qcrd_no_disc"]
+
+
+@pytest.mark.parametrize("name", sorted(REAL))
+def test_real_recipes_validate_and_their_files_parse(name):
+    from nega.distill.qcrd.data import load_teacher_records, split_by_consistency
+
+    folder, file = REAL[name]
+    path = shared_data("distill_step_by_step", folder, file)
+    recipe = load_recipe(name, [f"data.path={path}"])
+    assert recipe.qcrd.consistency == "gold" and recipe.qcrd.teacher is None
+    assert "/" in recipe.model.name  # a hub id
+    records, _ = load_teacher_records(recipe.data)
+    test_records, _ = load_teacher_records(recipe.data, split="test")
+    assert len(records) == {"cqa": 9741, "svamp": 800}[folder]
+    assert len(test_records) == {"cqa": 1221, "svamp": 200}[folder]
+    examples = [split_by_consistency(r, recipe.qcrd.consistency) for r in records]
+    assert all(len(e["positives"]) + len(e["negatives"]) == 1 for e in examples)
+    assert (
+        0.7 < sum(len(e["positives"]) for e in examples) / len(examples) < 0.8
+    )  # PaLM's agreement with gold
+
+
+def tiny_student_for(records, folder):
+    from nega.toy.model import build_model, build_tokenizer, save_model
+
+    lines = [r["question"] + " " + r["label"] + " " + r["rationales"][0]["text"] for r in records]
+    tokenizer = build_tokenizer(lines * 2, vocab_size=400)
+    return save_model(build_model(tokenizer, size="tiny", seed=0), tokenizer, folder)
+
+
+def test_cqa_recipe_runs_a_few_steps_with_a_tiny_local_student(tmp_path):
+    from nega.distill.qcrd.data import parse_step_by_step
+    from nega.distill.qcrd.run import run
+    from nega.pipeline import Run, read_json, read_jsonl
+
+    path = shared_data("distill_step_by_step", "cqa", "cqa_train.json")
+    student = tiny_student_for(parse_step_by_step(path)[:40], tmp_path / "student")
+    overrides = [
+        f"data.path={path}", f"model.name={student}", "model.dtype=float32", "model.max_length=160",
+        "train.bf16=false", "data.limit=12", "train.epochs=1", "train.max_steps=2", "train.batch_size=4",
+        "train.grad_accum=1", "lora.r=4", "lora.alpha=8", "sampling.backend=hf", "sampling.max_tokens=8",
+        "qcrd.disc_steps=3", "qcrd.disc_batch_size=8", "qcrd.eval_limit=6", "qcrd.baselines=[]",
+    ]  # fmt: skip
+    recipe = load_recipe("qcrd-cqa", overrides)
+    table = run(recipe, Run(recipe, tmp_path / "run"))
+    assert set(table) == {"start", "qcrd"}
+    assert all(0.0 <= row["accuracy"] <= 1.0 for row in table.values())
+    stages = {p.name.split("-", 1)[1]: p for p in (tmp_path / "run").iterdir() if p.is_dir()}
+    assert set(stages) == {"teacher", "qcrd-e0-negatives", "qcrd-e0-discriminator", "qcrd-e0-train", "eval"}
+    teacher = read_json(stages["teacher"] / "manifest.json")["counts"]
+    assert teacher["inputs"] == 12 and teacher["positives"] + teacher["negatives"] == 12
+    scored = read_jsonl(stages["qcrd-e0-discriminator"] / "examples.jsonl")
+    assert all(
+        len(e["neg_scores"]) == len(e["negatives"]) and len(e["pos_scores"]) == len(e["positives"])
+        for e in scored
+    )
+    assert all(0.0 <= s <= 1.0 for e in scored for s in e["pos_scores"] + e["neg_scores"])
+    assert sum(len(e["negatives"]) for e in scored) > teacher["negatives"]  # self-adversarial samples added
+    assert (stages["qcrd-e0-train"] / "adapter" / "adapter_model.safetensors").exists()
+    eval_rows = [json.loads(line) for line in (stages["eval"] / "qcrd.jsonl").read_text().splitlines()]
+    assert len(eval_rows) == 6 and all("label" in r for r in eval_rows)
+
+
+@pytest.mark.slow
+def test_toy_qcrd_runs_every_objective_and_draws_negatives_from_the_lagged_student(tmp_path):
+    from typer.testing import CliRunner
+
+    from nega.cli import app
+    from nega.pipeline import read_json
+
+    overrides = [
+        "toy.steps=200", "toy.n_train=48", "toy.n_test=24", "train.epochs=2", "qcrd.lag=1", "qcrd.disc_steps=20",
+    ]  # fmt: skip
+    result = CliRunner().invoke(app, ["run", "toy-qcrd", *overrides, "-o", str(tmp_path / "run")])
+    assert result.exit_code == 0, result.output
+    table = read_json(tmp_path / "run" / "results.json")
+    assert set(table) == {"start", "qcrd", "label_only", "step_by_step", "qcrd_no_disc"}
+    for row in table.values():
+        assert set(row) == {"accuracy", "rationale_quality", "rationale_accuracy"}
+    stages = {p.name.split("-", 1)[1]: p for p in (tmp_path / "run").iterdir() if p.is_dir()}
+    # lag 1: epoch 0 samples the starting student, epoch 1 the adapter trained in epoch 0
+    assert read_json(stages["qcrd-e0-negatives"] / "manifest.json")["source"] == "start"
+    assert read_json(stages["qcrd-e1-negatives"] / "manifest.json")["source"] == str(
+        stages["qcrd-e0-train"] / "adapter"
+    )
+    assert "label_only-e0-negatives" not in stages and "step_by_step-e1-negatives" not in stages
+    assert "qcrd_no_disc-e1-negatives" in stages and "qcrd_no_disc-e1-discriminator" not in stages
