@@ -1,0 +1,183 @@
+"""D²O training step: one policy forward over the batch's self-samples and negatives, then `loss.py`.
+
+Reference log-probs arrive in the batch, computed once by the reflogps stage from frozen weights;
+nothing here scores the reference, so a live policy can never stand in for it.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+import torch
+from transformers import Trainer
+
+from nega.align.d2o.loss import d2o_loss, dpo_loss, ga_loss, kto_undesirable_loss
+from nega.logps import sequence_logps
+
+
+def d2o_objective(logps: torch.Tensor, batch: dict, alpha: float, beta: float):
+    return d2o_loss(
+        logps[batch["self_index"]],
+        batch["ref_self_logps"],
+        batch["self_mask"],
+        logps[batch["neg_index"]],
+        batch["ref_neg_logps"],
+        alpha=alpha,
+        beta=beta,
+    )
+
+
+def dpo_self_objective(logps: torch.Tensor, batch: dict, alpha: float, beta: float):
+    # Prompts whose self-samples were all filtered away have no chosen response; they sit this batch out.
+    has_chosen = batch["self_mask"][:, 0]
+    if not has_chosen.any():
+        return logps.sum() * 0.0, {}
+    return dpo_loss(
+        logps[batch["self_index"][:, 0]][has_chosen],
+        batch["ref_self_logps"][:, 0][has_chosen],
+        logps[batch["neg_index"]][has_chosen],
+        batch["ref_neg_logps"][has_chosen],
+        beta=beta,
+    )
+
+
+def ga_objective(logps: torch.Tensor, batch: dict, alpha: float, beta: float):
+    return ga_loss(logps[batch["neg_index"]], batch["ref_neg_logps"])
+
+
+def kto_neg_objective(logps: torch.Tensor, batch: dict, alpha: float, beta: float):
+    return kto_undesirable_loss(
+        logps[batch["neg_index"]],
+        batch["ref_neg_logps"],
+        logps[batch["kl_index"]],
+        batch["ref_kl_logps"],
+        beta=beta,
+    )
+
+
+OBJECTIVES = {
+    "d2o": d2o_objective,
+    "dpo_self": dpo_self_objective,
+    "ga": ga_objective,
+    "kto_neg": kto_neg_objective,
+}
+
+
+class D2OTrainer(Trainer):
+    """`Trainer` whose loss is D²O (or a baseline) over batches from `D2OCollator`.
+
+    `objective` picks the loss once; `alpha` weights the negative, `beta` the self-samples (DPO and KTO
+    use `beta` as their β). Loss metrics are averaged over the logging interval and logged as
+    `<objective>/<metric>`.
+    """
+
+    def __init__(self, *args, objective: str = "d2o", alpha: float = 0.1, beta: float = 0.1, **kwargs):
+        super().__init__(*args, **kwargs)
+        if objective not in OBJECTIVES:
+            raise ValueError(f"d2o.objective {objective!r} is unknown; choose one of {', '.join(OBJECTIVES)}")
+        self.objective = objective
+        self.objective_fn = OBJECTIVES[objective]
+        self.alpha, self.beta = alpha, beta
+        # The loss is a per-batch mean, so the Trainer must divide it by the accumulation steps itself.
+        self.model_accepts_loss_kwargs = False
+        self._pending_metrics: dict[str, list[float]] = defaultdict(list)
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        logps = sequence_logps(model, inputs["input_ids"], inputs["attention_mask"], inputs["response_mask"])
+        loss, metrics = self.objective_fn(logps, inputs, self.alpha, self.beta)
+        for key, value in metrics.items():
+            self._pending_metrics[key].append(float(value))
+        return (loss, {"logps": logps.detach()}) if return_outputs else loss
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        if "loss" in logs and self._pending_metrics:
+            for key, values in self._pending_metrics.items():
+                logs[f"{self.objective}/{key}"] = sum(values) / len(values)
+            self._pending_metrics.clear()
+        super().log(logs, start_time)
+
+
+def reference_logps(
+    model_path: str,
+    model_cfg,
+    pairs: list[tuple[str, str]],
+    eos: list[bool],
+    *,
+    adapter: str | None = None,
+    cache=None,
+    batch_size: int = 16,
+    chunk: int = 512,
+) -> list[float]:
+    """Summed response log-probs of (rendered prompt, response) pairs under frozen reference weights.
+
+    The reference is the starting model (`adapter=None`, loaded without any LoRA) or the starting model
+    with a finished round's adapter (online D²O with `refresh_reference`). Values go through `cache`
+    (a `LogpCache`) chunk by chunk, so a killed stage resumes where it stopped.
+    """
+    from nega.logps import batched_sequence_logps, content_key
+    from nega.models import load_base_model, load_tokenizer
+
+    identity = f"{model_path}|{adapter}"
+    keys = [content_key(identity, p, r, e) for (p, r), e in zip(pairs, eos, strict=True)]
+    known = dict(cache.values) if cache is not None else {}
+    todo = [i for i, k in enumerate(keys) if k not in known]
+    if todo:
+        tokenizer = load_tokenizer(model_path, model_cfg)
+        model = load_base_model(model_path, model_cfg)
+        if adapter is not None:
+            from peft import PeftModel
+
+            model = PeftModel.from_pretrained(model, str(adapter), is_trainable=False)
+        model.requires_grad_(False)
+        for start in range(0, len(todo), chunk):
+            idx = todo[start : start + chunk]
+            values = batched_sequence_logps(
+                model,
+                tokenizer,
+                [pairs[i] for i in idx],
+                add_eos=[eos[i] for i in idx],
+                max_length=model_cfg.max_length,
+                batch_size=batch_size,
+                description="reference log-probs",
+            )
+            new = {keys[i]: v for i, v in zip(idx, values, strict=True)}
+            known.update(new)
+            if cache is not None:
+                cache.add(new)
+    return [known[k] for k in keys]
+
+
+def train_policy(
+    recipe,
+    model_path: str,
+    examples: list[dict],
+    output_dir,
+    *,
+    objective: str,
+    adapter: str | None = None,
+    **overrides,
+) -> tuple[str, list[dict]]:
+    """Train a LoRA adapter (continuing `adapter` when given) on D²O examples; returns (adapter folder,
+    log history). `overrides` go to TrainingArguments (e.g. max_steps, learning_rate)."""
+    from pathlib import Path
+
+    from nega.align.d2o.data import D2OCollator
+    from nega.launch import log_history, train_with_resume, training_arguments
+    from nega.models import load_policy, save_adapter
+
+    output_dir = Path(output_dir)
+    model, tokenizer = load_policy(model_path, recipe.model, recipe.lora, adapter=adapter)
+    checkpoints = output_dir / "checkpoints"
+    args = training_arguments(recipe.train, checkpoints, seed=recipe.seed, **overrides)
+    trainer = D2OTrainer(
+        model=model,
+        args=args,
+        train_dataset=examples,
+        data_collator=D2OCollator(tokenizer, objective, recipe.model.max_length),
+        objective=objective,
+        alpha=recipe.d2o.alpha,
+        beta=recipe.d2o.beta,
+    )
+    train_with_resume(trainer, checkpoints)
+    folder = save_adapter(trainer.model, tokenizer, output_dir / "adapter")
+    return str(folder), log_history(trainer)

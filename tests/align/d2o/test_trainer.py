@@ -1,0 +1,152 @@
+"""D²O trainer: two steps on the tiny LoRA model; references come from frozen weights, not the policy."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from nega.align.d2o.data import build_examples
+from nega.align.d2o.trainer import reference_logps, train_policy
+from nega.config import RECIPE
+from nega.logps import LogpCache
+
+
+def _recipe(model_dir, tmp_path, objective="d2o", **train):
+    return RECIPE.validate_python(
+        {
+            "name": "t",
+            "method": "d2o",
+            "output_dir": str(tmp_path),
+            "model": {"name": str(model_dir), "max_length": 64},
+            "lora": {"r": 4, "alpha": 8, "dropout": 0.0},
+            "data": {"dataset": "unused"},
+            "d2o": {"objective": objective, "alpha": 0.5, "beta": 0.5},
+            "train": {
+                "lr": 5e-2,
+                "max_steps": 2,
+                "batch_size": 2,
+                "logging_steps": 1,
+                "save_steps": 1,
+                "warmup_ratio": 0.0,
+                "lr_scheduler": "constant",
+                **train,
+            },
+        }
+    )
+
+
+def _examples(model_dir, recipe, cache=None):
+    from nega.models import load_tokenizer
+    from nega.sampling.base import render_prompt
+
+    tokenizer = load_tokenizer(model_dir)
+    questions = ["what is 1 plus 2?", "name a color.", "say hello.", "count to five."]
+    prompts = [render_prompt(tokenizer, [{"role": "user", "content": q}]) for q in questions]
+    negatives = ["1 plus 2 is 9.", "a cat", "one two", "hello there, friend!"]
+    samples = [
+        (["1 plus 2 is 3.", "3"], [True, True]),
+        (["blue"], [True]),
+        (["hello there"], [False]),
+        (["one two three four five", "one", "five"], [True, True, True]),
+    ]
+
+    def score(pairs, eos):
+        return reference_logps(str(model_dir), recipe.model, pairs, eos, cache=cache)
+
+    return build_examples(prompts, negatives, samples, score)
+
+
+def _policy_logps(model, tokenizer, examples, disable_adapter):
+    from nega.logps import batched_sequence_logps
+
+    pairs = [(e["prompt"], t) for e in examples for t in e["self"]] + [
+        (e["prompt"], e["rejected"]) for e in examples
+    ]
+    eos = [f for e in examples for f in e["self_eos"]] + [True] * len(examples)
+    return batched_sequence_logps(
+        model, tokenizer, pairs, add_eos=eos, max_length=64, disable_adapter=disable_adapter
+    )
+
+
+def _refs(examples):
+    return [v for e in examples for v in e["ref_self"]] + [e["ref_rejected"] for e in examples]
+
+
+@pytest.mark.parametrize("objective", ["d2o", "dpo_self", "ga", "kto_neg"])
+def test_two_steps_train_lora_only_with_frozen_references(tiny_model_dir, tmp_path, objective):
+    from peft import PeftModel
+
+    from nega.models import load_base_model, load_tokenizer
+
+    torch.manual_seed(0)
+    recipe = _recipe(tiny_model_dir, tmp_path, objective)
+    cache = LogpCache(tmp_path / "ref.jsonl")
+    examples = _examples(tiny_model_dir, recipe, cache)
+    assert len(cache.values) == 4 + 7 + 4  # self-samples + negatives + KL partners, each scored once
+    adapter, history = train_policy(
+        recipe, str(tiny_model_dir), examples, tmp_path / "train", objective=objective
+    )
+
+    losses = [h["loss"] for h in history if "loss" in h]
+    assert len(losses) == 2 and all(math.isfinite(x) for x in losses)
+    if objective in ("d2o", "dpo_self"):
+        # The LoRA adapter starts at identity (B = 0): policy = reference, so the first loss is log 2.
+        assert losses[0] == pytest.approx(math.log(2), abs=1e-4)
+        assert any(f"{objective}/reward_accuracy" in h for h in history)
+    if objective == "kto_neg":
+        assert losses[0] == pytest.approx(0.5, abs=1e-4)  # 1 - σ(β (0 - 0))
+
+    base = load_base_model(tiny_model_dir)
+    start = {k: v.clone() for k, v in base.state_dict().items()}
+    trained = PeftModel.from_pretrained(base, adapter)
+    tokenizer = load_tokenizer(tiny_model_dir)
+    # Base weights are untouched; LoRA B matrices moved away from zero.
+    for name, tensor in trained.base_model.model.state_dict().items():
+        if "lora_" not in name:
+            key = name.replace(".base_layer", "")
+            torch.testing.assert_close(tensor, start[key], rtol=0, atol=0)
+    lora_b = [p for n, p in trained.named_parameters() if "lora_B" in n]
+    assert lora_b and max(p.abs().max().item() for p in lora_b) > 0
+
+    # The batch's reference log-probs are the adapter-disabled values; the trained policy's differ.
+    frozen = _policy_logps(trained, tokenizer, examples, disable_adapter=True)
+    live = _policy_logps(trained, tokenizer, examples, disable_adapter=False)
+    assert _refs(examples) == pytest.approx(frozen, abs=1e-4)
+    assert max(abs(a - b) for a, b in zip(live, frozen, strict=True)) > 1e-3
+
+
+def test_d2o_steps_lower_the_negative_relative_to_self_samples(tiny_model_dir, tmp_path):
+    from peft import PeftModel
+
+    from nega.models import load_base_model, load_tokenizer
+
+    torch.manual_seed(0)
+    recipe = _recipe(tiny_model_dir, tmp_path, "d2o", max_steps=6, lr=1e-2)
+    examples = _examples(tiny_model_dir, recipe)
+    adapter, _ = train_policy(recipe, str(tiny_model_dir), examples, tmp_path / "train", objective="d2o")
+    trained = PeftModel.from_pretrained(load_base_model(tiny_model_dir), adapter)
+    live = _policy_logps(trained, load_tokenizer(tiny_model_dir), examples, disable_adapter=False)
+    ratios = [a - b for a, b in zip(live, _refs(examples), strict=True)]
+    n_self = sum(len(e["self"]) for e in examples)
+    neg_ratio = sum(ratios[n_self:]) / len(examples)
+    self_ratio = sum(ratios[:n_self]) / n_self
+    assert neg_ratio < 0 and neg_ratio < self_ratio
+
+
+def test_reference_cache_is_reused(tiny_model_dir, tmp_path, monkeypatch):
+    recipe = _recipe(tiny_model_dir, tmp_path)
+    cache = LogpCache(tmp_path / "ref.jsonl")
+    pairs, eos = [("<|user|>\nsay hello.\n<|assistant|>\n", "hello there, friend!")], [True]
+    first = reference_logps(str(tiny_model_dir), recipe.model, pairs, eos, cache=cache)
+    assert first[0] < 0
+
+    def no_load(*args, **kwargs):
+        raise AssertionError("cached values must not reload the model")
+
+    monkeypatch.setattr("nega.models.load_base_model", no_load)
+    again = reference_logps(
+        str(tiny_model_dir), recipe.model, pairs, eos, cache=LogpCache(tmp_path / "ref.jsonl")
+    )
+    assert again == first
