@@ -1,0 +1,251 @@
+"""Per-step negative RL data: problems, self-generated positives and negatives, pairs, batches.
+
+A problem row, after `problem_of`::
+
+    {"question": "start with 7, add 5, multiply by 2.", "solution": "7 + 5 = 12\\n12 * 2 = 24\\nanswer: 24",
+     "answer": "24"}
+
+(GSM8K rows give `question` and an `answer` solution ending in `#### n`; MATH rows `problem`,
+`solution` and optionally `answer`.) Samples of π_sft are split per problem into verified-correct
+positives and incorrect negatives, each deduplicated. After the rollouts, a negative carries its steps,
+values, advantages and first pit c, and becomes one training example per objective::
+
+    per-step DPO  {"prompt": <rendered>, "chosen": y⁺, "rejected": ŷ_1..c, "rejected_eos": false, ...}
+    outcome DPO   {"prompt": <rendered>, "chosen": y⁺, "rejected": ŷ (whole),  "rejected_eos": true, ...}
+    AWR           {"prompt": <rendered>, "steps": [ŷ_1, ..., ŷ_c], "advantages": [A_1, ..., A_c]}
+
+y⁺ is a correct π_sft solution of the same problem, spread over the problem's negatives in turn.
+The per-step rejected prefix is scored **without EOS**: the model must not learn that a solution
+ends at the pit. `PairCollator` and `StepCollator` turn examples into token batches.
+"""
+
+from __future__ import annotations
+
+import random
+
+import torch
+
+from nega.logps import collate_sequences, encode_pair
+
+
+def problem_of(row: dict) -> dict:
+    """{"question", "solution" (or None), "answer"} from a toy, GSM8K or MATH style row."""
+    from nega.data import require_text
+    from nega.rewards.math import last_boxed, reference_answer, strip_calculator_annotations
+
+    key = "question" if row.get("question") is not None else "problem"
+    question = require_text(row, key)
+    solution = row.get("solution")
+    answer = row.get("answer")
+    if isinstance(answer, str) and "####" in answer and solution is None:
+        solution = strip_calculator_annotations(answer)  # GSM8K: the answer column is the solution
+    if answer is None and isinstance(solution, str):
+        answer = last_boxed(solution)
+    if answer is None or not str(answer).strip():
+        raise ValueError("no reference answer: give an 'answer' column or a solution with \\boxed{}")
+    if solution is not None and (not isinstance(solution, str) or not solution.strip()):
+        raise ValueError("field 'solution' is empty")
+    return {"question": question, "solution": solution, "answer": reference_answer(answer)}
+
+
+def split_by_correctness(
+    texts: list[list[str]], correct: list[list[bool]]
+) -> tuple[list[list[str]], list[list[str]]]:
+    """Per problem: (deduplicated correct texts, deduplicated incorrect texts), first-seen order."""
+    positives, negatives = [], []
+    for group, marks in zip(texts, correct, strict=True):
+        positives.append(list(dict.fromkeys(t for t, ok in zip(group, marks, strict=True) if ok)))
+        negatives.append(
+            list(dict.fromkeys(t for t, ok in zip(group, marks, strict=True) if not ok and t.strip()))
+        )
+    return positives, negatives
+
+
+class PositivePicker:
+    """A correct solution per request, cycling through each problem's positives in a seeded order,
+    so a problem's negatives are paired with different positives when it has several."""
+
+    def __init__(self, positives: dict[int, list[str]], seed: int):
+        self.order = {}
+        for problem, pool in positives.items():
+            pool = list(pool)
+            random.Random(f"{seed}/{problem}").shuffle(pool)
+            self.order[problem] = pool
+        self.used: dict[int, int] = {}
+
+    def has(self, problem: int) -> bool:
+        return bool(self.order.get(problem))
+
+    def __call__(self, problem: int) -> str:
+        pool = self.order[problem]
+        k = self.used.get(problem, 0)
+        self.used[problem] = k + 1
+        return pool[k % len(pool)]
+
+
+def step_pairs(
+    negatives: list[dict], prompts: list[str], positives: dict[int, list[str]], seed: int
+) -> list[dict]:
+    """Per-step DPO pairs: chosen y⁺, rejected = the negative's steps up to its first pit, no EOS."""
+    pick = PositivePicker(positives, seed)
+    rows = []
+    for neg in negatives:
+        if not pick.has(neg["problem"]):
+            continue
+        c = neg["pit"]
+        rows.append(
+            {
+                "problem": neg["problem"],
+                "prompt": prompts[neg["problem"]],
+                "chosen": pick(neg["problem"]),
+                "rejected": "".join(neg["steps"][:c]),
+                "rejected_eos": False,
+                "pit": c,
+                "num_steps": len(neg["steps"]),
+            }
+        )
+    return rows
+
+
+def outcome_pairs(
+    negatives: list[dict], prompts: list[str], positives: dict[int, list[str]], seed: int
+) -> list[dict]:
+    """Outcome-DPO pairs on the same negatives: rejected = the whole incorrect solution, with EOS when it
+    ended on its own (a solution cut at max_tokens never saw one)."""
+    pick = PositivePicker(positives, seed)
+    rows = []
+    for neg in negatives:
+        if not pick.has(neg["problem"]):
+            continue
+        rows.append(
+            {
+                "problem": neg["problem"],
+                "prompt": prompts[neg["problem"]],
+                "chosen": pick(neg["problem"]),
+                "rejected": "".join(neg["steps"]),
+                "rejected_eos": neg.get("finish_reason", "stop") == "stop",
+            }
+        )
+    return rows
+
+
+def awr_rows(negatives: list[dict], prompts: list[str], positives: dict[int, list[str]]) -> list[dict]:
+    """AWR examples: the negative's steps 1..c with their advantages (the ones estimated for every
+    negative, since rollouts stop after the first pit; see rollouts.py)."""
+    rows = []
+    for neg in negatives:
+        if not positives.get(neg["problem"]):
+            continue  # the same negatives as the DPO pairs use
+        c = neg["pit"]
+        advantages = neg["advantages"][:c]
+        if any(a is None for a in advantages):
+            raise ValueError(f"negative of problem {neg['problem']} lacks an advantage before its pit {c}")
+        rows.append(
+            {
+                "problem": neg["problem"],
+                "prompt": prompts[neg["problem"]],
+                "steps": neg["steps"][:c],
+                "advantages": advantages,
+            }
+        )
+    return rows
+
+
+def step_token_index(tokenizer, steps: list[str]) -> list[int]:
+    """For each token of `"".join(steps)` (tokenized alone, as `encode_pair` does), the step it starts in."""
+    text = "".join(steps)
+    bounds, edge = [], 0
+    for step in steps:
+        edge += len(step)
+        bounds.append(edge)
+    if not getattr(tokenizer, "is_fast", False):
+        # Slow tokenizers have no offsets: a token belongs to the first prefix whose tokens include it.
+        index = []
+        for i in range(len(steps)):
+            count = len(tokenizer("".join(steps[: i + 1]), add_special_tokens=False)["input_ids"])
+            index += [i] * (count - len(index))
+        total = len(tokenizer(text, add_special_tokens=False)["input_ids"])
+        return (index + [len(steps) - 1] * total)[:total]
+    encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    index, step = [], 0
+    for start, _ in encoded["offset_mapping"]:
+        while step < len(bounds) - 1 and start >= bounds[step]:
+            step += 1
+        index.append(step)
+    return index
+
+
+class PairCollator:
+    """DPO batches: chosen rows then rejected rows in one [2B, T] batch, with their reference log-probs.
+
+    Example keys: prompt (rendered), chosen, rejected, rejected_eos, ref_chosen, ref_rejected.
+    """
+
+    def __init__(self, tokenizer, max_length: int | None = None):
+        self.tokenizer = tokenizer
+        self.max_length = max_length
+
+    def __call__(self, examples: list[dict]) -> dict[str, torch.Tensor]:
+        encoded = [
+            encode_pair(self.tokenizer, e["prompt"], e["chosen"], add_eos=True, max_length=self.max_length)
+            for e in examples
+        ]
+        encoded += [
+            encode_pair(
+                self.tokenizer,
+                e["prompt"],
+                e["rejected"],
+                add_eos=bool(e["rejected_eos"]),
+                max_length=self.max_length,
+            )
+            for e in examples
+        ]
+        ids, attention, response = collate_sequences(encoded, self.tokenizer.pad_token_id)
+        return {
+            "input_ids": ids,
+            "attention_mask": attention,
+            "response_mask": response,
+            "ref_chosen": torch.tensor([e["ref_chosen"] for e in examples], dtype=torch.float32),
+            "ref_rejected": torch.tensor([e["ref_rejected"] for e in examples], dtype=torch.float32),
+        }
+
+
+class StepCollator:
+    """AWR batches: prompt + ŷ_1..c without EOS, each response token tagged with its step.
+
+    Returns input_ids, attention_mask [B, T]; step_index [B, T] (-1 off the response); advantages and
+    step_mask [B, S] with S the batch's largest step count.
+    """
+
+    def __init__(self, tokenizer, max_length: int | None = None):
+        self.tokenizer = tokenizer
+        self.max_length = max_length
+
+    def __call__(self, examples: list[dict]) -> dict[str, torch.Tensor]:
+        encoded, indices = [], []
+        for e in examples:
+            ids, prompt_len = encode_pair(
+                self.tokenizer, e["prompt"], "".join(e["steps"]), add_eos=False, max_length=self.max_length
+            )
+            encoded.append((ids, prompt_len))
+            indices.append(step_token_index(self.tokenizer, e["steps"])[: len(ids) - prompt_len])
+        ids, attention, _ = collate_sequences(encoded, self.tokenizer.pad_token_id)
+        step_index = torch.full(ids.shape, -1, dtype=torch.long)
+        for row, ((_, prompt_len), index) in enumerate(zip(encoded, indices, strict=True)):
+            step_index[row, prompt_len : prompt_len + len(index)] = torch.tensor(index, dtype=torch.long)
+        width = max(len(e["steps"]) for e in examples)
+        advantages = torch.zeros(len(examples), width)
+        step_mask = torch.zeros(len(examples), width, dtype=torch.bool)
+        for row, e in enumerate(examples):
+            advantages[row, : len(e["advantages"])] = torch.tensor(e["advantages"], dtype=torch.float32)
+            # A step cut away by max_length has no tokens left; it carries no weight.
+            kept = set(indices[row])
+            for s in range(len(e["steps"])):
+                step_mask[row, s] = s in kept
+        return {
+            "input_ids": ids,
+            "attention_mask": attention,
+            "step_index": step_index,
+            "advantages": advantages,
+            "step_mask": step_mask,
+        }

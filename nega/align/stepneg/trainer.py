@@ -1,0 +1,186 @@
+"""Per-step negative RL training: a LoRA adapter on top of π_sft, with π_sft as the fixed reference.
+
+π_sft is a plain model folder (the SFT adapter merged into its base), so "adapter disabled" is exactly
+π_sft. Reference log-probs are computed once from those frozen weights before training
+(`reference_logps`, cached by content) and travel in the batch; the policy never scores its own
+reference, and the reference is never refreshed (METHODS.md §2).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from pathlib import Path
+
+import torch
+
+from nega.align.stepneg.data import PairCollator, StepCollator
+from nega.align.stepneg.loss import awr_loss, dpo_loss
+from nega.launch import guarded_trainer_class
+from nega.logps import sequence_logps, token_logps
+
+
+def step_logps(
+    model, input_ids: torch.Tensor, attention_mask: torch.Tensor, step_index: torch.Tensor, num_steps: int
+) -> torch.Tensor:
+    """log π(ŷ_i | x, ŷ_<i) per step, [B, S]: token log-probs summed by the step each token belongs to.
+
+    step_index [B, T] holds the step of token t (-1 for prompt and padding).
+    """
+    logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits[:, :-1]
+    per_token = token_logps(logits, input_ids[:, 1:])
+    index = step_index[:, 1:]
+    valid = index >= 0
+    out = per_token.new_zeros(input_ids.size(0), num_steps)
+    return out.scatter_add(1, index.clamp_min(0), per_token * valid)
+
+
+def pair_objective(model, batch: dict, beta: float, clip: float):
+    """Per-step or outcome DPO: the collator put chosen rows first, rejected rows second."""
+    logps = sequence_logps(model, batch["input_ids"], batch["attention_mask"], batch["response_mask"])
+    half = batch["ref_chosen"].size(0)
+    return dpo_loss(logps[:half], logps[half:], batch["ref_chosen"], batch["ref_rejected"], beta)
+
+
+def awr_objective(model, batch: dict, beta: float, clip: float):
+    per_step = step_logps(
+        model, batch["input_ids"], batch["attention_mask"], batch["step_index"], batch["advantages"].size(1)
+    )
+    return awr_loss(per_step, batch["advantages"], batch["step_mask"], beta, clip)
+
+
+OBJECTIVES = {"dpo": pair_objective, "outcome_dpo": pair_objective, "awr": awr_objective}
+COLLATORS = {"dpo": PairCollator, "outcome_dpo": PairCollator, "awr": StepCollator}
+
+
+class StepNegTrainer(guarded_trainer_class()):
+    """`Trainer` with the per-step DPO, outcome-DPO or AWR loss, chosen once by `loss`.
+
+    Loss metrics are averaged over each logging interval and logged as `<loss>/<metric>`.
+    """
+
+    def __init__(self, *args, loss: str = "dpo", beta: float = 0.1, awr_clip: float = 20.0, **kwargs):
+        super().__init__(*args, **kwargs)
+        if loss not in OBJECTIVES:
+            raise ValueError(f"stepneg.loss {loss!r} is unknown; choose one of {', '.join(OBJECTIVES)}")
+        self.loss_name, self.objective = loss, OBJECTIVES[loss]
+        self.beta, self.awr_clip = beta, awr_clip
+        # The loss is a per-batch mean, so the Trainer must divide it by the accumulation steps itself.
+        self.model_accepts_loss_kwargs = False
+        self._pending: dict[str, list[float]] = defaultdict(list)
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        loss, metrics = self.objective(model, inputs, self.beta, self.awr_clip)
+        for key, value in metrics.items():
+            self._pending[key].append(float(value))
+        return (loss, {}) if return_outputs else loss
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        if "loss" in logs and self._pending:
+            for key, values in self._pending.items():
+                logs[f"{self.loss_name}/{key}"] = sum(values) / len(values)
+            self._pending.clear()
+        super().log(logs, start_time)
+
+
+def reference_logps(
+    model_path: str,
+    model_cfg,
+    pairs: list[tuple[str, str]],
+    eos: list[bool],
+    cache=None,
+    batch_size: int = 16,
+) -> list[float]:
+    """Summed response log-probs under π_sft (the plain model folder, no adapter), under no_grad.
+
+    `cache` (a `LogpCache`) keeps finished values, so a killed stage resumes where it stopped.
+    """
+    from nega.logps import batched_sequence_logps, content_key
+    from nega.models import load_base_model, load_tokenizer
+
+    keys = [content_key(str(model_path), p, r, e) for (p, r), e in zip(pairs, eos, strict=True)]
+    known = dict(cache.values) if cache is not None else {}
+    todo = [i for i, k in enumerate(keys) if k not in known]
+    if todo:
+        tokenizer = load_tokenizer(model_path, model_cfg)
+        model = load_base_model(model_path, model_cfg)
+        model.requires_grad_(False)
+        chunk = 512
+        for start in range(0, len(todo), chunk):
+            idx = todo[start : start + chunk]
+            values = batched_sequence_logps(
+                model,
+                tokenizer,
+                [pairs[i] for i in idx],
+                add_eos=[eos[i] for i in idx],
+                max_length=model_cfg.max_length,
+                batch_size=batch_size,
+                description="reference log-probs (pi_sft)",
+            )
+            new = {keys[i]: v for i, v in zip(idx, values, strict=True)}
+            known.update(new)
+            if cache is not None:
+                cache.add(new)
+    return [known[k] for k in keys]
+
+
+def attach_reference_logps(examples: list[dict], model_path: str, model_cfg, cache=None) -> list[dict]:
+    """DPO examples with `ref_chosen` and `ref_rejected` filled from π_sft."""
+    pairs = [(e["prompt"], e["chosen"]) for e in examples] + [(e["prompt"], e["rejected"]) for e in examples]
+    eos = [True] * len(examples) + [bool(e["rejected_eos"]) for e in examples]
+    values = reference_logps(model_path, model_cfg, pairs, eos, cache=cache)
+    n = len(examples)
+    return [{**e, "ref_chosen": values[i], "ref_rejected": values[n + i]} for i, e in enumerate(examples)]
+
+
+def train_policy(
+    recipe, model_path: str, examples: list[dict], output_dir, *, loss: str, **overrides
+) -> tuple[str, list[dict]]:
+    """Train a fresh LoRA adapter on π_sft (`model_path`) with `loss`; returns (adapter folder, log history).
+
+    `overrides` go to TrainingArguments (e.g. max_steps, learning_rate). Resumes from the last checkpoint.
+    """
+    from nega.launch import log_history, train_with_resume, training_arguments
+    from nega.models import load_policy, save_adapter
+
+    if not examples:
+        raise ValueError(
+            f"no training examples for stepneg.loss={loss}: no problem had both a correct and an incorrect sample"
+        )
+    output_dir = Path(output_dir)
+    model, tokenizer = load_policy(model_path, recipe.model, recipe.lora)
+    checkpoints = output_dir / "checkpoints"
+    args = training_arguments(recipe.train, checkpoints, seed=recipe.seed, **overrides)
+    trainer = StepNegTrainer(
+        model=model,
+        args=args,
+        train_dataset=examples,
+        data_collator=COLLATORS[loss](tokenizer, recipe.model.max_length),
+        loss=loss,
+        beta=recipe.stepneg.beta,
+        awr_clip=recipe.stepneg.awr_clip,
+    )
+    train_with_resume(trainer, checkpoints)
+    folder = save_adapter(
+        trainer.model, tokenizer, output_dir / ("adapter" if recipe.lora.enabled else "model")
+    )
+    return str(folder), log_history(trainer)
+
+
+def train_entry(
+    recipe: dict,
+    model_path: str,
+    examples_file: str,
+    output_dir: str,
+    loss: str,
+    overrides: dict | None = None,
+) -> None:
+    """`train_policy` from JSON-able arguments, as `nega.launch.run_training` calls it on every rank."""
+    from nega.config import RECIPE
+    from nega.launch import is_main_process
+    from nega.pipeline import read_jsonl, write_json
+
+    cfg = RECIPE.validate_python(recipe)
+    examples = read_jsonl(Path(examples_file))
+    folder, history = train_policy(cfg, model_path, examples, output_dir, loss=loss, **(overrides or {}))
+    if is_main_process():
+        write_json(Path(output_dir) / "train_log.json", {"folder": folder, "history": history})

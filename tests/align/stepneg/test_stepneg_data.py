@@ -1,0 +1,112 @@
+"""Per-step RL data: problem rows, positives/negatives, first-pit pairs (no EOS), outcome pairs, batches."""
+
+from __future__ import annotations
+
+import pytest
+
+from nega.align.stepneg.data import (
+    PairCollator,
+    StepCollator,
+    awr_rows,
+    outcome_pairs,
+    problem_of,
+    split_by_correctness,
+    step_pairs,
+    step_token_index,
+)
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    from nega.toy.model import build_tokenizer
+
+    corpus = [
+        f"start with {a}, add {b}.\n{a} + {b} = {a + b}\nanswer: {a + b}" for a in range(20) for b in range(9)
+    ]
+    return build_tokenizer(corpus, vocab_size=300)
+
+
+NEGATIVE = {
+    "problem": 0,
+    "steps": ["7 + 5 = 12\n", "12 * 2 = 25\n", "25 - 3 = 22\n", "answer: 22"],
+    "values": [0.5, 1.0, 0.0, None, None, 0.0],
+    "advantages": [0.5, -1.0, None, None],
+    "pit": 2,
+    "finish_reason": "stop",
+}
+
+
+def test_problem_of_reads_toy_gsm8k_and_math_rows():
+    toy = problem_of(
+        {"question": "start with 7, add 5.", "solution": "7 + 5 = 12\nanswer: 12", "answer": "12"}
+    )
+    assert toy == {"question": "start with 7, add 5.", "solution": "7 + 5 = 12\nanswer: 12", "answer": "12"}
+    gsm = problem_of({"question": "q", "answer": "3*4=<<3*4=12>>12\n#### 12"})
+    assert gsm == {"question": "q", "solution": "3*4=12\n#### 12", "answer": "12"}
+    math = problem_of({"problem": "p", "solution": r"so $\boxed{\frac12}$"})
+    assert math["answer"] == r"\frac12"
+    with pytest.raises(ValueError, match="no reference answer"):
+        problem_of({"question": "q", "solution": "no box"})
+
+
+def test_split_by_correctness_dedupes_and_drops_empty():
+    pos, neg = split_by_correctness([["a", "b", "a", "c", " "]], [[True, False, True, False, False]])
+    assert pos == [["a"]] and neg == [["b", "c"]]
+
+
+def test_step_pair_rejects_the_prefix_up_to_the_pit_without_eos():
+    positives = {0: ["good one", "good two"]}
+    negatives = [NEGATIVE, {**NEGATIVE, "pit": 4}, {**NEGATIVE, "problem": 1}]
+    rows = step_pairs(negatives, ["P0", "P1"], positives, seed=0)
+    assert len(rows) == 2  # problem 1 has no correct solution to pair with
+    assert rows[0]["rejected"] == "7 + 5 = 12\n12 * 2 = 25\n"
+    assert rows[0]["rejected_eos"] is False and rows[0]["prompt"] == "P0"
+    assert rows[1]["rejected"] == "".join(NEGATIVE["steps"])
+    assert {rows[0]["chosen"], rows[1]["chosen"]} == {"good one", "good two"}  # spread over positives
+
+
+def test_outcome_pairs_reject_the_whole_solution_with_eos_when_it_ended():
+    rows = outcome_pairs([NEGATIVE, {**NEGATIVE, "finish_reason": "length"}], ["P0"], {0: ["good"]}, seed=0)
+    assert [r["rejected"] for r in rows] == ["".join(NEGATIVE["steps"])] * 2
+    assert [r["rejected_eos"] for r in rows] == [True, False]
+
+
+def test_awr_rows_keep_steps_and_advantages_up_to_the_pit():
+    (row,) = awr_rows([NEGATIVE], ["P0"], {0: ["good"]})
+    assert row["steps"] == NEGATIVE["steps"][:2] and row["advantages"] == [0.5, -1.0]
+    with pytest.raises(ValueError, match="lacks an advantage"):
+        awr_rows([{**NEGATIVE, "pit": 3}], ["P0"], {0: ["good"]})
+
+
+def test_step_token_index_assigns_each_token_to_its_step(tokenizer):
+    steps = NEGATIVE["steps"]
+    index = step_token_index(tokenizer, steps)
+    ids = tokenizer("".join(steps), add_special_tokens=False)["input_ids"]
+    assert len(index) == len(ids) and index == sorted(index)
+    for s, step in enumerate(steps):
+        assert tokenizer.decode([t for t, i in zip(ids, index, strict=True) if i == s]) == step
+
+
+def test_pair_collator_ends_chosen_with_eos_and_rejected_without(tokenizer):
+    (row,) = step_pairs([NEGATIVE], ["<|user|>\nstart with 7\n<|assistant|>\n"], {0: ["answer: 9"]}, seed=0)
+    batch = PairCollator(tokenizer)([{**row, "ref_chosen": -1.0, "ref_rejected": -2.0}])
+    eos = tokenizer.eos_token_id
+    chosen_len, rejected_len = batch["attention_mask"].sum(1).tolist()
+    assert batch["input_ids"][0, chosen_len - 1].item() == eos
+    assert batch["input_ids"][1, rejected_len - 1].item() != eos
+    assert eos not in batch["input_ids"][1, :rejected_len].tolist()
+    assert tokenizer.decode(batch["input_ids"][1][batch["response_mask"][1]]) == row["rejected"]
+    assert batch["ref_rejected"].tolist() == [-2.0]
+
+
+def test_step_collator_tags_response_tokens_with_steps(tokenizer):
+    (row,) = awr_rows([NEGATIVE], ["<|user|>\nq\n<|assistant|>\n"], {0: ["good"]})
+    short = {**row, "steps": row["steps"][:1], "advantages": row["advantages"][:1]}
+    batch = StepCollator(tokenizer)([row, short])
+    assert batch["advantages"].tolist() == [[0.5, -1.0], [0.5, 0.0]]
+    assert batch["step_mask"].tolist() == [[True, True], [True, False]]
+    index = batch["step_index"][0]
+    prompt_len = len(tokenizer(row["prompt"], add_special_tokens=False)["input_ids"])
+    assert (index[:prompt_len] == -1).all() and index[prompt_len].item() == 0
+    assert set(index[batch["attention_mask"][0]].tolist()) == {-1, 0, 1}
+    assert tokenizer.eos_token_id not in batch["input_ids"][0][batch["attention_mask"][0]].tolist()
