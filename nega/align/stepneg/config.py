@@ -1,27 +1,44 @@
-"""Per-step negative RL recipe section (METHODS.md §2)."""
+"""Per-step negative RL recipe section (METHODS.md §2). Defaults follow the paper where it fixes them."""
 
 from __future__ import annotations
 
+import re
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+Loss = Literal["dpo", "awr", "outcome_dpo"]
 
 
 class StepNegConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    loss: Literal["dpo", "awr", "outcome_dpo"] = Field(
-        "dpo", description="per-step DPO, AWR, or the outcome-DPO baseline"
+    loss: Loss = Field("dpo", description="per-step DPO, AWR, or the outcome-DPO baseline")
+    compare: list[Loss] = Field(
+        default_factory=list, description="more objectives trained on the same data and evaluated beside `loss`"
     )
     beta: float = Field(0.1, gt=0)
     sft_epochs: float = Field(3.0, gt=0)
+    sft_lr: float | None = Field(None, gt=0, description="learning rate of the SFT and RFT stages (default train.lr)")
     rft_samples: int = Field(4, ge=1, description="solutions sampled per problem for RFT")
     rft: bool = Field(True, description="run the RFT stage (and use its data for pairs)")
     negatives: int = Field(8, ge=1, description="M: solutions sampled per problem for negatives")
     best_of: int = Field(5, ge=1, description="K of BoK(π_sft) in the Q estimate")
     rollout_groups: int = Field(2, ge=1, description="R: groups of best_of continuations per prefix")
-    step_regex: str = Field(
-        r"[^\n]*\S[^\n]*\n?", description="one match = one step (default: non-empty lines)"
+    skip_after_pit: bool = Field(
+        True, description="no rollouts past a prefix whose value estimate is 0 (cannot move the first pit)"
     )
+    step_regex: str = Field(r"[^\n]*\S[^\n]*\n?", description="one match = one step (default: non-empty lines)")
     awr_clip: float = Field(20.0, gt=0, description="max weight after normalisation in the AWR variant")
     answer_format: Literal["auto", "gsm8k", "boxed", "number", "toy"] = "auto"
+
+    @field_validator("step_regex")
+    @classmethod
+    def _valid_regex(cls, v: str) -> str:
+        try:
+            pattern = re.compile(v)
+        except re.error as exc:
+            raise ValueError(f"not a valid regular expression ({exc})") from None
+        if pattern.fullmatch(""):
+            raise ValueError("matches the empty string; each step must hold at least one character")
+        return v

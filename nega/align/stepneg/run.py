@@ -1,0 +1,380 @@
+"""Per-step negative RL: learn from π_sft's own wrong solutions, blaming the first step that ruins them.
+
+Paper: Setlur, Garg, Geng, Garg, Smith, Kumar, "RL on Incorrect Synthetic Data Scales the Efficiency
+of LLM Math Reasoning by Eight-Fold", NeurIPS 2024, arXiv 2406.14532. Spec: METHODmd §2.
+
+Stages, top to bottom:
+
+    sft          NLL on the problems' reference solutions                     -> π_sft (LoRA, merged)
+    rft          N samples per problem from π_sft, keep verified-correct ones (dedupe), fine-tune
+    negatives    M samples per problem from π_sft, keep the incorrect ones
+    advantages   Q_i of every prefix ŷ_1..i by R groups of K continuations of π_sft (BoK, K = 5),
+                 A_i = Q_i − Q_{i−1}, first pit c = first step where Q reaches its minimum
+    pairs        chosen = a correct π_sft solution of the problem, rejected = ŷ_1..c without EOS
+    reflogps     log π_sft of every chosen and rejected response, once, from the frozen model
+    train        per-step DPO (or AWR / outcome DPO) on a LoRA adapter over π_sft:
+                 −log σ(β[log π_θ(y⁺|x) − log π_sft(y⁺|x)] − β[log π_θ(ŷ_1..c|x) − log π_sft(ŷ_1..c|x)])
+    eval         greedy accuracy of π_sft, RFT and each trained objective on held-out problems
+
+Deviations and choices where the paper is silent (each a config field):
+
+- π_sft is the SFT LoRA adapter merged into its base, saved as a plain model folder: the sampler
+  samples it directly and the DPO adapter trains on top of it, so "adapter disabled" is π_sft.
+- RFT and per-step DPO both start from π_sft with a fresh adapter; RFT trains on the kept positives
+  only. Chosen responses come from π_sft's verified-correct samples (RFT and negatives stages); a
+  problem that π_sft never solved gives no pairs and its negatives are not rolled out.
+- The full negative is terminal and wrong, so Q_L = 0 without rollouts; with `skip_after_pit` no
+  prefix after the first zero estimate is rolled out (it cannot move the first pit; rollouts.py).
+- AWR weights the negative's steps 1..c, the ones whose advantages every negative has.
+- `stepneg.compare` trains more objectives on the same pairs for a side-by-side table.
+"""
+
+from __future__ import annotations
+
+from nega.pipeline import Run
+
+LABELS = {"dpo": "stepneg_dpo", "awr": "stepneg_awr", "outcome_dpo": "outcome_dpo"}
+
+
+def run(recipe, run: Run) -> dict[str, dict[str, float]]:
+    from nega.data import DataError
+    from nega.sft import eval_problems, sft_stage
+    from nega.stages import base_model, evaluate, write_report
+
+    cfg = recipe.stepneg
+    model_path, model_stage = base_model(run)
+    problems, prompts, verify = load_problems(recipe, model_path)
+
+    # sft: NLL on reference solutions, merged into a plain π_sft folder.
+    sft_pairs = [(prompts[i], p["solution"]) for i, p in enumerate(problems) if p["solution"]]
+    sft, sft_folder = sft_stage(
+        run, "sft", model_path, sft_pairs, inputs=[model_stage or model_path], overrides=sft_overrides(recipe)
+    )
+    pi_sft, merge = merged_model(run, model_path, sft_folder, sft)
+
+    with LazySampler(pi_sft, recipe) as sampler:
+        # rft: N samples, verified-correct kept and deduplicated.
+        rft_samples = sample_and_verify(
+            run, "rft-sample", sampler, prompts, verify, cfg.rft_samples, 0, [merge]
+        )
+        # negatives: M samples, incorrect kept.
+        samples = sample_and_verify(run, "negatives", sampler, prompts, verify, cfg.negatives, 1, [merge])
+        positives = pool_positives([rft_samples, samples] if cfg.rft else [samples])
+        # advantages: per-step values by rollouts from π_sft, and the first pit.
+        advantages, negatives = advantages_stage(run, sampler, prompts, verify, samples, positives)
+
+    folders: dict[str, str | None] = {"sft": None}
+    if cfg.rft:
+        rft_pairs = [(prompts[i], y) for i, ys in enumerate(positives_of(rft_samples)) for y in ys]
+        _, folders["rft"] = sft_stage(
+            run, "rft", pi_sft, rft_pairs, inputs=[merge], overrides=sft_overrides(recipe)
+        )
+
+    # pairs -> reflogps -> train, for the main objective and each one compared with it.
+    pairs = pairs_stage(run, prompts, negatives, positives, inputs=[advantages])
+    for loss in dict.fromkeys([cfg.loss, *cfg.compare]):
+        examples = reflogps_stage(run, loss, pi_sft, pairs, inputs=[merge])
+        folders[LABELS[loss]] = train_stage(run, loss, pi_sft, examples, inputs=[merge, pairs])
+
+    eval_prompts, score, columns = eval_problems(recipe)
+    if not eval_prompts:
+        raise DataError(
+            "stepneg evaluates held-out problems: set eval.reasoning (e.g. {data: gsm8k, limit: 200})"
+        )
+    table = {}
+    if recipe.eval.before:
+        table |= evaluate(
+            run, "eval-start", model_path, {"start": None}, eval_prompts, score, columns=columns
+        )
+    table |= evaluate_folders(run, pi_sft, folders, eval_prompts, score, columns, inputs=[merge])
+    write_report(run, table, title=f"{recipe.name}: greedy accuracy on {len(eval_prompts)} held-out problems")
+    return table
+
+
+# ---------------------------------------------------------------------------------------------------
+# The stages above, each a `Run.stage` that is skipped when its inputs are unchanged.
+
+
+def load_problems(recipe, model_path: str):
+    """(problems, rendered prompts, verify(problem index, solution text) -> bool) for the train split."""
+    from nega.align.stepneg.data import problem_of
+    from nega.data import DataError, convert_rows, load_rows
+    from nega.models import load_tokenizer
+    from nega.rewards.math import is_correct
+    from nega.sampling.base import render_prompt
+
+    cfg = recipe.stepneg
+    rows, source = load_rows(recipe.data, toy_cfg=recipe.toy, seed=recipe.seed, split=recipe.data.split)
+    problems, _ = convert_rows(rows, problem_of, source=source, on_bad_row=recipe.data.on_bad_row)
+    tokenizer = load_tokenizer(model_path, recipe.model)
+    prompts = [render_prompt(tokenizer, [{"role": "user", "content": p["question"]}]) for p in problems]
+    toy = recipe.data.dataset == "toy" and recipe.toy is not None and recipe.toy.world == "reasoning"
+    if cfg.answer_format == "toy" or (cfg.answer_format == "auto" and toy):
+        if not toy:
+            raise DataError("stepneg.answer_format 'toy' needs data.dataset: toy with toy.world: reasoning")
+        from nega.toy import make_world
+
+        world = make_world("reasoning", seed=recipe.seed, **recipe.toy.options)
+        return problems, prompts, lambda i, text: bool(world.verify(problems[i]["question"], text))
+    fmt = cfg.answer_format
+    return problems, prompts, lambda i, text: is_correct(text, problems[i]["answer"], fmt)
+
+
+def sft_overrides(recipe) -> dict:
+    return {
+        "num_train_epochs": recipe.stepneg.sft_epochs,
+        "learning_rate": recipe.stepneg.sft_lr or recipe.train.lr,
+    }
+
+
+def merged_model(run: Run, model_path: str, sft_folder: str, sft):
+    """π_sft as a plain model folder: the SFT adapter merged into its base (full fine-tuning: as is)."""
+    if not run.recipe.lora.enabled:
+        return sft_folder, sft
+    from nega.models import merge_adapter
+
+    stage = run.stage("sft-merge", config={"model": run.recipe.model.model_dump()}, inputs=[sft])
+    if not stage.done:
+        merge_adapter(model_path, sft_folder, stage.dir / "model", run.recipe.model)
+        stage.finish()
+    return str(stage.dir / "model"), stage
+
+
+class LazySampler:
+    """One sampler for every sampling stage, started on first use (a resumed run may need none) and
+    closed before training, so sampling and training never hold the accelerator together."""
+
+    def __init__(self, model_path: str, recipe):
+        self.model_path, self.recipe, self.sampler = model_path, recipe, None
+
+    def get(self):
+        if self.sampler is None:
+            from nega.sampling import make_sampler
+
+            self.sampler = make_sampler(
+                self.model_path, self.recipe.sampling, max_lora_rank=self.recipe.lora.r
+            )
+        return self.sampler
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        if self.sampler is not None:
+            self.sampler.close()
+            self.sampler = None
+
+
+def sample_and_verify(
+    run: Run, name: str, sampler: LazySampler, prompts, verify, n: int, seed_offset: int, inputs
+):
+    """n samples per problem from π_sft, each marked correct or not; one row per problem."""
+    from nega.pipeline import hash_value, read_jsonl, write_jsonl
+
+    cfg = run.recipe.sampling
+    seed = cfg.seed + seed_offset
+    settings = {
+        "n": n,
+        "temperature": cfg.temperature,
+        "top_p": cfg.top_p,
+        "max_tokens": cfg.max_tokens,
+        "seed": seed,
+    }
+    stage = run.stage(
+        name, config={**settings, "backend": cfg.backend, "prompts": hash_value(prompts)}, inputs=inputs
+    )
+    if not stage.done:
+        groups = sampler.get().generate(
+            prompts, description=f"{name} ({len(prompts)} problems x {n})", **settings
+        )
+        rows = [
+            {
+                "texts": [c.text for c in group],
+                "finish_reasons": [c.finish_reason for c in group],
+                "correct": [verify(i, c.text) for c in group],
+            }
+            for i, group in enumerate(groups)
+        ]
+        write_jsonl(stage.dir / "samples.jsonl", rows)
+        flat = [ok for r in rows for ok in r["correct"]]
+        stage.finish(
+            counts={
+                "samples": len(flat),
+                "correct_rate": sum(flat) / len(flat),
+                "solved_problems": sum(any(r["correct"]) for r in rows),
+            }
+        )
+    return read_jsonl(stage.dir / "samples.jsonl")
+
+
+def positives_of(samples: list[dict]) -> list[list[str]]:
+    return [
+        list(dict.fromkeys(t for t, ok in zip(r["texts"], r["correct"], strict=True) if ok)) for r in samples
+    ]
+
+
+def pool_positives(sample_sets: list[list[dict]]) -> dict[int, list[str]]:
+    """Every problem's distinct correct π_sft solutions over the given sampling stages."""
+    pools: dict[int, list[str]] = {}
+    for samples in sample_sets:
+        for i, texts in enumerate(positives_of(samples)):
+            pools[i] = list(dict.fromkeys(pools.get(i, []) + texts))
+    return {i: pool for i, pool in pools.items() if pool}
+
+
+def advantages_stage(run: Run, sampler: LazySampler, prompts, verify, samples: list[dict], positives: dict):
+    """Rollout values, advantages and first pit of each distinct negative of a problem with a positive."""
+    from nega.align.stepneg.rollouts import estimate_step_values
+    from nega.align.stepneg.steps import split_steps
+    from nega.pipeline import hash_value, read_jsonl, write_json, write_jsonl
+
+    recipe, cfg = run.recipe, run.recipe.stepneg
+    negatives = []
+    for i, row in enumerate(samples):
+        if i not in positives:
+            continue
+        seen = set()
+        for text, reason, ok in zip(row["texts"], row["finish_reasons"], row["correct"], strict=True):
+            if not ok and text.strip() and text not in seen:
+                seen.add(text)
+                negatives.append(
+                    {
+                        "problem": i,
+                        "text": text,
+                        "finish_reason": reason,
+                        "steps": split_steps(text, cfg.step_regex),
+                    }
+                )
+    keys = ("best_of", "rollout_groups", "skip_after_pit", "step_regex")
+    sampling = recipe.sampling
+    config = {k: getattr(cfg, k) for k in keys} | {
+        "temperature": sampling.temperature,
+        "top_p": sampling.top_p,
+        "max_tokens": sampling.max_tokens,
+        "seed": sampling.seed + 1000,
+        "negatives": hash_value([(n["problem"], n["text"]) for n in negatives]),
+    }
+    stage = run.stage("advantages", config=config)
+    if not stage.done:
+        results, stats = estimate_step_values(
+            sampler.get(),
+            prompts,
+            [(n["problem"], n["steps"]) for n in negatives],
+            verify,
+            best_of=cfg.best_of,
+            groups=cfg.rollout_groups,
+            skip_after_pit=cfg.skip_after_pit,
+            temperature=sampling.temperature,
+            top_p=sampling.top_p,
+            max_tokens=sampling.max_tokens,
+            seed=sampling.seed + 1000,
+        )
+        rows = [
+            {**n, "values": r.values, "advantages": r.advantages, "pit": r.pit}
+            for n, r in zip(negatives, results, strict=True)
+        ]
+        write_jsonl(stage.dir / "advantages.jsonl", rows)
+        write_json(stage.dir / "rollouts.json", {**stats.as_dict(), "calls": stats.per_call})
+        stage.finish(counts={"negatives": len(rows), **stats.as_dict()})
+    return stage, read_jsonl(stage.dir / "advantages.jsonl")
+
+
+def pairs_stage(run: Run, prompts, negatives: list[dict], positives: dict, inputs):
+    """Per-step pairs, outcome pairs and AWR rows over the same negatives."""
+    from nega.align.stepneg.data import awr_rows, outcome_pairs, step_pairs
+    from nega.pipeline import write_jsonl
+
+    stage = run.stage("pairs", config={"seed": run.recipe.seed}, inputs=inputs)
+    if not stage.done:
+        files = {
+            "dpo": step_pairs(negatives, prompts, positives, run.recipe.seed),
+            "outcome_dpo": outcome_pairs(negatives, prompts, positives, run.recipe.seed),
+            "awr": awr_rows(negatives, prompts, positives),
+        }
+        for loss, rows in files.items():
+            write_jsonl(stage.dir / f"{loss}.jsonl", rows)
+        pits = [r["pit"] for r in files["dpo"]]
+        stage.finish(counts={"pairs": len(pits), "mean_pit": sum(pits) / max(1, len(pits))})
+    return stage
+
+
+def reflogps_stage(run: Run, loss: str, pi_sft: str, pairs, inputs) -> list[dict]:
+    """The loss's examples, with π_sft reference log-probs for the DPO objectives."""
+    from nega.align.stepneg.trainer import attach_reference_logps
+    from nega.logps import LogpCache
+    from nega.pipeline import read_jsonl, write_jsonl
+
+    examples = read_jsonl(pairs.dir / f"{loss}.jsonl")
+    if loss == "awr":
+        return examples
+    stage = run.stage(
+        f"reflogps-{loss}", config={"model": run.recipe.model.model_dump()}, inputs=[pairs, *inputs]
+    )
+    if not stage.done:
+        examples = attach_reference_logps(
+            examples, pi_sft, run.recipe.model, cache=LogpCache(stage.dir / "cache.jsonl")
+        )
+        write_jsonl(stage.dir / "examples.jsonl", examples)
+        stage.finish(counts={"examples": len(examples)})
+    return read_jsonl(stage.dir / "examples.jsonl")
+
+
+def train_stage(run: Run, loss: str, pi_sft: str, examples: list[dict], inputs) -> str:
+    """A LoRA adapter over π_sft trained with `loss`; returns its folder."""
+    from nega.launch import run_training
+    from nega.pipeline import hash_value, read_json, write_jsonl
+
+    recipe = run.recipe
+    config = {
+        "loss": loss,
+        "stepneg": recipe.stepneg.model_dump(),
+        "train": recipe.train.model_dump(),
+        "lora": recipe.lora.model_dump(),
+        "examples": hash_value(examples),
+        "seed": recipe.seed,
+    }
+    stage = run.stage(f"train-{loss}", config=config, inputs=inputs)
+    if not stage.done:
+        write_jsonl(stage.dir / "examples.jsonl", examples)
+        run_training(
+            "nega.align.stepneg.trainer:train_entry",
+            {
+                "recipe": recipe.model_dump(mode="json"),
+                "model_path": pi_sft,
+                "examples_file": str(stage.dir / "examples.jsonl"),
+                "output_dir": str(stage.dir),
+                "loss": loss,
+            },
+            stage.dir,
+            needs_launcher=recipe.train.deepspeed.stage > 0,
+        )
+        history = [h for h in read_json(stage.dir / "train_log.json")["history"] if "loss" in h]
+        stage.finish(
+            counts={
+                "examples": len(examples),
+                "steps": len(history),
+                "final_loss": history[-1]["loss"] if history else None,
+            }
+        )
+    return read_json(stage.dir / "train_log.json")["folder"]
+
+
+def evaluate_folders(run: Run, pi_sft: str, folders: dict, prompts, score, columns, inputs) -> dict:
+    """Greedy evaluation of π_sft and every trained adapter (or full model without LoRA)."""
+    from nega.stages import evaluate
+
+    if run.recipe.lora.enabled:
+        return evaluate(run, "eval", pi_sft, folders, prompts, score, columns=columns, inputs=inputs)
+    table = {}
+    for label, folder in folders.items():
+        table |= evaluate(
+            run,
+            f"eval-{label}",
+            folder or pi_sft,
+            {label: None},
+            prompts,
+            score,
+            columns=columns,
+            inputs=inputs,
+        )
+    return table
