@@ -39,6 +39,8 @@ _TOKEN_RE = re.compile(r"hf_[A-Za-z0-9_-]{6,}")
 _REPO_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*")
 # Files of an adapter folder that are not uploaded: peft's own stub card (ours replaces it) and pickles.
 SKIP_FILES = {"README.md", "training_args.bin"}
+# Sampling settings that shape the training data; the rest (backend, memory, server) are machine-specific.
+CARD_SAMPLING_KEYS = ("n", "temperature", "top_p", "max_tokens")
 
 
 class HubError(Exception):
@@ -221,9 +223,11 @@ def _hyperparameters(recipe: dict) -> str:
     for section in ("lora", "train", method, "sampling"):
         values = recipe.get(section) or {}
         for key, value in values.items():
+            if value is None or (section == "sampling" and key not in CARD_SAMPLING_KEYS):
+                continue
             if isinstance(value, dict):
                 value = ", ".join(f"{k}={v}" for k, v in value.items())
-            rows.append((f"{section}.{key}", value))
+            rows.append((f"{section}.{key}", str(value)))  # str: 5e-06 must not print as 0.000
     return markdown_table(["setting", "value"], rows)
 
 
