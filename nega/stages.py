@@ -116,7 +116,14 @@ def write_report(run: Run, table: dict[str, dict[str, float]], title: str | None
 
     title = title or f"{run.recipe.name} ({run.recipe.method})"
     write_json(run.dir / "results.json", table)
-    path = atomic_write_text(run.dir / "report.md", f"# {run.recipe.name}\n\n" + format_table(table, title))
+    text = f"# {run.recipe.name}\n\n" + format_table(table, title)
+    previous = run.dir / "report.md"
+    if previous.exists():  # keep the before/after section nega.eval.stage.run_evals wrote
+        old = previous.read_text(encoding="utf-8")
+        start, end = old.find("<!-- nega:eval -->"), old.find("<!-- /nega:eval -->")
+        if 0 <= start < end:
+            text += "\n" + old[start : end + len("<!-- /nega:eval -->")] + "\n"
+    path = atomic_write_text(run.dir / "report.md", text)
     metrics = sorted({m for row in table.values() for m in row})
     shown = Table(title=title)
     shown.add_column("")
