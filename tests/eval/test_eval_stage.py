@@ -10,6 +10,7 @@ import nega.sampling
 from nega.config import load_recipe
 from nega.eval.stage import SECTION_START, run_evals
 from nega.pipeline import Run
+from nega.stages import write_report
 
 
 @pytest.fixture
@@ -78,6 +79,10 @@ def test_run_evals_before_and_after(eval_run, tiny_model_dir, monkeypatch):
         and "pass@2" in report
     )
     assert json.loads((run_dir / "eval.json").read_text()) == results
+    # the method's own report, written afterwards, keeps the evaluation section
+    write_report(run, {"sft": {"loss": 0.5}})
+    report = (run_dir / "report.md").read_text()
+    assert "| sft | 0.500 |" in report and report.count(SECTION_START) == 1 and "| start |" in report
 
     # A re-run skips both stages (no sampler is made) and replaces the report section in place.
     def no_sampler(*args, **kwargs):
