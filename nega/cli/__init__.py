@@ -84,6 +84,14 @@ def run(
         fail(f"data error: {exc}")
     except NonFiniteLossError as exc:
         fail(str(exc), code=1)
+    if cfg.hub.repo_id:
+        from nega.hub import HubError, hub_push_stage
+
+        try:
+            pushed = hub_push_stage(run_dir)
+        except HubError as exc:
+            fail(str(exc), code=1)
+        typer.echo(f"[nega] pushed to {pushed['url'] or cfg.hub.repo_id}", err=True)
     typer.echo(f"[nega] done: {run_dir.dir / 'report.md'}", err=True)
 
 
