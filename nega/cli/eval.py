@@ -26,6 +26,14 @@ def _fail(message: str) -> None:
     raise typer.Exit(2)
 
 
+BACKENDS = ("auto", "hf", "vllm", "server")
+
+
+def _check_backend(backend: str | None) -> None:
+    if backend is not None and backend not in BACKENDS:
+        _fail(f"--backend {backend!r}: choose one of {', '.join(BACKENDS)}")
+
+
 def _errors():
     from nega.eval.sets import EvalDataError
     from nega.eval.target import TargetError
@@ -53,6 +61,7 @@ def harm(
     from nega.eval.harm import evaluate_harm
     from nega.eval.report import fmt_rate
 
+    _check_backend(backend)
     try:
         metrics, out_dir = evaluate_harm(
             target,
@@ -94,6 +103,7 @@ def reasoning(
     from nega.eval.reasoning import evaluate_reasoning
     from nega.eval.report import fmt_rate
 
+    _check_backend(backend)
     try:
         metrics, out_dir = evaluate_reasoning(
             target,

@@ -208,7 +208,8 @@ def write_harm_outputs(out_dir: Path, metrics: dict, rows: list[dict], title: st
     write_jsonl(out_dir / "samples.jsonl", rows)
     write_json(out_dir / "harm.json", metrics)
     atomic_write_text(out_dir / "harm.md", harm_markdown(metrics, title))
-    bar_plot(out_dir / "harm.png", plot_bars(metrics), title)
+    overall = sum(1 for key in ("harmful", "refusal", "over_refusal", "helpful") if key in metrics)
+    bar_plot(out_dir / "harm.png", plot_bars(metrics), title, highlight=overall)
     return out_dir
 
 

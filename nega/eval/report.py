@@ -98,21 +98,23 @@ def _pyplot():
     return plt
 
 
-def bar_plot(path: Path, bars: dict[str, dict], title: str, ylabel: str = "rate") -> Path:
-    """Bars with 95% interval whiskers; `bars` maps a label to a `rate()` entry (undefined ones skipped)."""
+def bar_plot(path: Path, bars: dict[str, dict], title: str, xlabel: str = "rate", highlight: int = 0) -> Path:
+    """Horizontal bars with 95% interval whiskers; `bars` maps a label to a `rate()` entry (undefined
+    ones are skipped). The first `highlight` bars (overall rates) get their own colour."""
     plt = _pyplot()
-    items = [(k, v) for k, v in bars.items() if v and v.get("rate") is not None]
-    fig, ax = plt.subplots(figsize=(max(4.0, 0.6 * len(items) + 2), 3.6))
+    items = [(i, k, v) for i, (k, v) in enumerate(bars.items()) if v and v.get("rate") is not None]
+    fig, ax = plt.subplots(figsize=(7.0, 1.2 + 0.32 * max(1, len(items))))
     if items:
-        labels = [k for k, _ in items]
-        values = [v["rate"] for _, v in items]
+        positions = list(range(len(items)))[::-1]  # first bar on top
+        values = [v["rate"] for _, _, v in items]
         # max(0, ...) absorbs float round-off at rates of exactly 0 or 1
-        low = [max(0.0, v["rate"] - v["ci95"][0]) for _, v in items]
-        high = [max(0.0, v["ci95"][1] - v["rate"]) for _, v in items]
-        ax.bar(range(len(items)), values, yerr=[low, high], capsize=3, color="#4c72b0")
-        ax.set_xticks(range(len(items)), labels, rotation=45 if len(items) > 4 else 0, ha="right")
-    ax.set_ylim(0, 1)
-    ax.set_ylabel(ylabel)
+        low = [max(0.0, v["rate"] - v["ci95"][0]) for _, _, v in items]
+        high = [max(0.0, v["ci95"][1] - v["rate"]) for _, _, v in items]
+        colours = ["#4c72b0" if i < highlight else "#8fa8c8" for i, _, _ in items]
+        ax.barh(positions, values, xerr=[low, high], capsize=3, color=colours)
+        ax.set_yticks(positions, [f"{k} (n={v['n']})" for _, k, v in items], fontsize=8)
+    ax.set_xlim(0, 1)
+    ax.set_xlabel(xlabel)
     ax.set_title(title, fontsize=10)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)

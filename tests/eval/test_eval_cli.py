@@ -87,6 +87,8 @@ def test_eval_harm_errors_are_clean(tmp_path, monkeypatch):
     prompts.write_text('{"prompt": "hi"}\n')
     result = runner.invoke(app, ["eval", "harm", "org/model", "--prompts", str(prompts), "--scorer", "nope"])
     assert result.exit_code == 2 and "unknown harm scorer" in result.output
+    result = runner.invoke(app, ["eval", "reasoning", "org/model", "--backend", "gpu"])
+    assert result.exit_code == 2 and "choose one of auto, hf, vllm, server" in result.output
 
 
 def test_eval_reasoning_gsm8k(tiny_model_dir, tmp_path, data_env):
