@@ -72,8 +72,11 @@ def check_repo_id(repo_id: str) -> str:
     return repo_id
 
 
-def stage_folder(run_dir: Path, repo_id: str, *, merge: bool = False, out: Path | None = None) -> Path:
-    """Stage the exact upload folder for the run's final adapter (see the module docstring)."""
+def stage_folder(
+    run_dir: Path, repo_id: str, *, merge: bool = False, out: Path | None = None, adapter: Path | None = None
+) -> Path:
+    """Stage the exact upload folder for the run's final adapter, or `adapter` when given (a run that
+    trained baselines after its method holds several adapters, and the newest is then a baseline)."""
     from nega.eval.target import TargetError, resolve_target
 
     check_repo_id(repo_id)
@@ -84,6 +87,10 @@ def stage_folder(run_dir: Path, repo_id: str, *, merge: bool = False, out: Path 
         target = resolve_target(run_dir)
     except TargetError as exc:
         raise HubError(str(exc)) from None
+    if adapter is not None:
+        if not (Path(adapter) / "adapter_config.json").exists():
+            raise HubError(f"--adapter {adapter}: no adapter_config.json in that folder")
+        target.adapter = str(adapter)
     if target.adapter is None:
         raise HubError(
             f"{run_dir} has no trained adapter (no */adapter/adapter_config.json); finish the run first"
@@ -109,7 +116,13 @@ def stage_folder(run_dir: Path, repo_id: str, *, merge: bool = False, out: Path 
         if not (folder / "tokenizer_config.json").exists():
             from nega.models import load_tokenizer
 
-            load_tokenizer(target.base_model).save_pretrained(str(folder))
+            try:
+                load_tokenizer(target.base_model).save_pretrained(str(folder))
+            except OSError as exc:
+                raise HubError(
+                    f"the adapter {adapter} holds no tokenizer and the base model's ({target.base_model}) "
+                    f"could not be loaded: {exc}"
+                ) from None
     _write(folder / "nega_recipe.yaml", (run_dir / "recipe.yaml").read_text(encoding="utf-8"))
     _write(folder / "README.md", model_card(target.recipe, run_dir, repo_id, target.base_model, merge=merge))
     return folder
@@ -127,10 +140,11 @@ def push(
     private: bool = True,
     dry_run: bool = False,
     out: Path | None = None,
+    adapter: Path | None = None,
     api=None,
 ) -> dict:
     """Stage, then (unless `dry_run`) create the repo and upload; returns what was done."""
-    folder = stage_folder(run_dir, repo_id, merge=merge, out=out)
+    folder = stage_folder(run_dir, repo_id, merge=merge, out=out, adapter=adapter)
     result = {
         "repo_id": repo_id,
         "private": private,

@@ -130,6 +130,8 @@ def test_merged_push_and_errors(tiny_model_dir, tmp_path):
 
     bad = runner.invoke(app, ["push", str(run.dir), "--repo-id", "not a repo"])
     assert bad.exit_code == 1 and "ORG/NAME" in bad.output
+    nowhere = runner.invoke(app, ["push", str(run.dir), "--repo-id", "me/x", "--adapter", str(tmp_path)])
+    assert nowhere.exit_code == 1 and "no adapter_config.json" in nowhere.output
     empty = runner.invoke(app, ["push", str(tmp_path), "--repo-id", "me/x"])
     assert empty.exit_code == 1 and "not a run directory" in empty.output
 
@@ -154,3 +156,21 @@ def test_redact():
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("HF_TOKEN", "plainsecret99")
         assert redact("x plainsecret99 y") == "x hf_*** y"
+
+
+def test_adapter_option_picks_among_several(tiny_model_dir, tmp_path):
+    import shutil
+
+    run = make_run(tmp_path, tiny_model_dir)
+    main = run.dir / "03-train" / "adapter"
+    baseline = run.dir / "04-ga-train" / "adapter"
+    shutil.copytree(main, baseline)
+    (baseline / "adapter_model.safetensors").write_bytes(b"baseline weights")
+    folder = run.dir / "push" / "me--x"
+    assert runner.invoke(app, ["push", str(run.dir), "--repo-id", "me/x", "--dry-run"]).exit_code == 0
+    assert (folder / "adapter_model.safetensors").read_bytes() == b"baseline weights"  # the newest
+    args = ["push", str(run.dir), "--repo-id", "me/x", "--dry-run", "--adapter", str(main)]
+    assert runner.invoke(app, args).exit_code == 0
+    assert (folder / "adapter_model.safetensors").read_bytes() == (
+        main / "adapter_model.safetensors"
+    ).read_bytes()

@@ -19,6 +19,9 @@ def push(
     dry_run: bool = typer.Option(
         False, "--dry-run", help="stage the upload folder and list it; upload nothing"
     ),
+    adapter: Path | None = typer.Option(
+        None, "--adapter", help="adapter folder to push (default: the run's newest */adapter/ folder)"
+    ),
 ):
     """Push the run's final adapter (or merged weights), tokenizer, recipe and model card to the Hub.
 
@@ -28,7 +31,7 @@ def push(
     from nega.hub import push as push_run
 
     try:
-        result = push_run(run, repo_id, merge=merge, private=private, dry_run=dry_run)
+        result = push_run(run, repo_id, merge=merge, private=private, dry_run=dry_run, adapter=adapter)
     except HubError as exc:
         typer.secho(redact(str(exc)), err=True, fg=typer.colors.RED)
         raise typer.Exit(1) from None
