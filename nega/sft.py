@@ -222,27 +222,56 @@ def run(recipe, run) -> dict[str, dict[str, float]]:
     stage, folder = sft_stage(run, "sft", model_path, pairs, inputs=[model_stage or model_path])
 
     prompts, score, columns = eval_problems(recipe)
+    limit = eval_max_tokens(recipe)
     if not prompts:
         table = {"sft": {"train_pairs": float(len(pairs)), "bad_rows": float(bad)}}
     else:
         if recipe.lora.enabled:
             adapters = {"start": None, "sft": folder} if recipe.eval.before else {"sft": folder}
             table = evaluate(
-                run, "eval", model_path, adapters, prompts, score, columns=columns, inputs=[stage]
+                run,
+                "eval",
+                model_path,
+                adapters,
+                prompts,
+                score,
+                columns=columns,
+                inputs=[stage],
+                max_tokens=limit,
             )
         else:
             table = {}
             if recipe.eval.before:
                 table |= evaluate(
-                    run, "eval-start", model_path, {"start": None}, prompts, score, columns=columns
+                    run,
+                    "eval-start",
+                    model_path,
+                    {"start": None},
+                    prompts,
+                    score,
+                    columns=columns,
+                    max_tokens=limit,
                 )
             table |= evaluate(
-                run, "eval-sft", folder, {"sft": None}, prompts, score, columns=columns, inputs=[stage]
+                run,
+                "eval-sft",
+                folder,
+                {"sft": None},
+                prompts,
+                score,
+                columns=columns,
+                inputs=[stage],
+                max_tokens=limit,
             )
     if not table:
         raise DataError("nothing to report")
     write_report(run, table)
     return table
+
+
+def eval_max_tokens(recipe) -> int | None:
+    """`eval.reasoning.max_tokens` when a reasoning set is evaluated, else the sampling default."""
+    return recipe.eval.reasoning.max_tokens if recipe.eval.reasoning is not None else None
 
 
 def _tokenizer(model_path: str, model_cfg):

@@ -38,7 +38,7 @@ LABELS = {"dpo": "stepneg_dpo", "awr": "stepneg_awr", "outcome_dpo": "outcome_dp
 
 def run(recipe, run: Run) -> dict[str, dict[str, float]]:
     from nega.data import DataError
-    from nega.sft import eval_problems, sft_stage
+    from nega.sft import eval_max_tokens, eval_problems, sft_stage
     from nega.stages import base_model, evaluate, write_report
 
     cfg = recipe.stepneg
@@ -77,6 +77,7 @@ def run(recipe, run: Run) -> dict[str, dict[str, float]]:
         folders[LABELS[loss]] = train_stage(run, loss, pi_sft, examples, inputs=[merge, pairs])
 
     eval_prompts, score, columns = eval_problems(recipe)
+    limit = eval_max_tokens(recipe)
     if not eval_prompts:
         raise DataError(
             "stepneg evaluates held-out problems: set eval.reasoning (e.g. {data: gsm8k, limit: 200})"
@@ -84,9 +85,18 @@ def run(recipe, run: Run) -> dict[str, dict[str, float]]:
     table = {}
     if recipe.eval.before:
         table |= evaluate(
-            run, "eval-start", model_path, {"start": None}, eval_prompts, score, columns=columns
+            run,
+            "eval-start",
+            model_path,
+            {"start": None},
+            eval_prompts,
+            score,
+            columns=columns,
+            max_tokens=limit,
         )
-    table |= evaluate_folders(run, pi_sft, folders, eval_prompts, score, columns, inputs=[merge])
+    table |= evaluate_folders(
+        run, pi_sft, folders, eval_prompts, score, columns, inputs=[merge], max_tokens=limit
+    )
     write_report(run, table, title=f"{recipe.name}: greedy accuracy on {len(eval_prompts)} held-out problems")
     return table
 
@@ -359,12 +369,24 @@ def train_stage(run: Run, loss: str, pi_sft: str, examples: list[dict], inputs) 
     return read_json(stage.dir / "train_log.json")["folder"]
 
 
-def evaluate_folders(run: Run, pi_sft: str, folders: dict, prompts, score, columns, inputs) -> dict:
+def evaluate_folders(
+    run: Run, pi_sft: str, folders: dict, prompts, score, columns, inputs, max_tokens=None
+) -> dict:
     """Greedy evaluation of π_sft and every trained adapter (or full model without LoRA)."""
     from nega.stages import evaluate
 
     if run.recipe.lora.enabled:
-        return evaluate(run, "eval", pi_sft, folders, prompts, score, columns=columns, inputs=inputs)
+        return evaluate(
+            run,
+            "eval",
+            pi_sft,
+            folders,
+            prompts,
+            score,
+            columns=columns,
+            inputs=inputs,
+            max_tokens=max_tokens,
+        )
     table = {}
     for label, folder in folders.items():
         table |= evaluate(

@@ -1,0 +1,125 @@
+"""Per-step negative RL end to end: the GSM8K recipe on the tiny local model, and the toy recipe."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from conftest import CORPUS_PAIRS
+
+from nega.config import load_recipe
+from nega.pipeline import Run, read_json, read_jsonl
+
+
+def _problems_file(path):
+    """GSM8K-format rows the tiny model half-solves: it was trained on "what is a plus b?"."""
+    rows = [
+        {"question": p, "answer": r.replace(" is ", " is <<calc>>") + f"\n#### {r.rstrip('.').split()[-1]}"}
+        for p, r in CORPUS_PAIRS[:100:13]
+    ]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def _stage(run_dir, name):
+    (folder,) = [p for p in run_dir.iterdir() if p.is_dir() and p.name.split("-", 1)[1] == name]
+    return folder
+
+
+def _gsm8k_overrides(tiny_model_dir, data, backend="hf"):
+    return [
+        f"model.name={tiny_model_dir}",
+        "model.dtype=float32",
+        "model.max_length=64",
+        f"data.path={data}",
+        "lora.r=4",
+        "lora.alpha=8",
+        f"sampling.backend={backend}",
+        "sampling.max_tokens=12",
+        "sampling.temperature=2.0",  # the tiny model is near-perfect at T=1: make some samples wrong
+        "sampling.batch_size=32",
+        "train.max_steps=2",
+        "train.batch_size=2",
+        "train.grad_accum=1",
+        "train.bf16=false",
+        "stepneg.rft_samples=2",
+        "stepneg.negatives=4",
+        "stepneg.best_of=2",
+        "stepneg.rollout_groups=1",
+        "stepneg.answer_format=number",
+        f"eval.reasoning.data={data}",
+        "eval.reasoning.limit=8",
+        "eval.reasoning.max_tokens=12",
+        "output_dir=runs",
+    ]
+
+
+def test_stepneg_gsm8k_recipe_validates_and_runs_on_the_tiny_model(tiny_model_dir, tmp_path, monkeypatch):
+    from conftest import shared_data
+
+    from nega.align.stepneg.run import run
+
+    shared_data("gsm8k", "train.jsonl")  # the recipe as shipped points at it
+    shipped = load_recipe("stepneg-gsm8k")
+    assert (
+        shipped.stepneg.negatives == 8
+        and shipped.stepneg.best_of == 5
+        and shipped.stepneg.rollout_groups == 2
+    )
+    assert shipped.stepneg.beta == 0.1 and shipped.stepneg.answer_format == "gsm8k"
+
+    data = _problems_file(tmp_path / "problems.jsonl")
+    monkeypatch.chdir(tmp_path)
+    recipe = load_recipe("stepneg-gsm8k", _gsm8k_overrides(tiny_model_dir, data))
+    table = run(recipe, Run(recipe))
+    assert set(table) == {"sft", "rft", "stepneg_dpo"}
+    assert all(0.0 <= row["accuracy"] <= 1.0 and row["n"] == 8 for row in table.values())
+
+    run_dir = tmp_path / "runs" / recipe.name
+    rollouts = read_json(_stage(run_dir, "advantages") / "rollouts.json")
+    assert rollouts["rollouts"] == 2 * rollouts["prefixes_rolled"] and rollouts["rollouts_per_s"] > 0
+    for neg in read_jsonl(_stage(run_dir, "advantages") / "advantages.jsonl"):
+        values = neg["values"]
+        assert values[-1] == 0.0 and 1 <= neg["pit"] <= len(neg["steps"])
+        assert values[neg["pit"]] == min(v for v in values[1:] if v is not None)
+    for pair in read_jsonl(_stage(run_dir, "pairs") / "dpo.jsonl"):
+        assert pair["rejected_eos"] is False
+    train = read_json(_stage(run_dir, "train-dpo") / "manifest.json")
+    assert train["counts"]["steps"] == 2
+
+
+@pytest.mark.slow
+@pytest.mark.vllm
+def test_stepneg_runs_with_the_vllm_sampler(tiny_model_dir, tmp_path, monkeypatch):
+    pytest.importorskip("vllm")
+    from nega.align.stepneg.run import run
+
+    data = _problems_file(tmp_path / "problems.jsonl")
+    monkeypatch.chdir(tmp_path)
+    recipe = load_recipe("stepneg-gsm8k", _gsm8k_overrides(tiny_model_dir, data, backend="vllm"))
+    table = run(recipe, Run(recipe))
+    assert set(table) == {"sft", "rft", "stepneg_dpo"}
+    rollouts = read_json(_stage(tmp_path / "runs" / recipe.name, "advantages") / "rollouts.json")
+    assert rollouts["rollouts"] > 0
+
+
+@pytest.mark.slow
+def test_toy_stepneg_recipe_compares_every_objective(tmp_path, monkeypatch):
+    from nega.align.stepneg.run import run
+    from nega.toy import make_world
+
+    monkeypatch.chdir(tmp_path)
+    overrides = ["toy.steps=150", "toy.n_train=24", "toy.n_test=24", "toy.options.sft_problems=400"]
+    overrides += ["stepneg.negatives=4", "stepneg.rft_samples=2", "train.max_steps=3"]
+    recipe = load_recipe("toy-stepneg", overrides)
+    table = run(recipe, Run(recipe))
+    assert list(table) == ["start", "sft", "rft", "stepneg_dpo", "stepneg_awr", "outcome_dpo"]
+    assert all(row["n"] == 24 for row in table.values())
+    world = make_world("reasoning", seed=0, **recipe.toy.options)
+    run_dir = tmp_path / "runs" / recipe.name
+    negatives = read_jsonl(_stage(run_dir, "advantages") / "advantages.jsonl")
+    assert negatives
+    questions = [r["question"] for r in world.rows("train", 24)]
+    for neg in negatives:
+        assert not world.verify(questions[neg["problem"]], neg["text"])
+        assert "".join(neg["steps"]) == neg["text"]
