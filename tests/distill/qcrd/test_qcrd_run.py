@@ -88,7 +88,7 @@ def test_toy_qcrd_runs_every_objective_and_draws_negatives_from_the_lagged_stude
     from nega.pipeline import read_json
 
     overrides = [
-        "toy.steps=200", "toy.n_train=48", "toy.n_test=24", "train.epochs=2", "qcrd.lag=1", "qcrd.disc_steps=20",
+        "toy.steps=200", "toy.n_train=48", "toy.n_test=24", "train.epochs=3", "qcrd.lag=1", "qcrd.disc_steps=20",
     ]  # fmt: skip
     result = CliRunner().invoke(app, ["run", "toy-qcrd", *overrides, "-o", str(tmp_path / "run")])
     assert result.exit_code == 0, result.output
@@ -97,9 +97,10 @@ def test_toy_qcrd_runs_every_objective_and_draws_negatives_from_the_lagged_stude
     for row in table.values():
         assert set(row) == {"accuracy", "rationale_quality", "rationale_accuracy"}
     stages = {p.name.split("-", 1)[1]: p for p in (tmp_path / "run").iterdir() if p.is_dir()}
-    # lag 1: epoch 0 samples the starting student, epoch 1 the adapter trained in epoch 0
+    # lag 1: epochs 0 and 1 sample the starting student (index 0), epoch 2 the student after epoch 0
     assert read_json(stages["qcrd-e0-negatives"] / "manifest.json")["source"] == "start"
-    assert read_json(stages["qcrd-e1-negatives"] / "manifest.json")["source"] == str(
+    assert read_json(stages["qcrd-e1-negatives"] / "manifest.json")["source"] == "start"
+    assert read_json(stages["qcrd-e2-negatives"] / "manifest.json")["source"] == str(
         stages["qcrd-e0-train"] / "adapter"
     )
     assert "label_only-e0-negatives" not in stages and "step_by_step-e1-negatives" not in stages
