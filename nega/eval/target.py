@@ -3,7 +3,9 @@
 - **run directory** (has `recipe.yaml`): the base model is the recipe's `model.name`, or for
   `model.name: toy` the model folder of its `NN-toy-model` stage. The adapter is the run's final one:
   the most recently written `adapter/` folder (holding `adapter_config.json`) anywhere under its stage
-  folders. A run without an adapter is evaluated as its base model.
+  folders. A run without an adapter is evaluated as its base model. A run that trained baselines
+  after its method (e.g. `d2o.compare`) holds several adapters and the newest is the last baseline:
+  give the adapter folder itself as TARGET (or `nega push --adapter`).
 - **adapter folder** (has `adapter_config.json`): the base model is its `base_model_name_or_path`.
 - **model folder** (has `config.json`) or **hub id**: evaluated as is, without an adapter.
 """
