@@ -6,19 +6,38 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+Objective = Literal["d2o", "ga", "dpo_self", "kto_neg"]
+
 
 class D2OConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    objective: Literal["d2o", "ga", "dpo_self", "kto_neg"] = Field(
+    objective: Objective = Field(
         "d2o", description="d2o, or a baseline on the same data: ga, dpo_self, kto_neg"
     )
     alpha: float = Field(0.1, gt=0, description="weight of the negative's log-ratio")
-    beta: float = Field(0.1, gt=0, description="weight of the K self-samples' mean log-ratio")
+    beta: float = Field(
+        0.1, gt=0, description="weight of the K self-samples' mean log-ratio (also β of dpo_self and kto_neg)"
+    )
     k: int | None = Field(
         None, ge=1, description="self-samples per prompt used in the loss (default: sampling.n)"
     )
     rounds: int = Field(1, ge=1, description="1 = offline; >1 resamples from the trained adapter each round")
-    refresh_reference: bool = Field(False, description="online: move the references to the last round's policy")
+    refresh_reference: bool = Field(
+        False, description="online: move the references to the last round's policy"
+    )
     filter_self_samples: bool = Field(False, description="drop self-samples that the harm scorer flags")
-    filter_scorer: str = Field("refusal", description="harm scorer used by filter_self_samples")
+    filter_scorer: str = Field(
+        "auto", description="harm scorer for filter_self_samples: auto (toy oracle on toy data, else refusal), "
+        "toy, refusal, classifier:<model>, judge:<model>"
+    )  # fmt: skip
+    compare: list[Literal["d2o", "ga", "dpo_self", "kto_neg", "d2o_online"]] = Field(
+        default_factory=list,
+        description="also train these on the same samples, references and steps, and report them side by side; "
+        "d2o_online = d2o over compare_rounds rounds",
+    )
+    compare_rounds: int = Field(2, ge=2, description="rounds of the d2o_online comparison")
+    eval_samples: int = Field(4, ge=1, description="toy worlds: completions per test prompt")
+    eval_temperature: float = Field(
+        1.0, ge=0, description="toy worlds: sampling temperature of the evaluation (0 = greedy)"
+    )

@@ -247,6 +247,8 @@ class D2OCollator:
             "neg_index": torch.tensor(neg_index, dtype=torch.long),
             "ref_neg_logps": torch.tensor([ex["ref_rejected"] for ex in examples], dtype=torch.float32),
         }
+        if all("row" in ex for ex in examples):
+            batch["row_index"] = torch.tensor([ex["row"] for ex in examples], dtype=torch.long)
         if kl_index:
             batch["kl_index"] = torch.tensor(kl_index, dtype=torch.long)
             batch["ref_kl_logps"] = torch.tensor([ex["ref_kl"] for ex in examples], dtype=torch.float32)
@@ -254,16 +256,17 @@ class D2OCollator:
 
 
 def select_self_samples(
-    completions: list[dict], k: int, flag: Callable[[str], bool] | None = None
+    completions: list[dict], k: int, flagged: list[bool] | None = None
 ) -> tuple[list[str], list[bool], int]:
-    """Up to k self-samples of one prompt as (texts, eos flags, number dropped by `flag`).
+    """Up to k self-samples of one prompt as (texts, eos flags, number dropped as flagged).
 
     `completions` are `{"text", "finish_reason"}`; a sample cut at max_tokens is scored without EOS,
-    so the loss never claims the model chose to stop there. `flag` (a harm scorer) drops samples.
+    so the loss never claims the model chose to stop there. `flagged[i]` (a harm scorer's verdict)
+    drops completion i.
     """
     texts, eos, dropped = [], [], 0
-    for c in completions:
-        if flag is not None and flag(c["text"]):
+    for i, c in enumerate(completions):
+        if flagged is not None and flagged[i]:
             dropped += 1
             continue
         if len(texts) < k:
@@ -294,6 +297,7 @@ def build_examples(
         ref_self = [next(values) for _ in texts]
         examples.append(
             {
+                "row": len(examples),
                 "prompt": prompt,
                 "self": list(texts),
                 "self_eos": list(flags),

@@ -9,9 +9,9 @@ from __future__ import annotations
 from collections import defaultdict
 
 import torch
-from transformers import Trainer
 
 from nega.align.d2o.loss import d2o_loss, dpo_loss, ga_loss, kto_undesirable_loss
+from nega.launch import guarded_trainer_class
 from nega.logps import sequence_logps
 
 
@@ -63,8 +63,11 @@ OBJECTIVES = {
 }
 
 
-class D2OTrainer(Trainer):
+class D2OTrainer(guarded_trainer_class()):
     """`Trainer` whose loss is D²O (or a baseline) over batches from `D2OCollator`.
+
+    Built on nega's guarded Trainer: a non-finite loss or gradient stops training after saving the last
+    good weights, naming the batch's dataset rows (GA, whose loss is unbounded, can get there).
 
     `objective` picks the loss once; `alpha` weights the negative, `beta` the self-samples (DPO and KTO
     use `beta` as their β). Loss metrics are averaged over the logging interval and logged as
@@ -181,3 +184,28 @@ def train_policy(
     train_with_resume(trainer, checkpoints)
     folder = save_adapter(trainer.model, tokenizer, output_dir / "adapter")
     return str(folder), log_history(trainer)
+
+
+def train_entry(
+    recipe: dict,
+    model_path: str,
+    examples_path: str,
+    output_dir: str,
+    objective: str,
+    adapter: str | None = None,
+    overrides: dict | None = None,
+) -> None:
+    """`train_policy` from JSON-able arguments, as `nega.launch.run_training` calls it on every rank."""
+    from pathlib import Path
+
+    from nega.config import RECIPE
+    from nega.launch import is_main_process
+    from nega.pipeline import read_jsonl, write_json
+
+    cfg = RECIPE.validate_python(recipe)
+    examples = read_jsonl(Path(examples_path))
+    folder, history = train_policy(
+        cfg, model_path, examples, output_dir, objective=objective, adapter=adapter, **(overrides or {})
+    )
+    if is_main_process():
+        write_json(Path(output_dir) / "train_log.json", {"folder": folder, "history": history})

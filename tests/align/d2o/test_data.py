@@ -166,7 +166,9 @@ def test_select_self_samples_filters_caps_and_drops_eos_of_cut_samples():
         {"text": "late", "finish_reason": "stop"},
     ]
     assert select_self_samples(completions, 2) == (["[unsafe] x", "no"], [True, True], 0)
-    texts, eos, dropped = select_self_samples(completions, 3, flag=lambda t: "unsafe" in t)
+    texts, eos, dropped = select_self_samples(
+        completions, 3, flagged=["unsafe" in c["text"] for c in completions]
+    )
     assert (texts, eos, dropped) == (["no", "cut off", "late"], [True, False, True], 1)
 
 

@@ -1,0 +1,232 @@
+"""D²O: distributional dispreference optimization (Duan et al., EMNLP 2024 Findings, arXiv 2403.03419).
+
+Learns to avoid harm from human negatives alone: each prompt x has one dispreferred response y_l (any
+"chosen" response in the data is ignored) and K responses y_1..y_K that the starting model samples
+itself. Loss (the paper's eq. 7; `loss.d2o_loss`)::
+
+    L = -log σ( (β/K) Σ_i [log π_θ(y_i|x) - log π_r⁻(y_i|x)]  -  α [log π_θ(y_l|x) - log π_r⁺(y_l|x)] )
+
+Stages, top to bottom:
+
+    toy-model          (model.name: toy) the toy world's starting SFT model
+    sample             K = d2o.k (default sampling.n) self-samples per prompt from the starting model
+    reflogps           reference log-probs of every self-sample (π_r⁻), negative (π_r⁺) and KTO's
+                       mismatched pair under the frozen starting model, computed once and cached
+    <label>-train      d2o.objective, then every d2o.compare entry, on the same samples and references
+    <label>-sample-rN  online rounds (d2o.rounds > 1, or compare's d2o_online): resample from the last
+    <label>-reflogps-rN  adapter, score references, continue training the adapter
+    eval               toy world: its oracle over the test prompts (harmful_rate, helpful_rate, ...),
+                       sampled at d2o.eval_temperature; other data: the recipe's `eval:` section
+
+Deviations from the paper, and decisions where it is silent:
+
+- LoRA, not full fine-tuning: π_r⁻ = π_r⁺ = the base weights (adapter off); log-probs are sums over
+  response tokens; a self-sample cut at sampling.max_tokens is scored without EOS.
+- Sampling: temperature 1.0, top_p 1.0 by default (not stated in the paper); K defaults to sampling.n
+  (paper K = 11).
+- Online schedule (unknown in the paper): the training budget (train.max_steps or train.epochs) is split
+  evenly over the rounds, so online and offline take the same number of optimizer steps; each round
+  resamples from the current adapter and continues training it. The references stay the starting
+  model unless d2o.refresh_reference, which moves both to the previous round's adapter.
+- filter_self_samples (off by default) drops self-samples that a harm scorer flags: the toy world's
+  oracle on toy data, else the refusal lexicon of nega.rewards.harm (which flags every compliant
+  answer: crude, so prefer `classifier:<model>` on real data).
+- Baselines (`d2o.compare`): GA minimises the summed log π_θ(y_l); DPO takes the first self-sample as
+  chosen and y_l as rejected; KTO has y_l as its only, undesirable, example with the KL reference point
+  estimated from mismatched pairs (x_b scored with the next row's negative), written here, not TRL's.
+"""
+
+from __future__ import annotations
+
+import math
+
+from nega.align.d2o.data import build_examples, load_negatives, select_self_samples
+from nega.pipeline import Run, hash_value, read_json, read_jsonl, write_jsonl
+from nega.stages import base_model, evaluate, write_report
+
+
+def run(recipe, run: Run) -> dict[str, dict[str, float]]:
+    from nega.models import load_tokenizer
+    from nega.sampling.base import render_prompt
+
+    cfg = recipe.d2o
+    model_path, model_stage = base_model(run)
+    rows, source, counts = load_negatives(recipe)
+    tokenizer = load_tokenizer(model_path, recipe.model)
+    prompts = [render_prompt(tokenizer, r["prompt"]) for r in rows]
+    upstream = [model_stage or model_path, *filter(None, [recipe.data.path])]
+
+    sampled = sample_stage(run, "sample", model_path, prompts, None, 1, upstream)
+    references = reference_stage(run, "reflogps", model_path, rows, prompts, sampled, None)
+    plan = {
+        ("d2o_online" if cfg.rounds > 1 and cfg.objective == "d2o" else cfg.objective): (
+            cfg.objective,
+            cfg.rounds,
+        )
+    }
+    for entry in cfg.compare:
+        plan.setdefault(entry, ("d2o", cfg.compare_rounds) if entry == "d2o_online" else (entry, 1))
+
+    adapters: dict[str, str | None] = {"sft": None} if recipe.eval.before else {}
+    for label, (objective, rounds) in plan.items():
+        adapter, train = None, None
+        for r in range(1, rounds + 1):
+            examples = references
+            if r > 1:
+                tag = f"{label}-r{r}"
+                again = sample_stage(run, f"{tag}-sample", model_path, prompts, adapter, r, [train])
+                ref_adapter = adapter if cfg.refresh_reference else None
+                examples = reference_stage(
+                    run, f"{tag}-reflogps", model_path, rows, prompts, again, ref_adapter
+                )
+            name = f"{label}-train" + (f"-r{r}" if rounds > 1 else "")
+            train, adapter = train_stage(run, name, model_path, examples, objective, adapter, rounds)
+        adapters[label] = adapter
+
+    if recipe.toy is not None and recipe.model.name == "toy":
+        table = evaluate_toy(run, model_path, adapters)
+    elif recipe.eval.harm is not None or recipe.eval.reasoning is not None:
+        from nega.eval.stage import run_evals
+
+        table = run_evals(run, model_path, {k: v for k, v in adapters.items() if v is not None})
+    else:
+        table = {label: {"trained": 1.0} for label in adapters if adapters[label]}
+    write_report(run, table, title=f"{recipe.name} (d2o; {source}, {counts['kept']} prompts)")
+    return table
+
+
+def sample_stage(run: Run, name: str, model_path: str, prompts: list[str], adapter, round_: int, inputs):
+    """`sampling.n` completions per prompt from the starting model (+ `adapter`): samples.jsonl."""
+    recipe = run.recipe
+    cfg = recipe.sampling
+    config = {
+        "sampling": cfg.model_dump(),
+        "prompts": hash_value(prompts),
+        "round": round_,
+        "adapter": adapter,
+    }
+    stage = run.stage(name, config=config, inputs=[i for i in inputs if i is not None])
+    if not stage.done:
+        from nega.sampling import make_sampler
+
+        sampler = make_sampler(model_path, cfg, max_lora_rank=recipe.lora.r)
+        try:
+            groups = sampler.generate(
+                prompts, n=cfg.n, temperature=cfg.temperature, top_p=cfg.top_p, max_tokens=cfg.max_tokens,
+                seed=cfg.seed + 7919 * (round_ - 1), adapter=adapter, description=f"self-samples ({name})",
+            )  # fmt: skip
+        finally:
+            sampler.close()
+        write_jsonl(
+            stage.dir / "samples.jsonl",
+            (
+                {"completions": [{"text": c.text, "finish_reason": c.finish_reason} for c in g]}
+                for g in groups
+            ),
+        )
+        stage.finish(counts={"prompts": len(prompts), "completions": sum(len(g) for g in groups)})
+    return stage
+
+
+def reference_stage(run: Run, name: str, model_path: str, rows, prompts, sampled, ref_adapter):
+    """Select ≤ K self-samples per prompt (optionally filtered) and cache every reference log-prob."""
+    from nega.align.d2o.trainer import reference_logps
+    from nega.logps import LogpCache
+
+    recipe, cfg = run.recipe, run.recipe.d2o
+    k = cfg.k or recipe.sampling.n
+    config = {"k": k, "filter": cfg.filter_self_samples, "scorer": cfg.filter_scorer, "ref_adapter": ref_adapter,
+              "model": recipe.model.model_dump()}  # fmt: skip
+    stage = run.stage(name, config=config, inputs=[sampled, *filter(None, [ref_adapter])])
+    if not stage.done:
+        groups = [r["completions"] for r in read_jsonl(sampled.dir / "samples.jsonl")]
+        flags = harm_flags(recipe, rows, groups) if cfg.filter_self_samples else [None] * len(groups)
+        selected = [select_self_samples(g, k, f) for g, f in zip(groups, flags, strict=True)]
+        cache = LogpCache(stage.dir / "reference_cache.jsonl")
+
+        def score(pairs, eos):
+            return reference_logps(model_path, recipe.model, pairs, eos, adapter=ref_adapter, cache=cache)
+
+        negatives = [r["rejected"] for r in rows]
+        examples = build_examples(prompts, negatives, [(t, e) for t, e, _ in selected], score)
+        write_jsonl(stage.dir / "examples.jsonl", examples)
+        stage.finish(counts={"prompts": len(examples), "self_samples": sum(len(e["self"]) for e in examples),
+                             "filtered": sum(d for _, _, d in selected)})  # fmt: skip
+    return stage
+
+
+def harm_flags(recipe, rows: list[dict], groups: list[list[dict]]) -> list[list[bool]]:
+    """Per completion: does the filter's harm scorer flag it (score ≥ 0.5)?"""
+    from nega.rewards.harm import close_scorer, make_harm_scorer
+
+    spec = recipe.d2o.filter_scorer
+    if spec == "auto":
+        spec = "toy" if recipe.data.dataset == "toy" else "refusal"
+    scorer = make_harm_scorer(spec, sampling_cfg=recipe.sampling)
+    try:
+        prompts = [r["prompt"] for r, g in zip(rows, groups, strict=True) for _ in g]
+        scores = scorer(prompts, [c["text"] for g in groups for c in g])
+    finally:
+        close_scorer(scorer)
+    # A NaN score (a judge's unparsed verdict) keeps the sample: no verdict is no evidence of harm.
+    flagged = iter([not math.isnan(s) and s >= 0.5 for s in scores])
+    return [[next(flagged) for _ in g] for g in groups]
+
+
+def train_stage(run: Run, name: str, model_path: str, references, objective: str, adapter, rounds: int):
+    """Train (continuing `adapter`) on the reference stage's examples; returns (stage, adapter folder)."""
+    from nega.launch import run_training
+
+    recipe = run.recipe
+    overrides = round_budget(recipe.train, rounds)
+    config = {"objective": objective, "train": recipe.train.model_dump(), "lora": recipe.lora.model_dump(),
+              "d2o": recipe.d2o.model_dump(include={"alpha", "beta"}), "overrides": overrides, "adapter": adapter,
+              "seed": recipe.seed}  # fmt: skip
+    stage = run.stage(name, config=config, inputs=[references, *filter(None, [adapter])])
+    if not stage.done:
+        kwargs = {"recipe": recipe.model_dump(mode="json"), "model_path": model_path, "adapter": adapter,
+                  "examples_path": str(references.dir / "examples.jsonl"), "output_dir": str(stage.dir),
+                  "objective": objective, "overrides": overrides}  # fmt: skip
+        run_training("nega.align.d2o.trainer:train_entry", kwargs, stage.dir,
+                     needs_launcher=recipe.train.deepspeed.stage > 0)  # fmt: skip
+        history = read_json(stage.dir / "train_log.json")["history"]
+        losses = [h["loss"] for h in history if "loss" in h]
+        stage.finish(counts={"steps": len(history), "final_loss": losses[-1] if losses else None})
+    return stage, read_json(stage.dir / "train_log.json")["folder"]
+
+
+def round_budget(train_cfg, rounds: int) -> dict:
+    """TrainingArguments overrides giving each of `rounds` rounds an equal share of the budget."""
+    if rounds == 1:
+        return {}
+    if train_cfg.max_steps is not None:
+        return {"max_steps": math.ceil(train_cfg.max_steps / rounds)}
+    return {"num_train_epochs": train_cfg.epochs / rounds}
+
+
+def evaluate_toy(run: Run, model_path: str, adapters: dict) -> dict[str, dict[str, float]]:
+    """The toy world's oracle on `toy.n_test` test prompts, d2o.eval_samples completions each."""
+    from nega.toy import make_world
+
+    recipe, cfg = run.recipe, run.recipe.d2o
+    world = make_world(recipe.toy.world, seed=recipe.seed, **recipe.toy.options)
+    rows = world.rows("test", recipe.toy.n_test)
+    prompts = [[{"role": "user", "content": r["prompt"]}] for r in rows]
+    n = cfg.eval_samples
+
+    def score(completions: list[str]) -> dict[str, float]:
+        metrics = world.score(
+            [p for p in prompts for _ in range(n)],
+            completions,
+            kind=[r["kind"] for r in rows for _ in range(n)],
+        )
+        return {
+            k: metrics[k]
+            for k in ("harmful_rate", "helpful_rate", "refusal_rate", "over_refusal_rate")
+            if k in metrics
+        }
+
+    return evaluate(
+        run, "eval", model_path, adapters, prompts, score, columns=[{"kind": r["kind"]} for r in rows], n=n,
+        temperature=cfg.eval_temperature, config={"n_test": recipe.toy.n_test},
+    )  # fmt: skip
