@@ -69,6 +69,9 @@ DataFormat = Literal[
 
 class DataConfig(Strict):
     dataset: str | None = Field(None, description="hub dataset id, or 'toy' for the toy world's data")
+    data_dir: str | None = Field(
+        None, description="subfolder of a hub dataset, e.g. harmless-base of Anthropic/hh-rlhf"
+    )
     path: str | None = Field(None, description="local jsonl/json/csv/parquet file (overrides dataset)")
     split: str = "train"
     format: DataFormat = "auto"
