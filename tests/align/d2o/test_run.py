@@ -1,0 +1,138 @@
+"""D²O runs: the built-in recipes validate; the hh-rlhf recipe runs end to end on the tiny model and
+resumes; online rounds resample from the adapter; the toy recipe (slow) beats SFT on harm."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from conftest import shared_data
+
+from nega.align.d2o.run import round_budget, run
+from nega.config import TrainConfig, load_recipe
+from nega.pipeline import Run, read_json, read_jsonl
+
+
+def test_builtin_d2o_recipes_validate():
+    toy = load_recipe("toy-d2o")
+    assert toy.model.name == "toy" and toy.toy.world == "harm" and toy.data.format == "toy"
+    assert set(toy.d2o.compare) == {"ga", "dpo_self", "kto_neg", "d2o_online"} and toy.d2o.compare_rounds >= 2
+    hh = load_recipe("d2o-hh-harmless")
+    assert (hh.data.dataset, hh.data.data_dir, hh.data.format) == (
+        "Anthropic/hh-rlhf",
+        "harmless-base",
+        "hh-rlhf",
+    )
+    safer = load_recipe("d2o-saferlhf")
+    assert (safer.data.dataset, safer.data.format, safer.sampling.n) == (
+        "PKU-Alignment/PKU-SafeRLHF",
+        "pku-saferlhf",
+        11,
+    )
+    for recipe in (toy, hh, safer):
+        assert (recipe.d2o.alpha, recipe.d2o.beta) == (0.1, 0.1)  # the paper's values, two separate fields
+
+
+def test_round_budget_splits_steps_evenly():
+    assert round_budget(TrainConfig(max_steps=50), 1) == {}
+    assert round_budget(TrainConfig(max_steps=50), 2) == {"max_steps": 25}
+    assert round_budget(TrainConfig(max_steps=5), 2) == {"max_steps": 3}
+    assert round_budget(TrainConfig(epochs=2.0), 4) == {"num_train_epochs": 0.5}
+
+
+def _tiny_overrides(model_dir, tmp_path, data_path, **extra):
+    values = {
+        "model.name": str(model_dir),
+        "model.dtype": "float32",
+        "model.max_length": 128,
+        "data.path": str(data_path),
+        "data.limit": 8,
+        "train.max_steps": 2,
+        "train.batch_size": 4,
+        "train.grad_accum": 1,
+        "train.bf16": "false",
+        "train.logging_steps": 1,
+        "sampling.n": 2,
+        "sampling.backend": "hf",
+        "sampling.max_tokens": 8,
+        "lora.r": 4,
+        "lora.alpha": 8,
+        "output_dir": str(tmp_path),
+        **extra,
+    }
+    return [f"{k}={v}" for k, v in values.items()]
+
+
+def test_hh_harmless_recipe_trains_two_steps_and_resumes(tiny_model_dir, tmp_path, monkeypatch):
+    data_path = shared_data("hh-rlhf", "harmless-base_test.jsonl")
+    shared_data("advbench", "harmful_behaviors.csv")
+    recipe = load_recipe(
+        "d2o-hh-harmless",
+        _tiny_overrides(
+            tiny_model_dir, tmp_path, data_path, **{"eval.harm.limit": 2, "eval.harm.max_tokens": 8}
+        ),
+    )
+    target = Run(recipe)
+    table = run(recipe, target)
+
+    assert set(table) == {"start", "d2o"}
+    assert "harm/harmful_rate" in table["d2o"]
+    folders = {p.name.split("-", 1)[1]: p for p in target.dir.iterdir() if p.is_dir()}
+    assert {"sample", "reflogps", "d2o-train", "eval-harm"} <= set(folders)
+    samples = read_jsonl(folders["sample"] / "samples.jsonl")
+    assert len(samples) == 8 and all(len(s["completions"]) == 2 for s in samples)
+    examples = read_jsonl(folders["reflogps"] / "examples.jsonl")
+    raw = [json.loads(line) for line in data_path.read_text().splitlines()[:8]]
+    # The negative is the rejected transcript's last Assistant turn; the self-samples are the model's own.
+    assert [e["rejected"] for e in examples] == [
+        r["rejected"].rsplit("\n\nAssistant:", 1)[1].strip() for r in raw
+    ]
+    assert all(len(e["self"]) == 2 and len(e["ref_self"]) == 2 for e in examples)
+    assert all(v < 0 for e in examples for v in [*e["ref_self"], e["ref_rejected"]])
+    history = read_json(folders["d2o-train"] / "train_log.json")["history"]
+    assert max(h.get("step", 0) for h in history) == 2
+    assert (folders["d2o-train"] / "adapter" / "adapter_config.json").exists()
+
+    # A second run with the same recipe reuses every finished stage: nothing samples or trains.
+    def refuse(*args, **kwargs):
+        raise AssertionError("a finished stage ran again")
+
+    monkeypatch.setattr("nega.sampling.make_sampler", refuse)
+    monkeypatch.setattr("nega.launch.run_training", refuse)
+    assert run(recipe, Run(recipe)) == table
+
+
+def test_online_rounds_resample_from_the_adapter(tiny_model_dir, tmp_path):
+    data_path = tmp_path / "negatives.jsonl"
+    rows = [{"prompt": f"what is {a} plus {a}?", "rejected": f"{a} plus {a} is {a + 3}."} for a in range(4)]
+    data_path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    overrides = _tiny_overrides(
+        tiny_model_dir, tmp_path, data_path, **{"d2o.rounds": 2, "d2o.refresh_reference": "true"}
+    )
+    recipe = load_recipe("d2o-hh-harmless", [*overrides, "data.format=auto", "eval.harm=null"])
+    target = Run(recipe)
+    run(recipe, target)
+    names = sorted(p.name for p in target.dir.iterdir() if p.is_dir())
+    assert names == ["01-sample", "02-reflogps", "03-d2o_online-train-r1", "04-d2o_online-r2-sample",
+                     "05-d2o_online-r2-reflogps", "06-d2o_online-train-r2"]  # fmt: skip
+    first_adapter = str(target.dir / "03-d2o_online-train-r1" / "adapter")
+    assert (
+        read_json(target.dir / "04-d2o_online-r2-sample" / "manifest.json")["config"]["adapter"]
+        == first_adapter
+    )
+    reflogps = read_json(target.dir / "05-d2o_online-r2-reflogps" / "manifest.json")["config"]
+    assert reflogps["ref_adapter"] == first_adapter  # refresh_reference moves the references
+    round2 = read_json(target.dir / "06-d2o_online-train-r2" / "manifest.json")["config"]
+    assert round2["adapter"] == first_adapter and round2["overrides"] == {"max_steps": 1}
+
+
+@pytest.mark.slow
+def test_toy_d2o_recipe_end_to_end(tmp_path):
+    recipe = load_recipe("toy-d2o", [f"output_dir={tmp_path}"])
+    table = run(recipe, Run(recipe))
+    assert set(table) == {"sft", "d2o", "ga", "dpo_self", "kto_neg", "d2o_online"}
+    sft, d2o = table["sft"], table["d2o"]
+    assert sft["harmful_rate"] > 0.2  # the starting model is measurably harmful
+    assert d2o["harmful_rate"] <= 0.5 * sft["harmful_rate"]
+    assert d2o["helpful_rate"] >= sft["helpful_rate"] - 0.05
+    assert (tmp_path / "toy-d2o" / "report.md").exists()
