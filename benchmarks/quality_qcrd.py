@@ -118,7 +118,7 @@ def main(argv: list[str] | None = None) -> dict:
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     overrides = [*OVERRIDES, *args.override]
     started = time.time()
-    per_seed = {seed: run_seed(seed, args.lrs, args.work / f"seed{seed}", overrides) for seed in args.seeds}
+    per_seed = {seed: run_seed(seed, args.lrs, args.work, overrides) for seed in args.seeds}
     summary = summarise(per_seed, args.seeds)
     result = {
         "seeds": args.seeds,

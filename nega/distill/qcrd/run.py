@@ -43,6 +43,17 @@ from nega.distill.qcrd.trainer import LagQueue, uses_negatives
 from nega.pipeline import Run, read_jsonl, write_jsonl
 from nega.stages import base_model, evaluate, write_report
 
+# The fields each stage depends on: changing another field (e.g. eval_limit) reuses the stage.
+TEACHER_FIELDS = {
+    "teacher",
+    "teacher_prompt",
+    "answer_pattern",
+    "teacher_samples",
+    "teacher_temperature",
+    "consistency",
+}
+LOSS_FIELDS = {"alpha1", "alpha2", "alpha3", "alpha3_decay", "delta", "step_by_step_alpha"}
+
 
 def run(recipe, run: Run) -> dict[str, dict[str, float]]:
     epochs = whole_epochs(recipe.train.epochs)
@@ -71,7 +82,8 @@ def whole_epochs(epochs: float) -> int:
 def teacher_stage(run: Run, recipe, upstream: list):
     """Teacher rationales (records.jsonl) and their self-consistency split into S_pos / S_neg (examples.jsonl)."""
     cfg = recipe.qcrd
-    config = {"data": recipe.data.model_dump(), "qcrd": cfg.model_dump(), "seed": recipe.seed}
+    config = {"data": recipe.data.model_dump(), "seed": recipe.seed, "toy": recipe.toy and recipe.toy.model_dump(),
+              "qcrd": cfg.model_dump(include=TEACHER_FIELDS), "sampling": cfg.teacher and recipe.sampling.model_dump()}  # fmt: skip
     stage = run.stage("teacher", config=config, inputs=[*upstream, *filter(None, [recipe.data.path])])
     if stage.done:
         return stage
@@ -122,7 +134,7 @@ def train_student(
             epoch_examples = read_jsonl(disc.dir / "examples.jsonl")
             inputs.append(disc)
         config = {"objective": objective, "epoch": epoch, "epochs": epochs, "train": recipe.train.model_dump(),
-                  "lora": recipe.lora.model_dump(), "qcrd": recipe.qcrd.model_dump()}  # fmt: skip
+                  "lora": recipe.lora.model_dump(), "qcrd": recipe.qcrd.model_dump(include=LOSS_FIELDS)}  # fmt: skip
         stage = run.stage(f"{objective}-e{epoch}-train", config=config, inputs=inputs)
         if not stage.done:
             write_jsonl(stage.dir / "examples.jsonl", epoch_examples)
