@@ -58,30 +58,8 @@ def run(recipe, run: Run) -> dict[str, dict[str, float]]:
 
     sampled = sample_stage(run, "sample", model_path, prompts, None, 1, upstream)
     references = reference_stage(run, "reflogps", model_path, rows, prompts, sampled, None)
-    plan = {
-        ("d2o_online" if cfg.rounds > 1 and cfg.objective == "d2o" else cfg.objective): (
-            cfg.objective,
-            cfg.rounds,
-        )
-    }
-    for entry in cfg.compare:
-        plan.setdefault(entry, ("d2o", cfg.compare_rounds) if entry == "d2o_online" else (entry, 1))
-
     adapters: dict[str, str | None] = {"sft": None} if recipe.eval.before else {}
-    for label, (objective, rounds) in plan.items():
-        adapter, train = None, None
-        for r in range(1, rounds + 1):
-            examples = references
-            if r > 1:
-                tag = f"{label}-r{r}"
-                again = sample_stage(run, f"{tag}-sample", model_path, prompts, adapter, r, [train])
-                ref_adapter = adapter if cfg.refresh_reference else None
-                examples = reference_stage(
-                    run, f"{tag}-reflogps", model_path, rows, prompts, again, ref_adapter
-                )
-            name = f"{label}-train" + (f"-r{r}" if rounds > 1 else "")
-            train, adapter = train_stage(run, name, model_path, examples, objective, adapter, rounds)
-        adapters[label] = adapter
+    adapters |= train_objectives(run, model_path, rows, prompts, references, training_plan(cfg))
 
     if recipe.toy is not None and recipe.model.name == "toy":
         table = evaluate_toy(run, model_path, adapters)
@@ -93,6 +71,35 @@ def run(recipe, run: Run) -> dict[str, dict[str, float]]:
         table = {label: {"trained": 1.0} for label in adapters if adapters[label]}
     write_report(run, table, title=f"{recipe.name} (d2o; {source}, {counts['kept']} prompts)")
     return table
+
+
+def training_plan(cfg) -> dict[str, tuple[str, int]]:
+    """label -> (objective, rounds): d2o.objective first, then every d2o.compare entry."""
+    main = "d2o_online" if cfg.rounds > 1 and cfg.objective == "d2o" else cfg.objective
+    plan = {main: (cfg.objective, cfg.rounds)}
+    for entry in cfg.compare:
+        plan.setdefault(entry, ("d2o", cfg.compare_rounds) if entry == "d2o_online" else (entry, 1))
+    return plan
+
+
+def train_objectives(run: Run, model_path: str, rows, prompts, references, plan, prefix: str = "") -> dict:
+    """Train every plan entry from the shared round-1 references; online entries resample each round."""
+    adapters = {}
+    for label, (objective, rounds) in plan.items():
+        adapter, train = None, None
+        for r in range(1, rounds + 1):
+            examples = references
+            if r > 1:
+                tag = f"{prefix}{label}-r{r}"
+                again = sample_stage(run, f"{tag}-sample", model_path, prompts, adapter, r, [train])
+                ref_adapter = adapter if run.recipe.d2o.refresh_reference else None
+                examples = reference_stage(
+                    run, f"{tag}-reflogps", model_path, rows, prompts, again, ref_adapter
+                )
+            name = f"{prefix}{label}-train" + (f"-r{r}" if rounds > 1 else "")
+            train, adapter = train_stage(run, name, model_path, examples, objective, adapter, rounds)
+        adapters[label] = adapter
+    return adapters
 
 
 def sample_stage(run: Run, name: str, model_path: str, prompts: list[str], adapter, round_: int, inputs):
@@ -204,29 +211,32 @@ def round_budget(train_cfg, rounds: int) -> dict:
     return {"num_train_epochs": train_cfg.epochs / rounds}
 
 
-def evaluate_toy(run: Run, model_path: str, adapters: dict) -> dict[str, dict[str, float]]:
-    """The toy world's oracle on `toy.n_test` test prompts, d2o.eval_samples completions each."""
+def evaluate_toy(
+    run: Run,
+    model_path: str,
+    adapters: dict,
+    *,
+    split: str = "test",
+    n_rows: int | None = None,
+    name: str = "eval",
+) -> dict[str, dict[str, float]]:
+    """The toy world's oracle on `n_rows` (default toy.n_test) prompts of `split`, d2o.eval_samples
+    completions each at d2o.eval_temperature."""
     from nega.toy import make_world
 
     recipe, cfg = run.recipe, run.recipe.d2o
     world = make_world(recipe.toy.world, seed=recipe.seed, **recipe.toy.options)
-    rows = world.rows("test", recipe.toy.n_test)
+    rows = world.rows(split, n_rows or recipe.toy.n_test)
     prompts = [[{"role": "user", "content": r["prompt"]}] for r in rows]
-    n = cfg.eval_samples
+    kinds = [r["kind"] for r in rows for _ in range(cfg.eval_samples)]
 
     def score(completions: list[str]) -> dict[str, float]:
-        metrics = world.score(
-            [p for p in prompts for _ in range(n)],
-            completions,
-            kind=[r["kind"] for r in rows for _ in range(n)],
-        )
-        return {
-            k: metrics[k]
-            for k in ("harmful_rate", "helpful_rate", "refusal_rate", "over_refusal_rate")
-            if k in metrics
-        }
+        expanded = [p for p in prompts for _ in range(cfg.eval_samples)]
+        metrics = world.score(expanded, completions, kind=kinds)
+        keep = ("harmful_rate", "helpful_rate", "refusal_rate", "over_refusal_rate")
+        return {k: metrics[k] for k in keep if k in metrics}
 
     return evaluate(
-        run, "eval", model_path, adapters, prompts, score, columns=[{"kind": r["kind"]} for r in rows], n=n,
-        temperature=cfg.eval_temperature, config={"n_test": recipe.toy.n_test},
+        run, name, model_path, adapters, prompts, score, columns=[{"kind": r["kind"]} for r in rows],
+        n=cfg.eval_samples, temperature=cfg.eval_temperature, config={"split": split, "rows": len(rows)},
     )  # fmt: skip
