@@ -1,29 +1,36 @@
 """The rationale world: yes/no comparisons whose label needs two memorised facts, and a noisy teacher.
 
-Each made-up creature has a weight from 1 to 9, fixed by the seed. A question and its gold rationale:
+Each made-up creature ("zib", "mok", ...) has a weight, an age and a speed from 1 to 9, fixed by the
+seed. A question and its gold rationale:
 
     is the zib heavier than the mok?
     the zib weighs 7. the mok weighs 3. 7 is more than 3. answer: yes
 
-The label needs both weights, which no question states; they are learnt from rationales. Questions are
-split by creature pair, so every test question compares a pair the student never saw compared, while
-each creature's weight is stated by many training rationales. A label-only student must infer every
-weight from yes/no outcomes; a student also trained to explain is told them, which is how rationale
-supervision helps the label here (distilling step by step, with `predict: ` / `explain: ` prefixes).
+("older" asks about ages, "the zib is 7 years old"; "faster" about speeds, "the zib has speed 7".)
+The label needs two values that no question states; a student learns them only from rationales.
+Questions are split by creature pair, so every test question compares a pair never compared in
+training, while each creature's values are stated by training rationales. With the defaults (60
+creatures, 3 properties) 400 training rows state each value about four times: a label-only student
+must infer the values from a few yes/no outcomes, while a student also trained to explain is told
+them. That is how rationale supervision helps the label here (distilling step by step, with
+`predict: ` and `explain: ` prefixes in the user turn).
 
-The SFT corpus (the student's starting point) teaches both modes on a separate set of creatures, so
-the starting student knows the formats and how to compare, but none of the task creatures' weights.
+The SFT corpus (the student's starting point) uses a separate set of creatures: rationales for all of
+their questions, but labels for the training-split pairs only, so that the starting student answers
+`predict:` questions from the values it knows (it labels held-out pairs of those creatures right)
+rather than from memorised labels. It knows the formats and how to compare, and none of the task
+creatures' values.
 
 The noisy teacher (`teacher_rationales`) writes the gold rationale with probability
 1 - `teacher_error_rate`, otherwise one of three bad kinds, each ending with a parseable answer:
 
-    wrong fact:        a weight is wrong and the rest follows from it (the answer may flip)
+    wrong fact:        a value is wrong and the rest follows from it (the answer may flip)
     wrong comparison:  "7 is less than 3", and the answer follows from it (wrong)
     wrong conclusion:  right facts and comparison, flipped answer
 
-`rationale_quality` is the share of four claims that hold: the first creature's weight, the second
-creature's weight, the comparison (true of the two weights the rationale states), and the answer
-(equals the label). A missing claim counts as wrong. Gold scores 1.
+`rationale_quality` is the share of four claims that hold: the first creature's value, the second
+creature's value (facts of the asked property only), the comparison (true of the two values the
+rationale states), and the answer (equals the label). A missing claim counts as wrong. Gold scores 1.
 
 Rows: `{"question", "label" ("yes"|"no"), "rationale" (gold), "teacher_rationales" (list of
 `teacher_samples` noisy rationales)}`.
@@ -52,26 +59,56 @@ PREDICT_PREFIX = "predict: "
 EXPLAIN_PREFIX = "explain: "
 LABELS = ("yes", "no")
 
-# Made-up creature names; the seed chooses which are task creatures and which teach the formats.
-NAMES = (
-    "zib mok taf dax pim rul vek sot nal gof bix wem kep lun yat hod fep jix cav tob "
-    "ril sul mip dor zek wib gan hup lod nif bep kav quz rof tev yom zad gub pev wol "
-    "sib fim dut jol nep rax vum hib kol tas wug fod lix mup nar zol bez pof gat"
-).split()
-WEIGHTS = range(1, 10)
-# Relation word in the question -> is the answer "yes" when the first weight is larger?
-RELATIONS = {"heavier": True, "lighter": False}
+
+@dataclass(frozen=True)
+class Attribute:
+    """One numeric property of every creature: how a rationale states it and how a question asks it."""
+
+    fact: str  # "the {name} weighs {value}"
+    relation: str  # the question's word asking whether the first creature's value is the larger
+
+    @property
+    def fact_re(self) -> re.Pattern:
+        return re.compile(re.escape(self.fact).replace(r"\{name\}", r"(\w+)").replace(r"\{value\}", r"(\d+)"))
+
+
+# The first `attributes` of these are used; more attributes = more facts to learn from the same rows.
+ATTRIBUTES = (
+    Attribute(fact="the {name} weighs {value}", relation="heavier"),
+    Attribute(fact="the {name} is {value} years old", relation="older"),
+    Attribute(fact="the {name} has speed {value}", relation="faster"),
+)
+VALUES = range(1, 10)
 QUESTION = "is the {a} {relation} than the {b}?"
 BAD_KINDS = ("wrong_fact", "wrong_comparison", "wrong_conclusion")
 
-_QUESTION_RE = re.compile(r"is the (\w+) (heavier|lighter) than the (\w+)\?")
-_FACT_RE = re.compile(r"the (\w+) weighs (\d+)")
+
+def _creature_names() -> list[str]:
+    """Made-up consonant-vowel-consonant names, minus words the world's own texts use."""
+    taken = {"has", "bus", "run", "gun", "sun", "dog", "cat", "man", "son", "ten", "not"}
+    return [
+        c1 + v + c2
+        for c1 in "bdfgkmnprstvz"
+        for v in "aeiou"
+        for c2 in "bdfgkmnprstvz"
+        if c1 + v + c2 not in taken
+    ]
+
+
+NAMES = _creature_names()
+RELATIONS = {a.relation: a for a in ATTRIBUTES}
+
+_QUESTION_RE = re.compile(r"is the (\w+) (" + "|".join(RELATIONS) + r") than the (\w+)\?")
 _COMPARISON_RE = re.compile(r"(\d+) is (more|less) than (\d+)")
 _ANSWER_RE = re.compile(r"answer: (yes|no)\b")
 
 
-def rationale_text(a: str, wa: int, b: str, wb: int, comparison: str, answer: str) -> str:
-    return f"the {a} weighs {wa}. the {b} weighs {wb}. {wa} is {comparison} than {wb}. answer: {answer}"
+def rationale_text(
+    attribute: Attribute, a: str, va: int, b: str, vb: int, comparison: str, answer: str
+) -> str:
+    fact_a = attribute.fact.format(name=a, value=va)
+    fact_b = attribute.fact.format(name=b, value=vb)
+    return f"{fact_a}. {fact_b}. {va} is {comparison} than {vb}. answer: {answer}"
 
 
 def answer_of(rationale: str) -> str | None:
@@ -87,7 +124,7 @@ def label_of(completion: str) -> str | None:
 
 
 def parse_question(question) -> tuple[str, str, str] | None:
-    """(first creature, relation, second creature) from a question, prompt, messages, or row."""
+    """(first creature, relation word, second creature) from a question, prompt, messages, or row."""
     text = question["question"] if isinstance(question, dict) else user_text(question)
     match = _QUESTION_RE.search(text)
     return (match[1], match[2], match[3]) if match else None
@@ -95,41 +132,35 @@ def parse_question(question) -> tuple[str, str, str] | None:
 
 @dataclass(frozen=True)
 class RationaleOptions(WorldOptions):
-    entities: int = 30  # task creatures (questions and rows)
-    pretrain_entities: int = 16  # other creatures, used only by the SFT corpus to teach the formats
+    entities: int = 60  # task creatures (questions and rows)
+    attributes: int = 3  # properties per creature: weight, then age, then speed
+    pretrain_entities: int = 40  # other creatures, used only by the SFT corpus to teach the formats
     teacher_error_rate: float = 0.3  # chance that one teacher rationale is bad
     teacher_samples: int = 5  # teacher rationales stored per row
 
     def problems(self) -> list[str]:
-        found = check_int(self, "entities", 4, len(NAMES)) + check_int(
-            self, "pretrain_entities", 2, len(NAMES)
-        )
+        # Two caps of 300 keep the question tables small (they grow with the square) and within NAMES.
+        found = check_int(self, "entities", 4, 300) + check_int(self, "pretrain_entities", 2, 300)
+        found += check_int(self, "attributes", 1, len(ATTRIBUTES))
         found += check_fraction(self, "teacher_error_rate") + check_int(self, "teacher_samples", 0, 64)
-        if not found and self.entities + self.pretrain_entities > len(NAMES):
-            found.append(
-                f"entities + pretrain_entities: at most {len(NAMES)} creature names exist "
-                f"(got {self.entities} + {self.pretrain_entities})"
-            )
         return found
 
 
 class RationaleWorld(World):
-    """Comparisons of memorised creature weights with a noisy rationale teacher (see module docstring)."""
+    """Comparisons of memorised creature properties with a noisy rationale teacher (see module docstring)."""
 
     name = "rationale"
     Options = RationaleOptions
-
-    @cached_property
-    def weights(self) -> dict[str, int]:
-        """Every creature's weight, task and pretraining ones alike."""
-        rng = stream(self.seed, "weights")
-        return {name: rng.choice(WEIGHTS) for name in self._names}
 
     @cached_property
     def _names(self) -> list[str]:
         names = list(NAMES)
         stream(self.seed, "names").shuffle(names)
         return names[: self.options.entities + self.options.pretrain_entities]
+
+    @property
+    def attributes(self) -> tuple[Attribute, ...]:
+        return ATTRIBUTES[: self.options.attributes]
 
     @property
     def task_entities(self) -> list[str]:
@@ -139,16 +170,27 @@ class RationaleWorld(World):
     def pretrain_entity_names(self) -> list[str]:
         return self._names[self.options.entities :]
 
+    @cached_property
+    def values(self) -> dict[tuple[str, str], int]:
+        """Every creature's value of every attribute, keyed by (name, the attribute's relation word)."""
+        rng = stream(self.seed, "values")
+        return {(name, a.relation): rng.choice(VALUES) for name in self._names for a in ATTRIBUTES}
+
+    def value(self, name: str, attribute: Attribute) -> int:
+        return self.values[(name, attribute.relation)]
+
     def _questions(self, names: list[str]) -> list[tuple[str, str]]:
-        """(question, split of its pair) for every ordered, untied pair and relation among `names`."""
+        """(question, split of its pair) for every ordered pair and attribute without a tie."""
         out = []
         for a in names:
             for b in names:
-                if a == b or self.weights[a] == self.weights[b]:
+                if a == b:
                     continue
                 split = split_of("/".join(sorted((a, b))))
-                for relation in RELATIONS:
-                    out.append((QUESTION.format(a=a, relation=relation, b=b), split))
+                for attribute in self.attributes:
+                    if self.value(a, attribute) == self.value(b, attribute):
+                        continue
+                    out.append((QUESTION.format(a=a, relation=attribute.relation, b=b), split))
         return out
 
     @cached_property
@@ -158,50 +200,52 @@ class RationaleWorld(World):
             pools.setdefault(split, []).append(question)
         return pools
 
-    def _parsed(self, question) -> tuple[str, str, str]:
+    def _parsed(self, question) -> tuple[str, Attribute, str]:
+        """(first creature, attribute, second creature)."""
         parsed = parse_question(question)
-        if parsed is None or parsed[0] not in self.weights or parsed[2] not in self.weights:
+        if parsed is None or parsed[0] not in self._names or parsed[2] not in self._names:
             raise ValueError(f"not a question of this rationale world: {question!r}")
-        return parsed
+        return parsed[0], RELATIONS[parsed[1]], parsed[2]
 
     def label(self, question) -> str:
-        a, relation, b = self._parsed(question)
-        first_heavier = self.weights[a] > self.weights[b]
-        return "yes" if first_heavier == RELATIONS[relation] else "no"
+        a, attribute, b = self._parsed(question)
+        return "yes" if self.value(a, attribute) > self.value(b, attribute) else "no"
 
     def gold_rationale(self, question) -> str:
-        a, relation, b = self._parsed(question)
-        wa, wb = self.weights[a], self.weights[b]
-        comparison = "more" if wa > wb else "less"
-        return rationale_text(a, wa, b, wb, comparison, self.label(question))
+        a, attribute, b = self._parsed(question)
+        va, vb = self.value(a, attribute), self.value(b, attribute)
+        return rationale_text(attribute, a, va, b, vb, "more" if va > vb else "less", self.label(question))
 
     def teacher_rationales(self, question_row, n: int, rng) -> list[str]:
         """n rationales from the noisy teacher; `rng` is a random.Random the caller seeds."""
-        a, relation, b = self._parsed(question_row)
+        a, attribute, b = self._parsed(question_row)
         out = []
         for _ in range(n):
-            wa, wb = self.weights[a], self.weights[b]
+            va, vb = self.value(a, attribute), self.value(b, attribute)
             kind = rng.choice(BAD_KINDS) if rng.random() < self.options.teacher_error_rate else "gold"
             if kind == "wrong_fact":
-                wrong = rng.choice([w for w in WEIGHTS if w not in (wa, wb)])
-                wa, wb = (wrong, wb) if rng.random() < 0.5 else (wa, wrong)
-            more = wa > wb
+                wrong = rng.choice([v for v in VALUES if v not in (va, vb)])
+                va, vb = (wrong, vb) if rng.random() < 0.5 else (va, wrong)
+            more = va > vb
             if kind == "wrong_comparison":
                 more = not more
-            answer = "yes" if more == RELATIONS[relation] else "no"
+            answer = "yes" if more else "no"
             if kind == "wrong_conclusion":
                 answer = "no" if answer == "yes" else "yes"
-            out.append(rationale_text(a, wa, b, wb, "more" if more else "less", answer))
+            out.append(rationale_text(attribute, a, va, b, vb, "more" if more else "less", answer))
         return out
 
     def rationale_quality(self, row, rationale: str) -> float:
-        """Share of the four claims (two weights, comparison, answer) that hold; see module docstring."""
-        a, _, b = self._parsed(row)
-        stated = {}
-        for name, weight in _FACT_RE.findall(rationale):
-            stated.setdefault(name, int(weight))
-        fact_a = stated.get(a) == self.weights[a]
-        fact_b = stated.get(b) == self.weights[b]
+        """Share of the four claims (two values, comparison, answer) that hold; see module docstring.
+
+        Only facts of the asked attribute count: "the zib weighs 7" says nothing about its age.
+        """
+        a, attribute, b = self._parsed(row)
+        stated: dict[str, int] = {}
+        for name, value in attribute.fact_re.findall(rationale):
+            stated.setdefault(name, int(value))
+        fact_a = stated.get(a) == self.value(a, attribute)
+        fact_b = stated.get(b) == self.value(b, attribute)
         comparison = _COMPARISON_RE.search(rationale)
         comparison_right = False
         if comparison is not None and a in stated and b in stated:
@@ -214,8 +258,9 @@ class RationaleWorld(World):
     def sft_pairs(self) -> list[tuple[str, str]]:
         """Both modes on the pretraining creatures only, gold rationales: formats, not task facts."""
         pairs = []
-        for question, _ in self._questions(self.pretrain_entity_names):
-            pairs.append((PREDICT_PREFIX + question, self.label(question)))
+        for question, split in self._questions(self.pretrain_entity_names):
+            if split == "train":
+                pairs.append((PREDICT_PREFIX + question, self.label(question)))
             pairs.append((EXPLAIN_PREFIX + question, self.gold_rationale(question)))
         stream(self.seed, "sft").shuffle(pairs)
         return pairs
@@ -226,9 +271,7 @@ class RationaleWorld(World):
             f"{PREDICT_PREFIX}{q} {self.label(q)}\n{EXPLAIN_PREFIX}{q} {self.gold_rationale(q)}"
             for q, _ in self._questions(self._names)
         ]
-        lines.append(
-            " ".join(f"{w} is more than {v}. {v} is less than {w}." for w in WEIGHTS for v in WEIGHTS)
-        )
+        lines.append(" ".join(f"{w} is more than {v}. {v} is less than {w}." for w in VALUES for v in VALUES))
         return lines
 
     def rows(self, split: str, n: int) -> list[dict]:

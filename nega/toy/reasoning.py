@@ -168,7 +168,7 @@ def first_wrong_step(row_or_question, completion: str) -> int | None:
 @dataclass(frozen=True)
 class ReasoningOptions(WorldOptions):
     min_steps: int = 3  # operations per problem, at least
-    max_steps: int = 4  # and at most
+    max_steps: int = 5  # and at most
     max_value: int = 99  # every intermediate value of a problem stays in [0, max_value]
     noise_rate: float = 0.2  # share of SFT solutions with exactly one wrong step
     sft_problems: int = 4000  # problems in the SFT corpus (train split only)

@@ -8,6 +8,7 @@ import re
 import pytest
 
 from nega.toy import WORLDS, harm, make_world, rationale, reasoning, world_options
+from nega.toy.base import split_of
 
 # --- make_world -------------------------------------------------------------------------------------
 
@@ -35,7 +36,8 @@ def test_unknown_option_names_allowed_options(name):
         ("harm", {"helpful_repeats": 0}, "helpful_repeats"),
         ("reasoning", {"min_steps": 5, "max_steps": 3}, "min_steps"),
         ("reasoning", {"noise_rate": -0.1}, "noise_rate"),
-        ("rationale", {"entities": 50, "pretrain_entities": 30}, "entities + pretrain_entities"),
+        ("rationale", {"entities": 301}, "entities"),
+        ("rationale", {"attributes": 4}, "attributes"),
         ("rationale", {"teacher_error_rate": 2}, "teacher_error_rate"),
     ],
 )
@@ -273,7 +275,7 @@ def test_gold_solutions_right_and_in_range():
         assert reasoning.first_wrong_step(row, row["solution"]) is None
         assert reasoning.answer_of(row["solution"]) == int(row["answer"])
         problem = reasoning.parse_question(row)
-        assert 3 <= len(problem.operations) <= 4
+        assert 3 <= len(problem.operations) <= 5
         assert all(0 <= v <= 99 for v in problem.values())
 
 
@@ -315,31 +317,33 @@ def rworld():
     return make_world("rationale")
 
 
-def _question(world, relation="heavier"):
+def _question(world, attribute=rationale.ATTRIBUTES[0]):
+    """A task question whose first creature has the larger value."""
     a, b = next(
         (a, b)
         for a in world.task_entities
         for b in world.task_entities
-        if world.weights[a] > world.weights[b]
+        if world.value(a, attribute) > world.value(b, attribute)
     )
-    return a, b, f"is the {a} {relation} than the {b}?"
+    return a, b, f"is the {a} {attribute.relation} than the {b}?"
 
 
 def test_label_and_gold_rationale(rworld):
-    a, b, q = _question(rworld)
-    wa, wb = rworld.weights[a], rworld.weights[b]
-    assert rworld.label(q) == "yes"
-    assert rworld.label(q.replace("heavier", "lighter")) == "no"
-    assert (
-        rworld.gold_rationale(q)
-        == f"the {a} weighs {wa}. the {b} weighs {wb}. {wa} is more than {wb}. answer: yes"
-    )
-    assert rworld.rationale_quality(q, rworld.gold_rationale(q)) == 1.0
+    for attribute in rationale.ATTRIBUTES:
+        a, b, q = _question(rworld, attribute)
+        va, vb = rworld.value(a, attribute), rworld.value(b, attribute)
+        assert rworld.label(q) == "yes"
+        assert rworld.label(f"is the {b} {attribute.relation} than the {a}?") == "no"
+        fact_a, fact_b = attribute.fact.format(name=a, value=va), attribute.fact.format(name=b, value=vb)
+        assert rworld.gold_rationale(q) == f"{fact_a}. {fact_b}. {va} is more than {vb}. answer: yes"
+        assert rworld.rationale_quality(q, rworld.gold_rationale(q)) == 1.0
+    assert rworld.gold_rationale(_question(rworld)[2]).startswith(f"the {_question(rworld)[0]} weighs ")
 
 
 def test_rationale_quality_hand_written(rworld):
     a, b, q = _question(rworld)
-    wa, wb = rworld.weights[a], rworld.weights[b]
+    weight = rationale.ATTRIBUTES[0]
+    wa, wb = rworld.value(a, weight), rworld.value(b, weight)
     wrong = next(w for w in range(1, 10) if w not in (wa, wb))
     cases = {
         # wrong conclusion: 3 of 4 claims hold
@@ -351,11 +355,18 @@ def test_rationale_quality_hand_written(rworld):
         f"answer: {'yes' if wrong > wb else 'no'}": 0.75 if wrong > wb else 0.5,
         # a comparison of numbers the rationale did not state
         f"the {a} weighs {wa}. the {b} weighs {wb}. 9 is more than 0. answer: yes": 0.75,
+        # facts of another property say nothing about weights
+        f"the {a} is {wa} years old. the {b} is {wb} years old. {wa} is more than {wb}. answer: yes": 0.25,
         "answer: yes": 0.25,
         "": 0.0,
     }
     for text, expected in cases.items():
         assert rworld.rationale_quality({"question": q}, text) == expected, text
+
+
+def test_names_are_distinct_and_enough_for_both_caps():
+    assert len(set(rationale.NAMES)) == len(rationale.NAMES) >= 600
+    assert "has" not in rationale.NAMES
 
 
 def test_answer_and_label_parsing():
@@ -364,12 +375,19 @@ def test_answer_and_label_parsing():
     assert rationale.label_of(" Yes. ") == "yes"
     assert rationale.label_of("the a weighs 1. answer: no") == "no"
     assert rationale.label_of("maybe") is None
+    assert rationale.parse_question("explain: is the zib older than the mok?") == ("zib", "older", "mok")
+
+
+def test_foreign_question_is_an_error(rworld):
+    with pytest.raises(ValueError, match="not a question of this rationale world"):
+        rworld.label("is the cat heavier than the dog?")
 
 
 def test_teacher_noise(rworld):
     row = rworld.rows("train", 1)[0]
     samples = rworld.teacher_rationales(row, 2000, random.Random(0))
     bad = [s for s in samples if s != row["rationale"]]
+    # a wrong fact that keeps the order and the answer is still a bad rationale (its fact is wrong)
     assert len(bad) / len(samples) == pytest.approx(0.3, abs=0.04)
     assert all(rationale.answer_of(s) in ("yes", "no") for s in samples)
     assert all(rworld.rationale_quality(row, s) < 1.0 for s in bad)
@@ -382,20 +400,32 @@ def test_rationale_splits_by_pair_and_sft_uses_other_creatures(rworld):
         a, _, b = rationale.parse_question(q)
         return frozenset((a, b))
 
-    train = {pair(r["question"]) for r in rworld.rows("train", 600)}
+    train = {pair(r["question"]) for r in rworld.rows("train", 2000)}
     test = {pair(r["question"]) for r in rworld.rows("test", 200)}
     assert not train & test
-    # every creature of the test questions has its weight stated by training rationales
+    # every creature of the test questions has its values stated by training rationales
     assert set().union(*test) <= set().union(*train)
-    sft_text = " ".join(p + " " + r for p, r in rworld.sft_pairs())
-    assert not set(re.findall(r"the (\w+)", sft_text)) & set(rworld.task_entities)
-    assert {p.split(": ")[0] for p, _ in rworld.sft_pairs()} == {"predict", "explain"}
+    sft = rworld.sft_pairs()
+    sft_names = set(re.findall(r"the (\w+)", " ".join(p + " " + r for p, r in sft)))
+    assert sft_names == set(rworld.pretrain_entity_names)
+    # labels only for training-split pairs, rationales for all: predict must go through the values
+    predict = [p for p, _ in sft if p.startswith(rationale.PREDICT_PREFIX)]
+    explain = [p for p, _ in sft if p.startswith(rationale.EXPLAIN_PREFIX)]
+    assert len(predict) + len(explain) == len(sft)
+    assert 0.6 < len(predict) / len(explain) < 0.8
+    assert {split_of("/".join(sorted(pair(p)))) for p in predict} == {"train"}
 
 
 def test_rationale_rows(rworld):
-    row = rworld.rows("test", 1)[0]
-    assert set(row) == {"question", "label", "rationale", "teacher_rationales"}
-    assert len(row["teacher_rationales"]) == 5 and row["label"] == rworld.label(row["question"])
+    rows = rworld.rows("test", 200)
+    assert set(rows[0]) == {"question", "label", "rationale", "teacher_rationales"}
+    assert len(rows[0]["teacher_rationales"]) == 5 and rows[0]["label"] == rworld.label(rows[0]["question"])
+    assert {r["label"] for r in rows} == {"yes", "no"}
+    relations = {rationale.parse_question(r)[1] for r in rows}
+    assert relations == {"heavier", "older", "faster"}
+    assert {
+        rationale.parse_question(r)[1] for r in make_world("rationale", attributes=1).rows("test", 50)
+    } == {"heavier"}
 
 
 def test_rationale_score_modes(rworld):
@@ -411,3 +441,5 @@ def test_rationale_score_modes(rworld):
         "rationale_accuracy": 0.0,
     }
     assert "accuracy" not in rworld.score(prompts[2:], [gold])
+    chat = [[{"role": "user", "content": p}] for p in prompts]
+    assert rworld.score(chat, ["yes", "no", gold], label=["yes", "yes", "yes"])["rationale_accuracy"] == 1.0
