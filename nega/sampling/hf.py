@@ -8,6 +8,7 @@ so the same prompts, seed and batch size give the same completions.
 from __future__ import annotations
 
 from contextlib import nullcontext
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -106,11 +107,12 @@ class HFSampler:
                 )
                 new_tokens = out[:, ids.shape[1] :].tolist()
                 for row, i in enumerate(idx):
-                    for k in range(rows_per_prompt):
-                        results[i].append(
-                            self._completion(new_tokens[row * rows_per_prompt + k], max_tokens, stop)
-                        )
-                    results[i] *= n // rows_per_prompt
+                    rows = new_tokens[row * rows_per_prompt : (row + 1) * rows_per_prompt]
+                    results[i] = [self._completion(r, max_tokens, stop) for r in rows]
+                    if greedy:  # n separate objects, so a caller editing one leaves the others alone
+                        results[i] = [
+                            replace(results[i][0], token_ids=list(results[i][0].token_ids)) for _ in range(n)
+                        ]
                 advance(len(idx))
         return results
 

@@ -54,7 +54,7 @@ class VLLMSampler:
                 gpu_memory_utilization=cfg.gpu_memory_utilization,
                 enable_prefix_caching=cfg.enable_prefix_caching,
                 enable_lora=True,
-                max_lora_rank=max_lora_rank,
+                max_lora_rank=lora_rank_capacity(max_lora_rank),
                 max_loras=2,
                 seed=cfg.seed,
             )
@@ -139,6 +139,22 @@ class VLLMSampler:
 
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
+
+
+def lora_rank_capacity(rank: int) -> int:
+    """The smallest LoRA slot size vLLM accepts (1, 8, 16, 32, ...) that holds adapters of `rank`."""
+    from typing import get_args
+
+    try:
+        from vllm.config.lora import MaxLoRARanks
+
+        sizes = sorted(get_args(MaxLoRARanks))
+    except ImportError:  # older vLLM: the same list, not exported
+        sizes = [1, 8, 16, 32, 64, 128, 256, 320, 512]
+    fits = [size for size in sizes if size >= rank]
+    if not fits:
+        raise ValueError(f"LoRA rank {rank} is above the largest vLLM supports ({sizes[-1]}); lower lora.r")
+    return fits[0]
 
 
 def checkpoint_dtype(model_path: str) -> str:

@@ -33,6 +33,19 @@ def vllm_sampler(tiny_model_dir):
     from nega.config import SamplingConfig
     from nega.sampling.vllm import VLLMSampler
 
-    sampler = VLLMSampler(tiny_model_dir, SamplingConfig(backend="vllm", kv_cache_gib=1), max_lora_rank=8)
+    # Rank 4 is not a vLLM slot size: the sampler rounds it up to 8, which the rank-8 test adapters need.
+    sampler = VLLMSampler(tiny_model_dir, SamplingConfig(backend="vllm", kv_cache_gib=1), max_lora_rank=4)
     yield sampler
     sampler.close()
+
+
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """Sampling tests run the tiny model in one thread: on a busy 2-core machine a second OpenMP thread
+    made generate about 10x slower, and a 64-wide model gains nothing from it."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

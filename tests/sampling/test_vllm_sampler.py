@@ -73,3 +73,11 @@ def test_adapter_folder_with_new_weights_gets_a_new_id(tiny_model_dir, vllm_samp
     second = [g[0].text for g in vllm_sampler.generate(prompts, temperature=0, max_tokens=12, adapter=folder)]
     assert second != first
     assert second == peft_greedy(tiny_model_dir, folder, prompts, max_tokens=12)
+
+
+def test_lora_rank_rounds_up_to_a_slot_size_vllm_accepts():
+    from nega.sampling.vllm import lora_rank_capacity
+
+    assert [lora_rank_capacity(r) for r in (1, 4, 8, 16, 17, 64)] == [1, 8, 8, 16, 32, 64]
+    with pytest.raises(ValueError, match="lora.r"):
+        lora_rank_capacity(4096)
