@@ -46,7 +46,9 @@ def tiny_model_dir(tmp_path_factory) -> Path:
     from nega.sampling.base import render_prompt
     from nega.toy.model import build_model, build_tokenizer, save_model, train_on_pairs
 
-    torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+    # One thread: a 64-wide model gains nothing from more, and on a busy 2-core machine two OpenMP
+    # threads made this training 10x slower (measured: 50 steps 3 s vs 30-39 s at load 6-7).
+    torch.set_num_threads(1)
     texts = [p + " " + r for p, r in CORPUS_PAIRS]
     tokenizer = build_tokenizer(texts * 3, vocab_size=300)
     model = build_model(tokenizer, size="tiny", seed=0)
