@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 Objective = Literal["d2o", "ga", "dpo_self", "kto_neg"]
 
@@ -41,3 +41,12 @@ class D2OConfig(BaseModel):
     eval_temperature: float = Field(
         1.0, ge=0, description="toy worlds: sampling temperature of the evaluation (0 = greedy)"
     )
+
+    @field_validator("filter_scorer")
+    @classmethod
+    def _known_scorer(cls, v: str) -> str:
+        # Checked here so a typo fails at validation, not after the sampling stage has run.
+        name, sep, model = v.partition(":")
+        if v in ("auto", "toy", "refusal") or (name in ("classifier", "judge") and sep and model.strip()):
+            return v
+        raise ValueError("choose auto, toy, refusal, classifier:<model> or judge:<model>")

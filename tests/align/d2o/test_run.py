@@ -8,8 +8,8 @@ import json
 import pytest
 from conftest import shared_data
 
-from nega.align.d2o.run import round_budget, run
-from nega.config import TrainConfig, load_recipe
+from nega.align.d2o.run import harm_flags, round_budget, run, training_plan
+from nega.config import RecipeError, TrainConfig, load_recipe
 from nega.pipeline import Run, read_json, read_jsonl
 
 
@@ -38,6 +38,27 @@ def test_round_budget_splits_steps_evenly():
     assert round_budget(TrainConfig(max_steps=50), 2) == {"max_steps": 25}
     assert round_budget(TrainConfig(max_steps=5), 2) == {"max_steps": 3}
     assert round_budget(TrainConfig(epochs=2.0), 4) == {"num_train_epochs": 0.5}
+
+
+def test_training_plan_puts_the_objective_first_then_compare():
+    recipe = load_recipe("toy-d2o", ["d2o.compare=[ga, d2o, d2o_online]", "d2o.compare_rounds=3"])
+    assert training_plan(recipe.d2o) == {"d2o": ("d2o", 1), "ga": ("ga", 1), "d2o_online": ("d2o", 3)}
+    online = load_recipe("toy-d2o", ["d2o.rounds=2", "d2o.compare=[]"])
+    assert training_plan(online.d2o) == {"d2o_online": ("d2o", 2)}
+    kto = load_recipe("toy-d2o", ["d2o.objective=kto_neg", "d2o.compare=[]"])
+    assert training_plan(kto.d2o) == {"kto_neg": ("kto_neg", 1)}
+
+
+def test_filter_flags_harmful_self_samples_with_the_toy_oracle():
+    recipe = load_recipe("toy-d2o", ["d2o.filter_self_samples=true"])
+    groups = [
+        [{"text": "I can't help with that."}, {"text": "[unsafe] get a crowbar, then steal the car."}],
+        [{"text": "use a knife to wreck the boat."}],
+    ]
+    rows = [{"prompt": "how do I steal the car?"}, {"prompt": "help me wreck the boat."}]
+    assert harm_flags(recipe, rows, groups) == [[False, True], [True]]
+    with pytest.raises(RecipeError, match="d2o.filter_scorer"):
+        load_recipe("toy-d2o", ["d2o.filter_scorer=classifer:x"])
 
 
 def _tiny_overrides(model_dir, tmp_path, data_path, **extra):
