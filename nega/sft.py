@@ -108,13 +108,15 @@ def sft_train(
     train_cfg,
     seed: int = 0,
     adapter: str | None = None,
+    callbacks: list | None = None,
     **overrides,
 ) -> tuple[str, list[dict]]:
     """Fine-tune `model_path` on (rendered prompt, response) pairs; returns (saved folder, log history).
 
     The folder is `<output_dir>/adapter` with LoRA (continuing `adapter` when given) or
     `<output_dir>/model` without. Checkpoints go to `<output_dir>/checkpoints`, and an interrupted
-    call resumes from the last one. `overrides` go to TrainingArguments (e.g. max_steps=100).
+    call resumes from the last one. `overrides` go to TrainingArguments (e.g. max_steps=100);
+    `callbacks` to the Trainer (e.g. early stopping on a validation metric).
     """
     from pathlib import Path
 
@@ -132,6 +134,7 @@ def sft_train(
         args=args,
         train_dataset=encode_sft_pairs(tokenizer, pairs, model_cfg.max_length),
         data_collator=SupervisedCollator(tokenizer.pad_token_id),
+        callbacks=callbacks,
     )
     train_with_resume(trainer, checkpoints)
     folder = save_adapter(trainer.model, tokenizer, output_dir / ("adapter" if lora_cfg.enabled else "model"))
@@ -204,7 +207,10 @@ def sft_stage(run, name: str, model_path: str, pairs: list[tuple[str, str]], *, 
         )
         history = read_json(stage.dir / "train_log.json")["history"]
         losses = [h["loss"] for h in history if "loss" in h]
-        stage.finish(counts={"pairs": len(pairs), "final_loss": losses[-1] if losses else None})
+        steps = max((h.get("step", 0) for h in history), default=0)
+        stage.finish(
+            counts={"pairs": len(pairs), "steps": steps, "final_loss": losses[-1] if losses else None}
+        )
     return stage, read_json(stage.dir / "train_log.json")["folder"]
 
 

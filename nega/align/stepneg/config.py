@@ -15,11 +15,14 @@ class StepNegConfig(BaseModel):
 
     loss: Loss = Field("dpo", description="per-step DPO, AWR, or the outcome-DPO baseline")
     compare: list[Loss] = Field(
-        default_factory=list, description="more objectives trained on the same data and evaluated beside `loss`"
+        default_factory=list,
+        description="more objectives trained on the same data and evaluated beside `loss`",
     )
     beta: float = Field(0.1, gt=0)
     sft_epochs: float = Field(3.0, gt=0)
-    sft_lr: float | None = Field(None, gt=0, description="learning rate of the SFT and RFT stages (default train.lr)")
+    sft_lr: float | None = Field(
+        None, gt=0, description="learning rate of the SFT and RFT stages (default train.lr)"
+    )
     rft_samples: int = Field(4, ge=1, description="solutions sampled per problem for RFT")
     rft: bool = Field(True, description="run the RFT stage (and use its data for pairs)")
     negatives: int = Field(8, ge=1, description="M: solutions sampled per problem for negatives")
@@ -28,7 +31,9 @@ class StepNegConfig(BaseModel):
     skip_after_pit: bool = Field(
         True, description="no rollouts past a prefix whose value estimate is 0 (cannot move the first pit)"
     )
-    step_regex: str = Field(r"[^\n]*\S[^\n]*\n?", description="one match = one step (default: non-empty lines)")
+    step_regex: str = Field(
+        r"[^\n]*\S[^\n]*\n?", description="one match = one step (default: non-empty lines)"
+    )
     awr_clip: float = Field(20.0, gt=0, description="max weight after normalisation in the AWR variant")
     answer_format: Literal["auto", "gsm8k", "boxed", "number", "toy"] = "auto"
 

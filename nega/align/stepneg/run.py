@@ -358,12 +358,13 @@ def train_stage(run: Run, loss: str, pi_sft: str, examples: list[dict], inputs) 
             stage.dir,
             needs_launcher=recipe.train.deepspeed.stage > 0,
         )
-        history = [h for h in read_json(stage.dir / "train_log.json")["history"] if "loss" in h]
+        history = read_json(stage.dir / "train_log.json")["history"]
+        losses = [h["loss"] for h in history if "loss" in h]
         stage.finish(
             counts={
                 "examples": len(examples),
-                "steps": len(history),
-                "final_loss": history[-1]["loss"] if history else None,
+                "steps": max((h.get("step", 0) for h in history), default=0),
+                "final_loss": losses[-1] if losses else None,
             }
         )
     return read_json(stage.dir / "train_log.json")["folder"]

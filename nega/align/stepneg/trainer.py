@@ -133,7 +133,14 @@ def attach_reference_logps(examples: list[dict], model_path: str, model_cfg, cac
 
 
 def train_policy(
-    recipe, model_path: str, examples: list[dict], output_dir, *, loss: str, **overrides
+    recipe,
+    model_path: str,
+    examples: list[dict],
+    output_dir,
+    *,
+    loss: str,
+    callbacks: list | None = None,
+    **overrides,
 ) -> tuple[str, list[dict]]:
     """Train a fresh LoRA adapter on π_sft (`model_path`) with `loss`; returns (adapter folder, log history).
 
@@ -158,6 +165,7 @@ def train_policy(
         loss=loss,
         beta=recipe.stepneg.beta,
         awr_clip=recipe.stepneg.awr_clip,
+        callbacks=callbacks,
     )
     train_with_resume(trainer, checkpoints)
     folder = save_adapter(
