@@ -144,9 +144,6 @@ class HFSampler:
         if known is not None and known[0] == mtime:
             self.model.set_adapter(known[1])
             return
-        if known is not None:
-            # Same folder, new weights (an online round overwrote it): drop the stale copy first.
-            self.model.delete_adapter(known[1])
         name = f"adapter{self.loads}"
         self.loads += 1
         if self.model is self.base:
@@ -157,6 +154,9 @@ class HFSampler:
             self.model.load_adapter(str(path), adapter_name=name, is_trainable=False)
         self.model.set_adapter(name)
         self.model.eval()
+        if known is not None:
+            # Same folder, new weights (an online round overwrote it): free the stale copy.
+            self.model.delete_adapter(known[1])
         self.adapters[path] = (mtime, name)
 
     def close(self) -> None:

@@ -36,6 +36,7 @@ def vllm_server_url(tiny_model_dir, tmp_path_factory):
     env = dict(os.environ, VLLM_ALLOW_RUNTIME_LORA_UPDATING="True")
     env.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")
     env.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+    env.setdefault("OMP_NUM_THREADS", "1")  # a tiny model; a second thread only contends on a busy machine
     command = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(tiny_model_dir)]
     command += ["--host", "127.0.0.1", "--port", str(port), "--dtype", "float32"]
     command += ["--enable-lora", "--max-lora-rank", "8", "--max-loras", "2"]
