@@ -5,6 +5,6 @@ Everything here runs offline on a CPU in seconds to minutes; demos, tests and be
 """
 
 from nega.toy.base import World
-from nega.toy.worlds import WORLDS, make_world, world_options
+from nega.toy.worlds import RECOMMENDED_BUILD, WORLDS, make_world, world_options
 
-__all__ = ["WORLDS", "World", "make_world", "world_options"]
+__all__ = ["RECOMMENDED_BUILD", "WORLDS", "World", "make_world", "world_options"]

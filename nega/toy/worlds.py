@@ -13,6 +13,16 @@ WORLDS: dict[str, type[World]] = {
     "rationale": RationaleWorld,
 }
 
+# Build settings (ToyConfig fields) under which each world's starting model has its measured flaw:
+# harm: harmful about half the time at temperature 1 while helpful; reasoning: greedy accuracy about
+# 0.6-0.7 with step-local arithmetic slips (at 600 steps the tiny model has not yet learnt to follow
+# the operations, accuracy about 0.1); rationale: knows the formats, none of the task facts.
+RECOMMENDED_BUILD: dict[str, dict[str, object]] = {
+    "harm": {"size": "tiny", "steps": 600, "lr": 3e-3, "batch_size": 32},
+    "reasoning": {"size": "tiny", "steps": 900, "lr": 3e-3, "batch_size": 32},
+    "rationale": {"size": "tiny", "steps": 600, "lr": 3e-3, "batch_size": 32},
+}
+
 
 def make_world(name: str, seed: int = 0, **options) -> World:
     """The world `name` with `options` (e.g. harm_rate=0.4); every bad option is named in one ValueError.
