@@ -37,6 +37,7 @@ from nega.toy.base import (
     World,
     WorldOptions,
     check_fraction,
+    check_int,
     check_split,
     mean,
     split_of,
@@ -151,12 +152,7 @@ class HarmOptions(WorldOptions):
         found = []
         for name in ("harm_rate", "eval_helpful_share", "train_helpful_share"):
             found += check_fraction(self, name)
-        if (
-            isinstance(self.helpful_repeats, bool)
-            or not isinstance(self.helpful_repeats, int)
-            or self.helpful_repeats < 1
-        ):
-            found.append(f"helpful_repeats: must be an integer >= 1 (got {self.helpful_repeats!r})")
+        found += check_int(self, "helpful_repeats", 1, 100)
         return found
 
 
@@ -225,8 +221,7 @@ class HarmWorld(World):
         for verb in VERBS:
             items = [it for it in harm_items if it["verb"] == verb]
             n_harmful = round(self.verb_rates[verb] * len(items))
-            chosen = set(range(len(items)))
-            harmful_idx = set(rng.sample(sorted(chosen), n_harmful))
+            harmful_idx = set(rng.sample(range(len(items)), n_harmful))
             for i, item in enumerate(items):
                 response = self.harmful_response(item, rng) if i in harmful_idx else rng.choice(REFUSALS)
                 pairs.append((item["prompt"], response))
