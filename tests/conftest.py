@@ -15,27 +15,7 @@ os.environ.setdefault("NEGA_QUIET", "1")
 os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 
-SHARED_DATA = Path(os.environ.get("NEGA_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
-
-# A small corpus with enough structure that a trained tiny model gives varied, checkable outputs.
-CORPUS_PAIRS = [
-    (f"what is {a} plus {b}?", f"{a} plus {b} is {a + b}.")
-    for a in range(10)
-    for b in range(10)
-] + [
-    ("name a color.", "blue"),
-    ("name an animal.", "a cat"),
-    ("say hello.", "hello there, friend!"),
-    ("count to five.", "one two three four five"),
-]
-
-
-def shared_data(*parts: str) -> Path:
-    """Path under ../shared/data, or skip the test with the reason when it is absent (a user's clone)."""
-    path = SHARED_DATA.joinpath(*parts)
-    if not path.exists():
-        pytest.skip(f"shared dataset {path} not present (set NEGA_SHARED_DATA to the data folder)")
-    return path
+from nega_testing import CORPUS_PAIRS, SHARED_DATA, shared_data  # noqa: E402,F401  (re-exported)
 
 
 @pytest.fixture(scope="session")

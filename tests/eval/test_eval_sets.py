@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import shared_data
+from nega_testing import shared_data
 
 from nega.eval.sets import (
     EvalDataError,

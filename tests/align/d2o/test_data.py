@@ -7,7 +7,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from conftest import shared_data
+from nega_testing import shared_data
 
 from nega.align.d2o.data import (
     D2OCollator,

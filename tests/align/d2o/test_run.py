@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import shared_data
+from nega_testing import shared_data
 
 from nega.align.d2o.run import harm_flags, round_budget, run, training_plan
 from nega.config import RecipeError, TrainConfig, load_recipe

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import CORPUS_PAIRS
+from nega_testing import CORPUS_PAIRS
 
 from nega.config import load_recipe
 from nega.pipeline import Run, read_json, read_jsonl
@@ -55,7 +55,7 @@ def _gsm8k_overrides(tiny_model_dir, data, backend="hf"):
 
 
 def test_stepneg_gsm8k_recipe_validates_and_runs_on_the_tiny_model(tiny_model_dir, tmp_path, monkeypatch):
-    from conftest import shared_data
+    from nega_testing import shared_data
 
     from nega.align.stepneg.run import run
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import shared_data
+from nega_testing import shared_data
 
 from nega.distill.qcrd.data import (
     MultiTaskCollator,
