@@ -13,7 +13,15 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    TypeAdapter,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from nega.align.d2o.config import D2OConfig
 from nega.align.stepneg.config import StepNegConfig
@@ -34,14 +42,18 @@ def _existing_path(value: str | None) -> str | None:
     if "$" in expanded:
         raise ValueError(f"unset environment variable in path {value!r}")
     if not Path(expanded).exists():
-        raise ValueError(f"file not found: {expanded!r} (from {value!r}; relative paths start at {os.getcwd()})")
+        raise ValueError(
+            f"file not found: {expanded!r} (from {value!r}; relative paths start at {os.getcwd()})"
+        )
     return expanded
 
 
 class ModelConfig(Strict):
     name: str = Field(description="hub id, local folder, or 'toy' (tiny model built from the `toy` section)")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
-    trust_remote_code: bool = Field(False, description="run code shipped with the model; only for models you trust")
+    trust_remote_code: bool = Field(
+        False, description="run code shipped with the model; only for models you trust"
+    )
     revision: str | None = None
     max_length: int = Field(1024, ge=8, description="prompt + response tokens kept for training and scoring")
 
@@ -303,7 +315,9 @@ def _section_model(loc: tuple, method: str | None) -> type[BaseModel] | None:
     classes = {"sft": SFTRecipe, "d2o": D2ORecipe, "stepneg": StepNegRecipe, "qcrd": QCRDRecipe}
     model: Any = classes.get(method or "", RecipeBase)
     for part in loc:
-        field = model.model_fields.get(part) if isinstance(model, type) and issubclass(model, BaseModel) else None
+        field = (
+            model.model_fields.get(part) if isinstance(model, type) and issubclass(model, BaseModel) else None
+        )
         if field is None:
             return None
         ann = field.annotation
@@ -327,7 +341,9 @@ def format_validation_errors(exc: ValidationError, method: str | None) -> list[s
         elif err["type"] == "missing":
             problems.append(f"{key}: required but missing")
         elif err["type"] == "union_tag_invalid":
-            problems.append(f"method: unknown method {err['input'].get('method')!r}; choose one of {', '.join(METHOD_NAMES)}")
+            problems.append(
+                f"method: unknown method {err['input'].get('method')!r}; choose one of {', '.join(METHOD_NAMES)}"
+            )
         elif err["type"] == "union_tag_not_found":
             problems.append(f"method: required but missing; choose one of {', '.join(METHOD_NAMES)}")
         else:
@@ -358,7 +374,9 @@ def load_recipe(name_or_path: str, overrides: list[str] | None = None) -> Recipe
     try:
         recipe = RECIPE.validate_python(data)
     except ValidationError as exc:
-        problems += format_validation_errors(exc, data.get("method") if isinstance(data.get("method"), str) else None)
+        problems += format_validation_errors(
+            exc, data.get("method") if isinstance(data.get("method"), str) else None
+        )
         raise RecipeError(source, problems) from None
     if problems:
         raise RecipeError(source, problems)

@@ -23,7 +23,12 @@ def deepspeed_config(train_cfg) -> dict | None:
     ds = train_cfg.deepspeed
     if ds.stage == 0:
         return None
-    zero: dict = {"stage": ds.stage, "overlap_comm": False, "contiguous_gradients": True, "reduce_bucket_size": 1e5}
+    zero: dict = {
+        "stage": ds.stage,
+        "overlap_comm": False,
+        "contiguous_gradients": True,
+        "reduce_bucket_size": 1e5,
+    }
     if ds.offload_optimizer:
         zero["offload_optimizer"] = {"device": "cpu", "pin_memory": torch.cuda.is_available()}
     if ds.stage == 3:
@@ -123,7 +128,11 @@ def guarded_trainer_class():
             if not torch.isfinite(loss).all():
                 what = f"loss is {loss.item()}"
             else:
-                bad = [n for n, p in model.named_parameters() if p.grad is not None and not torch.isfinite(p.grad).all()]
+                bad = [
+                    n
+                    for n, p in model.named_parameters()
+                    if p.grad is not None and not torch.isfinite(p.grad).all()
+                ]
                 if bad:
                     what = f"gradient of {bad[0]} is not finite ({len(bad)} tensors)"
             if what is not None:
@@ -131,7 +140,11 @@ def guarded_trainer_class():
                 good = Path(self.args.output_dir) / "last-good"
                 self.save_model(str(good))
                 step = self.state.global_step + 1
-                rows_text = f", dataset rows {rows.tolist() if hasattr(rows, 'tolist') else rows}" if rows is not None else ""
+                rows_text = (
+                    f", dataset rows {rows.tolist() if hasattr(rows, 'tolist') else rows}"
+                    if rows is not None
+                    else ""
+                )
                 raise NonFiniteLossError(
                     f"training stopped at step {step}{rows_text}: {what}. The weights before this batch are in "
                     f"{good}; the last checkpoint is {last_checkpoint(self.args.output_dir)}. Lower train.lr, "
@@ -223,7 +236,9 @@ def run_training(entry: str, kwargs: dict, work_dir: Path, *, needs_launcher: bo
         env.setdefault("OMP_NUM_THREADS", "1")  # one thread per rank: 4x faster than oversubscribing
     log = work_dir / "launch.log"
     with log.open("w") as out:
-        result = subprocess.run(accelerate_command(payload, topo), env=env, stdout=out, stderr=subprocess.STDOUT)
+        result = subprocess.run(
+            accelerate_command(payload, topo), env=env, stdout=out, stderr=subprocess.STDOUT
+        )
     if result.returncode != 0:
         tail = "".join(log.read_text(errors="replace").splitlines(keepends=True)[-40:])
         raise RuntimeError(f"training ranks failed (exit {result.returncode}); end of {log}:\n{tail}")

@@ -65,7 +65,9 @@ def token_logps(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     picked = torch.gather(logits, -1, labels.clamp_min(0).unsqueeze(-1)).squeeze(-1)
     flat = logits.reshape(-1, logits.size(-1))
     chunk = max(1, (1 << 22) // max(1, logits.size(-1)))
-    norm = torch.cat([torch.logsumexp(flat[i : i + chunk].float(), dim=-1) for i in range(0, flat.size(0), chunk)])
+    norm = torch.cat(
+        [torch.logsumexp(flat[i : i + chunk].float(), dim=-1) for i in range(0, flat.size(0), chunk)]
+    )
     return picked.float() - norm.view(labels.shape)
 
 
@@ -104,7 +106,7 @@ def batched_sequence_logps(
 
     eos_flags = [add_eos] * len(pairs) if isinstance(add_eos, bool) else list(add_eos)
     encoded = [
-        encode_pair(tokenizer, p, r, add_eos=e, max_length=max_length) for (p, r), e in zip(pairs, eos_flags)
+        encode_pair(tokenizer, p, r, add_eos=e, max_length=max_length) for (p, r), e in zip(pairs, eos_flags, strict=True)
     ]
     order = sorted(range(len(encoded)), key=lambda i: len(encoded[i][0]))
     out = [0.0] * len(encoded)
@@ -117,7 +119,7 @@ def batched_sequence_logps(
             idx = order[start : start + batch_size]
             ids, attn, resp = collate_sequences([encoded[i] for i in idx], tokenizer.pad_token_id)
             values = sequence_logps(model, ids.to(device), attn.to(device), resp.to(device))
-            for i, v in zip(idx, values.tolist()):
+            for i, v in zip(idx, values.tolist(), strict=True):
                 out[i] = v
             advance(len(idx))
     model.train(was_training)

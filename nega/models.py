@@ -59,7 +59,9 @@ def lora_peft_config(lora_cfg):
     )
 
 
-def load_policy(model_path: str | Path, model_cfg, lora_cfg, *, adapter: str | Path | None = None, seed: int = 0):
+def load_policy(
+    model_path: str | Path, model_cfg, lora_cfg, *, adapter: str | Path | None = None, seed: int = 0
+):
     """(model, tokenizer) ready to train: a peft model with a fresh (or given) trainable adapter.
 
     With `lora.enabled: false` the full model trains and a reference needs its own frozen copy

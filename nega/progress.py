@@ -35,7 +35,11 @@ def progress_bar(description: str, total: int | None) -> Iterator[Callable[..., 
         yield advance_plain
         if not quiet:
             suffix = f" {fmt()}" if fields else ""
-            print(f"[nega] {description}: {done[0]}/{total or done[0]} done{suffix}", file=sys.stderr, flush=True)
+            print(
+                f"[nega] {description}: {done[0]}/{total or done[0]} done{suffix}",
+                file=sys.stderr,
+                flush=True,
+            )
         return
 
     with Progress(

@@ -63,8 +63,10 @@ def sample_prompts(run: Run, adapter: str | None = None) -> Path:
         out,
         (
             {"prompt": p, "completions": [c.text for c in g], "finish_reasons": [c.finish_reason for c in g]}
-            for p, g in zip(prompts, groups)
+            for p, g in zip(prompts, groups, strict=True)
         ),
     )
-    stage.finish(counts={"prompts": len(prompts), "completions": sum(len(g) for g in groups), "bad_rows": skipped})
+    stage.finish(
+        counts={"prompts": len(prompts), "completions": sum(len(g) for g in groups), "bad_rows": skipped}
+    )
     return out

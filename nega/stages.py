@@ -88,7 +88,9 @@ def evaluate(
             for i, group in enumerate(outputs):
                 for c in group:
                     extra = columns[i] if columns else {}
-                    rows.append({"prompt_index": i, **extra, "completion": c.text, "finish_reason": c.finish_reason})
+                    rows.append(
+                        {"prompt_index": i, **extra, "completion": c.text, "finish_reason": c.finish_reason}
+                    )
             write_jsonl(stage.dir / f"{label}.jsonl", rows)
     finally:
         sampler.close()
@@ -104,7 +106,9 @@ def format_table(table: dict[str, dict[str, float]], title: str = "") -> str:
     lines.append("| | " + " | ".join(metrics) + " |")
     lines.append("|---|" + "---:|" * len(metrics))
     for label, row in table.items():
-        cells = [f"{row[m]:.3f}" if isinstance(row.get(m), int | float) else str(row.get(m, "")) for m in metrics]
+        cells = [
+            f"{row[m]:.3f}" if isinstance(row.get(m), int | float) else str(row.get(m, "")) for m in metrics
+        ]
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -130,6 +134,8 @@ def write_report(run: Run, table: dict[str, dict[str, float]], title: str | None
     for m in metrics:
         shown.add_column(m, justify="right")
     for label, row in table.items():
-        shown.add_row(label, *[f"{row[m]:.3f}" if isinstance(row.get(m), int | float) else "" for m in metrics])
+        shown.add_row(
+            label, *[f"{row[m]:.3f}" if isinstance(row.get(m), int | float) else "" for m in metrics]
+        )
     Console().print(shown)
     return path

@@ -24,7 +24,7 @@ def train_lora(model_dir: str, out_dir: str, stage: int, steps: int = 4, global_
     from nega.config import LoraConfig, ModelConfig, TrainConfig
     from nega.launch import guarded_trainer_class, training_arguments
     from nega.logps import collate_sequences, encode_pair
-    from nega.models import load_policy, save_adapter
+    from nega.models import load_policy
     from nega.sampling.base import render_prompt
 
     world = int(__import__("os").environ.get("WORLD_SIZE", "1"))
@@ -38,7 +38,9 @@ def train_lora(model_dir: str, out_dir: str, stage: int, steps: int = 4, global_
 
     class CE(guarded_trainer_class()):
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-            logits = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"]).logits[:, :-1]
+            logits = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"]).logits[
+                :, :-1
+            ]
             labels = inputs["input_ids"][:, 1:]
             mask = inputs["response_mask"][:, 1:].float()
             nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), labels, reduction="none")
@@ -51,8 +53,14 @@ def train_lora(model_dir: str, out_dir: str, stage: int, steps: int = 4, global_
             return torch.utils.data.SequentialSampler(self.train_dataset)
 
     cfg = TrainConfig(
-        lr=1e-2, batch_size=global_batch // world, max_steps=steps, logging_steps=1, warmup_ratio=0.0,
-        lr_scheduler="constant", deepspeed={"stage": stage}, save_steps=1000,
+        lr=1e-2,
+        batch_size=global_batch // world,
+        max_steps=steps,
+        logging_steps=1,
+        warmup_ratio=0.0,
+        lr_scheduler="constant",
+        deepspeed={"stage": stage},
+        save_steps=1000,
     )
     args = training_arguments(cfg, Path(out_dir), seed=0, data_seed=0)
     trainer = CE(model=model, args=args, train_dataset=PairsDataset(encoded), data_collator=collate)

@@ -9,15 +9,39 @@ from hypothesis import strategies as st
 from nega.config import RecipeError, load_recipe
 from nega.data import DataError, convert_rows, read_table, require_text
 
-SECTIONS = ["name", "method", "model", "data", "sampling", "train", "lora", "eval", "hub", "toy", "d2o", "qcrd", "stepneg"]
+SECTIONS = [
+    "name",
+    "method",
+    "model",
+    "data",
+    "sampling",
+    "train",
+    "lora",
+    "eval",
+    "hub",
+    "toy",
+    "d2o",
+    "qcrd",
+    "stepneg",
+]
 KEYS = SECTIONS + ["lr", "n", "alpha", "beta", "path", "dataset", "dtype", "stage", "deepspeed", "bogus", "r"]
 scalars = st.one_of(
-    st.none(), st.booleans(), st.integers(-5, 10**6), st.floats(allow_nan=True), st.text(max_size=12),
+    st.none(),
+    st.booleans(),
+    st.integers(-5, 10**6),
+    st.floats(allow_nan=True),
+    st.text(max_size=12),
     st.sampled_from(["d2o", "qcrd", "stepneg", "sft", "toy", "demo", "x/y", "1e-5", "-1"]),
 )
-values = st.recursive(scalars, lambda inner: st.dictionaries(st.sampled_from(KEYS), inner, max_size=4) | st.lists(inner, max_size=3), max_leaves=12)
+values = st.recursive(
+    scalars,
+    lambda inner: st.dictionaries(st.sampled_from(KEYS), inner, max_size=4) | st.lists(inner, max_size=3),
+    max_leaves=12,
+)
 recipes = st.dictionaries(st.sampled_from(SECTIONS), values, max_size=8)
-settings_ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+settings_ = settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 
 
 @settings_
@@ -43,8 +67,19 @@ def test_random_bytes_as_recipe(tmp_path, blob):
         assert exc.problems
 
 
-row_values = st.one_of(st.none(), st.integers(), st.text(max_size=30), st.just(""), st.just("x" * 300_000), st.lists(st.text(max_size=3), max_size=2))
-rows = st.lists(st.dictionaries(st.sampled_from(["prompt", "rejected", "chosen", "other"]), row_values, max_size=4), min_size=1, max_size=6)
+row_values = st.one_of(
+    st.none(),
+    st.integers(),
+    st.text(max_size=30),
+    st.just(""),
+    st.just("x" * 300_000),
+    st.lists(st.text(max_size=3), max_size=2),
+)
+rows = st.lists(
+    st.dictionaries(st.sampled_from(["prompt", "rejected", "chosen", "other"]), row_values, max_size=4),
+    min_size=1,
+    max_size=6,
+)
 
 
 def to_pair(row):

@@ -19,7 +19,11 @@ def test_validate_prints_resolved_recipe(tmp_path):
     (tmp_path / "r.yaml").write_text(GOOD)
     result = runner.invoke(app, ["validate", str(tmp_path / "r.yaml"), "d2o.alpha=0.3"])
     assert result.exit_code == 0, result.output
-    assert "alpha: 0.3" in result.output and "beta: 0.1" in result.output and "trust_remote_code: false" in result.output
+    assert (
+        "alpha: 0.3" in result.output
+        and "beta: 0.1" in result.output
+        and "trust_remote_code: false" in result.output
+    )
 
 
 def test_bad_recipe_exits_2_and_writes_nothing(tmp_path, monkeypatch):
@@ -50,11 +54,19 @@ def test_recipes_table_lists_builtins():
 
 def test_help_is_fast():
     start = time.perf_counter()
-    out = subprocess.run([sys.executable, "-m", "nega.cli", "--help"], capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [sys.executable, "-m", "nega.cli", "--help"], capture_output=True, text=True, check=True
+    )
     assert "run" in out.stdout and "validate" in out.stdout
     assert time.perf_counter() - start < 3.0  # generous: a loaded shared machine; typically ~0.3 s
     heavy = subprocess.run(
-        [sys.executable, "-c", "import sys, nega.cli, nega.config; print(sorted(m for m in ('torch', 'vllm', 'transformers') if m in sys.modules))"],
-        capture_output=True, text=True, check=True,
+        [
+            sys.executable,
+            "-c",
+            "import sys, nega.cli, nega.config; print(sorted(m for m in ('torch', 'vllm', 'transformers') if m in sys.modules))",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
     )
     assert heavy.stdout.strip() == "[]"

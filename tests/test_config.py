@@ -84,13 +84,17 @@ def test_every_problem_reported_at_once(tmp_path):
 
 
 def test_unknown_and_missing_method(tmp_path):
-    assert "unknown method 'dpo'" in problems_of(write(tmp_path, GOOD.replace("method: d2o", "method: dpo")))[0]
+    assert (
+        "unknown method 'dpo'" in problems_of(write(tmp_path, GOOD.replace("method: d2o", "method: dpo")))[0]
+    )
     assert "method: required" in problems_of(write(tmp_path, GOOD.replace("method: d2o", "")))[0]
 
 
 def test_method_section_of_another_method_is_unknown(tmp_path):
     path = write(tmp_path, GOOD + "qcrd: {delta: 2}\n")
-    assert problems_of(path) == ["qcrd: unknown key; allowed here: " + ", ".join(sorted(D2ORecipe.model_fields))]
+    assert problems_of(path) == [
+        "qcrd: unknown key; allowed here: " + ", ".join(sorted(D2ORecipe.model_fields))
+    ]
 
 
 def test_yaml_syntax_error_names_line(tmp_path):

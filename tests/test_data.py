@@ -53,7 +53,12 @@ def convert(row):
 
 
 def test_bad_rows_error_lists_rows_and_fix():
-    rows = [{"prompt": "p", "rejected": "r"}, {"prompt": "p"}, {"prompt": "", "rejected": "r"}, {"prompt": 3, "rejected": "r"}]
+    rows = [
+        {"prompt": "p", "rejected": "r"},
+        {"prompt": "p"},
+        {"prompt": "", "rejected": "r"},
+        {"prompt": 3, "rejected": "r"},
+    ]
     with pytest.raises(DataError) as info:
         convert_rows(rows, convert, source="f.jsonl")
     text = str(info.value)

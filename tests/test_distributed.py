@@ -65,11 +65,33 @@ def test_two_process_zero_matches_one_process(tiny_model_dir, tmp_path, entry_on
     assert any(t.abs().sum() > 0 for n, t in got.items() if "lora_B" in n)
 
     tok = AutoTokenizer.from_pretrained(tiny_model_dir)
-    prompt = tok("<|user|>\nwhat is 2 plus 1?\n<|assistant|>\n", return_tensors="pt", add_special_tokens=False)
+    prompt = tok(
+        "<|user|>\nwhat is 2 plus 1?\n<|assistant|>\n", return_tensors="pt", add_special_tokens=False
+    )
     outputs = []
     for folder in ("single", "zero3"):
-        model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model_dir), tmp_path / folder / "adapter")
+        model = PeftModel.from_pretrained(
+            AutoModelForCausalLM.from_pretrained(tiny_model_dir), tmp_path / folder / "adapter"
+        )
         outputs.append(tok.decode(model.generate(**prompt, max_new_tokens=10, do_sample=False)[0]))
     assert outputs[0] == outputs[1]
     # Trained on "a plus b is a+b+1": the adapter changed the answer.
     assert "is 4." in outputs[0]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs 2 CUDA GPUs (ZeRO-3 + LoRA on real devices)")
+def test_zero3_lora_on_gpus_matches_one_gpu(tiny_model_dir, tmp_path, entry_on_path):
+    def on_gpus(out, processes, stage):
+        set_topology(Topology(gpus=processes, cpu=False, main_port=29600 + 10 * stage + processes))
+        kwargs = {"model_dir": str(tiny_model_dir), "out_dir": str(out), "stage": stage}
+        run_training("distributed_entry:train_lora", kwargs, out, needs_launcher=True)
+        return json.loads((out / "losses.json").read_text())
+
+    single = on_gpus(tmp_path / "one", 1, 0)
+    sharded = on_gpus(tmp_path / "zero3", 2, 3)
+    assert sharded == pytest.approx(single, abs=1e-4)
+    from safetensors.torch import load_file
+
+    got = load_file(tmp_path / "zero3" / "adapter" / "adapter_model.safetensors")
+    assert len(got) == 28 and all(t.numel() > 0 for t in got.values())

@@ -59,7 +59,9 @@ def test_padding_does_not_change_logps():
     model = TableModel(table)
     short = collate_sequences([([1, 2, 3], 1)], pad_id=0)
     padded = collate_sequences([([1, 2, 3], 1), ([1, 2, 3, 4, 4, 4], 1)], pad_id=0)
-    assert sequence_logps(model, *short)[0].item() == pytest.approx(sequence_logps(model, *padded)[0].item(), abs=1e-6)
+    assert sequence_logps(model, *short)[0].item() == pytest.approx(
+        sequence_logps(model, *padded)[0].item(), abs=1e-6
+    )
 
 
 def test_encode_pair_boundary_and_eos(tiny_model_dir):
@@ -84,13 +86,18 @@ def test_reference_logps_use_frozen_weights(tiny_model_dir):
 
     tok = load_tokenizer(tiny_model_dir)
     base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
-    pairs = [("<|user|>\nwhat is 2 plus 3?\n<|assistant|>\n", "2 plus 3 is 5."), ("<|user|>\nname a color.\n", "blue")]
+    pairs = [
+        ("<|user|>\nwhat is 2 plus 3?\n<|assistant|>\n", "2 plus 3 is 5."),
+        ("<|user|>\nname a color.\n", "blue"),
+    ]
     plain = batched_sequence_logps(base, tok, pairs)
-    peft_model = get_peft_model(base, LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
+    peft_model = get_peft_model(
+        base, LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
+    )
     live = batched_sequence_logps(peft_model, tok, pairs)
     frozen = batched_sequence_logps(peft_model, tok, pairs, disable_adapter=True)
     assert frozen == pytest.approx(plain, abs=1e-5)
-    assert all(abs(a - b) > 1e-4 for a, b in zip(live, plain))
+    assert all(abs(a - b) > 1e-4 for a, b in zip(live, plain, strict=True))
     # The trained tiny model knows its arithmetic: the right answer is far likelier than a wrong one.
     wrong = batched_sequence_logps(base, tok, [(pairs[0][0], "2 plus 3 is 7.")])
     assert plain[0] > wrong[0] + 2.0

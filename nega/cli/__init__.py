@@ -55,7 +55,9 @@ def method_entry(method: str):
 def run(
     recipe: str = RecipeArg,
     overrides: list[str] = OverridesArg,
-    output_dir: Path | None = typer.Option(None, "--output-dir", "-o", help="run folder (default runs/<name>)"),
+    output_dir: Path | None = typer.Option(
+        None, "--output-dir", "-o", help="run folder (default runs/<name>)"
+    ),
     gpus: int = typer.Option(1, min=1, help="training processes per node (one per GPU)"),
     nodes: int = typer.Option(1, min=1, help="machines; run the same command on each with its --node-rank"),
     node_rank: int = typer.Option(0, min=0, help="this machine's index, 0..nodes-1"),
