@@ -13,8 +13,9 @@ Stages, top to bottom:
     reflogps           reference log-probs of every self-sample (π_r⁻), negative (π_r⁺) and KTO's
                        mismatched pair under the frozen starting model, computed once and cached
     <label>-train      d2o.objective, then every d2o.compare entry, on the same samples and references
-    <label>-sample-rN  online rounds (d2o.rounds > 1, or compare's d2o_online): resample from the last
-    <label>-reflogps-rN  adapter, score references, continue training the adapter
+    <label>-rN-sample, <label>-rN-reflogps, <label>-train-rN
+                       online rounds N >= 2 (d2o.rounds > 1, or compare's d2o_online): resample from the
+                       last round's adapter, score references, continue training that adapter
     eval               toy world: its oracle over the test prompts (harmful_rate, helpful_rate, ...),
                        sampled at d2o.eval_temperature; other data: the recipe's `eval:` section
 
@@ -26,8 +27,9 @@ Deviations from the paper, and decisions where it is silent:
   (paper K = 11).
 - Online schedule (unknown in the paper): the training budget (train.max_steps or train.epochs) is split
   evenly over the rounds, so online and offline take the same number of optimizer steps; each round
-  resamples from the current adapter and continues training it. The references stay the starting
-  model unless d2o.refresh_reference, which moves both to the previous round's adapter.
+  resamples from the current adapter and continues training it (a new optimizer and LR schedule per
+  round). The references stay the starting model unless d2o.refresh_reference, which moves both to the
+  previous round's adapter.
 - filter_self_samples (off by default) drops self-samples that a harm scorer flags: the toy world's
   oracle on toy data, else the refusal lexicon of nega.rewards.harm (which flags every compliant
   answer: crude, so prefer `classifier:<model>` on real data).
