@@ -94,8 +94,20 @@ def last_checkpoint(output_dir: Path) -> str | None:
 
 
 def train_with_resume(trainer, output_dir: Path):
-    """Run `trainer.train()`, resuming optimizer, scheduler, RNG and data order from the last checkpoint."""
-    return trainer.train(resume_from_checkpoint=last_checkpoint(output_dir))
+    """Run `trainer.train()`, resuming optimizer, scheduler, RNG and data order from the last checkpoint.
+
+    Each start is recorded in `output_dir/starts.jsonl` (which checkpoint it resumed from, if any), so a
+    user or a test can see that an interrupted stage continued rather than started over.
+    """
+    import json
+    import time
+
+    checkpoint = last_checkpoint(output_dir)
+    if trainer.is_world_process_zero():
+        Path(output_dir).mkdir(parents=True, exist_ok=True)
+        with (Path(output_dir) / "starts.jsonl").open("a") as f:
+            f.write(json.dumps({"resumed_from": checkpoint, "at": time.strftime("%Y-%m-%dT%H:%M:%S")}) + "\n")
+    return trainer.train(resume_from_checkpoint=checkpoint)
 
 
 def log_history(trainer) -> list[dict]:

@@ -13,7 +13,7 @@ from nega_testing import shared_data
 from typer.testing import CliRunner
 
 from nega.cli import app
-from nega.launch import Topology, set_topology, topology
+from nega.launch import set_topology, topology
 
 pytest.importorskip("deepspeed")
 
@@ -41,7 +41,9 @@ def test_nega_run_two_processes_zero3_matches_one(tiny_model_dir, tmp_path):
     saved = topology()
     runner = CliRunner()
     try:
-        one = runner.invoke(app, ["run", "d2o-hh-harmless", *overrides(tiny_model_dir, data, tmp_path / "one", 4, 0)])
+        one = runner.invoke(
+            app, ["run", "d2o-hh-harmless", *overrides(tiny_model_dir, data, tmp_path / "one", 4, 0)]
+        )
         assert one.exit_code == 0, one.output
         results = {}
         for stage in (2, 3):
