@@ -28,6 +28,8 @@ Deviations from the paper:
   samples of earlier epochs are not kept (the paper does not say).
 - Each epoch is a separate Trainer started from the previous adapter (sampling and training never share
   a process): the LR schedule spans all epochs, the optimizer moments restart every epoch.
+  `train.max_steps` caps the steps of each epoch. With `lora.enabled: false` (the toy recipe) each
+  epoch's checkpoint is a full model folder, sampled and evaluated as a model of its own.
 - The discriminator is the student's own base model with LoRA and a pooled head, or a tiny encoder
   trained from scratch; re-training continues from the last weights for `disc_steps` steps.
 - With rationale files holding one teacher rationale per input (the PaLM files), self-consistency has
@@ -39,7 +41,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from nega.distill.qcrd import data
-from nega.distill.qcrd.trainer import LagQueue, uses_negatives
+from nega.distill.qcrd.trainer import LagQueue, checkpoint_name, sampling_target, uses_negatives
 from nega.pipeline import Run, read_jsonl, write_jsonl
 from nega.stages import base_model, evaluate, write_report
 
@@ -146,7 +148,7 @@ def train_student(
                 "nega.distill.qcrd.trainer:train_epoch", kwargs, stage.dir, needs_launcher=needs_launcher
             )
             stage.finish(counts={"examples": len(epoch_examples), "epoch": epoch})
-        adapter, last_train = str(stage.dir / "adapter"), stage
+        adapter, last_train = str(stage.dir / checkpoint_name(recipe.lora)), stage
         queue.push(epoch + 1, adapter)
     return adapter
 
@@ -165,10 +167,11 @@ def negatives_stage(
         return stage
     from nega.sampling import make_sampler
 
-    sampler = make_sampler(model_path, recipe.sampling, max_lora_rank=recipe.lora.r)
+    target, adapter = sampling_target(model_path, source, recipe.lora)
+    sampler = make_sampler(target, recipe.sampling, max_lora_rank=recipe.lora.r)
     try:
         rows = data.sample_self_negatives(
-            sampler, examples, adapter=source, temperature=recipe.qcrd.negative_temperature,
+            sampler, examples, adapter=adapter, temperature=recipe.qcrd.negative_temperature,
             top_p=recipe.sampling.top_p, max_tokens=recipe.sampling.max_tokens, seed=recipe.seed * 1000 + epoch,
             description=f"self-adversarial negatives (epoch {epoch})",
         )  # fmt: skip
@@ -236,4 +239,12 @@ def evaluate_students(
 
     columns = [{"label": label} for label in labels] * (len(prompts) // len(labels))
     config = {"split": split, "questions": len(records)}
-    return evaluate(run, name, model_path, adapters, prompts, score, columns=columns, config=config)
+    if recipe.lora.enabled:  # one sampler, one adapter per call
+        return evaluate(run, name, model_path, adapters, prompts, score, columns=columns, config=config)
+    table = {}
+    for label, folder in adapters.items():  # full fine-tuning: every student is a model folder
+        target, _ = sampling_target(model_path, folder, recipe.lora)
+        table |= evaluate(
+            run, f"{name}-{label}", target, {label: None}, prompts, score, columns=columns, config=config
+        )
+    return table

@@ -187,7 +187,8 @@ def train_epoch(
     adapter: str | None = None,
 ) -> str:
     """Train the student one epoch on `examples_path` (JSONL) from `adapter` (None = a fresh LoRA) and
-    save the adapter to `<output_dir>/adapter`. JSON-able arguments, so it also runs under
+    save it to `<output_dir>/adapter`. With `lora.enabled: false`, `adapter` is the previous epoch's full
+    model folder and the result goes to `<output_dir>/model`. JSON-able arguments, so it also runs under
     `nega.launch.run_training` on every rank."""
     from nega.config import RECIPE
     from nega.distill.qcrd.data import MultiTaskCollator
@@ -198,7 +199,10 @@ def train_epoch(
     cfg = RECIPE.validate_python(recipe)
     examples = read_jsonl(Path(examples_path))
     output_dir = Path(output_dir)
-    model, tokenizer = load_policy(model_path, cfg.model, cfg.lora, adapter=adapter)
+    if cfg.lora.enabled:
+        model, tokenizer = load_policy(model_path, cfg.model, cfg.lora, adapter=adapter)
+    else:
+        model, tokenizer = load_policy(adapter or model_path, cfg.model, cfg.lora)
     per_epoch = steps_per_epoch(len(examples), cfg.train, topology().world_size)
     checkpoints = output_dir / "checkpoints"
     args = training_arguments(cfg.train, checkpoints, seed=cfg.seed + epoch, max_steps=per_epoch)
@@ -217,6 +221,20 @@ def train_epoch(
     )
     train_with_resume(trainer, checkpoints)
     if is_main_process():
-        save_adapter(trainer.model, tokenizer, output_dir / "adapter")
+        save_adapter(trainer.model, tokenizer, output_dir / checkpoint_name(cfg.lora))
         write_json(output_dir / "log_history.json", log_history(trainer))
-    return str(output_dir / "adapter")
+    return str(output_dir / checkpoint_name(cfg.lora))
+
+
+def checkpoint_name(lora_cfg) -> str:
+    return "adapter" if lora_cfg.enabled else "model"
+
+
+def sampling_target(model_path: str, checkpoint: str | None, lora_cfg) -> tuple[str, str | None]:
+    """(model folder, LoRA adapter or None) that a sampler needs to sample a student checkpoint.
+
+    A LoRA checkpoint rides on the base model; a full fine-tuned one is a model folder of its own.
+    """
+    if checkpoint is None or lora_cfg.enabled:
+        return model_path, checkpoint
+    return checkpoint, None

@@ -148,3 +148,15 @@ def test_steps_per_epoch_covers_every_example_once():
     assert steps_per_epoch(100, TrainConfig(batch_size=8, grad_accum=2)) == 7
     assert steps_per_epoch(100, TrainConfig(batch_size=8, max_steps=3)) == 3
     assert steps_per_epoch(100, TrainConfig(batch_size=8), world_size=2) == 7
+
+
+def test_checkpoints_ride_on_the_base_with_lora_and_stand_alone_without():
+    from nega.config import LoraConfig
+    from nega.distill.qcrd.trainer import checkpoint_name, sampling_target
+
+    lora, full = LoraConfig(), LoraConfig(enabled=False)
+    assert checkpoint_name(lora) == "adapter" and checkpoint_name(full) == "model"
+    assert sampling_target("base", None, lora) == ("base", None)
+    assert sampling_target("base", "run/e0/adapter", lora) == ("base", "run/e0/adapter")
+    assert sampling_target("base", None, full) == ("base", None)
+    assert sampling_target("base", "run/e0/model", full) == ("run/e0/model", None)
