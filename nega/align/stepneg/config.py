@@ -19,7 +19,9 @@ class StepNegConfig(BaseModel):
         description="more objectives trained on the same data and evaluated beside `loss`",
     )
     beta: float = Field(0.1, gt=0)
-    sft_epochs: float = Field(3.0, gt=0)
+    sft_epochs: float = Field(
+        3.0, gt=0, description="SFT and RFT epochs (train.max_steps is the train stage's)"
+    )
     sft_lr: float | None = Field(
         None, gt=0, description="learning rate of the SFT and RFT stages (default train.lr)"
     )

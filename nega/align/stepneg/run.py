@@ -131,8 +131,10 @@ def load_problems(recipe, model_path: str):
 
 
 def sft_overrides(recipe) -> dict:
+    """SFT and RFT run `stepneg.sft_epochs` epochs at `stepneg.sft_lr`; train.max_steps is the train stage's."""
     return {
         "num_train_epochs": recipe.stepneg.sft_epochs,
+        "max_steps": -1,
         "learning_rate": recipe.stepneg.sft_lr or recipe.train.lr,
     }
 
