@@ -54,12 +54,14 @@ def run(recipe, run: Run) -> dict[str, dict[str, float]]:
 
     with LazySampler(pi_sft, recipe) as sampler:
         # rft: N samples, verified-correct kept and deduplicated.
-        rft_samples = sample_and_verify(
-            run, "rft-sample", sampler, prompts, verify, cfg.rft_samples, 0, [merge]
-        )
+        rft_samples = []
+        if cfg.rft:
+            rft_samples = sample_and_verify(
+                run, "rft-sample", sampler, prompts, verify, cfg.rft_samples, 0, [merge]
+            )
         # negatives: M samples, incorrect kept.
         samples = sample_and_verify(run, "negatives", sampler, prompts, verify, cfg.negatives, 1, [merge])
-        positives = pool_positives([rft_samples, samples] if cfg.rft else [samples])
+        positives = pool_positives([rft_samples, samples])
         # advantages: per-step values by rollouts from π_sft, and the first pit.
         advantages, negatives = advantages_stage(run, sampler, prompts, verify, samples, positives)
 
