@@ -81,6 +81,7 @@ DataFormat = Literal[
 
 class DataConfig(Strict):
     dataset: str | None = Field(None, description="hub dataset id, or 'toy' for the toy world's data")
+    config: str | None = Field(None, description="configuration of a hub dataset, e.g. main of openai/gsm8k")
     data_dir: str | None = Field(
         None, description="subfolder of a hub dataset, e.g. harmless-base of Anthropic/hh-rlhf"
     )

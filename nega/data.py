@@ -68,11 +68,13 @@ def _read_jsonl(path: Path) -> list[dict]:
     return rows
 
 
-def load_hub_dataset(name: str, split: str, data_dir: str | None = None) -> list[dict]:
+def load_hub_dataset(
+    name: str, split: str, data_dir: str | None = None, config: str | None = None
+) -> list[dict]:
     try:
         from datasets import load_dataset
 
-        return [dict(r) for r in load_dataset(name, split=split, data_dir=data_dir)]
+        return [dict(r) for r in load_dataset(name, config, split=split, data_dir=data_dir)]
     except Exception as exc:  # datasets raises many types; all mean "not loadable here"
         raise DataError(
             f"dataset {name!r} (split {split!r}) could not be loaded: {type(exc).__name__}: {exc}. "
@@ -92,9 +94,9 @@ def load_rows(data_cfg, *, toy_cfg=None, seed: int = 0, split: str | None = None
         n = toy_cfg.n_train if split == "train" else toy_cfg.n_test
         rows, source = world.rows(split, n), f"toy world {toy_cfg.world!r} ({split})"
     else:
-        data_dir = getattr(data_cfg, "data_dir", None)
-        where = f"{data_cfg.dataset}/{data_dir}" if data_dir else data_cfg.dataset
-        rows, source = load_hub_dataset(data_cfg.dataset, split, data_dir), f"{where} ({split})"
+        where = "/".join(filter(None, [data_cfg.dataset, data_cfg.config, data_cfg.data_dir]))
+        rows = load_hub_dataset(data_cfg.dataset, split, data_cfg.data_dir, data_cfg.config)
+        source = f"{where} ({split})"
     if data_cfg.fields:
         rows = [rename_fields(r, data_cfg.fields) for r in rows]
     if data_cfg.limit is not None:

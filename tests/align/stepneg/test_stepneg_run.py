@@ -55,12 +55,11 @@ def _gsm8k_overrides(tiny_model_dir, data, backend="hf"):
 
 
 def test_stepneg_gsm8k_recipe_validates_and_runs_on_the_tiny_model(tiny_model_dir, tmp_path, monkeypatch):
-    from nega_testing import shared_data
 
     from nega.align.stepneg.run import run
 
-    shared_data("gsm8k", "train.jsonl")  # the recipe as shipped points at it
     shipped = load_recipe("stepneg-gsm8k")
+    assert (shipped.data.dataset, shipped.data.config) == ("openai/gsm8k", "main")
     assert (
         shipped.stepneg.negatives == 8
         and shipped.stepneg.best_of == 5
