@@ -101,7 +101,7 @@ def test_toy_qcrd_runs_every_objective_and_draws_negatives_from_the_lagged_stude
     assert read_json(stages["qcrd-e0-negatives"] / "manifest.json")["source"] == "start"
     assert read_json(stages["qcrd-e1-negatives"] / "manifest.json")["source"] == "start"
     assert read_json(stages["qcrd-e2-negatives"] / "manifest.json")["source"] == str(
-        stages["qcrd-e0-train"] / "adapter"
+        stages["qcrd-e0-train"] / "model"  # toy-qcrd fine-tunes fully
     )
     assert "label_only-e0-negatives" not in stages and "step_by_step-e1-negatives" not in stages
     assert "qcrd_no_disc-e1-negatives" in stages and "qcrd_no_disc-e1-discriminator" not in stages
