@@ -106,7 +106,8 @@ def batched_sequence_logps(
 
     eos_flags = [add_eos] * len(pairs) if isinstance(add_eos, bool) else list(add_eos)
     encoded = [
-        encode_pair(tokenizer, p, r, add_eos=e, max_length=max_length) for (p, r), e in zip(pairs, eos_flags, strict=True)
+        encode_pair(tokenizer, p, r, add_eos=e, max_length=max_length)
+        for (p, r), e in zip(pairs, eos_flags, strict=True)
     ]
     order = sorted(range(len(encoded)), key=lambda i: len(encoded[i][0]))
     out = [0.0] * len(encoded)
@@ -124,6 +125,57 @@ def batched_sequence_logps(
             advance(len(idx))
     model.train(was_training)
     return out
+
+
+def reference_logps(
+    model_path: str,
+    model_cfg,
+    pairs: list[tuple[str, str]],
+    eos: list[bool],
+    *,
+    adapter: str | None = None,
+    cache=None,
+    batch_size: int = 16,
+    chunk: int = 512,
+    description: str = "reference log-probs",
+) -> list[float]:
+    """Summed response log-probs of (rendered prompt, response) pairs under frozen reference weights.
+
+    The reference is a plain model folder (`adapter=None`: the starting model, or a merged π_sft) or that
+    model with a finished adapter on top (e.g. online D²O with `refresh_reference`). It is loaded here,
+    frozen and used under no_grad, never the live policy. Values go through `cache` (a `LogpCache`)
+    chunk by chunk, so a killed stage resumes where it stopped.
+    """
+    from nega.models import load_base_model, load_tokenizer
+
+    identity = f"{model_path}|{adapter}"
+    keys = [content_key(identity, p, r, e) for (p, r), e in zip(pairs, eos, strict=True)]
+    known = dict(cache.values) if cache is not None else {}
+    todo = [i for i, k in enumerate(keys) if k not in known]
+    if todo:
+        tokenizer = load_tokenizer(model_path, model_cfg)
+        model = load_base_model(model_path, model_cfg)
+        if adapter is not None:
+            from peft import PeftModel
+
+            model = PeftModel.from_pretrained(model, str(adapter), is_trainable=False)
+        model.requires_grad_(False)
+        for start in range(0, len(todo), chunk):
+            idx = todo[start : start + chunk]
+            values = batched_sequence_logps(
+                model,
+                tokenizer,
+                [pairs[i] for i in idx],
+                add_eos=[eos[i] for i in idx],
+                max_length=model_cfg.max_length,
+                batch_size=batch_size,
+                description=description,
+            )
+            new = {keys[i]: v for i, v in zip(idx, values, strict=True)}
+            known.update(new)
+            if cache is not None:
+                cache.add(new)
+    return [known[k] for k in keys]
 
 
 def content_key(model_id: str, prompt: str, response: str, add_eos: bool = True) -> str:

@@ -12,7 +12,7 @@ import torch
 
 from nega.align.d2o.loss import d2o_loss, dpo_loss, ga_loss, kto_undesirable_loss
 from nega.launch import guarded_trainer_class
-from nega.logps import sequence_logps
+from nega.logps import reference_logps, sequence_logps  # noqa: F401  (reference_logps: used by run.py)
 
 
 def d2o_objective(logps: torch.Tensor, batch: dict, alpha: float, beta: float):
@@ -98,56 +98,6 @@ class D2OTrainer(guarded_trainer_class()):
                 logs[f"{self.objective}/{key}"] = sum(values) / len(values)
             self._pending_metrics.clear()
         super().log(logs, start_time)
-
-
-def reference_logps(
-    model_path: str,
-    model_cfg,
-    pairs: list[tuple[str, str]],
-    eos: list[bool],
-    *,
-    adapter: str | None = None,
-    cache=None,
-    batch_size: int = 16,
-    chunk: int = 512,
-) -> list[float]:
-    """Summed response log-probs of (rendered prompt, response) pairs under frozen reference weights.
-
-    The reference is the starting model (`adapter=None`, loaded without any LoRA) or the starting model
-    with a finished round's adapter (online D²O with `refresh_reference`). Values go through `cache`
-    (a `LogpCache`) chunk by chunk, so a killed stage resumes where it stopped.
-    """
-    from nega.logps import batched_sequence_logps, content_key
-    from nega.models import load_base_model, load_tokenizer
-
-    identity = f"{model_path}|{adapter}"
-    keys = [content_key(identity, p, r, e) for (p, r), e in zip(pairs, eos, strict=True)]
-    known = dict(cache.values) if cache is not None else {}
-    todo = [i for i, k in enumerate(keys) if k not in known]
-    if todo:
-        tokenizer = load_tokenizer(model_path, model_cfg)
-        model = load_base_model(model_path, model_cfg)
-        if adapter is not None:
-            from peft import PeftModel
-
-            model = PeftModel.from_pretrained(model, str(adapter), is_trainable=False)
-        model.requires_grad_(False)
-        for start in range(0, len(todo), chunk):
-            idx = todo[start : start + chunk]
-            values = batched_sequence_logps(
-                model,
-                tokenizer,
-                [pairs[i] for i in idx],
-                add_eos=[eos[i] for i in idx],
-                max_length=model_cfg.max_length,
-                batch_size=batch_size,
-                description="reference log-probs",
-            )
-            new = {keys[i]: v for i, v in zip(idx, values, strict=True)}
-            known.update(new)
-            if cache is not None:
-                cache.add(new)
-    return [known[k] for k in keys]
 
 
 def train_policy(

@@ -16,7 +16,7 @@ import torch
 from nega.align.stepneg.data import PairCollator, StepCollator
 from nega.align.stepneg.loss import awr_loss, dpo_loss
 from nega.launch import guarded_trainer_class
-from nega.logps import sequence_logps, token_logps
+from nega.logps import reference_logps, sequence_logps, token_logps
 
 
 def step_logps(
@@ -82,52 +82,13 @@ class StepNegTrainer(guarded_trainer_class()):
         super().log(logs, start_time)
 
 
-def reference_logps(
-    model_path: str,
-    model_cfg,
-    pairs: list[tuple[str, str]],
-    eos: list[bool],
-    cache=None,
-    batch_size: int = 16,
-) -> list[float]:
-    """Summed response log-probs under π_sft (the plain model folder, no adapter), under no_grad.
-
-    `cache` (a `LogpCache`) keeps finished values, so a killed stage resumes where it stopped.
-    """
-    from nega.logps import batched_sequence_logps, content_key
-    from nega.models import load_base_model, load_tokenizer
-
-    keys = [content_key(str(model_path), p, r, e) for (p, r), e in zip(pairs, eos, strict=True)]
-    known = dict(cache.values) if cache is not None else {}
-    todo = [i for i, k in enumerate(keys) if k not in known]
-    if todo:
-        tokenizer = load_tokenizer(model_path, model_cfg)
-        model = load_base_model(model_path, model_cfg)
-        model.requires_grad_(False)
-        chunk = 512
-        for start in range(0, len(todo), chunk):
-            idx = todo[start : start + chunk]
-            values = batched_sequence_logps(
-                model,
-                tokenizer,
-                [pairs[i] for i in idx],
-                add_eos=[eos[i] for i in idx],
-                max_length=model_cfg.max_length,
-                batch_size=batch_size,
-                description="reference log-probs (pi_sft)",
-            )
-            new = {keys[i]: v for i, v in zip(idx, values, strict=True)}
-            known.update(new)
-            if cache is not None:
-                cache.add(new)
-    return [known[k] for k in keys]
-
-
 def attach_reference_logps(examples: list[dict], model_path: str, model_cfg, cache=None) -> list[dict]:
     """DPO examples with `ref_chosen` and `ref_rejected` filled from π_sft."""
     pairs = [(e["prompt"], e["chosen"]) for e in examples] + [(e["prompt"], e["rejected"]) for e in examples]
     eos = [True] * len(examples) + [bool(e["rejected_eos"]) for e in examples]
-    values = reference_logps(model_path, model_cfg, pairs, eos, cache=cache)
+    values = reference_logps(
+        model_path, model_cfg, pairs, eos, cache=cache, description="reference log-probs (pi_sft)"
+    )
     n = len(examples)
     return [{**e, "ref_chosen": values[i], "ref_rejected": values[n + i]} for i, e in enumerate(examples)]
 
