@@ -51,7 +51,7 @@ format: $(STAMP)
 
 bench: $(STAMP)
 	for script in benchmarks/quality_*.py benchmarks/bench_*.py; do \
-	  [ -f "$$script" ] && $(BIN)/python "$$script" || exit 1; done
+	  if [ -f "$$script" ]; then $(BIN)/python "$$script" || exit 1; fi; done
 
 clean:
 	rm -rf runs .pytest_cache
