@@ -70,3 +70,36 @@ def test_help_is_fast():
         check=True,
     )
     assert heavy.stdout.strip() == "[]"
+
+
+def test_sample_command_writes_samples_and_skips_when_rerun(tiny_model_dir, tmp_path, monkeypatch):
+    import json
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "p.jsonl").write_text(
+        "".join(json.dumps({"question": q}) + "\n" for q in ["what is 2 plus 3?", "name a color."])
+    )
+    (tmp_path / "r.yaml").write_text(
+        f"name: s\nmethod: d2o\nmodel: {{name: {tiny_model_dir}}}\ndata: {{path: p.jsonl}}\n"
+        "sampling: {backend: hf, n: 2, temperature: 0, max_tokens: 12}\n"
+    )
+    result = runner.invoke(app, ["sample", "r.yaml"])
+    assert result.exit_code == 0, result.output
+    rows = [
+        json.loads(line) for line in (tmp_path / "runs/s/01-sample/samples.jsonl").read_text().splitlines()
+    ]
+    assert [r["completions"] for r in rows] == [["2 plus 3 is 5."] * 2, ["blue"] * 2]
+    manifest = (tmp_path / "runs/s/01-sample/manifest.json").read_text()
+    again = runner.invoke(app, ["sample", "r.yaml"])
+    assert again.exit_code == 0 and (tmp_path / "runs/s/01-sample/manifest.json").read_text() == manifest
+
+
+def test_sample_command_reports_bad_rows(tiny_model_dir, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "p.jsonl").write_text('{"text": "no prompt column"}\n')
+    (tmp_path / "r.yaml").write_text(
+        f"name: s\nmethod: d2o\nmodel: {{name: {tiny_model_dir}}}\ndata: {{path: p.jsonl}}\n"
+    )
+    result = runner.invoke(app, ["sample", "r.yaml"])
+    assert result.exit_code == 2
+    assert "row 1: missing field 'prompt'" in result.output and "data.fields" in result.output
