@@ -11,13 +11,13 @@ from pathlib import Path
 
 import pytest
 
-SHARED_DATA = Path(os.environ.get("NEGA_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
+SHARED_DATA = Path(
+    os.environ.get("NEGA_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data")
+)
 
 # A small corpus with enough structure that a trained tiny model gives varied, checkable outputs.
 CORPUS_PAIRS = [
-    (f"what is {a} plus {b}?", f"{a} plus {b} is {a + b}.")
-    for a in range(10)
-    for b in range(10)
+    (f"what is {a} plus {b}?", f"{a} plus {b} is {a + b}.") for a in range(10) for b in range(10)
 ] + [
     ("name a color.", "blue"),
     ("name an animal.", "a cat"),
