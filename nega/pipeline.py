@@ -13,6 +13,7 @@ Files are written to a temporary name and renamed, so a kill never leaves a half
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -37,8 +38,19 @@ def hash_value(value: Any) -> str:
 
 
 def hash_file(path: Path) -> str:
+    """sha256 of a file's bytes, remembered per (path, size, mtime) within the process.
+
+    Every stage that lists a model folder as input hashes it, and a finished stage re-hashes its own
+    files when checked; for multi-GB weights that would be the same read many times over a run.
+    """
+    stat = Path(path).stat()
+    return _hash_file(str(Path(path).resolve()), stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=4096)
+def _hash_file(path: str, size: int, mtime_ns: int) -> str:
     digest = hashlib.sha256()
-    with Path(path).open("rb") as f:
+    with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
