@@ -152,17 +152,10 @@ def sample(
     typer.echo(f"[nega] samples: {path}", err=True)
 
 
-def _register_optional(module: str) -> None:
-    """Sub-command groups living in their own modules (evaluation, hub); each adds itself to `app`."""
-    try:
-        importlib.import_module(module).register(app)
-    except ModuleNotFoundError as exc:
-        if exc.name != module:
-            raise
-
-
+# Sub-command groups living in their own modules (evaluation, Hub); each adds itself to `app`.
+# They import their heavy dependencies inside the commands, so start-up stays instant.
 for _module in ("nega.cli.eval", "nega.cli.push"):
-    _register_optional(_module)
+    importlib.import_module(_module).register(app)
 
 
 def main() -> None:
