@@ -145,6 +145,11 @@ class TrainConfig(Strict):
     logging_steps: int = Field(10, ge=1)
     gradient_checkpointing: bool = False
     bf16: bool = False
+    prefix_sharing: bool = Field(
+        True,
+        description="compute each prompt once for all of its responses in a step (one packed row with a "
+        "block attention mask); off, or with flash attention, every response gets its own padded row",
+    )
     deepspeed: DeepSpeedConfig = Field(default_factory=DeepSpeedConfig)
 
 

@@ -56,19 +56,32 @@ def collate_sequences(
     return input_ids, attention, response
 
 
-def token_logps(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """log p(label) per position, as `logit[label] - logsumexp(logits)`.
+def _wide(t: torch.Tensor) -> torch.Tensor:
+    """`t` in float32, or float64 when it already is: half-precision logits are summed in float32."""
+    return t.to(torch.promote_types(t.dtype, torch.float32))
 
-    logits [B, T, V], labels [B, T] -> [B, T]. Never materialises the [B, T, V] log-softmax; positions
-    are processed in chunks so peak memory stays at one chunk's logsumexp workspace.
+
+def log_normalizers(logits: torch.Tensor) -> torch.Tensor:
+    """logsumexp over the vocabulary per position, [..., V] -> [...], in float32 (or float64).
+
+    Positions go through in chunks, so peak memory stays at one chunk's float32 workspace and the
+    full log-softmax is never materialised.
     """
-    picked = torch.gather(logits, -1, labels.clamp_min(0).unsqueeze(-1)).squeeze(-1)
     flat = logits.reshape(-1, logits.size(-1))
     chunk = max(1, (1 << 22) // max(1, logits.size(-1)))
     norm = torch.cat(
-        [torch.logsumexp(flat[i : i + chunk].float(), dim=-1) for i in range(0, flat.size(0), chunk)]
+        [torch.logsumexp(_wide(flat[i : i + chunk]), dim=-1) for i in range(0, flat.size(0), chunk)]
     )
-    return picked.float() - norm.view(labels.shape)
+    return norm.view(logits.shape[:-1])
+
+
+def token_logps(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """log p(label) per position, as `logit[label] - logsumexp(logits)`.
+
+    logits [B, T, V], labels [B, T] -> [B, T].
+    """
+    picked = torch.gather(logits, -1, labels.clamp_min(0).unsqueeze(-1)).squeeze(-1)
+    return _wide(picked) - log_normalizers(logits)
 
 
 def sequence_logps(
@@ -84,6 +97,129 @@ def sequence_logps(
     mask = response_mask[:, 1:] & attention_mask[:, 1:].bool()
     per_token = token_logps(logits, labels)
     return (per_token * mask).sum(-1)
+
+
+def pack_shared_prompts(encoded: Sequence[tuple[list[int], int]], pad_id: int) -> dict[str, torch.Tensor]:
+    """Pack `(ids, prompt_len)` pairs so each distinct prompt is computed once.
+
+    Pairs with identical prompt ids form one row: the prompt, then every response of that prompt back
+    to back. A block mask lets each response see the prompt and its own earlier tokens only, and each
+    response's positions continue from the prompt's, so every response token has exactly the context
+    (and rotary positions) it would have in its own padded row. A response's first token is predicted
+    from the prompt's last position, which all responses of the row share.
+
+    Returns tensors for `packed_sequence_logps`:
+        packed_ids, packed_positions, packed_segments [R, T]   (segment -1 padding, 0 prompt, j response j)
+        label_row, label_src, label_token, label_seq  [M]      one entry per response token: its row, the
+                                                               position predicting it, its id, its pair
+        packed_count  [1]                                      number of pairs
+    """
+    rows: dict[tuple[int, ...], int] = {}
+    prompts: list[list[int]] = []
+    members: list[list[int]] = []
+    for n, (ids, prompt_len) in enumerate(encoded):
+        if prompt_len < 1:
+            raise ValueError(f"pair {n} has an empty prompt; packing needs at least one prompt token")
+        key = tuple(ids[:prompt_len])
+        if key not in rows:
+            rows[key] = len(prompts)
+            prompts.append(list(key))
+            members.append([])
+        members[rows[key]].append(n)
+
+    row_ids, row_pos, row_seg = [], [], []
+    label_row, label_src, label_token, label_seq = [], [], [], []
+    for r, (prompt, pairs) in enumerate(zip(prompts, members, strict=True)):
+        ids, pos, seg = list(prompt), list(range(len(prompt))), [0] * len(prompt)
+        for j, n in enumerate(pairs, start=1):
+            full, prompt_len = encoded[n]
+            response = full[prompt_len:]
+            for i, token in enumerate(response):
+                label_row.append(r)
+                label_src.append(len(prompt) - 1 if i == 0 else len(ids) - 1)
+                label_token.append(token)
+                label_seq.append(n)
+                ids.append(token)
+                pos.append(len(prompt) + i)
+                seg.append(j)
+        row_ids.append(ids)
+        row_pos.append(pos)
+        row_seg.append(seg)
+
+    width = max(len(ids) for ids in row_ids)
+    packed_ids = torch.full((len(row_ids), width), pad_id, dtype=torch.long)
+    packed_pos = torch.zeros((len(row_ids), width), dtype=torch.long)
+    packed_seg = torch.full((len(row_ids), width), -1, dtype=torch.long)
+    for r, (ids, pos, seg) in enumerate(zip(row_ids, row_pos, row_seg, strict=True)):
+        packed_ids[r, : len(ids)] = torch.tensor(ids, dtype=torch.long)
+        packed_pos[r, : len(pos)] = torch.tensor(pos, dtype=torch.long)
+        packed_seg[r, : len(seg)] = torch.tensor(seg, dtype=torch.long)
+    as_long = lambda values: torch.tensor(values, dtype=torch.long)  # noqa: E731
+    return {
+        "packed_ids": packed_ids,
+        "packed_positions": packed_pos,
+        "packed_segments": packed_seg,
+        "label_row": as_long(label_row),
+        "label_src": as_long(label_src),
+        "label_token": as_long(label_token),
+        "label_seq": as_long(label_seq),
+        "packed_count": as_long([len(encoded)]),
+    }
+
+
+def block_attention_mask(segments: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """[R, 1, T, T] mask from packed segments: query q sees key k ≤ q when k is in the prompt (segment 0)
+    or in q's own segment. A padding query sees only itself, so no softmax row is empty.
+
+    `dtype=torch.bool` gives True where attention is allowed (SDPA's form); a float dtype gives the
+    additive form (0 allowed, the dtype's minimum blocked) that eager attention adds to its scores.
+    """
+    length = segments.size(1)
+    causal = torch.ones(length, length, dtype=torch.bool, device=segments.device).tril()
+    query, key = segments.unsqueeze(2), segments.unsqueeze(1)
+    allowed = causal & ((key == 0) | (key == query)) & (key >= 0) & (query >= 0)
+    eye = torch.eye(length, dtype=torch.bool, device=segments.device)
+    allowed = allowed | (eye & (query < 0))
+    if dtype == torch.bool:
+        return allowed.unsqueeze(1)
+    mask = torch.zeros(allowed.shape, dtype=dtype, device=segments.device)
+    return mask.masked_fill_(~allowed, torch.finfo(dtype).min).unsqueeze(1)
+
+
+def attention_implementation(model) -> str:
+    """The attention kernel of `model`, looking through DDP/DeepSpeed wrappers."""
+    while not hasattr(model, "config") and hasattr(model, "module"):
+        model = model.module
+    return getattr(getattr(model, "config", None), "_attn_implementation", None) or "eager"
+
+
+def supports_packing(model) -> bool:
+    """Whether `model` takes the custom 4D mask packing needs (eager and SDPA attention do;
+    flash-attention kernels take no arbitrary mask)."""
+    return attention_implementation(model) in ("eager", "sdpa")
+
+
+def packed_sequence_logps(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Summed response log-probs [N] of the pairs packed by `pack_shared_prompts`, in their input order.
+
+    Equal to `sequence_logps` on the unpacked pairs up to float rounding; each prompt is computed once.
+    """
+    if attention_implementation(model) == "sdpa":
+        dtype = torch.bool
+    else:
+        dtype = next(p for p in model.parameters() if p.is_floating_point()).dtype
+    mask = block_attention_mask(batch["packed_segments"], dtype)
+    logits = model(
+        input_ids=batch["packed_ids"],
+        attention_mask=mask,
+        position_ids=batch["packed_positions"],
+        use_cache=False,
+    ).logits
+    row, src = batch["label_row"], batch["label_src"]
+    per_token = _wide(logits[row, src, batch["label_token"]]) - log_normalizers(logits)[row, src]
+    count = int(batch["packed_count"].reshape(-1)[0])
+    out = torch.zeros(count, dtype=per_token.dtype, device=logits.device)
+    return out.index_add(0, batch["label_seq"], per_token)
 
 
 def batched_sequence_logps(

@@ -10,10 +10,14 @@ import torch
 from nega.logps import (
     LogpCache,
     batched_sequence_logps,
+    block_attention_mask,
     collate_sequences,
     content_key,
     encode_pair,
+    pack_shared_prompts,
+    packed_sequence_logps,
     sequence_logps,
+    supports_packing,
     token_logps,
 )
 
@@ -112,3 +116,98 @@ def test_logp_cache_roundtrip_and_torn_line(tmp_path):
         f.write('{"k": "torn", "v"')
     again = LogpCache(tmp_path / "c.jsonl")
     assert again[k1] == -1.5 and again.missing([k1, k2]) == [k2]
+
+
+# --- prefix sharing: each prompt computed once for all of its responses --------------------------------
+
+
+def test_pack_shared_prompts_layout_by_hand():
+    # Two pairs share prompt [5, 6]; a third has prompt [7].
+    encoded = [([5, 6, 1, 2], 2), ([7, 3], 1), ([5, 6, 4], 2)]
+    packed = pack_shared_prompts(encoded, pad_id=0)
+    assert packed["packed_ids"].tolist() == [[5, 6, 1, 2, 4], [7, 3, 0, 0, 0]]
+    # Both responses of row 0 continue from position 2, as in their own rows.
+    assert packed["packed_positions"].tolist() == [[0, 1, 2, 3, 2], [0, 1, 0, 0, 0]]
+    assert packed["packed_segments"].tolist() == [[0, 0, 1, 1, 2], [0, 1, -1, -1, -1]]
+    # Row by row: token 1 (pair 0) and token 4 (pair 2) are both predicted from the prompt's last
+    # position (1), token 2 from token 1's position (2); pair 1's token 3 from row 1 position 0.
+    assert packed["label_row"].tolist() == [0, 0, 0, 1]
+    assert packed["label_src"].tolist() == [1, 2, 1, 0]
+    assert packed["label_token"].tolist() == [1, 2, 4, 3]
+    assert packed["label_seq"].tolist() == [0, 0, 2, 1]
+    assert packed["packed_count"].tolist() == [3]
+
+
+def test_block_attention_mask_by_hand():
+    segments = torch.tensor([[0, 0, 1, 1, 2, -1]])
+    allowed = block_attention_mask(segments, torch.bool)[0, 0].int().tolist()
+    assert allowed == [
+        [1, 0, 0, 0, 0, 0],  # prompt: causal
+        [1, 1, 0, 0, 0, 0],
+        [1, 1, 1, 0, 0, 0],  # response 1 sees the prompt and itself
+        [1, 1, 1, 1, 0, 0],
+        [1, 1, 0, 0, 1, 0],  # response 2 sees the prompt, not response 1
+        [0, 0, 0, 0, 0, 1],  # padding sees only itself (no empty softmax row)
+    ]
+    additive = block_attention_mask(segments, torch.float32)[0, 0]
+    assert torch.equal(additive == 0, torch.tensor(allowed, dtype=torch.bool))
+    assert additive.min().item() == torch.finfo(torch.float32).min
+
+
+def test_pack_rejects_empty_prompt():
+    with pytest.raises(ValueError, match="pair 1 has an empty prompt"):
+        pack_shared_prompts([([1, 2], 1), ([3], 0)], pad_id=0)
+
+
+def _pairs_sharing_prompts(tokenizer):
+    prompts = ["hello there", "what is two plus two", "hi"]
+    responses = ["four", "I can help with that question", "no", "two plus two is four"]
+    return [
+        encode_pair(tokenizer, p, r, add_eos=(i % 2 == 0)) for p in prompts for i, r in enumerate(responses)
+    ]
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("attention", ["sdpa", "eager"])
+def test_packed_logps_equal_plain_logps_and_gradients(tiny_model_dir, attention, dtype):
+    """Prefix sharing trades no correctness: the same values and gradients as one padded row per pair.
+
+    Summed log-probs here reach -250, where one float32 ulp is 1.5e-5, so the 1e-5 bound is checked in
+    float64 (where the two agree to ~1e-12) and float32 is held to float32 rounding (relative 1e-6).
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, attn_implementation=attention).to(dtype)
+    assert supports_packing(model)
+    # Shuffled so the pairs of one prompt are not adjacent: packing must restore the input order.
+    encoded = _pairs_sharing_prompts(tokenizer)
+    encoded = [encoded[i] for i in [5, 0, 11, 3, 8, 1, 10, 2, 7, 4, 9, 6]]
+
+    ids, attn, resp = collate_sequences(encoded, tokenizer.pad_token_id)
+    plain = sequence_logps(model, ids, attn, resp)
+    plain.sum().backward()
+    plain_grads = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+
+    packed_batch = pack_shared_prompts(encoded, tokenizer.pad_token_id)
+    assert packed_batch["packed_ids"].size(0) == 3  # one row per distinct prompt
+    packed = packed_sequence_logps(model, packed_batch)
+    packed.sum().backward()
+
+    assert packed.shape == plain.shape
+    if dtype == torch.float64:
+        assert (packed - plain.double()).abs().max().item() < 1e-5
+    else:
+        assert torch.allclose(packed, plain, rtol=1e-6, atol=1e-5)
+    for a, b in zip(plain_grads, (p.grad for p in model.parameters()), strict=True):
+        assert torch.allclose(a, b, atol=1e-4, rtol=1e-4)
+
+
+def test_flash_attention_models_are_not_packed():
+    model = torch.nn.Linear(2, 2)
+    model.config = type("Config", (), {"_attn_implementation": "flash_attention_2"})()
+    assert not supports_packing(model)
+    wrapped = torch.nn.Module()
+    wrapped.module = model  # DDP-style wrapper without a config of its own
+    assert not supports_packing(wrapped)

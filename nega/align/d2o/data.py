@@ -26,6 +26,8 @@ A training example joins a row with its K self-samples and the cached reference 
 
 `D2OCollator` turns a list of examples into one flat batch of sequences (every self-sample and every
 negative of the batch's prompts) plus index tensors that gather the flat log-probs back into [B, K].
+With `pack=True` the sequences are packed by prompt (`nega.logps.pack_shared_prompts`): a prompt's
+K self-samples, its negative and its KL pair share one row, and the prompt is computed once.
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ from dataclasses import dataclass
 import torch
 
 from nega.data import DataError, convert_rows, load_rows, require_text
-from nega.logps import collate_sequences, encode_pair
+from nega.logps import collate_sequences, encode_pair, pack_shared_prompts
 
 ROLES = {"Human": "user", "Assistant": "assistant"}
 _HH_TURN = re.compile(r"\n\n(Human|Assistant):")
@@ -195,7 +197,8 @@ USES_KL_PAIRS = {"d2o": False, "dpo_self": False, "ga": False, "kto_neg": True}
 class D2OCollator:
     """Examples -> one flat batch of sequences + index tensors; see the module docstring.
 
-    Output: `input_ids`, `attention_mask`, `response_mask` [N, T] over the flat sequences;
+    Output: `input_ids`, `attention_mask`, `response_mask` [N, T] over the flat sequences (with `pack`,
+    the `pack_shared_prompts` tensors instead);
     `self_index`, `self_mask`, `ref_self_logps` [B, K_max]; `neg_index`, `ref_neg_logps` [B];
     with KL pairs also `kl_index`, `ref_kl_logps` [B]. Padding slots of `self_index` point at row 0
     and are masked.
@@ -204,6 +207,7 @@ class D2OCollator:
     tokenizer: object
     objective: str = "d2o"
     max_length: int | None = None
+    pack: bool = False
 
     def __call__(self, examples: list[dict]) -> dict[str, torch.Tensor]:
         used = SELF_SAMPLES_USED[self.objective]
@@ -228,7 +232,15 @@ class D2OCollator:
                 encoded.append(
                     encode_pair(self.tokenizer, ex["prompt"], ex["kl_response"], max_length=self.max_length)
                 )
-        input_ids, attention_mask, response_mask = collate_sequences(encoded, self.tokenizer.pad_token_id)
+        if self.pack:
+            sequences = pack_shared_prompts(encoded, self.tokenizer.pad_token_id)
+        else:
+            input_ids, attention_mask, response_mask = collate_sequences(encoded, self.tokenizer.pad_token_id)
+            sequences = {
+                "input_ids": input_ids,
+                "attention_mask": attention_mask,
+                "response_mask": response_mask,
+            }
         width = max(1, max(len(s) for s in self_slots))
         self_index = torch.zeros(len(examples), width, dtype=torch.long)
         self_mask = torch.zeros(len(examples), width, dtype=torch.bool)
@@ -238,9 +250,7 @@ class D2OCollator:
             self_mask[b, : len(slots)] = True
             ref_self[b, : len(slots)] = torch.tensor(ex["ref_self"][: len(slots)], dtype=torch.float32)
         batch = {
-            "input_ids": input_ids,
-            "attention_mask": attention_mask,
-            "response_mask": response_mask,
+            **sequences,
             "self_index": self_index,
             "self_mask": self_mask,
             "ref_self_logps": ref_self,

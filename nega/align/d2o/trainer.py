@@ -1,5 +1,8 @@
 """D²O training step: one policy forward over the batch's self-samples and negatives, then `loss.py`.
 
+With `train.prefix_sharing` (the default) the forward packs each prompt with all of its responses into
+one row, so a prompt with K self-samples is computed once rather than K + 1 times.
+
 Reference log-probs arrive in the batch, computed once by the reflogps stage from frozen weights;
 nothing here scores the reference, so a live policy can never stand in for it.
 """
@@ -12,7 +15,12 @@ import torch
 
 from nega.align.d2o.loss import d2o_loss, dpo_loss, ga_loss, kto_undesirable_loss
 from nega.launch import guarded_trainer_class
-from nega.logps import reference_logps, sequence_logps  # noqa: F401  (reference_logps: used by run.py)
+from nega.logps import (  # noqa: F401  (reference_logps: used by run.py)
+    packed_sequence_logps,
+    reference_logps,
+    sequence_logps,
+    supports_packing,
+)
 
 
 def d2o_objective(logps: torch.Tensor, batch: dict, alpha: float, beta: float):
@@ -86,7 +94,12 @@ class D2OTrainer(guarded_trainer_class()):
         self._pending_metrics: dict[str, list[float]] = defaultdict(list)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        logps = sequence_logps(model, inputs["input_ids"], inputs["attention_mask"], inputs["response_mask"])
+        if "packed_ids" in inputs:
+            logps = packed_sequence_logps(model, inputs)
+        else:
+            logps = sequence_logps(
+                model, inputs["input_ids"], inputs["attention_mask"], inputs["response_mask"]
+            )
         loss, metrics = self.objective_fn(logps, inputs, self.alpha, self.beta)
         for key, value in metrics.items():
             self._pending_metrics[key].append(float(value))
@@ -126,7 +139,12 @@ def train_policy(
         model=model,
         args=args,
         train_dataset=examples,
-        data_collator=D2OCollator(tokenizer, objective, recipe.model.max_length),
+        data_collator=D2OCollator(
+            tokenizer,
+            objective,
+            recipe.model.max_length,
+            pack=recipe.train.prefix_sharing and supports_packing(model),
+        ),
         objective=objective,
         alpha=recipe.d2o.alpha,
         beta=recipe.d2o.beta,

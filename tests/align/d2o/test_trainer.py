@@ -150,3 +150,33 @@ def test_reference_cache_is_reused(tiny_model_dir, tmp_path, monkeypatch):
         str(tiny_model_dir), recipe.model, pairs, eos, cache=LogpCache(tmp_path / "ref.jsonl")
     )
     assert again == first
+
+
+@pytest.mark.parametrize("objective", ["d2o", "kto_neg"])
+def test_prefix_sharing_gives_the_unpacked_loss_and_gradients(tiny_model_dir, tmp_path, objective):
+    """One packed row per prompt (self-samples, negative and KL pair together) changes no number."""
+    from nega.align.d2o.data import D2OCollator
+    from nega.align.d2o.trainer import OBJECTIVES
+    from nega.logps import packed_sequence_logps, sequence_logps
+    from nega.models import load_policy
+
+    recipe = _recipe(tiny_model_dir, tmp_path, objective)
+    examples = _examples(tiny_model_dir, recipe)
+    model, tokenizer = load_policy(str(tiny_model_dir), recipe.model, recipe.lora)
+    results = []
+    for pack in (False, True):
+        batch = D2OCollator(tokenizer, objective, 64, pack=pack)(examples)
+        if pack:
+            assert batch["packed_ids"].size(0) == len(examples)
+            logps = packed_sequence_logps(model, batch)
+        else:
+            logps = sequence_logps(model, batch["input_ids"], batch["attention_mask"], batch["response_mask"])
+        loss, _ = OBJECTIVES[objective](logps, batch, 0.5, 0.5)
+        model.zero_grad()
+        loss.backward()
+        grads = [p.grad.clone() for p in model.parameters() if p.requires_grad]
+        results.append((loss.item(), grads))
+    (plain_loss, plain_grads), (packed_loss, packed_grads) = results
+    assert packed_loss == pytest.approx(plain_loss, rel=1e-5, abs=1e-6)
+    for a, b in zip(plain_grads, packed_grads, strict=True):
+        assert torch.allclose(a, b, atol=1e-5, rtol=1e-4)
