@@ -271,18 +271,24 @@ class Discriminator:
         return hits / max(1, len(positives) + len(negatives))
 
     def save(self, path: Path) -> Path:
-        """The trainable weights (adapters + head, or the whole encoder)."""
+        """The trainable weights (adapters + head, or the whole encoder) as safetensors: no pickle."""
+        from safetensors.torch import save_file
+
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         trainable = {n for n, p in self.module.named_parameters() if p.requires_grad}
-        state = {k: v.detach().cpu() for k, v in self.module.state_dict().items() if k in trainable}
+        state = {
+            k: v.detach().cpu().contiguous() for k, v in self.module.state_dict().items() if k in trainable
+        }
         tmp = path.with_name(f".{path.name}.tmp")
-        torch.save(state, tmp)
+        save_file(state, str(tmp))
         tmp.replace(path)
         return path
 
     def load(self, path: Path) -> Discriminator:
-        state = torch.load(Path(path), map_location=self.device, weights_only=True)
+        from safetensors.torch import load_file
+
+        state = load_file(str(path), device=str(self.device))
         missing = set(state) - set(self.module.state_dict())
         if missing:
             raise ValueError(f"{path}: weights {sorted(missing)[:3]} do not fit this discriminator backbone")

@@ -194,6 +194,7 @@ def discriminator_stage(
     config = {
         "epoch": epoch,
         "trains": due,
+        "weights": "safetensors",  # was a torch pickle: discriminator stages of older runs rerun
         **cfg.model_dump(include={f for f in type(cfg).model_fields if f.startswith("disc_")}),
     }
     stage = run.stage(f"qcrd-e{epoch}-discriminator", config=config, inputs=inputs)
@@ -203,13 +204,13 @@ def discriminator_stage(
     disc = Discriminator.build(cfg.disc_backbone, tokenizer, model_path=model_path, model_cfg=recipe.model,
                                lora_cfg=recipe.lora, lr=cfg.disc_lr, seed=recipe.seed)  # fmt: skip
     if previous is not None:
-        disc.load(Path(previous.dir) / "discriminator.pt")
+        disc.load(Path(previous.dir) / "discriminator.safetensors")
     fit = {}
     if due:
         pos, neg = rationale_pairs(examples, "positives"), rationale_pairs(examples, "negatives")
         fit = disc.fit(pos, neg, steps=cfg.disc_steps, batch_size=cfg.disc_batch_size, seed=recipe.seed + epoch,
                        augment_rate=cfg.disc_augment_rate, description=f"discriminator (epoch {epoch})")  # fmt: skip
-    disc.save(stage.dir / "discriminator.pt")
+    disc.save(stage.dir / "discriminator.safetensors")
     write_jsonl(stage.dir / "examples.jsonl", with_scores(disc, examples))
     return stage.finish(counts={"examples": len(examples)}, fit=fit)
 

@@ -99,7 +99,7 @@ def test_student_backbone_discriminator_trains_and_round_trips(tokenizer, tmp_pa
         if name in frozen:
             assert torch.equal(param, frozen[name]), name
     before = disc.scores(held_pos[:4])
-    path = disc.save(tmp_path / "disc.pt")
+    path = disc.save(tmp_path / "disc.safetensors")
     fresh = Discriminator.build(
         "student", tokenizer, model_path=model_dir, lora_cfg=LoraConfig(r=8, alpha=16), seed=5
     )
