@@ -155,9 +155,20 @@ class TrainConfig(Strict):
 
 class HarmEvalConfig(Strict):
     prompts: str = Field("advbench", description="advbench | hh-harmless | xstest | toy | path to jsonl/csv")
-    scorer: str = Field("refusal", description="refusal | toy | classifier:<model> | judge:<model>")
+    scorer: str = Field(
+        "refusal",
+        description="refusal | toy | classifier:<model> | judge:<model> | module:function "
+        "(your own `(prompts, completions, **columns) -> list[float]`; nega imports and runs that code)",
+    )
     limit: int | None = Field(100, ge=1)
     max_tokens: int = Field(128, ge=1)
+
+    @field_validator("scorer")
+    @classmethod
+    def _known_scorer(cls, v: str) -> str:
+        from nega.rewards.harm import check_scorer_spec
+
+        return check_scorer_spec(v)
 
 
 class ReasoningEvalConfig(Strict):

@@ -49,7 +49,9 @@ def harm(
         "advbench", "--prompts", help="advbench | hh-harmless | xstest | toy | path to jsonl/csv"
     ),
     scorer: str = typer.Option(
-        "refusal", "--scorer", help="refusal | toy | classifier:<model>[?harmful_label=L] | judge:<model>"
+        "refusal",
+        "--scorer",
+        help="refusal | toy | classifier:<model>[?harmful_label=L] | judge:<model> | module:function (runs your code)",
     ),
     limit: int | None = LimitOpt,
     max_tokens: int = typer.Option(128, "--max-tokens", min=1, help="tokens per answer"),

@@ -20,6 +20,11 @@ Chosen by a spec string (`harm.scorer` in a recipe, `--scorer` on the command li
   (upper case, one space); anything else is unparseable and scores NaN, which the evaluation counts
   and reports as `unparsed`, never folding it into either side.
 - `toy` — the toy harm world's oracle (`is_harmful`: the `[unsafe]` tag or a forbidden tool).
+- `module:function` — your own scorer, e.g. `my_scorers:harm_score`: nega imports `my_scorers` (it
+  must be importable, e.g. with `PYTHONPATH=.`) and calls the function with the signature above, so
+  this runs your code, at validation and at every scoring. The built-in names `classifier` and `judge`
+  win over a module of that name. Only a spec naming a module and a function is imported, never a bare
+  name.
 
 Scorers with per-sample detail (classifier probability, judge output) keep it in `last_details`; the
 ones holding a model free it in `close()`.
@@ -312,13 +317,61 @@ def parse_scorer_spec(spec: str) -> tuple[str, str | None, dict[str, str]]:
     return name.strip(), (model.strip() or None), dict(parse_qsl(query, keep_blank_values=True))
 
 
+SCORER_CHOICES = "refusal, toy, classifier:<model>, judge:<model> or module:function (your own code)"
+_USER_FUNCTION = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*")
+
+
+def user_function(spec: str) -> Callable:
+    """The function a `module:function` spec names, imported; ScorerSpecError when it cannot be."""
+    import importlib
+
+    module_name, _, function_name = spec.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        raise ScorerSpecError(
+            f"harm scorer {spec!r}: cannot import {module_name!r} ({exc}); "
+            "make it importable, e.g. run nega with PYTHONPATH set to the folder holding it"
+        ) from None
+    except Exception as exc:  # the user's module failed while importing: show what it raised
+        raise ScorerSpecError(
+            f"harm scorer {spec!r}: importing {module_name!r} failed: {type(exc).__name__}: {exc}"
+        ) from None
+    function = getattr(module, function_name, None)
+    if function is None:
+        raise ScorerSpecError(f"harm scorer {spec!r}: module {module_name!r} has no {function_name!r}")
+    if not callable(function):
+        raise ScorerSpecError(
+            f"harm scorer {spec!r}: {function_name!r} is a {type(function).__name__}, not a function"
+        )
+    return function
+
+
+def is_user_function(spec: str) -> bool:
+    return parse_scorer_spec(spec)[0] not in HARM_SCORERS and _USER_FUNCTION.fullmatch(spec) is not None
+
+
+def check_scorer_spec(spec: str) -> str:
+    """`spec` when it names a scorer (importing a `module:function` one), else ScorerSpecError.
+
+    For recipe validation: a typo fails before any stage runs, not at the evaluation.
+    """
+    if is_user_function(spec):
+        user_function(spec)
+        return spec
+    name, model, _ = parse_scorer_spec(spec)
+    if name in HARM_SCORERS and (model is not None) == isinstance(HARM_SCORERS[name], type):
+        return spec
+    raise ScorerSpecError(f"unknown harm scorer {spec!r}; choose {SCORER_CHOICES}")
+
+
 def make_harm_scorer(spec: str, *, sampling_cfg=None, sampler=None):
     """A scorer from its spec string; ScorerSpecError naming the spec and the choices when it is wrong."""
+    if is_user_function(spec):
+        return user_function(spec)
     name, model, options = parse_scorer_spec(spec)
     if name not in HARM_SCORERS:
-        raise ScorerSpecError(
-            f"unknown harm scorer {spec!r}; choose refusal, toy, classifier:<model> or judge:<model>"
-        )
+        raise ScorerSpecError(f"unknown harm scorer {spec!r}; choose {SCORER_CHOICES}")
     factory = HARM_SCORERS[name]
     if not isinstance(factory, type):
         if model or options:

@@ -228,3 +228,53 @@ def test_real_tiny_model_as_judge(tiny_model_dir):
         judge.close()
     assert len(scores) == 2 and all(math.isnan(s) for s in scores)
     assert all(isinstance(d["judge_output"], str) and not d["judge_parsed"] for d in judge.last_details)
+
+
+@pytest.fixture
+def user_scorers(tmp_path, monkeypatch):
+    """Modules of a user's own scorers, importable from tmp_path."""
+    import sys
+
+    (tmp_path / "user_scorers.py").write_text(
+        "THRESHOLD = 0.5\n\n\n"
+        "def harm_score(prompts, completions, **columns):\n"
+        "    return [1.0 if 'bomb' in c else 0.0 for c in completions]\n"
+    )
+    (tmp_path / "broken_scorers.py").write_text("raise RuntimeError('needs a GPU')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    yield
+    for name in ("user_scorers", "broken_scorers"):
+        sys.modules.pop(name, None)
+
+
+def test_user_scorer_by_module_and_function(user_scorers):
+    scorer = make_harm_scorer("user_scorers:harm_score")
+    assert scorer(["p", "p"], ["a bomb recipe", "no"]) == [1.0, 0.0]
+    items = [{"prompt": "p", "label": "harmful", "category": ""}]
+    scored = score_answers(HarmSet("s", items, "s"), {"x": (["a bomb"], ["stop"])}, scorer, scorer_name="u")
+    assert scored["x"][0]["harmful"]["rate"] == 1.0
+    for bad, message in [
+        ("user_scorers:missing", "module 'user_scorers' has no 'missing'"),
+        ("user_scorers:THRESHOLD", "'THRESHOLD' is a float, not a function"),
+        ("no_such_scorers_module:f", "cannot import 'no_such_scorers_module'.*PYTHONPATH"),
+        ("broken_scorers:f", "importing 'broken_scorers' failed: RuntimeError: needs a GPU"),
+        ("user_scorers", "unknown harm scorer"),  # a bare name is never imported
+    ]:
+        with pytest.raises(ScorerSpecError, match=message):
+            make_harm_scorer(bad)
+
+
+def test_recipes_name_user_scorers_and_validation_names_the_key(user_scorers):
+    from nega.config import RecipeError, load_recipe
+
+    recipe = load_recipe("toy-d2o", ["eval.harm.scorer=user_scorers:harm_score"])
+    assert recipe.eval.harm.scorer == "user_scorers:harm_score"
+    recipe = load_recipe("toy-d2o", ["d2o.filter_scorer=user_scorers:harm_score"])
+    assert recipe.d2o.filter_scorer == "user_scorers:harm_score"
+    for key in ("eval.harm.scorer", "d2o.filter_scorer"):
+        with pytest.raises(RecipeError) as caught:
+            load_recipe("toy-d2o", [f"{key}=user_scorers:missing"])
+        assert caught.value.problems == [
+            f"{key}: harm scorer 'user_scorers:missing': module 'user_scorers' has no 'missing' "
+            "(got 'user_scorers:missing')"
+        ]

@@ -29,7 +29,7 @@ class D2OConfig(BaseModel):
     filter_self_samples: bool = Field(False, description="drop self-samples that the harm scorer flags")
     filter_scorer: str = Field(
         "auto", description="harm scorer for filter_self_samples: auto (toy oracle on toy data, else refusal), "
-        "toy, refusal, classifier:<model>, judge:<model>"
+        "toy, refusal, classifier:<model>, judge:<model>, or module:function, which imports and runs your code"
     )  # fmt: skip
     compare: list[Literal["d2o", "ga", "dpo_self", "kto_neg", "d2o_online"]] = Field(
         default_factory=list,
@@ -46,7 +46,6 @@ class D2OConfig(BaseModel):
     @classmethod
     def _known_scorer(cls, v: str) -> str:
         # Checked here so a typo fails at validation, not after the sampling stage has run.
-        name, sep, model = v.partition(":")
-        if v in ("auto", "toy", "refusal") or (name in ("classifier", "judge") and sep and model.strip()):
-            return v
-        raise ValueError("choose auto, toy, refusal, classifier:<model> or judge:<model>")
+        from nega.rewards.harm import check_scorer_spec
+
+        return v if v == "auto" else check_scorer_spec(v)
