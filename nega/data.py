@@ -32,6 +32,9 @@ def read_table(path: str | Path) -> list[dict]:
                 value = next((v for v in value.values() if isinstance(v, list)), None)
             if not isinstance(value, list):
                 raise DataError(f"{path}: expected a JSON list of rows (or an object holding one)")
+            for number, row in enumerate(value, start=1):
+                if not isinstance(row, dict):
+                    raise DataError(f"{path}: row {number} is a {type(row).__name__}, expected an object")
             return value
         if suffix == ".csv":
             with path.open(encoding="utf-8", newline="") as f:

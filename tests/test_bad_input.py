@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import yaml
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from nega.config import RecipeError, load_recipe
@@ -107,3 +107,150 @@ def test_random_file_bytes_read_or_raise_one_data_error(tmp_path, blob, suffix):
         read_table(path)
     except DataError as exc:
         assert str(path) in str(exc)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Each method's data loader, from a file of random rows: rows, or one DataError naming the file (and the
+# row, when one row is at fault), whatever the rows hold and whether bad rows are skipped or an error.
+
+COLUMNS = [
+    "prompt", "rejected", "chosen", "messages", "kind", "question", "problem", "solution", "answer",
+    "label", "id", "rationale", "rationales", "teacher_rationales", "is_response_0_safe",
+    "is_response_1_safe", "response_0", "response_1", "safer_response_id", "better_response_id",
+]  # fmt: skip
+texts = st.one_of(
+    st.text(max_size=20),
+    st.sampled_from(["", " ", "\n\nHuman: hi\n\nAssistant: no", "#### 4", "\\boxed{3}", "the answer is 2"]),
+)
+messages = st.lists(
+    st.one_of(
+        st.fixed_dictionaries(
+            {
+                "role": st.sampled_from(["user", "assistant", "system", 3]),
+                "content": st.one_of(texts, st.none()),
+            }
+        ),
+        texts,
+        st.none(),
+    ),
+    max_size=3,
+)
+rationales = st.lists(
+    st.one_of(
+        texts,
+        st.none(),
+        st.fixed_dictionaries({"text": st.one_of(texts, st.integers())}, optional={"answer": scalars}),
+    ),
+    max_size=3,
+)
+cells = st.one_of(
+    scalars, texts, messages, rationales, st.dictionaries(st.sampled_from(COLUMNS), scalars, max_size=2)
+)
+file_rows = st.lists(
+    st.one_of(st.dictionaries(st.sampled_from(COLUMNS), cells, max_size=7), scalars),
+    min_size=1,
+    max_size=5,
+)
+
+
+def data_file(tmp_path, rows, suffix) -> str:
+    """`rows` as a jsonl file (objects only: other lines are a read error) or one json list."""
+    import json
+
+    path = tmp_path / f"rows{suffix}"
+    if suffix == ".jsonl":
+        path.write_text("".join(json.dumps(r) + "\n" for r in rows if isinstance(r, dict)) or "{}\n")
+    else:
+        path.write_text(json.dumps(rows))
+    return str(path)
+
+
+def assert_names_file_and_row(exc: DataError, path: str) -> None:
+    message = str(exc)
+    assert path in message and "row" in message, message
+
+
+loader_settings = settings(
+    max_examples=120, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+
+
+@loader_settings
+@given(
+    rows=file_rows,
+    suffix=st.sampled_from([".jsonl", ".json"]),
+    fmt=st.sampled_from(["auto", "prompt-rejected", "messages", "hh-rlhf", "pku-saferlhf", "toy"]),
+    skip=st.booleans(),
+)
+@example(
+    rows=[
+        {
+            "prompt": "p",
+            "is_response_0_safe": False,
+            "is_response_1_safe": False,
+            "response_0": "a",
+            "response_1": "b",
+            "safer_response_id": float("inf"),
+        }
+    ],
+    suffix=".jsonl",
+    fmt="auto",
+    skip=False,
+)
+@example(rows=[None], suffix=".json", fmt="auto", skip=True)
+def test_d2o_loader_on_random_rows(tmp_path, rows, suffix, fmt, skip):
+    from nega.align.d2o.data import load_negatives
+
+    path = data_file(tmp_path, rows, suffix)
+    mode = "skip" if skip else "error"
+    recipe = load_recipe(
+        "d2o-hh-harmless", [f"data.path={path}", f"data.format={fmt}", f"data.on_bad_row={mode}"]
+    )
+    try:
+        kept, _, counts = load_negatives(recipe)
+    except DataError as exc:
+        assert_names_file_and_row(exc, path)
+    else:
+        assert kept and counts["kept"] == len(kept)
+        assert all(isinstance(r["rejected"], str) and r["rejected"].strip() for r in kept)
+        assert all(r["prompt"] and r["prompt"][-1]["role"] == "user" for r in kept)
+
+
+@loader_settings
+@given(rows=file_rows, suffix=st.sampled_from([".jsonl", ".json"]), skip=st.booleans())
+@example(rows=[{"question": "q", "answer": 4}, None], suffix=".json", skip=True)
+def test_stepneg_loader_on_random_rows(tiny_model_dir, tmp_path, rows, suffix, skip):
+    from nega.align.stepneg.run import load_problems
+
+    path = data_file(tmp_path, rows, suffix)
+    mode = "skip" if skip else "error"
+    recipe = load_recipe("stepneg-gsm8k", [f"data.path={path}", f"data.on_bad_row={mode}", "data.limit=null"])
+    try:
+        problems, prompts, verify = load_problems(recipe, str(tiny_model_dir))
+    except DataError as exc:
+        assert_names_file_and_row(exc, path)
+    else:
+        assert problems and len(prompts) == len(problems)
+        assert all(isinstance(p["answer"], str) and p["answer"].strip() for p in problems)
+        assert [verify(i, "the answer is 0") in (True, False) for i in range(len(problems))]
+
+
+@loader_settings
+@given(rows=file_rows, suffix=st.sampled_from([".jsonl", ".json"]), skip=st.booleans())
+@example(rows=[{"question": "q", "label": 5, "rationale": "r"}], suffix=".jsonl", skip=False)
+@example(rows=[{"question": "q", "rationales": [{"text": "t", "answer": [1]}]}], suffix=".jsonl", skip=False)
+def test_qcrd_loader_on_random_rows(tmp_path, rows, suffix, skip):
+    from nega.distill.qcrd.data import answer_by_pattern, load_teacher_records, split_by_consistency
+
+    path = data_file(tmp_path, rows, suffix)
+    mode = "skip" if skip else "error"
+    recipe = load_recipe("qcrd-svamp", [f"data.path={path}", f"data.on_bad_row={mode}"])
+    try:
+        records, _ = load_teacher_records(recipe.data, answer_of=answer_by_pattern(r"answer is (\S+)"))
+    except DataError as exc:
+        assert_names_file_and_row(exc, path)
+    else:
+        assert records
+        for consistency in ("majority", "gold"):
+            examples = [split_by_consistency(r, consistency) for r in records]
+            assert all(isinstance(t, str) for e in examples for t in e["positives"] + e["negatives"])

@@ -128,10 +128,9 @@ def from_pku_saferlhf(row: dict) -> dict | None:
     if len(unsafe) == 2:
         # safer_response_id names the safer of the pair; better_response_id (helpfulness) only as a fallback.
         key = "safer_response_id" if row.get("safer_response_id") is not None else "better_response_id"
-        safer = int(row[key])
-        if safer not in (0, 1):
+        if row[key] not in (0, 1, "0", "1"):
             raise ValueError(f"field {key!r} must be 0 or 1, got {row[key]!r}")
-        unsafe = [1 - safer]
+        unsafe = [1 - int(row[key])]
     return {"prompt": _as_messages(row["prompt"]), "rejected": require_text(row, f"response_{unsafe[0]}")}
 
 
@@ -144,7 +143,7 @@ CONVERTERS: dict[str, Callable[[dict], dict | None]] = {
 }
 
 
-def detect_format(row: dict) -> str:
+def detect_format(row: dict, source: str = "data") -> str:
     """The format of a row, from its columns; a DataError lists the columns when none fits."""
     if "is_response_0_safe" in row and "response_0" in row:
         return "pku-saferlhf"
@@ -155,7 +154,7 @@ def detect_format(row: dict) -> str:
     if isinstance(row.get("rejected"), str) and row["rejected"].lstrip(" ").startswith("\n\nHuman:"):
         return "hh-rlhf"
     raise DataError(
-        f"cannot tell the data format from the columns {sorted(row)}; set data.format to one of "
+        f"{source}: cannot tell the data format from the columns of row 1 {sorted(row)}; set data.format to one of "
         f"{', '.join(CONVERTERS)}, or map your columns to prompt/rejected with data.fields"
     )
 
@@ -165,7 +164,7 @@ def load_negatives(recipe, split: str | None = None) -> tuple[list[dict], str, d
     rows, source = load_rows(recipe.data, toy_cfg=recipe.toy, seed=recipe.seed, split=split)
     fmt = recipe.data.format
     if fmt == "auto":
-        fmt = detect_format(rows[0])
+        fmt = detect_format(rows[0], source)
     if fmt not in CONVERTERS:
         raise DataError(f"data.format {fmt!r} is not a negatives format; D²O reads {', '.join(CONVERTERS)}")
     converted, bad = convert_rows(

@@ -254,13 +254,22 @@ def record_from_row(row: dict, index: int, answer_of: Callable[[str], str | None
             item = {"text": item, "answer": answer_of(item) if answer_of else None}
         if not isinstance(item, dict) or not isinstance(item.get("text"), str):
             raise TypeError("each rationale must be text or an object with a 'text' field")
-        rationales.append({"text": item["text"], "answer": item.get("answer")})
+        rationales.append({"text": item["text"], "answer": answer_text(item.get("answer"))})
     return {
         "id": str(row.get("id", index)),
         "question": question,
         "label": None if label is None else str(label),
         "rationales": rationales,
     }
+
+
+def answer_text(answer) -> str | None:
+    """A rationale's answer as text: numbers (a numeric label column) become their text."""
+    if isinstance(answer, int | float) and not isinstance(answer, bool):
+        return str(answer)
+    if answer is not None and not isinstance(answer, str):
+        raise TypeError(f"a rationale's answer must be text or a number, got {type(answer).__name__}")
+    return answer
 
 
 # ---------------------------------------------------------------- distilling step-by-step files
