@@ -323,14 +323,20 @@ def content_key(model_id: str, prompt: str, response: str, add_eos: bool = True)
 class LogpCache:
     """Reference log-probs keyed by content hash, persisted as JSONL (append-only, crash-safe).
 
-    A torn last line from a kill is ignored on load; everything before it is kept.
+    A torn last line from a kill is dropped on load (the file is cut back to its last complete line, so
+    the next append starts on a line of its own); everything before it is kept.
     """
 
     def __init__(self, path: Path):
         self.path = Path(path)
         self.values: dict[str, float] = {}
         if self.path.exists():
-            for line in self.path.read_text().splitlines():
+            data = self.path.read_bytes()
+            if data and not data.endswith(b"\n"):
+                data = data[: data.rfind(b"\n") + 1]
+                with self.path.open("r+b") as f:
+                    f.truncate(len(data))
+            for line in data.decode("utf-8", errors="replace").splitlines():
                 try:
                     row = json.loads(line)
                 except json.JSONDecodeError:

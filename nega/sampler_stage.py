@@ -18,13 +18,27 @@ def prompt_of(row: dict) -> Prompt:
         if isinstance(value, str) and value.strip():
             return [{"role": "user", "content": value}]
         if isinstance(value, list) and value:
-            return value
+            return _checked_messages(value, key)
     messages = row.get("messages")
     if isinstance(messages, list) and messages:
-        if messages[-1].get("role") == "assistant":
+        messages = _checked_messages(messages, "messages")
+        if messages[-1]["role"] == "assistant":
             messages = messages[:-1]
         return messages
     raise KeyError("prompt")
+
+
+def _checked_messages(messages: list, key: str) -> list[dict]:
+    for turn in messages:
+        if not (
+            isinstance(turn, dict)
+            and isinstance(turn.get("role"), str)
+            and isinstance(turn.get("content"), str)
+        ):
+            raise ValueError(
+                f"{key!r} must be a list of {{'role': str, 'content': str}} messages, got {turn!r:.80}"
+            )
+    return messages
 
 
 def sample_prompts(run: Run, adapter: str | None = None) -> Path:

@@ -103,3 +103,15 @@ def test_sample_command_reports_bad_rows(tiny_model_dir, tmp_path, monkeypatch):
     result = runner.invoke(app, ["sample", "r.yaml"])
     assert result.exit_code == 2
     assert "row 1: missing field 'prompt'" in result.output and "data.fields" in result.output
+
+
+def test_sample_command_reports_malformed_messages(tiny_model_dir, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "p.jsonl").write_text('{"messages": ["hi", 3]}\n')
+    (tmp_path / "r.yaml").write_text(
+        f"name: s\nmethod: d2o\nmodel: {{name: {tiny_model_dir}}}\ndata: {{path: p.jsonl}}\n"
+    )
+    result = runner.invoke(app, ["sample", "r.yaml"])
+    assert result.exit_code == 2, result.output
+    assert "row 1" in result.output and "'messages' must be a list of" in result.output
+    assert "Traceback" not in result.output

@@ -116,6 +116,9 @@ def test_logp_cache_roundtrip_and_torn_line(tmp_path):
         f.write('{"k": "torn", "v"')
     again = LogpCache(tmp_path / "c.jsonl")
     assert again[k1] == -1.5 and again.missing([k1, k2]) == [k2]
+    # The torn line is cut away, so the next append is not glued onto it and survives a reload.
+    again.add({k2: -2.5})
+    assert LogpCache(tmp_path / "c.jsonl").values == {k1: -1.5, k2: -2.5}
 
 
 # --- prefix sharing: each prompt computed once for all of its responses --------------------------------
