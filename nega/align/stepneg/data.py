@@ -25,7 +25,7 @@ import random
 
 import torch
 
-from nega.logps import collate_sequences, encode_pair
+from nega.logps import collate_sequences, encode_pair, pack_shared_prompts
 
 
 def problem_of(row: dict) -> dict:
@@ -179,11 +179,14 @@ class PairCollator:
     """DPO batches: chosen rows then rejected rows in one [2B, T] batch, with their reference log-probs.
 
     Example keys: prompt (rendered), chosen, rejected, rejected_eos, ref_chosen, ref_rejected.
+    With `pack`, rows are packed by prompt (`nega.logps.pack_shared_prompts`): a problem's prompt is
+    computed once for the chosen and rejected responses of all of its pairs in the batch.
     """
 
-    def __init__(self, tokenizer, max_length: int | None = None):
+    def __init__(self, tokenizer, max_length: int | None = None, pack: bool = False):
         self.tokenizer = tokenizer
         self.max_length = max_length
+        self.pack = pack
 
     def __call__(self, examples: list[dict]) -> dict[str, torch.Tensor]:
         encoded = [
@@ -200,11 +203,13 @@ class PairCollator:
             )
             for e in examples
         ]
-        ids, attention, response = collate_sequences(encoded, self.tokenizer.pad_token_id)
+        if self.pack:
+            sequences = pack_shared_prompts(encoded, self.tokenizer.pad_token_id)
+        else:
+            ids, attention, response = collate_sequences(encoded, self.tokenizer.pad_token_id)
+            sequences = {"input_ids": ids, "attention_mask": attention, "response_mask": response}
         return {
-            "input_ids": ids,
-            "attention_mask": attention,
-            "response_mask": response,
+            **sequences,
             "ref_chosen": torch.tensor([e["ref_chosen"] for e in examples], dtype=torch.float32),
             "ref_rejected": torch.tensor([e["ref_rejected"] for e in examples], dtype=torch.float32),
         }

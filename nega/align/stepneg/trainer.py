@@ -16,7 +16,7 @@ import torch
 from nega.align.stepneg.data import PairCollator, StepCollator
 from nega.align.stepneg.loss import awr_loss, dpo_loss
 from nega.launch import guarded_trainer_class
-from nega.logps import reference_logps, sequence_logps, token_logps
+from nega.logps import packed_sequence_logps, reference_logps, sequence_logps, supports_packing, token_logps
 
 
 def step_logps(
@@ -36,7 +36,10 @@ def step_logps(
 
 def pair_objective(model, batch: dict, beta: float, clip: float):
     """Per-step or outcome DPO: the collator put chosen rows first, rejected rows second."""
-    logps = sequence_logps(model, batch["input_ids"], batch["attention_mask"], batch["response_mask"])
+    if "packed_ids" in batch:
+        logps = packed_sequence_logps(model, batch)
+    else:
+        logps = sequence_logps(model, batch["input_ids"], batch["attention_mask"], batch["response_mask"])
     half = batch["ref_chosen"].size(0)
     return dpo_loss(logps[:half], logps[half:], batch["ref_chosen"], batch["ref_rejected"], beta)
 
@@ -50,6 +53,13 @@ def awr_objective(model, batch: dict, beta: float, clip: float):
 
 OBJECTIVES = {"dpo": pair_objective, "outcome_dpo": pair_objective, "awr": awr_objective}
 COLLATORS = {"dpo": PairCollator, "outcome_dpo": PairCollator, "awr": StepCollator}
+
+
+def collator(loss: str, tokenizer, max_length: int | None, pack: bool):
+    """The batch collator of `loss`; the DPO pair losses pack by prompt when `pack` is set."""
+    if COLLATORS[loss] is PairCollator:
+        return PairCollator(tokenizer, max_length, pack=pack)
+    return COLLATORS[loss](tokenizer, max_length)
 
 
 class StepNegTrainer(guarded_trainer_class()):
@@ -122,7 +132,9 @@ def train_policy(
         model=model,
         args=args,
         train_dataset=examples,
-        data_collator=COLLATORS[loss](tokenizer, recipe.model.max_length),
+        data_collator=collator(
+            loss, tokenizer, recipe.model.max_length, recipe.train.prefix_sharing and supports_packing(model)
+        ),
         loss=loss,
         beta=recipe.stepneg.beta,
         awr_clip=recipe.stepneg.awr_clip,

@@ -103,3 +103,25 @@ def test_reference_logps_come_from_the_plain_model_and_use_the_cache(tiny_model_
     expected = batched_sequence_logps(model, tokenizer, pairs, add_eos=[True, False])
     assert values == pytest.approx(expected, rel=1e-5)
     assert len(LogpCache(tmp_path / "ref.jsonl").values) == 2
+
+
+def test_packed_pairs_give_the_unpacked_dpo_loss(tiny_model_dir):
+    """Both pairs share one prompt: packed, it is computed once, and the loss is unchanged."""
+    from nega.align.stepneg.data import PairCollator
+    from nega.align.stepneg.trainer import pair_objective
+    from nega.models import load_base_model, load_tokenizer
+
+    tokenizer = load_tokenizer(tiny_model_dir)
+    model = load_base_model(tiny_model_dir)
+    examples = [
+        {"prompt": PROMPT, "chosen": "2 plus 3 is 5.", "rejected": "2 plus 3 is 6", "rejected_eos": False},
+        {"prompt": PROMPT, "chosen": "5.", "rejected": "2 plus 3 is 7.", "rejected_eos": True},
+    ]
+    for e in examples:
+        e["ref_chosen"], e["ref_rejected"] = -3.0, -4.0
+    plain_batch = PairCollator(tokenizer)(examples)
+    packed_batch = PairCollator(tokenizer, pack=True)(examples)
+    assert packed_batch["packed_ids"].size(0) == 1
+    plain, _ = pair_objective(model, plain_batch, 0.5, 20.0)
+    packed, _ = pair_objective(model, packed_batch, 0.5, 20.0)
+    assert packed.item() == pytest.approx(plain.item(), rel=1e-5)
