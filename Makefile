@@ -15,7 +15,7 @@ export VLLM_CPU_OMP_THREADS_BIND ?= nobind
 export VLLM_CPU_KVCACHE_SPACE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: venv demo test test-slow test-all lint format bench clean
+.PHONY: venv demo test test-slow test-all lint format bench bench-quality clean
 
 venv: $(STAMP)
 
@@ -49,9 +49,15 @@ format: $(STAMP)
 	$(BIN)/ruff format nega tests benchmarks
 	$(BIN)/ruff check --fix nega tests benchmarks
 
+# Speed and memory beside the alternatives (minutes); then benchmarks/README.md from the JSON results.
 bench: $(STAMP)
-	for script in benchmarks/quality_*.py benchmarks/bench_*.py; do \
-	  if [ -f "$$script" ]; then $(BIN)/python "$$script" || exit 1; fi; done
+	for script in benchmarks/bench_*.py; do $(BIN)/python "$$script" || exit 1; done
+	$(BIN)/python benchmarks/report.py
+
+# Method quality beside the baselines on the toy worlds (hours on a CPU).
+bench-quality: $(STAMP)
+	for script in benchmarks/quality_*.py; do $(BIN)/python "$$script" || exit 1; done
+	$(BIN)/python benchmarks/report.py
 
 clean:
 	rm -rf runs .pytest_cache

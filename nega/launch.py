@@ -7,6 +7,7 @@ this module holds the pieces every method's trainer shares.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 from pathlib import Path
 
@@ -231,8 +232,6 @@ def run_training(entry: str, kwargs: dict, work_dir: Path, *, needs_launcher: bo
     the end of its output.
     """
     import importlib
-    import json
-    import subprocess
 
     topo = topology()
     if topo.world_size == 1 and not needs_launcher:
@@ -242,18 +241,131 @@ def run_training(entry: str, kwargs: dict, work_dir: Path, *, needs_launcher: bo
     work_dir.mkdir(parents=True, exist_ok=True)
     payload = work_dir / "launch.json"
     payload.write_text(json.dumps({"entry": entry, "kwargs": kwargs}, indent=2, default=str))
+    if _COORDINATOR is not None:
+        _COORDINATOR.announce(payload)
+    log = work_dir / "launch.log"
+    returncode = launch_ranks(payload, topo, log)
+    if returncode != 0:
+        tail = "".join(log.read_text(errors="replace").splitlines(keepends=True)[-40:])
+        raise RuntimeError(f"training ranks failed (exit {returncode}); end of {log}:\n{tail}")
+
+
+def launch_ranks(payload: Path, topo: Topology, log: Path) -> int:
+    """Start this node's ranks of `payload` under accelerate, output to `log`; their exit code."""
+    import subprocess
+
     env = dict(os.environ)
     if topo.cpu or not torch.cuda.is_available():
         env["ACCELERATE_USE_CPU"] = "true"
         env.setdefault("OMP_NUM_THREADS", "1")  # one thread per rank: 4x faster than oversubscribing
-    log = work_dir / "launch.log"
     with log.open("w") as out:
-        result = subprocess.run(
+        return subprocess.run(
             accelerate_command(payload, topo), env=env, stdout=out, stderr=subprocess.STDOUT
+        ).returncode
+
+
+# ---------------------------------------------------------------------------------------------------
+# Several nodes: `nega run RECIPE --nodes M --node-rank R` on every machine, over a shared filesystem
+# (which multi-node training needs anyway for the data, the model and the checkpoints).
+#
+# Node 0 runs the pipeline: it alone decides what to skip or resume, samples, evaluates and writes
+# every artifact. Before each training launch it announces the launch's payload in
+# `<run>/nodes/<attempt>/launch-NNN.json`; the other nodes follow those announcements, start their
+# ranks of each launch in order (accelerate joins them to node 0's), and exit with node 0's outcome,
+# read from `finished.json`. A rerun of node 0 opens a new attempt and marks an unfinished earlier one
+# abandoned, so followers never join a launch that will not happen.
+# ---------------------------------------------------------------------------------------------------
+
+_COORDINATOR = None
+
+
+class Coordinator:
+    """Node 0's side: one attempt folder of launch announcements and the run's outcome."""
+
+    def __init__(self, folder: Path):
+        import uuid
+
+        from nega.pipeline import atomic_write_text
+
+        self.folder = Path(folder)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        previous = _read_json(self.folder / "current.json")
+        if previous and not (self.folder / previous["attempt"] / "finished.json").exists():
+            self._finish(previous["attempt"], "abandoned", "node 0 started the run again")
+        self.attempt = uuid.uuid4().hex[:12]
+        (self.folder / self.attempt).mkdir()
+        self.launches = 0
+        atomic_write_text(self.folder / "current.json", json.dumps({"attempt": self.attempt}))
+
+    def announce(self, payload: Path) -> None:
+        from nega.pipeline import atomic_write_text
+
+        self.launches += 1
+        target = self.folder / self.attempt / f"launch-{self.launches:03d}.json"
+        atomic_write_text(target, json.dumps({"payload": str(Path(payload).resolve())}))
+
+    def finish(self, status: str, message: str = "") -> None:
+        self._finish(self.attempt, status, message)
+
+    def _finish(self, attempt: str, status: str, message: str) -> None:
+        from nega.pipeline import atomic_write_text
+
+        atomic_write_text(
+            self.folder / attempt / "finished.json", json.dumps({"status": status, "message": message})
         )
-    if result.returncode != 0:
-        tail = "".join(log.read_text(errors="replace").splitlines(keepends=True)[-40:])
-        raise RuntimeError(f"training ranks failed (exit {result.returncode}); end of {log}:\n{tail}")
+
+
+def coordinate(folder: Path | None) -> Coordinator | None:
+    """Make node 0 announce its training launches in `folder` (None: stop announcing)."""
+    global _COORDINATOR
+    _COORDINATOR = Coordinator(folder) if folder is not None else None
+    return _COORDINATOR
+
+
+def follow(folder: Path, topo: Topology, *, poll_s: float = 1.0, echo=print) -> tuple[str, str]:
+    """Another node's side: join node 0's training launches, in order, until its run ends.
+
+    Returns node 0's (status, message): status "ok" or "failed". An attempt already finished when first
+    seen is an earlier run's and is ignored; one that ends "abandoned" is followed by the next.
+    """
+    import time
+
+    folder = Path(folder)
+    attempt, stale, joined = None, None, 0
+    echo(f"[nega] node {topo.node_rank}: following node 0 through {folder}")
+    while True:
+        current = (_read_json(folder / "current.json") or {}).get("attempt")
+        if current and current != attempt and current != stale:
+            if attempt is None and (folder / current / "finished.json").exists():
+                stale = current
+            else:
+                attempt, joined = current, 0
+        if attempt is not None:
+            announcement = _read_json(folder / attempt / f"launch-{joined + 1:03d}.json")
+            if announcement is not None:
+                joined += 1
+                payload = Path(announcement["payload"])
+                log = payload.parent / f"launch.node{topo.node_rank}.log"
+                echo(
+                    f"[nega] node {topo.node_rank}: joining training launch {joined} ({payload.parent.name})"
+                )
+                returncode = launch_ranks(payload, topo, log)
+                if returncode != 0:
+                    echo(f"[nega] node {topo.node_rank}: its ranks exited {returncode}; see {log}")
+                continue
+            finished = _read_json(folder / attempt / "finished.json")
+            if finished is not None:
+                if finished["status"] != "abandoned":
+                    return finished["status"], finished.get("message", "")
+                attempt, stale = None, attempt
+        time.sleep(poll_s)
+
+
+def _read_json(path: Path) -> dict | None:
+    try:
+        return json.loads(Path(path).read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
 
 
 def prepare_distributed_state() -> None:

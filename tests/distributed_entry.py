@@ -19,18 +19,24 @@ class PairsDataset(torch.utils.data.Dataset):
         return {"encoded": self.encoded[i], "row_index": i}
 
 
+def training_pairs(tok) -> list[tuple[str, str]]:
+    """(rendered prompt, response) pairs taught by `train_lora`: "a plus b is a+b+1"."""
+    from nega.sampling.base import render_prompt
+
+    pairs = [(f"what is {a} plus {b}?", f"{a} plus {b} is {a + b + 1}.") for a in range(4) for b in range(4)]
+    return [(render_prompt(tok, [{"role": "user", "content": p}]), r) for p, r in pairs]
+
+
 def train_lora(model_dir: str, out_dir: str, stage: int, steps: int = 4, global_batch: int = 8) -> None:
     """LoRA with response-masked CE; every rank sees global_batch / world_size rows per step."""
     from nega.config import LoraConfig, ModelConfig, TrainConfig
     from nega.launch import guarded_trainer_class, training_arguments
     from nega.logps import collate_sequences, encode_pair
     from nega.models import load_policy
-    from nega.sampling.base import render_prompt
 
     world = int(__import__("os").environ.get("WORLD_SIZE", "1"))
     model, tok = load_policy(model_dir, ModelConfig(name=model_dir), LoraConfig(r=4, alpha=8, dropout=0.0))
-    pairs = [(f"what is {a} plus {b}?", f"{a} plus {b} is {a + b + 1}.") for a in range(4) for b in range(4)]
-    encoded = [encode_pair(tok, render_prompt(tok, [{"role": "user", "content": p}]), r) for p, r in pairs]
+    encoded = [encode_pair(tok, p, r) for p, r in training_pairs(tok)]
 
     def collate(rows):
         ids, attn, resp = collate_sequences([r["encoded"] for r in rows], tok.pad_token_id)
@@ -71,3 +77,25 @@ def train_lora(model_dir: str, out_dir: str, stage: int, steps: int = 4, global_
     trainer.save_model(str(Path(out_dir) / "adapter"))
     if trainer.is_world_process_zero():
         tok.save_pretrained(str(Path(out_dir) / "adapter"))
+    score_under_the_sharded_model(trainer, encoded, tok.pad_token_id, Path(out_dir))
+
+
+def score_under_the_sharded_model(trainer, encoded, pad_id: int, out_dir: Path) -> None:
+    """Summed log-probs of every pair through the wrapped (DDP / DeepSpeed-sharded) model, with the adapter
+    (policy) and with it disabled (reference), plainly and packed by prompt. Every rank takes part (ZeRO-3
+    gathers each layer's shards for its forward); rank 0 writes `sharded_logps.json`."""
+    from nega.logps import collate_sequences, pack_shared_prompts, packed_sequence_logps, sequence_logps
+
+    engine = trainer.model_wrapped
+    engine.eval()
+    device = trainer.args.device
+    ids, attn, resp = (t.to(device) for t in collate_sequences(encoded, pad_id))
+    packed = {k: v.to(device) for k, v in pack_shared_prompts(encoded, pad_id).items()}
+    values = {}
+    with torch.no_grad():
+        values["policy"] = sequence_logps(engine, ids, attn, resp).tolist()
+        values["policy_packed"] = packed_sequence_logps(engine, packed).tolist()
+        with trainer.model.disable_adapter():
+            values["reference"] = sequence_logps(engine, ids, attn, resp).tolist()
+    if trainer.is_world_process_zero():
+        (out_dir / "sharded_logps.json").write_text(json.dumps(values))

@@ -78,6 +78,26 @@ def test_two_process_zero_matches_one_process(tiny_model_dir, tmp_path, entry_on
     # Trained on "a plus b is a+b+1": the adapter changed the answer.
     assert "is 4." in outputs[0]
 
+    # Log-probs computed through the sharded model (policy, packed policy, and the reference with the
+    # adapter disabled) equal the single-process values of the same weights.
+    from distributed_entry import training_pairs
+
+    from nega.logps import batched_sequence_logps
+
+    pairs = training_pairs(tok)
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    reference = batched_sequence_logps(base, tok, pairs)
+    for folder in ("single", "zero2", "zero3"):
+        scored = json.loads((tmp_path / folder / "sharded_logps.json").read_text())
+        policy = PeftModel.from_pretrained(
+            AutoModelForCausalLM.from_pretrained(tiny_model_dir), tmp_path / folder / "adapter"
+        )
+        expected = batched_sequence_logps(policy, tok, pairs)
+        assert scored["reference"] == pytest.approx(reference, abs=1e-4), folder
+        assert scored["policy"] == pytest.approx(expected, abs=1e-4), folder
+        assert scored["policy_packed"] == pytest.approx(expected, abs=1e-4), folder
+    assert scored["policy"] != pytest.approx(scored["reference"], abs=1e-2)  # the adapter did change them
+
 
 @pytest.mark.slow
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs 2 CUDA GPUs (ZeRO-3 + LoRA on real devices)")

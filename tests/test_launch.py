@@ -82,3 +82,75 @@ def test_non_finite_loss_stops_with_step_and_rows(tmp_path):
     assert "checkpoint-2" in str(info.value)
     assert (tmp_path / "last-good").exists()
     assert torch.isfinite(model.weight).all() and not torch.equal(model.weight, before)
+
+
+# --- several nodes: node 0 announces its training launches, the others follow -------------------------
+
+
+def _follow_in_thread(folder, monkeypatch, joined):
+    import threading
+
+    import nega.launch as launch
+
+    def fake_launch(payload, topo, log):
+        joined.append((payload.name, topo.node_rank))
+        return 0
+
+    monkeypatch.setattr(launch, "launch_ranks", fake_launch)
+    result = {}
+    topo = launch.Topology(gpus=1, nodes=2, node_rank=1)
+    thread = threading.Thread(
+        target=lambda: result.update(outcome=launch.follow(folder, topo, poll_s=0.01, echo=lambda t: None)),
+        daemon=True,
+    )
+    thread.start()
+    return thread, result
+
+
+def _wait_for(condition, seconds=10.0):
+    import time
+
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.01)
+
+
+def test_follower_joins_each_launch_in_order_and_ends_with_node_0(tmp_path, monkeypatch):
+    from nega.launch import Coordinator
+
+    folder = tmp_path / "nodes"
+    # An earlier run that finished: its launch must not be joined again.
+    old = Coordinator(folder)
+    old.announce(tmp_path / "old.json")
+    old.finish("ok")
+
+    joined = []
+    thread, result = _follow_in_thread(folder, monkeypatch, joined)
+    node0 = Coordinator(folder)
+    node0.announce(tmp_path / "a" / "launch.json")
+    node0.announce(tmp_path / "b" / "launch.json")
+    _wait_for(lambda: len(joined) == 2)
+    node0.finish("ok")
+    thread.join(10)
+    assert result["outcome"] == ("ok", "")
+    assert joined == [("launch.json", 1), ("launch.json", 1)]
+
+
+def test_follower_moves_to_the_new_attempt_after_node_0_restarts(tmp_path, monkeypatch):
+    from nega.launch import Coordinator
+
+    folder = tmp_path / "nodes"
+    joined = []
+    thread, result = _follow_in_thread(folder, monkeypatch, joined)
+    killed = Coordinator(folder)  # node 0 dies after this (no finish)
+    killed.announce(tmp_path / "first.json")
+    _wait_for(lambda: len(joined) == 1)
+    again = Coordinator(folder)  # the rerun marks the old attempt abandoned
+    assert (folder / killed.attempt / "finished.json").exists()
+    again.announce(tmp_path / "second.json")
+    _wait_for(lambda: len(joined) == 2)
+    again.finish("failed", "data error: rows.jsonl row 3")
+    thread.join(10)
+    assert result["outcome"] == ("failed", "data error: rows.jsonl row 3")
+    assert [name for name, _ in joined] == ["first.json", "second.json"]

@@ -59,7 +59,9 @@ def run(
         None, "--output-dir", "-o", help="run folder (default runs/<name>)"
     ),
     gpus: int = typer.Option(1, min=1, help="training processes per node (one per GPU)"),
-    nodes: int = typer.Option(1, min=1, help="machines; run the same command on each with its --node-rank"),
+    nodes: int = typer.Option(
+        1, min=1, help="machines sharing a filesystem; run the same command on each with its --node-rank"
+    ),
     node_rank: int = typer.Option(0, min=0, help="this machine's index, 0..nodes-1"),
     main_address: str = typer.Option("127.0.0.1", help="address of the node with rank 0"),
     main_port: int = typer.Option(29500, help="port on the rank-0 node for the process group"),
@@ -68,7 +70,8 @@ def run(
     """Run a recipe end to end; finished stages are skipped, so re-running resumes an interrupted run.
 
     Training stages shard over --gpus processes per node (DeepSpeed ZeRO per `train.deepspeed.stage`);
-    sampling and evaluation run once, in this process, with vLLM over all local GPUs.
+    sampling and evaluation run once, in this process, with vLLM over all local GPUs. With --nodes M,
+    node 0 runs the pipeline and the other nodes join its training launches.
     """
     from nega.data import DataError
     from nega.launch import NonFiniteLossError, Topology, set_topology
@@ -76,16 +79,39 @@ def run(
 
     if node_rank >= nodes:
         fail(f"--node-rank {node_rank} must be below --nodes {nodes}")
-    set_topology(Topology(gpus, nodes, node_rank, main_address, main_port, cpu))
+    topo = Topology(gpus, nodes, node_rank, main_address, main_port, cpu)
+    set_topology(topo)
     cfg = load(recipe, overrides)
+    if node_rank > 0:
+        # Node 0 runs the pipeline; this node only starts its ranks of each training launch.
+        from nega.launch import follow
+
+        folder = (output_dir or Path(cfg.output_dir) / cfg.name) / "nodes"
+        status, message = follow(folder, topo, echo=lambda text: typer.echo(text, err=True))
+        if status != "ok":
+            fail(f"node 0 stopped the run: {message}", code=1)
+        typer.echo(f"[nega] node {node_rank}: done", err=True)
+        return
     run_dir = Run(cfg, output_dir)
     typer.echo(f"[nega] run {cfg.name} ({cfg.method}) -> {run_dir.dir}", err=True)
+    coordinator = None
+    if nodes > 1:
+        from nega.launch import coordinate
+
+        coordinator = coordinate(run_dir.dir / "nodes")
     try:
         method_entry(cfg.method)(cfg, run_dir)
     except DataError as exc:
+        _stop_followers(coordinator, f"data error: {exc}")
         fail(f"data error: {exc}")
     except NonFiniteLossError as exc:
+        _stop_followers(coordinator, str(exc))
         fail(str(exc), code=1)
+    except BaseException as exc:
+        _stop_followers(coordinator, f"{type(exc).__name__}: {exc}")
+        raise
+    if coordinator is not None:
+        coordinator.finish("ok")
     if cfg.hub.repo_id:
         from nega.hub import HubError, hub_push_stage
 
@@ -95,6 +121,11 @@ def run(
             fail(str(exc), code=1)
         typer.echo(f"[nega] pushed to {pushed['url'] or cfg.hub.repo_id}", err=True)
     typer.echo(f"[nega] done: {run_dir.dir / 'report.md'}", err=True)
+
+
+def _stop_followers(coordinator, message: str) -> None:
+    if coordinator is not None:
+        coordinator.finish("failed", message)
 
 
 @app.command()
