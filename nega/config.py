@@ -193,7 +193,7 @@ class HubConfig(Strict):
 
 class ToyConfig(Strict):
     world: Literal["harm", "reasoning", "rationale"]
-    size: Literal["tiny", "small", "base", "25m"] = "tiny"
+    size: Literal["tiny", "small", "base", "25m", "125m", "350m"] = "tiny"
     steps: int = Field(600, ge=1, description="training steps of the toy model on the world's SFT corpus")
     lr: float = Field(3e-3, gt=0)
     batch_size: int = Field(32, ge=1)

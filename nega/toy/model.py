@@ -39,6 +39,9 @@ SIZES = {
     "small": ToySize(hidden=128, layers=4, heads=4, intermediate=512),
     "base": ToySize(hidden=256, layers=4, heads=8, intermediate=1024),
     "25m": ToySize(hidden=512, layers=8, heads=8, intermediate=1536),
+    # For speed benchmarks on a GPU: about GPT-2-small and -medium shapes.
+    "125m": ToySize(hidden=768, layers=12, heads=12, intermediate=3072),
+    "350m": ToySize(hidden=1024, layers=24, heads=16, intermediate=4096),
 }
 
 
