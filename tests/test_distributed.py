@@ -32,6 +32,11 @@ def train(model_dir, out: Path, processes: int, stage: int) -> list[float]:
     set_topology(Topology(gpus=processes, cpu=True, main_port=29500 + 10 * stage + processes))
     kwargs = {"model_dir": str(model_dir), "out_dir": str(out), "stage": stage}
     run_training("distributed_entry:train_lora", kwargs, out, needs_launcher=processes > 1 or stage > 0)
+    # The ranks really ran the engine asked for (matching losses alone would not tell DDP from ZeRO).
+    (start,) = [json.loads(line) for line in (out / "starts.jsonl").read_text().splitlines()]
+    expected = ("DEEPSPEED", stage) if stage > 0 else ("MULTI_CPU" if processes > 1 else "NO", 0)
+    assert (start["distributed"], start["zero_stage"]) == expected, start
+    assert start["world_size"] == processes
     return json.loads((out / "losses.json").read_text())
 
 

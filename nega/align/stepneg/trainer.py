@@ -117,8 +117,8 @@ def train_policy(
 
     `overrides` go to TrainingArguments (e.g. max_steps, learning_rate). Resumes from the last checkpoint.
     """
-    from nega.launch import log_history, train_with_resume, training_arguments
-    from nega.models import load_policy, save_adapter
+    from nega.launch import log_history, save_trained, train_with_resume, training_arguments
+    from nega.models import load_policy
 
     if not examples:
         raise ValueError(
@@ -141,9 +141,7 @@ def train_policy(
         callbacks=callbacks,
     )
     train_with_resume(trainer, checkpoints)
-    folder = save_adapter(
-        trainer.model, tokenizer, output_dir / ("adapter" if recipe.lora.enabled else "model")
-    )
+    folder = save_trained(trainer, tokenizer, output_dir / ("adapter" if recipe.lora.enabled else "model"))
     return str(folder), log_history(trainer)
 
 

@@ -192,8 +192,15 @@ def train_epoch(
     `nega.launch.run_training` on every rank."""
     from nega.config import RECIPE
     from nega.distill.qcrd.data import MultiTaskCollator
-    from nega.launch import is_main_process, log_history, topology, train_with_resume, training_arguments
-    from nega.models import load_policy, save_adapter
+    from nega.launch import (
+        is_main_process,
+        log_history,
+        save_trained,
+        topology,
+        train_with_resume,
+        training_arguments,
+    )
+    from nega.models import load_policy
     from nega.pipeline import read_jsonl, write_json
 
     cfg = RECIPE.validate_python(recipe)
@@ -220,8 +227,8 @@ def train_epoch(
         schedule_total=epochs * per_epoch,
     )
     train_with_resume(trainer, checkpoints)
+    save_trained(trainer, tokenizer, output_dir / checkpoint_name(cfg.lora))
     if is_main_process():
-        save_adapter(trainer.model, tokenizer, output_dir / checkpoint_name(cfg.lora))
         write_json(output_dir / "log_history.json", log_history(trainer))
     return str(output_dir / checkpoint_name(cfg.lora))
 
