@@ -39,11 +39,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import sys
 import time
 from pathlib import Path
+
+from machine_info import machine
 
 RESULTS = Path(__file__).parent / "results"
 MODES = {"on": True, "off": False}  # label -> sampling.enable_prefix_caching
@@ -100,30 +101,6 @@ def sample_negatives(sampler, problems, prompts, verify, *, n: int, max_tokens: 
         return negatives, "sampled"
     slipped = [parse_question(p["question"]).solution(slip_at=0, slip=1) for p in problems]
     return [(i, split_steps(text)) for i, text in enumerate(slipped)], "gold solutions with one slip"
-
-
-def machine(device: str) -> dict:
-    import torch
-    import transformers
-
-    try:
-        import vllm
-
-        vllm_version = vllm.__version__
-    except ImportError:
-        vllm_version = None
-    return {
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "cpus": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "vllm": vllm_version,
-        "device": torch.cuda.get_device_name(0) if device == "cuda" else platform.processor() or "cpu",
-        "load_average_at_start": list(os.getloadavg()),
-    }
 
 
 def main() -> None:

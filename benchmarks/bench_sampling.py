@@ -42,11 +42,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import sys
 import time
 from pathlib import Path
+
+from machine_info import machine
 
 RESULTS = Path(__file__).parent / "results"
 WAYS = ["vllm", "hf", "generate"]
@@ -96,30 +97,6 @@ def generate_loop(model, tokenizer, prompts: list[str], *, n: int, max_tokens: i
             )
             produced += out[:, encoded["input_ids"].shape[1] :].numel()
     return produced
-
-
-def machine(device: str) -> dict:
-    import torch
-    import transformers
-
-    try:
-        import vllm
-
-        vllm_version = vllm.__version__
-    except ImportError:
-        vllm_version = None
-    return {
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "cpus": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "vllm": vllm_version,
-        "device": torch.cuda.get_device_name(0) if device == "cuda" else platform.processor() or "cpu",
-        "load_average_at_start": list(os.getloadavg()),
-    }
 
 
 def summarise(seconds: list[float], tokens: int) -> dict:

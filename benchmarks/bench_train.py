@@ -45,7 +45,6 @@ import argparse
 import itertools
 import json
 import os
-import platform
 import random
 import statistics
 import subprocess
@@ -54,31 +53,12 @@ import tempfile
 import time
 from pathlib import Path
 
+from machine_info import machine
+
 RESULTS = Path(__file__).parent / "results"
 ARMS = ["nega", "nega_unshared", "trl_default", "trl_precompute"]
 LR = 1e-5
 LORA = {"r": 16, "alpha": 32, "dropout": 0.0, "target_modules": "all-linear"}
-
-
-def machine(device: str) -> dict:
-    import torch
-    import transformers
-    import trl
-
-    info = {
-        "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
-        "cpu_count": os.cpu_count(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "trl": trl.__version__,
-        "device": device,
-        "torch_threads": torch.get_num_threads(),
-    }
-    if device == "cuda":
-        info["gpu"] = torch.cuda.get_device_name(0)
-    return info
 
 
 # --- set-up: model, tokenizer and data shared by every arm ------------------------------------------------
@@ -455,7 +435,7 @@ def main() -> None:
         "lora": LORA,
         "lr": LR,
     }
-    report["machine"] = machine(args.device)
+    report["machine"] = machine(args.device, ("torch", "transformers", "trl"))
     report["date"] = time.strftime("%Y-%m-%d %H:%M:%S")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2) + "\n")

@@ -102,7 +102,7 @@ def section(path: Path) -> list[str]:
     name = path.stem.removesuffix("_cuda")
     machine = data.get("machine", {})
     where = ", ".join(
-        str(machine[k]) for k in ("device", "gpu", "processor", "cpu_count") if machine.get(k) is not None
+        str(machine[k]) for k in ("device", "cpus") if machine.get(k) is not None
     )
     lines = [f"## {path.stem}", "", f"`results/{path.name}` — {data.get('date', '')} on {where}", ""]
     lines += ratio_table(name, data)
