@@ -101,9 +101,7 @@ def section(path: Path) -> list[str]:
     data = json.loads(path.read_text())
     name = path.stem.removesuffix("_cuda")
     machine = data.get("machine", {})
-    where = ", ".join(
-        str(machine[k]) for k in ("device", "cpus") if machine.get(k) is not None
-    )
+    where = ", ".join(str(machine[k]) for k in ("device", "cpus") if machine.get(k) is not None)
     lines = [f"## {path.stem}", "", f"`results/{path.name}` — {data.get('date', '')} on {where}", ""]
     lines += ratio_table(name, data)
     arms = arms_of(data)
