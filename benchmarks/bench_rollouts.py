@@ -155,7 +155,7 @@ def main() -> None:
     for mode, caching in MODES.items():
         cfg = SamplingConfig(backend="vllm", enable_prefix_caching=caching, seed=args.seed)
         t0 = time.perf_counter()
-        samplers[mode] = make_sampler(model_dir, cfg, dtype="float32")
+        samplers[mode] = make_sampler(model_dir, cfg, dtype="float32", adapters=False)  # as nega's rollouts
         start_seconds[mode] = time.perf_counter() - t0
     tokenizer = samplers["on"].tokenizer
     prompts = [render_prompt(tokenizer, [{"role": "user", "content": p["question"]}]) for p in problems]
@@ -243,6 +243,7 @@ def main() -> None:
             "vllm_chunked_prefill": args.device != "cpu",
             "seed": args.seed,
         },
+        "date": time.strftime("%Y-%m-%d %H:%M:%S"),
         "wall_seconds": round(time.time() - started, 1),
         "machine": described,
     }

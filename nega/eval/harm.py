@@ -240,7 +240,10 @@ def evaluate_harm(
     out_dir = Path(output) if output else default_output(resolved, f"harm-{set_slug(prompts)}")
 
     sampler = make_sampler(
-        resolved.base_model, sampling_config(resolved, backend), max_lora_rank=resolved.lora_rank
+        resolved.base_model,
+        sampling_config(resolved, backend),
+        max_lora_rank=resolved.lora_rank,
+        adapters=resolved.adapter is not None,
     )
     try:
         answers = generate_answers(

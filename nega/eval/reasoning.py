@@ -229,7 +229,9 @@ def evaluate_reasoning(
     problem_set = load_problem_set(data, limit=limit, toy=resolved.toy, seed=resolved.seed)
     out_dir = Path(output) if output else default_output(resolved, f"reasoning-{set_slug(data)}")
     cfg = sampling_config(resolved, backend)
-    sampler = make_sampler(resolved.base_model, cfg, max_lora_rank=resolved.lora_rank)
+    sampler = make_sampler(
+        resolved.base_model, cfg, max_lora_rank=resolved.lora_rank, adapters=resolved.adapter is not None
+    )
     try:
         metrics, rows = evaluate_problems(
             sampler,

@@ -97,7 +97,9 @@ def harm_stage(run: Run, model_path: str, labels: dict[str, str | None]) -> dict
         return read_json(stage.dir / "metrics.json")
     harm_set = load_harm_set(cfg.prompts, limit=cfg.limit, toy=_toy_section(run), seed=recipe.seed)
     scorer = make_harm_scorer(cfg.scorer, sampling_cfg=recipe.sampling)
-    sampler = make_sampler(model_path, recipe.sampling, max_lora_rank=recipe.lora.r)
+    sampler = make_sampler(
+        model_path, recipe.sampling, max_lora_rank=recipe.lora.r, adapters=any(labels.values())
+    )
     try:
         answers = {
             label: generate_answers(
@@ -144,7 +146,9 @@ def reasoning_stage(run: Run, model_path: str, labels: dict[str, str | None]) ->
     if stage.done:
         return read_json(stage.dir / "metrics.json")
     problems = load_problem_set(cfg.data, limit=cfg.limit, toy=_toy_section(run), seed=recipe.seed)
-    sampler = make_sampler(model_path, recipe.sampling, max_lora_rank=recipe.lora.r)
+    sampler = make_sampler(
+        model_path, recipe.sampling, max_lora_rank=recipe.lora.r, adapters=any(labels.values())
+    )
     metrics = {}
     try:
         for label, adapter in labels.items():

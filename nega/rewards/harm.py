@@ -272,7 +272,9 @@ class JudgeScorer:
             from nega.config import SamplingConfig
             from nega.sampling import make_sampler
 
-            self._sampler = make_sampler(self.model_name, self.sampling_cfg or SamplingConfig())
+            self._sampler = make_sampler(
+                self.model_name, self.sampling_cfg or SamplingConfig(), adapters=False
+            )
         outputs = self._sampler.generate(
             self.judge_prompts(prompts, completions),
             n=1,

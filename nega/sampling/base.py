@@ -60,16 +60,26 @@ def vllm_available() -> bool:
 
 
 def make_sampler(
-    model_path: str | Path, cfg, *, max_lora_rank: int = 16, dtype: str | None = None
+    model_path: str | Path,
+    cfg,
+    *,
+    max_lora_rank: int = 16,
+    dtype: str | None = None,
+    adapters: bool = True,
 ) -> Sampler:
-    """A sampler for `model_path` as `cfg` (a SamplingConfig) asks; `auto` = vLLM when installed."""
+    """A sampler for `model_path` as `cfg` (a SamplingConfig) asks; `auto` = vLLM when installed.
+
+    `adapters=False` promises that no generate call passes an adapter: vLLM then starts without its LoRA
+    layers, which cost about 13% of sampling throughput even when no adapter is active (the 25m toy on
+    a CPU, benchmarks/bench_sampling.py). The other backends load adapters on demand either way.
+    """
     backend = cfg.backend
     if backend == "auto":
         backend = "vllm" if vllm_available() else "hf"
     if backend == "vllm":
         from nega.sampling.vllm import VLLMSampler
 
-        return VLLMSampler(model_path, cfg, max_lora_rank=max_lora_rank, dtype=dtype)
+        return VLLMSampler(model_path, cfg, max_lora_rank=max_lora_rank, dtype=dtype, adapters=adapters)
     if backend == "server":
         from nega.sampling.server import ServerSampler
 

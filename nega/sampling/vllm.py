@@ -32,10 +32,18 @@ class VLLMSampler:
     """n completions per prompt from a vLLM `LLM` engine, optionally through a LoRA adapter.
 
     `dtype` None uses the checkpoint's own dtype (vLLM's "auto" may run a float32 checkpoint in
-    bfloat16). Tensor parallelism uses `cfg.tensor_parallel_size`, else every visible GPU.
+    bfloat16). Tensor parallelism uses `cfg.tensor_parallel_size`, else every visible GPU. `adapters`
+    False starts the engine without LoRA layers (faster); generate calls then cannot pass an adapter.
     """
 
-    def __init__(self, model_path: str | Path, cfg, max_lora_rank: int = 16, dtype: str | None = None):
+    def __init__(
+        self,
+        model_path: str | Path,
+        cfg,
+        max_lora_rank: int = 16,
+        dtype: str | None = None,
+        adapters: bool = True,
+    ):
         import torch
 
         gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
@@ -60,14 +68,14 @@ class VLLMSampler:
                 tensor_parallel_size=cfg.tensor_parallel_size or max(1, gpus),
                 gpu_memory_utilization=cfg.gpu_memory_utilization,
                 enable_prefix_caching=cfg.enable_prefix_caching,
-                enable_lora=True,
-                max_lora_rank=lora_rank_capacity(max_lora_rank),
-                max_loras=2,
+                enable_lora=adapters,
+                **({"max_lora_rank": lora_rank_capacity(max_lora_rank), "max_loras": 2} if adapters else {}),
                 seed=cfg.seed,
                 **cpu_engine_options(gpus),
             )
             advance(1)
         self.start_seconds = time.perf_counter() - started
+        self.serves_adapters = adapters
         self.adapters: dict[tuple[Path, int], int] = {}  # (folder, weights mtime) -> LoRA int id
 
     def generate(
@@ -87,6 +95,11 @@ class VLLMSampler:
 
         if self.llm is None:
             raise RuntimeError("this VLLMSampler was closed; make a new one to sample again")
+        if adapter is not None and not self.serves_adapters:
+            raise ValueError(
+                f"adapter {adapter} passed to a vLLM sampler started without LoRA; "
+                "make it with make_sampler(..., adapters=True)"
+            )
         tok = self.tokenizer
         requests = []
         for i, p in enumerate(prompts):

@@ -36,12 +36,15 @@ def test_bench_sampling_writes_ratios_and_medians(tmp_path):
     result = run_script("bench_sampling", tmp_path)
     assert positive_finite(result["sampling_vllm_vs_generate"])
     assert positive_finite(result["sampling_hf_vs_generate"])
-    for way in ("vllm", "hf", "generate"):
+    assert positive_finite(result["sampling_vllm_lora_vs_generate"])
+    assert positive_finite(result["sampling_vllm_vs_generate_one_prompt"])
+    for way in ("vllm", "vllm_lora", "hf", "generate", "generate_1"):
         timing = result["ways"][way]
         assert timing["tokens_per_rep"] == 2 * 2 * 8
         assert len(timing["seconds"]) == len(timing["tokens_per_s"]) == 1
         assert positive_finite(timing["median_tokens_per_s"])
-    assert positive_finite(result["ways"]["vllm"]["engine_start_seconds"])
+    assert positive_finite(result["ways"]["vllm"]["start_seconds"])
+    assert all(positive_finite(v) for k, v in result["profile"].items() if k.startswith("decode_step"))
     assert result["config"]["max_tokens"] == 8
     assert {"platform", "cpus", "torch", "vllm", "transformers", "device"} <= set(result["machine"])
 

@@ -81,3 +81,26 @@ def test_lora_rank_rounds_up_to_a_slot_size_vllm_accepts():
     assert [lora_rank_capacity(r) for r in (1, 4, 8, 16, 17, 64)] == [1, 8, 8, 16, 32, 64]
     with pytest.raises(ValueError, match="lora.r"):
         lora_rank_capacity(4096)
+
+
+def test_engine_without_lora_samples_the_same_and_refuses_adapters(
+    tiny_model_dir, vllm_sampler, lora_adapter_dir, monkeypatch
+):
+    from nega.config import SamplingConfig
+    from nega.sampling import make_sampler
+
+    unsure = [chat("tell me a story."), chat("what is 12 plus 31?")]
+    options = dict(n=3, temperature=1.0, max_tokens=16, seed=11)
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # as the session engine (see conftest)
+    plain = make_sampler(
+        tiny_model_dir, SamplingConfig(backend="vllm", seed=0, kv_cache_gib=1), adapters=False
+    )
+    try:
+        assert plain.llm.llm_engine.vllm_config.lora_config is None
+        without = [[c.token_ids for c in g] for g in plain.generate(unsure, **options)]
+        with pytest.raises(ValueError, match="started without LoRA"):
+            plain.generate(unsure, adapter=lora_adapter_dir)
+    finally:
+        plain.close()
+    with_lora = [[c.token_ids for c in g] for g in vllm_sampler.generate(unsure, **options)]
+    assert without == with_lora

@@ -118,7 +118,7 @@ def sample_stage(run: Run, name: str, model_path: str, prompts: list[str], adapt
     if not stage.done:
         from nega.sampling import make_sampler
 
-        sampler = make_sampler(model_path, cfg, max_lora_rank=recipe.lora.r)
+        sampler = make_sampler(model_path, cfg, max_lora_rank=recipe.lora.r, adapters=adapter is not None)
         try:
             groups = sampler.generate(
                 prompts, n=cfg.n, temperature=cfg.temperature, top_p=cfg.top_p, max_tokens=cfg.max_tokens,

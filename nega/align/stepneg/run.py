@@ -165,9 +165,8 @@ class LazySampler:
         if self.sampler is None:
             from nega.sampling import make_sampler
 
-            self.sampler = make_sampler(
-                self.model_path, self.recipe.sampling, max_lora_rank=self.recipe.lora.r
-            )
+            # π_sft is a plain model folder and rollouts never pass an adapter: no LoRA layers in vLLM.
+            self.sampler = make_sampler(self.model_path, self.recipe.sampling, adapters=False)
         return self.sampler
 
     def __enter__(self):

@@ -96,7 +96,7 @@ def teacher_stage(run: Run, recipe, upstream: list):
     if cfg.teacher is not None:
         from nega.sampling import make_sampler
 
-        sampler = make_sampler(cfg.teacher, recipe.sampling)
+        sampler = make_sampler(cfg.teacher, recipe.sampling, adapters=False)
         try:
             records = data.sample_teacher_rationales(
                 sampler, records, answer_of=answer_of, n=cfg.teacher_samples, temperature=cfg.teacher_temperature,
@@ -168,7 +168,7 @@ def negatives_stage(
     from nega.sampling import make_sampler
 
     target, adapter = sampling_target(model_path, source, recipe.lora)
-    sampler = make_sampler(target, recipe.sampling, max_lora_rank=recipe.lora.r)
+    sampler = make_sampler(target, recipe.sampling, max_lora_rank=recipe.lora.r, adapters=adapter is not None)
     try:
         rows = data.sample_self_negatives(
             sampler, examples, adapter=adapter, temperature=recipe.qcrd.negative_temperature,
