@@ -27,6 +27,7 @@ from typing import Any
 
 MANIFEST = "manifest.json"
 STAGE_INFO = "stage.json"
+RESULT = "result.json"  # the run's own trained folder (Run.record_result)
 
 
 def canonical_json(value: Any) -> str:
@@ -156,6 +157,8 @@ class Run:
         self.dir.mkdir(parents=True, exist_ok=True)
         if is_main_process:
             atomic_write_text(self.dir / "recipe.yaml", recipe_to_yaml(recipe))
+            # Named again when this recipe's training ends; until then nothing stale can be pushed.
+            (self.dir / RESULT).unlink(missing_ok=True)
 
     def stage(self, name: str, *, config: Any = None, inputs: Iterable[Stage | str | Path] = ()) -> Stage:
         """Open stage `name` (numbered in call order); `done` tells whether it can be skipped.
@@ -187,6 +190,36 @@ class Run:
             if not info.exists():
                 write_json(info, {"hash": stage_hash, "started_at": time.strftime("%Y-%m-%dT%H:%M:%S")})
         return stage
+
+    def record_result(self, label: str, base_model: str | Path, trained: str | Path | None) -> None:
+        """Name the run's own result in `result.json`: the folder its method trained (`label`) and the
+        model that folder applies to. `nega eval RUN` and `nega push RUN` act on it, not on baselines
+        trained beside the method. A LoRA folder (adapter_config.json) is recorded as an adapter over
+        `base_model`; a full fine-tune's model folder is recorded as the model itself. Paths inside the
+        run directory are kept relative to it, so a copied run still resolves."""
+        if not self.is_main_process or trained is None:
+            return
+        trained = Path(trained)
+        adapter = trained if (trained / "adapter_config.json").is_file() else None
+        model = base_model if adapter is not None else trained
+        write_json(
+            self.dir / RESULT,
+            {
+                "label": label,
+                "base_model": self._portable(model),
+                "adapter": adapter and self._portable(adapter),
+            },
+        )
+
+    def _portable(self, path: str | Path) -> str:
+        """`path` relative to the run directory when it lies inside it; else as given (e.g. a hub id)."""
+        if not Path(path).exists():
+            return str(path)
+        resolved = Path(path).resolve()
+        try:
+            return str(resolved.relative_to(self.dir.resolve()))
+        except ValueError:
+            return str(resolved)
 
     def stages(self) -> Iterator[tuple[str, dict]]:
         for manifest in sorted(self.dir.glob(f"*/{MANIFEST}")):

@@ -226,6 +226,7 @@ def run(recipe, run) -> dict[str, dict[str, float]]:
     tokenizer = _tokenizer(model_path, recipe.model)
     pairs = [(render_prompt(tokenizer, e["prompt"]), e["response"]) for e in examples]
     stage, folder = sft_stage(run, "sft", model_path, pairs, inputs=[model_stage or model_path])
+    run.record_result("sft", model_path, folder)
 
     prompts, score, columns = eval_problems(recipe)
     limit = eval_max_tokens(recipe)

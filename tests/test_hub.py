@@ -169,6 +169,12 @@ def test_adapter_option_picks_among_several(tiny_model_dir, tmp_path):
     folder = run.dir / "push" / "me--x"
     assert runner.invoke(app, ["push", str(run.dir), "--repo-id", "me/x", "--dry-run"]).exit_code == 0
     assert (folder / "adapter_model.safetensors").read_bytes() == b"baseline weights"  # the newest
+    # A finished run names its method's adapter (result.json): the baseline trained after it is not pushed.
+    run.record_result("d2o", str(tiny_model_dir), main)
+    assert runner.invoke(app, ["push", str(run.dir), "--repo-id", "me/x", "--dry-run"]).exit_code == 0
+    assert (folder / "adapter_model.safetensors").read_bytes() == (
+        main / "adapter_model.safetensors"
+    ).read_bytes()
     args = ["push", str(run.dir), "--repo-id", "me/x", "--dry-run", "--adapter", str(main)]
     assert runner.invoke(app, args).exit_code == 0
     assert (folder / "adapter_model.safetensors").read_bytes() == (

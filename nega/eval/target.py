@@ -1,11 +1,12 @@
 """What `nega eval` and `nega push` act on: a run directory, an adapter, a model folder or a hub id.
 
-- **run directory** (has `recipe.yaml`): the base model is the recipe's `model.name`, or for
-  `model.name: toy` the model folder of its `NN-toy-model` stage. The adapter is the run's final one:
-  the most recently written `adapter/` folder (holding `adapter_config.json`) anywhere under its stage
-  folders. A run without an adapter is evaluated as its base model. A run that trained baselines
-  after its method (e.g. `d2o.compare`) holds several adapters and the newest is the last baseline:
-  give the adapter folder itself as TARGET (or `nega push --adapter`).
+- **run directory** (has `recipe.yaml`): what its method trained, as the run's `result.json` names it
+  (written when training ends): the method's adapter over the model it was trained on (per-step RL's
+  adapters sit on the merged π_sft folder, not on the recipe's model), or the trained model folder of
+  a full fine-tune. Baselines trained beside the method (`d2o.compare`, `stepneg.compare`,
+  `qcrd.baselines`) are never picked: give their adapter folder itself as TARGET (or `nega push
+  --adapter`). A run without `result.json` (not finished training) falls back to its newest `adapter/`
+  folder over the recipe's `model.name` (for `model.name: toy`, its `NN-toy-model` stage's folder).
 - **adapter folder** (has `adapter_config.json`): the base model is its `base_model_name_or_path`.
 - **model folder** (has `config.json`) or **hub id**: evaluated as is, without an adapter.
 """
@@ -64,8 +65,37 @@ def read_adapter_config(folder: Path) -> dict:
         raise TargetError(f"{path}: cannot be read as JSON ({exc})") from None
 
 
+def run_result(run_dir: Path) -> dict | None:
+    """The run's `result.json` (see `nega.pipeline.Run.record_result`), paths made absolute; None if absent."""
+    from nega.pipeline import RESULT
+
+    path = run_dir / RESULT
+    if not path.is_file():
+        return None
+    try:
+        result = json.loads(path.read_text(encoding="utf-8"))
+        base, adapter = str(result["base_model"]), result.get("adapter")
+    except (OSError, json.JSONDecodeError, KeyError, TypeError) as exc:
+        raise TargetError(
+            f"{path}: cannot be read ({exc}); delete it to fall back to the newest adapter"
+        ) from None
+
+    def local(value: str) -> str:
+        inside = run_dir / value
+        return str(inside.resolve()) if not Path(value).is_absolute() and inside.exists() else value
+
+    result["base_model"] = local(base)
+    result["adapter"] = local(str(adapter)) if adapter else None
+    if result["adapter"] and not (Path(result["adapter"]) / "adapter_config.json").is_file():
+        raise TargetError(f"{path} names the adapter {adapter}, which has no adapter_config.json there")
+    return result
+
+
 def final_adapter(run_dir: Path) -> Path | None:
-    """The newest `adapter/` folder with an `adapter_config.json` under the run's stage folders."""
+    """The run's own adapter (`result.json`), else the newest `adapter/` folder under its stage folders."""
+    result = run_result(run_dir)
+    if result is not None:
+        return Path(result["adapter"]) if result["adapter"] else None
     found = [p.parent for p in run_dir.glob("*/**/adapter/adapter_config.json")]
     if not found:
         return None
@@ -107,8 +137,9 @@ def resolve_target(target: str | Path) -> Target:
         if (path / "recipe.yaml").exists():
             recipe = load_run_recipe(path)
             adapter = final_adapter(path)
+            result = run_result(path)
             return Target(
-                base_model=run_base_model(path, recipe),
+                base_model=result["base_model"] if result else run_base_model(path, recipe),
                 adapter=str(adapter) if adapter else None,
                 run_dir=path,
                 recipe=recipe,

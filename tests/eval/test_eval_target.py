@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from pathlib import Path
 
 import pytest
 
@@ -36,6 +37,65 @@ def test_run_directory_uses_newest_adapter_and_toy_model(tmp_path):
     assert target.seed == 3 and target.toy == {"world": "harm"} and target.lora_rank == 4
     os.utime(old / "adapter_config.json", (stamp + 20, stamp + 20))
     assert final_adapter(run) == old
+
+
+def test_run_result_names_the_method_not_the_newest_baseline(tmp_path):
+    from nega.config import load_recipe
+    from nega.pipeline import Run
+
+    base = tmp_path / "base"
+    base.mkdir()
+    (base / "config.json").write_text("{}")
+    recipe_file = tmp_path / "r.yaml"
+    recipe_file.write_text(
+        f"name: r\nmethod: d2o\nmodel: {{name: {base}}}\ndata: {{dataset: PKU-Alignment/PKU-SafeRLHF}}\n"
+    )
+    run = Run(load_recipe(str(recipe_file)), tmp_path / "run")
+    pi_sft = run.dir / "03-sft-merge" / "model"
+    pi_sft.mkdir(parents=True)
+    (pi_sft / "config.json").write_text("{}")
+    main = _adapter(run.dir / "05-dpo-train" / "adapter", base=str(pi_sft), r=4)
+    baseline = _adapter(run.dir / "06-awr-train" / "adapter", base=str(pi_sft), r=4)
+    stamp = time.time()
+    os.utime(baseline / "adapter_config.json", (stamp + 10, stamp + 10))
+    assert final_adapter(run.dir) == baseline  # no result yet: the newest
+
+    run.record_result("stepneg_dpo", pi_sft, main)
+    recorded = json.loads((run.dir / "result.json").read_text())
+    assert recorded == {
+        "label": "stepneg_dpo",
+        "base_model": "03-sft-merge/model",
+        "adapter": "05-dpo-train/adapter",
+    }
+    target = resolve_target(run.dir)
+    # The adapter applies to π_sft, not to the recipe's model.
+    assert (target.adapter, target.base_model) == (str(main.resolve()), str(pi_sft.resolve()))
+    assert final_adapter(run.dir) == main.resolve()
+
+    # A copied run folder still resolves inside itself.
+    import shutil
+
+    copy = Path(shutil.copytree(run.dir, tmp_path / "copy"))
+    assert resolve_target(copy).adapter == str((copy / "05-dpo-train" / "adapter").resolve())
+
+    # A full fine-tune's result is a model folder, evaluated as the model itself.
+    full = run.dir / "05-dpo-train" / "model"
+    full.mkdir()
+    (full / "config.json").write_text("{}")
+    run.record_result("stepneg_dpo", pi_sft, full)
+    target = resolve_target(run.dir)
+    assert (target.adapter, target.base_model) == (None, str(full.resolve()))
+
+    # Reopening the run (a rerun, maybe of a changed recipe) forgets the result until training ends.
+    Run(load_recipe(str(recipe_file)), run.dir)
+    assert not (run.dir / "result.json").exists()
+
+    (run.dir / "result.json").write_text("{not json")
+    with pytest.raises(TargetError, match="result.json: cannot be read"):
+        resolve_target(run.dir)
+    (run.dir / "result.json").write_text(json.dumps({"label": "x", "base_model": "org/m", "adapter": "gone"}))
+    with pytest.raises(TargetError, match="no adapter_config.json"):
+        resolve_target(run.dir)
 
 
 def test_run_without_adapter_or_toy_stage(tmp_path):

@@ -61,7 +61,10 @@ def run(recipe, run: Run) -> dict[str, dict[str, float]]:
     sampled = sample_stage(run, "sample", model_path, prompts, None, 1, upstream)
     references = reference_stage(run, "reflogps", model_path, rows, prompts, sampled, None)
     adapters: dict[str, str | None] = {"sft": None} if recipe.eval.before else {}
-    adapters |= train_objectives(run, model_path, rows, prompts, references, training_plan(cfg))
+    plan = training_plan(cfg)
+    adapters |= train_objectives(run, model_path, rows, prompts, references, plan)
+    main = next(iter(plan))
+    run.record_result(main, model_path, adapters[main])
 
     if recipe.toy is not None and recipe.model.name == "toy":
         table = evaluate_toy(run, model_path, adapters)

@@ -77,6 +77,7 @@ def run(recipe, run: Run) -> dict[str, dict[str, float]]:
     for loss in dict.fromkeys([cfg.loss, *cfg.compare]):
         examples = reflogps_stage(run, loss, pi_sft, pairs, inputs=[merge])
         folders[LABELS[loss]] = train_stage(run, loss, pi_sft, examples, inputs=[merge, pairs])
+    run.record_result(LABELS[cfg.loss], pi_sft, folders[LABELS[cfg.loss]])
 
     eval_prompts, score, columns = eval_problems(recipe)
     limit = eval_max_tokens(recipe)

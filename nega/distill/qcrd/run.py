@@ -68,6 +68,7 @@ def run(recipe, run: Run) -> dict[str, dict[str, float]]:
         adapters[objective] = train_student(
             run, recipe, objective, model_path, examples, epochs, [*upstream, teacher]
         )
+    run.record_result(recipe.qcrd.objective, model_path, adapters[recipe.qcrd.objective])
     table = evaluate_students(run, recipe, model_path, adapters)
     write_report(run, table, title=f"{recipe.name} (qcrd, {epochs} epochs)")
     return table

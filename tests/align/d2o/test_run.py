@@ -113,6 +113,12 @@ def test_hh_harmless_recipe_trains_two_steps_and_resumes(tiny_model_dir, tmp_pat
     history = read_json(folders["d2o-train"] / "train_log.json")["history"]
     assert max(h.get("step", 0) for h in history) == 2
     assert (folders["d2o-train"] / "adapter" / "adapter_config.json").exists()
+    # The run names its own result: `nega eval RUN` / `nega push RUN` act on this adapter.
+    assert read_json(target.dir / "result.json") == {
+        "label": "d2o",
+        "base_model": str(tiny_model_dir.resolve()),
+        "adapter": f"{folders['d2o-train'].name}/adapter",
+    }
 
     # A second run with the same recipe reuses every finished stage: nothing samples or trains.
     def refuse(*args, **kwargs):
