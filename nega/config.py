@@ -114,6 +114,11 @@ class SamplingConfig(Strict):
     gpu_memory_utilization: float = Field(0.85, gt=0, le=1)
     kv_cache_gib: int = Field(1, ge=1, description="vLLM CPU KV cache (VLLM_CPU_KVCACHE_SPACE)")
     enable_prefix_caching: bool = True
+    block_size: int | None = Field(
+        None,
+        ge=1,
+        description="vLLM KV block tokens; default: vLLM's on GPU, 32 on CPU (prefix caching reuses whole blocks)",
+    )
     server_url: str | None = Field(None, description="OpenAI-compatible endpoint for backend: server")
     server_timeout: float = Field(120.0, gt=0)
     server_retries: int = Field(3, ge=0)

