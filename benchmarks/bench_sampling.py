@@ -231,9 +231,7 @@ def main() -> None:
             t0 = time.perf_counter()
             samplers[way] = make_sampler(model_dir, cfg, dtype="float32", **extra)
             starts[way] = time.perf_counter() - t0
-    vllm_block_size = next(
-        (getattr(s, "block_size", None) for s in samplers.values() if hasattr(s, "block_size")), None
-    )
+    vllm_block_size = next((s.block_size for s in samplers.values() if hasattr(s, "block_size")), None)
     t0 = time.perf_counter()
     device = torch.device(args.device)
     tokenizer = AutoTokenizer.from_pretrained(model_dir, padding_side="left")
