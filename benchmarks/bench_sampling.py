@@ -1,8 +1,8 @@
 """Sampling speed: nega's vLLM backend and HF backend against a plain `transformers.generate` loop.
 
 Each way samples the same prompts, n completions per prompt at temperature 1.0, exactly `max_tokens`
-new tokens per completion, from the same float32 toy Llama (`nega.toy.model.SIZES`, default `25m`,
-about 27M parameters with its 513-token vocabulary):
+new tokens per completion, from the same toy Llama (`nega.toy.model.SIZES`, default `25m`, about 27M
+parameters with its 513-token vocabulary), in float32 unless `--dtype bfloat16`:
 
     vllm         nega's sampling path for the starting model (D²O's first round, per-step RL's
                  rollouts, QCRD's teacher): `make_sampler(model, SamplingConfig(backend="vllm"),
@@ -42,10 +42,12 @@ forward decode step (a KV cache of prompt + max_tokens/2 positions) at the plain
 (n × generate-batch sequences) and at 4× that. When the plain loop already runs near the large-batch
 step rate, sampling is bound by the model's matmuls and no engine can be many times faster than it.
 
-Writes benchmarks/results/bench_sampling.json (bench_sampling_cuda.json with --device cuda).
+Writes benchmarks/results/bench_sampling.json (`_cuda` added with --device cuda, `_bf16` with
+--dtype bfloat16: the toy model's float32 weights cast to bfloat16 in every way).
 
     .venv/bin/python benchmarks/bench_sampling.py [--device cpu|cuda] [--size 25m] [--reps 3]
         [--prompts 64] [--n 8] [--max-tokens 128] [--generate-batch 8] [--ways vllm,hf,...]
+        [--dtype float32|bfloat16]
     # quick check: --size tiny --reps 1 --prompts 2 --n 2 --max-tokens 8
 """
 
@@ -172,6 +174,9 @@ def main() -> None:
         "--kv-cache-gib", type=int, default=4, help="vLLM CPU KV cache (sampling.kv_cache_gib)"
     )
     parser.add_argument("--ways", default=",".join(WAYS), help=f"comma-separated subset of {','.join(WAYS)}")
+    parser.add_argument(
+        "--dtype", choices=["float32", "bfloat16"], default="float32", help="weights and compute, every way"
+    )
     parser.add_argument("--block-size", type=int, default=None, help="vLLM KV block tokens (nega's default)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--work", type=Path, default=Path("runs/bench-sampling"))
@@ -181,9 +186,8 @@ def main() -> None:
     unknown = sorted(set(ways_run) - set(WAYS))
     if unknown or "generate" not in ways_run:
         parser.error(f"--ways: unknown {unknown}; choose from {WAYS}, always including generate")
-    out = args.out or RESULTS / (
-        "bench_sampling_cuda.json" if args.device == "cuda" else "bench_sampling.json"
-    )
+    suffix = ("_cuda" if args.device == "cuda" else "") + ("_bf16" if args.dtype == "bfloat16" else "")
+    out = args.out or RESULTS / f"bench_sampling{suffix}.json"
     if args.device == "cpu":
         os.environ["CUDA_VISIBLE_DEVICES"] = ""  # the HF sampler would otherwise take a visible GPU
     for key, value in {
@@ -229,13 +233,15 @@ def main() -> None:
     for way, (cfg, extra) in sampler_options.items():
         if way in ways_run:
             t0 = time.perf_counter()
-            samplers[way] = make_sampler(model_dir, cfg, dtype="float32", **extra)
+            samplers[way] = make_sampler(model_dir, cfg, dtype=args.dtype, **extra)
             starts[way] = time.perf_counter() - t0
     vllm_block_size = next((s.block_size for s in samplers.values() if hasattr(s, "block_size")), None)
     t0 = time.perf_counter()
     device = torch.device(args.device)
     tokenizer = AutoTokenizer.from_pretrained(model_dir, padding_side="left")
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).to(device).eval()
+    model = (
+        AutoModelForCausalLM.from_pretrained(model_dir, dtype=getattr(torch, args.dtype)).to(device).eval()
+    )
     generate_load = time.perf_counter() - t0
     texts = [render_prompt(tokenizer, m) for m in messages]
     prompt_lengths = [len(tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts]
@@ -304,8 +310,9 @@ def main() -> None:
         ways[way]["start_seconds"] = seconds_
     if "hf" in ways:
         ways["hf"]["batch_size"] = hf_cfg.batch_size
-    ways["generate"]["load_seconds"] = generate_load
-    ways["generate"]["batch_prompts"] = args.generate_batch
+    if "generate" in ways:
+        ways["generate"]["load_seconds"] = generate_load
+        ways["generate"]["batch_prompts"] = args.generate_batch
     if "generate_1" in ways:
         ways["generate_1"]["batch_prompts"] = 1
     rate = {way: ways[way]["median_tokens_per_s"] for way in ways_run}
@@ -339,7 +346,7 @@ def main() -> None:
             "n": args.n,
             "max_tokens": args.max_tokens,
             "temperature": 1.0,
-            "dtype": "float32",
+            "dtype": args.dtype,
             "prompt_tokens": {
                 "min": min(prompt_lengths),
                 "median": statistics.median(prompt_lengths),

@@ -101,11 +101,13 @@ def arms_of(data: dict) -> dict | None:
 
 def section(path: Path) -> list[str]:
     data = json.loads(path.read_text())
-    name = path.stem.removesuffix("_cuda")
+    name = path.stem.removesuffix("_bf16").removesuffix("_cuda")
     machine = data.get("machine", {})
     where = str(machine.get("device", "?"))
     if machine.get("cpus"):
         where += f", {machine['cpus']} CPUs"
+    if data.get("config", {}).get("dtype"):
+        where += f", {data['config']['dtype']}"
     when = f"{data['date']}, " if data.get("date") else ""
     lines = [f"## {path.stem}", "", f"`results/{path.name}` — {when}{where}", ""]
     lines += ratio_table(name, data)
