@@ -48,6 +48,7 @@ the JSON each time.
 | `quality_*.py` | each method beside its baselines on its toy world (see the project README) |
 
 Each script takes `--device cuda` and `--size` for a larger model; GPU results go to `*_cuda.json`.
+`bench_sampling.py --dtype bfloat16` samples in bfloat16 in every way (`*_bf16.json`).
 """
 
 
