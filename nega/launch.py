@@ -106,24 +106,40 @@ def train_with_resume(trainer, output_dir: Path):
 
     Each start is recorded in `output_dir/starts.jsonl`: which checkpoint it resumed from, if any (so a
     user or a test can see that an interrupted stage continued rather than started over), and how it
-    was distributed (accelerate's distributed type, e.g. DEEPSPEED or MULTI_CPU, and the world size).
+    was distributed (accelerate's distributed type, e.g. DEEPSPEED or MULTI_CPU, the process group's
+    world size, and the ZeRO stage of the DeepSpeed engine the Trainer built, 0 without one).
     """
     import time
 
+    from transformers import TrainerCallback
+
     checkpoint = last_checkpoint(output_dir)
-    if trainer.is_world_process_zero():
-        Path(output_dir).mkdir(parents=True, exist_ok=True)
-        state = trainer.accelerator.state
-        start = {
-            "resumed_from": checkpoint,
-            "at": time.strftime("%Y-%m-%dT%H:%M:%S"),
-            "distributed": state.distributed_type.value,
-            "world_size": state.num_processes,
-            "zero_stage": getattr(getattr(trainer.args, "deepspeed_plugin", None), "zero_stage", 0) or 0,
-        }
-        with (Path(output_dir) / "starts.jsonl").open("a") as f:
-            f.write(json.dumps(start) + "\n")
-    return trainer.train(resume_from_checkpoint=checkpoint)
+
+    class RecordStart(TrainerCallback):
+        # Written once the Trainer has built its engine: the stage it runs, not the one the config asked for.
+        def on_train_begin(self, args, state, control, **kwargs):
+            if not trainer.is_world_process_zero():
+                return
+            engine = trainer.model_wrapped
+            group = torch.distributed.is_available() and torch.distributed.is_initialized()
+            start = {
+                "resumed_from": checkpoint,
+                "at": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                "distributed": trainer.accelerator.state.distributed_type.value,
+                "world_size": torch.distributed.get_world_size() if group else 1,
+                "zero_stage": engine.zero_optimization_stage()
+                if hasattr(engine, "zero_optimization_stage")
+                else 0,
+            }
+            Path(output_dir).mkdir(parents=True, exist_ok=True)
+            with (Path(output_dir) / "starts.jsonl").open("a") as f:
+                f.write(json.dumps(start) + "\n")
+
+    trainer.add_callback(RecordStart)
+    try:
+        return trainer.train(resume_from_checkpoint=checkpoint)
+    finally:
+        trainer.remove_callback(RecordStart)
 
 
 def save_trained(trainer, tokenizer, path: Path) -> Path:

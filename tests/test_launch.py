@@ -80,8 +80,16 @@ def test_non_finite_loss_stops_with_step_and_rows(tmp_path):
     with pytest.raises(NonFiniteLossError, match=r"step 3, dataset rows \[\d, \d\]: loss is -?inf") as info:
         trainer.train()
     assert "checkpoint-2" in str(info.value)
-    assert (tmp_path / "last-good").exists()
-    assert torch.isfinite(model.weight).all() and not torch.equal(model.weight, before)
+    # last-good holds the weights of the two good steps, the state before the bad batch: the same as
+    # checkpoint-2 and the model in memory, and not the starting weights.
+    from safetensors.torch import load_file
+
+    good = load_file(tmp_path / "last-good" / "model.safetensors")
+    checkpoint = load_file(tmp_path / "checkpoint-2" / "model.safetensors")
+    assert set(good) == {"weight", "bias"}
+    assert torch.isfinite(model.weight).all() and not torch.equal(good["weight"], before)
+    for name, tensor in good.items():
+        assert torch.equal(tensor, checkpoint[name]) and torch.equal(tensor, getattr(model, name).detach())
 
 
 # --- several nodes: node 0 announces its training launches, the others follow -------------------------
@@ -93,7 +101,7 @@ def _follow_in_thread(folder, monkeypatch, joined):
     import nega.launch as launch
 
     def fake_launch(payload, topo, log):
-        joined.append((payload.name, topo.node_rank))
+        joined.append((payload, topo.node_rank))
         return 0
 
     monkeypatch.setattr(launch, "launch_ranks", fake_launch)
@@ -134,7 +142,8 @@ def test_follower_joins_each_launch_in_order_and_ends_with_node_0(tmp_path, monk
     node0.finish("ok")
     thread.join(10)
     assert result["outcome"] == ("ok", "")
-    assert joined == [("launch.json", 1), ("launch.json", 1)]
+    # Both payloads are named launch.json: their folders show each was joined once, in announced order.
+    assert joined == [(tmp_path / "a" / "launch.json", 1), (tmp_path / "b" / "launch.json", 1)]
 
 
 def test_follower_moves_to_the_new_attempt_after_node_0_restarts(tmp_path, monkeypatch):
@@ -153,4 +162,4 @@ def test_follower_moves_to_the_new_attempt_after_node_0_restarts(tmp_path, monke
     again.finish("failed", "data error: rows.jsonl row 3")
     thread.join(10)
     assert result["outcome"] == ("failed", "data error: rows.jsonl row 3")
-    assert [name for name, _ in joined] == ["first.json", "second.json"]
+    assert [payload.name for payload, _ in joined] == ["first.json", "second.json"]

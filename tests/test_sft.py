@@ -52,34 +52,63 @@ def test_response_nll_counts_only_response_tokens(tiny_model_dir):
     assert loss == pytest.approx(total / count, rel=1e-4)
 
 
-def test_two_sft_steps_change_lora_weights_and_not_the_base(tiny_model_dir, tmp_path):
+def test_two_sft_steps_change_lora_weights_and_not_the_base(tiny_model_dir, tmp_path, monkeypatch):
+    import json
+
     from safetensors.torch import load_file
 
+    import nega.models
     from nega.config import LoraConfig, ModelConfig, TrainConfig
-    from nega.models import load_base_model
     from nega.sft import sft_train
 
+    # Keep the model sft_train trains, and its weights as they were loaded.
+    loaded = []
+    load_policy = nega.models.load_policy
+
+    def keep(*args, **kwargs):
+        model, tokenizer = load_policy(*args, **kwargs)
+        loaded.append((model, {n: p.detach().clone() for n, p in model.named_parameters()}))
+        return model, tokenizer
+
+    monkeypatch.setattr(nega.models, "load_policy", keep)
     pairs = [("<|user|>\nname a color.\n<|assistant|>\n", "green")] * 4
-    folder, history = sft_train(
-        str(tiny_model_dir),
-        pairs,
-        tmp_path / "sft",
-        model_cfg=ModelConfig(name=str(tiny_model_dir)),
-        lora_cfg=LoraConfig(r=4, alpha=8, dropout=0.0),
-        train_cfg=TrainConfig(
-            lr=1e-2, batch_size=2, max_steps=2, warmup_ratio=0.0, logging_steps=1, save_steps=1
-        ),
-        max_steps=2,
-    )
+
+    def train():
+        return sft_train(
+            str(tiny_model_dir),
+            pairs,
+            tmp_path / "sft",
+            model_cfg=ModelConfig(name=str(tiny_model_dir)),
+            lora_cfg=LoraConfig(r=4, alpha=8, dropout=0.0),
+            train_cfg=TrainConfig(
+                lr=1e-2, batch_size=2, max_steps=2, warmup_ratio=0.0, logging_steps=1, save_steps=1
+            ),
+            max_steps=2,
+        )
+
+    folder, history = train()
     weights = load_file(f"{folder}/adapter_model.safetensors")
     lora_b = [v for k, v in weights.items() if "lora_B" in k]
-    assert lora_b and any(v.abs().sum() > 0 for v in lora_b)  # B starts at zero; two steps moved it
+    assert lora_b and all(v.abs().sum() > 0 for v in lora_b)  # B starts at zero; two steps moved it
     losses = [h["loss"] for h in history if "loss" in h]
     assert len(losses) == 2 and all(math.isfinite(x) for x in losses)
-    # The base folder is untouched and a resumed call finds the finished run (no further steps).
-    base_after = load_base_model(tiny_model_dir).state_dict()
-    base_before = load_file(f"{tiny_model_dir}/model.safetensors")
-    assert all(torch.equal(base_before[k], base_after[k]) for k in base_before)
+    # In memory: every LoRA B moved, and no frozen (base) parameter did.
+    ((model, before),) = loaded
+    frozen = {n for n, p in model.named_parameters() if not p.requires_grad}
+    assert frozen and frozen == {n for n in before if "lora_" not in n}  # only the adapter trains
+    assert [n for n in frozen if not torch.equal(before[n], model.get_parameter(n))] == []
+    moved = {n for n, p in model.named_parameters() if not torch.equal(before[n], p)}
+    assert {n for n in before if "lora_B" in n} <= moved
+
+    # A second call finds the finished run in its checkpoints and trains no further step.
+    folder_again, history_again = train()
+    assert folder_again == folder and [h["loss"] for h in history_again if "loss" in h] == losses
+    assert max(h.get("step", 0) for h in history_again) == 2
+    starts = [json.loads(line) for line in (tmp_path / "sft" / "checkpoints" / "starts.jsonl").open()]
+    assert len(starts) == 2 and starts[0]["resumed_from"] is None
+    assert starts[1]["resumed_from"].endswith("checkpoint-2")
+    again = load_file(f"{folder}/adapter_model.safetensors")
+    assert all(torch.equal(again[k], weights[k]) for k in weights)
 
 
 @pytest.mark.slow

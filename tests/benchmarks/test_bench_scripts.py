@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from nega_testing import require_module
 
 pytestmark = [pytest.mark.slow, pytest.mark.vllm]
 
@@ -18,7 +19,7 @@ SMALLEST = ["--size", "tiny", "--reps", "1", "--prompts", "2", "--n", "2", "--ma
 
 
 def run_script(name: str, tmp_path: Path, *extra: str) -> dict:
-    pytest.importorskip("vllm")
+    require_module("vllm")
     out = tmp_path / f"{name}.json"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "NEGA_QUIET": "1"}
     command = [sys.executable, str(BENCHMARKS / f"{name}.py"), *SMALLEST, *extra]

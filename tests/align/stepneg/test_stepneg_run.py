@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from nega_testing import CORPUS_PAIRS
+from nega_testing import CORPUS_PAIRS, require_module
 
 from nega.config import load_recipe
 from nega.pipeline import Run, read_json, read_jsonl
@@ -90,7 +90,7 @@ def test_stepneg_gsm8k_recipe_validates_and_runs_on_the_tiny_model(tiny_model_di
 @pytest.mark.slow
 @pytest.mark.vllm
 def test_stepneg_runs_with_the_vllm_sampler(tiny_model_dir, tmp_path, monkeypatch):
-    pytest.importorskip("vllm")
+    require_module("vllm")
     from nega.align.stepneg.run import run
 
     data = _problems_file(tmp_path / "problems.jsonl")

@@ -65,7 +65,7 @@ def test_two_steps_change_lora_weights_and_keep_the_base(tiny_model_dir, tmp_pat
         examples = attach_reference_logps(examples, str(tiny_model_dir), recipe.model)
     else:
         examples = [{"prompt": PROMPT, "steps": ["2 plus 3 ", "is 6"], "advantages": [0.0, -1.0]}] * 2
-    model, tokenizer = load_policy(str(tiny_model_dir), recipe.model, recipe.lora)
+    model, tokenizer = load_policy(str(tiny_model_dir), recipe.model, recipe.lora, seed=0)
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     assert all(not p.requires_grad for n, p in model.named_parameters() if "lora_" not in n)
     trainer = StepNegTrainer(
@@ -89,7 +89,8 @@ def test_two_steps_change_lora_weights_and_keep_the_base(tiny_model_dir, tmp_pat
     assert any(k.startswith(f"{loss}/") for k in history[0])
 
 
-def test_reference_logps_come_from_the_plain_model_and_use_the_cache(tiny_model_dir, tmp_path):
+def test_reference_logps_come_from_the_plain_model_and_use_the_cache(tiny_model_dir, tmp_path, monkeypatch):
+    import nega.models
     from nega.align.stepneg.trainer import reference_logps
     from nega.config import ModelConfig
     from nega.logps import LogpCache, batched_sequence_logps
@@ -103,6 +104,25 @@ def test_reference_logps_come_from_the_plain_model_and_use_the_cache(tiny_model_
     expected = batched_sequence_logps(model, tokenizer, pairs, add_eos=[True, False])
     assert values == pytest.approx(expected, rel=1e-5)
     assert len(LogpCache(tmp_path / "ref.jsonl").values) == 2
+
+    # A second call (a resumed stage: the cache read back from its file) loads no model and returns
+    # the cached values; a pair it has not seen is the only one scored.
+    def no_model(*args, **kwargs):
+        raise AssertionError("a model was loaded although the cache held every value")
+
+    monkeypatch.setattr(nega.models, "load_base_model", no_model)
+    assert (
+        reference_logps(str(tiny_model_dir), cfg, pairs, [True, False], cache=LogpCache(cache.path)) == values
+    )
+    loads = []
+    monkeypatch.setattr(
+        nega.models, "load_base_model", lambda *a, **k: loads.append(a) or load_base_model(*a, **k)
+    )
+    more = [*pairs, (PROMPT, "2 plus 3 is 6.")]
+    again = reference_logps(str(tiny_model_dir), cfg, more, [True, False, True], cache=LogpCache(cache.path))
+    assert again[:2] == values and len(loads) == 1
+    assert again[2] == pytest.approx(batched_sequence_logps(model, tokenizer, more[2:])[0], rel=1e-5)
+    assert len(LogpCache(cache.path).values) == 3
 
 
 def test_packed_pairs_give_the_unpacked_dpo_loss(tiny_model_dir):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import random
-import time
 
 import pytest
 import torch
@@ -57,18 +56,15 @@ def test_balance_classes_tops_up_the_minority_with_augmented_copies():
     assert balance_classes(pos, [], random.Random(0)) == (pos, [])
 
 
-def test_encoder_discriminator_learns_a_separable_set_in_seconds(tokenizer):
+def test_encoder_discriminator_learns_a_separable_set(tokenizer):
     torch.manual_seed(0)
     pos, neg = separable_pairs(60, 15, seed=1)  # imbalanced: balanced by augmentation
     disc = Discriminator.build("encoder", tokenizer, lr=3e-3, seed=0)
-    start = time.perf_counter()
     metrics = disc.fit(pos, neg, steps=60, batch_size=16, seed=0)
-    elapsed = time.perf_counter() - start
     held_pos, held_neg = separable_pairs(40, 40, seed=2)
     accuracy = disc.accuracy(held_pos, held_neg)
     assert accuracy > 0.8, (accuracy, metrics)
     assert metrics["augmented"] == 45
-    assert elapsed < 60
     scores = disc.scores(held_pos[:3] + held_neg[:3])
     assert all(0.0 <= s <= 1.0 for s in scores)
     assert min(scores[:3]) > max(scores[3:])
