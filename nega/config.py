@@ -49,7 +49,10 @@ def _existing_path(value: str | None) -> str | None:
 
 
 class ModelConfig(Strict):
-    name: str = Field(description="hub id, local folder, or 'toy' (tiny model built from the `toy` section)")
+    name: str = Field(
+        description="hub id, local folder, .gguf file, a packaged model (`nega models`, e.g. "
+        "smollm2-135m-instruct), or 'toy' (tiny model built from the `toy` section)"
+    )
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     trust_remote_code: bool = Field(
         False, description="run code shipped with the model; only for models you trust"
@@ -60,6 +63,11 @@ class ModelConfig(Strict):
     @field_validator("name")
     @classmethod
     def _local_folder_exists(cls, v: str) -> str:
+        from nega.models import model_problem
+
+        problem = model_problem(v)
+        if problem is not None:
+            raise ValueError(problem)
         if v.startswith(("./", "../", "/", "~")):
             _existing_path(v)
             return os.path.expanduser(os.path.expandvars(v))

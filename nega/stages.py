@@ -14,10 +14,13 @@ from nega.sampling.base import Prompt
 
 
 def base_model(run: Run) -> tuple[str, Stage | None]:
-    """(model path or hub id, the stage that built it). `model.name: toy` builds and trains the toy model."""
+    """(model path or hub id, the stage that built it). `model.name: toy` builds and trains the toy model;
+    a known packaged model or a `.gguf` file resolves to its converted folder in nega's model cache."""
     recipe = run.recipe
     if recipe.model.name != "toy":
-        return recipe.model.name, None
+        from nega.models import resolve_model
+
+        return resolve_model(recipe.model.name), None
     stage = run.stage("toy-model", config={"toy": recipe.toy.model_dump(), "seed": recipe.seed})
     if not stage.done:
         from nega.toy.build import build_toy_model

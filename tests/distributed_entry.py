@@ -35,7 +35,9 @@ def train_lora(model_dir: str, out_dir: str, stage: int, steps: int = 4, global_
     from nega.models import load_policy
 
     world = int(__import__("os").environ.get("WORLD_SIZE", "1"))
-    model, tok = load_policy(model_dir, ModelConfig(name=model_dir), LoraConfig(r=4, alpha=8, dropout=0.0))
+    model, tok = load_policy(
+        model_dir, ModelConfig(name=model_dir), LoraConfig(r=4, alpha=8, dropout=0.0), seed=0
+    )
     encoded = [encode_pair(tok, p, r) for p, r in training_pairs(tok)]
 
     def collate(rows):

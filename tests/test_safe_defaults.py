@@ -94,7 +94,7 @@ def pickled(path: Path) -> bool:
 def test_saved_model_folders_hold_no_pickles(tiny_model_dir, tmp_path, what):
     from nega.models import load_policy, merge_adapter, save_adapter
 
-    model, tokenizer = load_policy(tiny_model_dir, ModelConfig(name="x"), LoraConfig(r=4, alpha=8))
+    model, tokenizer = load_policy(tiny_model_dir, ModelConfig(name="x"), LoraConfig(r=4, alpha=8), seed=0)
     folder = save_adapter(model, tokenizer, tmp_path / "adapter")
     if what == "merged":
         folder = merge_adapter(tiny_model_dir, folder, tmp_path / "merged")

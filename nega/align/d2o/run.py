@@ -22,7 +22,8 @@ Stages, top to bottom:
 Deviations from the paper, and decisions where it is silent:
 
 - LoRA, not full fine-tuning: π_r⁻ = π_r⁺ = the base weights (adapter off); log-probs are sums over
-  response tokens; a self-sample cut at sampling.max_tokens is scored without EOS.
+  response tokens; self-samples are scored by the token ids the sampler produced, ended by the chat
+  template's end-of-turn token, and one cut at sampling.max_tokens is scored without it.
 - Sampling: temperature 1.0, top_p 1.0 by default (not stated in the paper); K defaults to sampling.n
   (paper K = 11).
 - Online schedule (unknown in the paper): the training budget (train.max_steps or train.epochs) is split
@@ -132,7 +133,12 @@ def sample_stage(run: Run, name: str, model_path: str, prompts: list[str], adapt
         write_jsonl(
             stage.dir / "samples.jsonl",
             (
-                {"completions": [{"text": c.text, "finish_reason": c.finish_reason} for c in g]}
+                {
+                    "completions": [
+                        {"text": c.text, "token_ids": c.token_ids, "finish_reason": c.finish_reason}
+                        for c in g
+                    ]
+                }
                 for g in groups
             ),
         )
@@ -143,7 +149,9 @@ def sample_stage(run: Run, name: str, model_path: str, prompts: list[str], adapt
 def reference_stage(run: Run, name: str, model_path: str, rows, prompts, sampled, ref_adapter):
     """Select ≤ K self-samples per prompt (optionally filtered) and cache every reference log-prob."""
     from nega.align.d2o.trainer import reference_logps
+    from nega.chat import stop_ids
     from nega.logps import LogpCache
+    from nega.models import load_tokenizer
 
     recipe, cfg = run.recipe, run.recipe.d2o
     k = cfg.k or recipe.sampling.n
@@ -153,17 +161,18 @@ def reference_stage(run: Run, name: str, model_path: str, rows, prompts, sampled
     if not stage.done:
         groups = [r["completions"] for r in read_jsonl(sampled.dir / "samples.jsonl")]
         flags = harm_flags(recipe, rows, groups) if cfg.filter_self_samples else [None] * len(groups)
-        selected = [select_self_samples(g, k, f) for g, f in zip(groups, flags, strict=True)]
+        end_ids = stop_ids(load_tokenizer(model_path, recipe.model))
+        selected = [select_self_samples(g, k, f, end_ids) for g, f in zip(groups, flags, strict=True)]
         cache = LogpCache(stage.dir / "reference_cache.jsonl")
 
         def score(pairs, eos):
             return reference_logps(model_path, recipe.model, pairs, eos, adapter=ref_adapter, cache=cache)
 
         negatives = [r["rejected"] for r in rows]
-        examples = build_examples(prompts, negatives, [(t, e) for t, e, _ in selected], score)
+        examples = build_examples(prompts, negatives, selected, score)
         write_jsonl(stage.dir / "examples.jsonl", examples)
         stage.finish(counts={"prompts": len(examples), "self_samples": sum(len(e["self"]) for e in examples),
-                             "filtered": sum(d for _, _, d in selected)})  # fmt: skip
+                             "filtered": sum(s.dropped for s in selected)})  # fmt: skip
     return stage
 
 

@@ -132,7 +132,7 @@ def train_policy(
     from nega.models import load_policy
 
     output_dir = Path(output_dir)
-    model, tokenizer = load_policy(model_path, recipe.model, recipe.lora, adapter=adapter)
+    model, tokenizer = load_policy(model_path, recipe.model, recipe.lora, seed=recipe.seed, adapter=adapter)
     checkpoints = output_dir / "checkpoints"
     args = training_arguments(recipe.train, checkpoints, seed=recipe.seed, **overrides)
     trainer = D2OTrainer(

@@ -125,7 +125,7 @@ def train_policy(
             f"no training examples for stepneg.loss={loss}: no problem had both a correct and an incorrect sample"
         )
     output_dir = Path(output_dir)
-    model, tokenizer = load_policy(model_path, recipe.model, recipe.lora)
+    model, tokenizer = load_policy(model_path, recipe.model, recipe.lora, seed=recipe.seed)
     checkpoints = output_dir / "checkpoints"
     args = training_arguments(recipe.train, checkpoints, seed=recipe.seed, **overrides)
     trainer = StepNegTrainer(

@@ -207,9 +207,9 @@ def train_epoch(
     examples = read_jsonl(Path(examples_path))
     output_dir = Path(output_dir)
     if cfg.lora.enabled:
-        model, tokenizer = load_policy(model_path, cfg.model, cfg.lora, adapter=adapter)
+        model, tokenizer = load_policy(model_path, cfg.model, cfg.lora, seed=cfg.seed, adapter=adapter)
     else:
-        model, tokenizer = load_policy(adapter or model_path, cfg.model, cfg.lora)
+        model, tokenizer = load_policy(adapter or model_path, cfg.model, cfg.lora, seed=cfg.seed)
     per_epoch = steps_per_epoch(len(examples), cfg.train, topology().world_size)
     checkpoints = output_dir / "checkpoints"
     args = training_arguments(cfg.train, checkpoints, seed=cfg.seed + epoch, max_steps=per_epoch)

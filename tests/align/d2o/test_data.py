@@ -165,11 +165,31 @@ def test_select_self_samples_filters_caps_and_drops_eos_of_cut_samples():
         {"text": "cut off", "finish_reason": "length"},
         {"text": "late", "finish_reason": "stop"},
     ]
-    assert select_self_samples(completions, 2) == (["[unsafe] x", "no"], [True, True], 0)
-    texts, eos, dropped = select_self_samples(
+    assert select_self_samples(completions, 2)[:3] == (["[unsafe] x", "no"], [True, True], 0)
+    texts, eos, dropped, _ = select_self_samples(
         completions, 3, flagged=["unsafe" in c["text"] for c in completions]
     )
     assert (texts, eos, dropped) == (["no", "cut off", "late"], [True, False, True], 1)
+
+
+def test_self_samples_keep_the_sampler_token_ids_without_the_end_token():
+    completions = [
+        {"text": "ok", "token_ids": [5, 6, 2], "finish_reason": "stop"},  # ended by end-of-turn id 2
+        {"text": "cut", "token_ids": [7, 8, 9], "finish_reason": "length"},  # cut: every id kept
+        {"text": "old", "finish_reason": "stop"},  # a sampler that gave no ids: the text
+    ]
+    selected = select_self_samples(completions, 3, end_ids={2})
+    assert selected.tokens == [[5, 6], [7, 8, 9], "old"]
+    scored = []
+
+    def fake_reference(pairs, eos):
+        scored.extend(pairs)
+        return [0.0] * len(pairs)
+
+    (example,) = build_examples(["P"], ["N"], [selected], fake_reference)
+    assert scored[:3] == [("P", [5, 6]), ("P", [7, 8, 9]), ("P", "old")]
+    assert example["self_ids"] == [[5, 6], [7, 8, 9], None]
+    assert example["self"] == ["ok", "cut", "old"]
 
 
 def test_build_examples_orders_reference_logps_and_kl_partners():

@@ -87,7 +87,7 @@ def build_trainer(model_path, tmp_path, objective="qcrd", **kwargs):
     from nega.models import load_policy
 
     model, tokenizer = load_policy(
-        model_path, ModelConfig(name=str(model_path)), LoraConfig(r=4, alpha=8, dropout=0.0)
+        model_path, ModelConfig(name=str(model_path)), LoraConfig(r=4, alpha=8, dropout=0.0), seed=0
     )
     train = TrainConfig(lr=1e-2, batch_size=4, max_steps=2, warmup_ratio=0.0, logging_steps=1, save_steps=100)
     args = training_arguments(train, tmp_path / "out", seed=0, **kwargs.pop("args", {}))
