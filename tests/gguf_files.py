@@ -28,7 +28,9 @@ LAYER_TENSORS = {
 def rope_interleave(weight: np.ndarray, heads: int) -> np.ndarray:
     """llama.cpp's rotary layout for q/k rows: within each head, the two halves are interleaved."""
     rows = weight.shape[0]
-    return weight.reshape(heads, 2, rows // heads // 2, *weight.shape[1:]).swapaxes(1, 2).reshape(weight.shape)
+    return (
+        weight.reshape(heads, 2, rows // heads // 2, *weight.shape[1:]).swapaxes(1, 2).reshape(weight.shape)
+    )
 
 
 def write_llama_gguf(model_dir: Path, out: Path) -> Path:
