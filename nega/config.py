@@ -167,7 +167,11 @@ class TrainConfig(Strict):
 
 
 class HarmEvalConfig(Strict):
-    prompts: str = Field("advbench", description="advbench | hh-harmless | xstest | toy | path to jsonl/csv")
+    prompts: str | list[str] = Field(
+        "advbench",
+        description="advbench | hh-harmless | xstest | toy | path to jsonl/csv, or a list of them "
+        "(each its own stage eval-harm-<set> and metrics harm-<set>/...)",
+    )
     scorer: str = Field(
         "refusal",
         description="refusal | toy | classifier:<model> | judge:<model> | module:function "
@@ -175,6 +179,20 @@ class HarmEvalConfig(Strict):
     )
     limit: int | None = Field(100, ge=1)
     max_tokens: int = Field(128, ge=1)
+
+    @field_validator("prompts")
+    @classmethod
+    def _distinct_sets(cls, v: str | list[str]) -> str | list[str]:
+        if isinstance(v, list):
+            if not v:
+                raise ValueError("give at least one prompt set")
+            if len(set(v)) != len(v):
+                raise ValueError("a prompt set is listed twice")
+        return v
+
+    @property
+    def prompt_sets(self) -> list[str]:
+        return [self.prompts] if isinstance(self.prompts, str) else list(self.prompts)
 
     @field_validator("scorer")
     @classmethod

@@ -2,9 +2,11 @@
 
     results = run_evals(run, model_path, {"d2o": str(train_stage.dir / "adapter")})
 
-- `eval-harm` (when `eval.harm` is set) and `eval-reasoning` (when `eval.reasoning` is set) are
+- `eval-harm` (when `eval.harm` is set; one `eval-harm-<set>` per set when `eval.harm.prompts` lists
+  several, with metrics `harm-<set>/...`) and `eval-reasoning` (when `eval.reasoning` is set) are
   `Run.stage`s: skipped on a re-run while the model, the adapters' files and the settings are
-  unchanged. Each opens one sampler for all adapters (one adapter per generate call).
+  unchanged. One sampler serves every stage and adapter (one adapter per generate call); it starts
+  only when a stage has work to do.
 - With `eval.before: true` the starting model (no adapter) is evaluated too, as label `start`.
 - Each label's full outputs (harm.json/.md/.png, samples.jsonl, ...) land in `<stage>/<label>/`;
   `metrics.json` holds all labels.
@@ -33,14 +35,21 @@ def run_evals(run: Run, model_path: str, adapters: dict[str, str | None]) -> dic
     labels = {label: (str(path) if path else None) for label, path in labels.items()}
     results: dict[str, dict[str, float]] = {label: {} for label in labels}
     sections = []
-    if cfg.harm is not None:
-        metrics = harm_stage(run, model_path, labels)
-        sections.append(harm_table(metrics, cfg.harm))
-        _merge(results, metrics, "harm", _harm_summary)
-    if cfg.reasoning is not None:
-        metrics = reasoning_stage(run, model_path, labels)
-        sections.append(reasoning_table(metrics, cfg.reasoning))
-        _merge(results, metrics, "reasoning", _reasoning_summary)
+    sampler = SharedSampler(run, model_path, adapters=any(labels.values()))
+    try:
+        if cfg.harm is not None:
+            sets = cfg.harm.prompt_sets
+            for name in sets:
+                suffix = "" if len(sets) == 1 else f"-{set_slug(name)}"
+                metrics = harm_stage(run, model_path, labels, name, f"eval-harm{suffix}", sampler)
+                sections.append(harm_table(metrics, cfg.harm, name))
+                _merge(results, metrics, f"harm{suffix}", _harm_summary)
+        if cfg.reasoning is not None:
+            metrics = reasoning_stage(run, model_path, labels, sampler)
+            sections.append(reasoning_table(metrics, cfg.reasoning))
+            _merge(results, metrics, "reasoning", _reasoning_summary)
+    finally:
+        sampler.close()
     if sections:
         write_json(run.dir / "eval.json", results)
         write_report_section(run.dir / "report.md", run.recipe.name, "\n".join(sections))
@@ -80,35 +89,72 @@ def _toy_section(run: Run) -> dict:
     return run.recipe.toy.model_dump() if run.recipe.toy is not None else {}
 
 
-def harm_stage(run: Run, model_path: str, labels: dict[str, str | None]) -> dict[str, dict]:
-    """Answer the harm prompts with every label's adapter, score them in one scorer call."""
+class SharedSampler:
+    """One sampler for every evaluation stage of a run, started when the first stage needs it."""
+
+    def __init__(self, run: Run, model_path: str, *, adapters: bool):
+        self.run, self.model_path, self.adapters = run, model_path, adapters
+        self._sampler = None
+
+    def get(self):
+        if self._sampler is None:
+            from nega.sampling import make_sampler
+
+            recipe = self.run.recipe
+            self._sampler = make_sampler(
+                self.model_path, recipe.sampling, max_lora_rank=recipe.lora.r, adapters=self.adapters
+            )
+        return self._sampler
+
+    def close(self) -> None:
+        if self._sampler is not None:
+            self._sampler.close()
+            self._sampler = None
+
+
+def set_slug(name: str) -> str:
+    """A prompt set's name in stage and metric names: built-in names as they are, files by their stem."""
+    return Path(name).stem if ("/" in name or "." in name) else name
+
+
+def harm_stage(
+    run: Run,
+    model_path: str,
+    labels: dict[str, str | None],
+    prompts: str,
+    name: str = "eval-harm",
+    sampler: SharedSampler | None = None,
+) -> dict[str, dict]:
+    """Answer the prompt set `prompts` with every label's adapter, score them in one scorer call."""
     from nega.eval.harm import generate_answers, score_answers, write_harm_outputs
     from nega.eval.sets import load_harm_set
     from nega.rewards.harm import close_scorer, make_harm_scorer
-    from nega.sampling import make_sampler
 
     recipe, cfg = run.recipe, run.recipe.eval.harm
-    stage = run.stage(
-        "eval-harm",
-        config=_stage_config(run, model_path, labels, cfg),
-        inputs=[p for p in labels.values() if p],
-    )
+    config = _stage_config(run, model_path, labels, cfg)
+    config["section"]["prompts"] = prompts
+    stage = run.stage(name, config=config, inputs=[p for p in labels.values() if p])
     if stage.done:
         return read_json(stage.dir / "metrics.json")
-    harm_set = load_harm_set(cfg.prompts, limit=cfg.limit, toy=_toy_section(run), seed=recipe.seed)
+    harm_set = load_harm_set(prompts, limit=cfg.limit, toy=_toy_section(run), seed=recipe.seed)
     scorer = make_harm_scorer(cfg.scorer, sampling_cfg=recipe.sampling)
-    sampler = make_sampler(
-        model_path, recipe.sampling, max_lora_rank=recipe.lora.r, adapters=any(labels.values())
-    )
+    own = sampler is None
+    sampler = sampler or SharedSampler(run, model_path, adapters=any(labels.values()))
     try:
         answers = {
             label: generate_answers(
-                sampler, harm_set, adapter=adapter, max_tokens=cfg.max_tokens, seed=recipe.seed, label=label
+                sampler.get(),
+                harm_set,
+                adapter=adapter,
+                max_tokens=cfg.max_tokens,
+                seed=recipe.seed,
+                label=label,
             )
             for label, adapter in labels.items()
         }
     finally:
-        sampler.close()
+        if own:
+            sampler.close()
     try:
         scored = score_answers(harm_set, answers, scorer, scorer_name=cfg.scorer)
     finally:
@@ -131,11 +177,12 @@ def harm_stage(run: Run, model_path: str, labels: dict[str, str | None]) -> dict
     return metrics
 
 
-def reasoning_stage(run: Run, model_path: str, labels: dict[str, str | None]) -> dict[str, dict]:
+def reasoning_stage(
+    run: Run, model_path: str, labels: dict[str, str | None], sampler: SharedSampler | None = None
+) -> dict[str, dict]:
     """Greedy accuracy (+ maj@k, pass@k) for every label, one sampler for all."""
     from nega.eval.reasoning import evaluate_problems, reasoning_info, write_reasoning_outputs
     from nega.eval.sets import load_problem_set
-    from nega.sampling import make_sampler
 
     recipe, cfg = run.recipe, run.recipe.eval.reasoning
     stage = run.stage(
@@ -146,14 +193,13 @@ def reasoning_stage(run: Run, model_path: str, labels: dict[str, str | None]) ->
     if stage.done:
         return read_json(stage.dir / "metrics.json")
     problems = load_problem_set(cfg.data, limit=cfg.limit, toy=_toy_section(run), seed=recipe.seed)
-    sampler = make_sampler(
-        model_path, recipe.sampling, max_lora_rank=recipe.lora.r, adapters=any(labels.values())
-    )
+    own = sampler is None
+    sampler = sampler or SharedSampler(run, model_path, adapters=any(labels.values()))
     metrics = {}
     try:
         for label, adapter in labels.items():
             m, rows = evaluate_problems(
-                sampler,
+                sampler.get(),
                 problems,
                 adapter=adapter,
                 samples=cfg.samples,
@@ -170,7 +216,8 @@ def reasoning_stage(run: Run, model_path: str, labels: dict[str, str | None]) ->
             )
             metrics[label] = m
     finally:
-        sampler.close()
+        if own:
+            sampler.close()
     write_json(stage.dir / "metrics.json", metrics)
     stage.finish(counts={"labels": len(labels), "problems": len(problems.items)})
     return metrics
@@ -183,7 +230,7 @@ def _ci_cell(entry: dict | None) -> str:
     return f"{entry['rate']:.3f} [{lo:.3f}, {hi:.3f}]"
 
 
-def harm_table(metrics: dict[str, dict], cfg) -> str:
+def harm_table(metrics: dict[str, dict], cfg, prompts: str | None = None) -> str:
     from nega.stages import format_table
 
     table = {}
@@ -200,7 +247,7 @@ def harm_table(metrics: dict[str, dict], cfg) -> str:
             row["unparsed"] = m["unparsed"]
         table[label] = row
     n = next(iter(metrics.values()))["n_prompts"] if metrics else 0
-    return format_table(table, f"Harm: {cfg.prompts} ({n} prompts), scorer {cfg.scorer}")
+    return format_table(table, f"Harm: {prompts or cfg.prompts} ({n} prompts), scorer {cfg.scorer}")
 
 
 def reasoning_table(metrics: dict[str, dict], cfg) -> str:
