@@ -35,9 +35,19 @@ class Strict(BaseModel):
 
 
 def _existing_path(value: str | None) -> str | None:
-    """Expand `$VARS` and `~`; the file must exist. Kept as text so the resolved recipe stays readable."""
+    """Expand `$VARS` and `~`; the file must exist. Kept as text so the resolved recipe stays readable.
+
+    `data:<folder>/<file>` names a file of nega's data folder (`$NEGA_DATA`, else `../shared/data`;
+    `nega.data.data_roots`) and resolves to its path."""
     if value is None:
         return None
+    if value.startswith("data:"):
+        from nega.data import find_data_file
+
+        try:
+            return str(find_data_file(*Path(value.removeprefix("data:")).parts))
+        except FileNotFoundError as exc:
+            raise ValueError(str(exc)) from None
     expanded = os.path.expanduser(os.path.expandvars(value))
     if "$" in expanded:
         raise ValueError(f"unset environment variable in path {value!r}")
@@ -93,7 +103,11 @@ class DataConfig(Strict):
     data_dir: str | None = Field(
         None, description="subfolder of a hub dataset, e.g. harmless-base of Anthropic/hh-rlhf"
     )
-    path: str | None = Field(None, description="local jsonl/json/csv/parquet file (overrides dataset)")
+    path: str | None = Field(
+        None,
+        description="local jsonl/json/csv/parquet file (overrides dataset); data:<dir>/<file> names a file "
+        "of the data folder ($NEGA_DATA, else ../shared/data)",
+    )
     split: str = "train"
     format: DataFormat = "auto"
     fields: dict[str, str] = Field(default_factory=dict, description="renames {nega_name: column_name}")

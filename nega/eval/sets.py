@@ -29,7 +29,6 @@ test split), or a file with `question` (or `problem`) and `answer` columns.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -56,29 +55,16 @@ class EvalDataError(Exception):
     """An evaluation set that cannot be found or read; the message says where nega looked and the fix."""
 
 
-def data_roots() -> list[Path]:
-    """Candidate data folders in search order (see the module docstring)."""
-    if os.environ.get("NEGA_DATA"):
-        return [Path(os.path.expanduser(os.environ["NEGA_DATA"]))]
-    repo = Path(__file__).resolve().parents[2]
-    roots = [Path.cwd() / ".." / "shared" / "data", repo / ".." / "shared" / "data"]
-    return [r.resolve() for r in roots]
-
-
 def data_file(*parts: str) -> Path:
     """A file of a built-in set, or EvalDataError listing every folder tried and how to point nega at one."""
-    tried = []
-    for root in data_roots():
-        path = root.joinpath(*parts)
-        if path.exists():
-            return path
-        tried.append(str(path))
-    raise EvalDataError(
-        f"evaluation data file {'/'.join(parts)} not found; looked at:\n  "
-        + "\n  ".join(tried)
-        + "\nSet NEGA_DATA to the folder holding the data sets (e.g. export NEGA_DATA=/data/nega), "
-        "or pass a path to a jsonl/csv file instead of a built-in name."
-    )
+    from nega.data import find_data_file
+
+    try:
+        return find_data_file(*parts)
+    except FileNotFoundError as exc:
+        raise EvalDataError(
+            f"evaluation {exc}; or pass a path to a jsonl/csv file instead of a built-in name."
+        ) from None
 
 
 def spread(items: list, limit: int | None) -> list:
