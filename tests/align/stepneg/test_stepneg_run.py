@@ -39,9 +39,13 @@ def _gsm8k_overrides(tiny_model_dir, data, backend="hf"):
         "sampling.temperature=2.0",  # the tiny model is near-perfect at T=1: make some samples wrong
         "sampling.batch_size=32",
         "train.max_steps=2",
+        "train.lr=1e-3",  # the recipe's 2e-5 (after its warm-up step) barely moves a tiny model in 2 steps
+        "train.warmup_ratio=0.0",
+        "train.logging_steps=1",
         "train.batch_size=2",
         "train.grad_accum=1",
         "train.bf16=false",
+        "stepneg.sft_lr=1e-3",
         "stepneg.rft_samples=2",
         "stepneg.negatives=4",
         "stepneg.best_of=2",
@@ -85,6 +89,58 @@ def test_stepneg_gsm8k_recipe_validates_and_runs_on_the_tiny_model(tiny_model_di
         assert pair["rejected_eos"] is False
     train = read_json(_stage(run_dir, "train-dpo") / "manifest.json")
     assert train["counts"]["steps"] == 2
+    assert_trained_arms(run_dir, recipe)
+
+
+def lora_b_moved(adapter) -> bool:
+    """A fresh LoRA adapter's B matrices are zero: any non-zero one shows training moved it."""
+    from safetensors.torch import load_file
+
+    weights = load_file(adapter / "adapter_model.safetensors")
+    return any(t.abs().max() > 0 for name, t in weights.items() if "lora_B" in name)
+
+
+def assert_trained_arms(run_dir, recipe):
+    """Every trained arm moved from its start; SFT's loss fell; π_sft is the SFT adapter merged into the
+    base; and the DPO adapter lowers its own loss on its training pairs below log 2 (π_sft's)."""
+    import math
+
+    import torch
+    from peft import PeftModel
+
+    from nega.align.stepneg.trainer import collator, pair_objective
+    from nega.models import load_base_model, load_tokenizer
+
+    for name in ("sft", "rft", "train-dpo"):
+        assert lora_b_moved(_stage(run_dir, name) / "adapter"), name
+    sft_losses = [
+        h["loss"] for h in read_json(_stage(run_dir, "sft") / "train_log.json")["history"] if "loss" in h
+    ]
+    per_epoch = len(sft_losses) // int(recipe.stepneg.sft_epochs)  # each epoch sees every pair once
+    first, last = sft_losses[:per_epoch], sft_losses[-per_epoch:]
+    assert per_epoch and sum(last) < sum(first) - 0.05 * per_epoch, sft_losses
+
+    base = recipe.model.name
+    pi_sft = _stage(run_dir, "sft-merge") / "model"
+    tokenizer = load_tokenizer(base)
+    ids = torch.tensor([tokenizer("what is 2 plus 3? 2 plus 3 is 5.")["input_ids"]])
+    with torch.no_grad():
+        merged = load_base_model(pi_sft)(input_ids=ids).logits
+        adapted = PeftModel.from_pretrained(load_base_model(base), _stage(run_dir, "sft") / "adapter")(
+            input_ids=ids
+        ).logits
+        plain = load_base_model(base)(input_ids=ids).logits
+    assert torch.allclose(merged, adapted, atol=1e-4) and (merged - plain).abs().max() > 1e-2
+
+    examples = read_jsonl(_stage(run_dir, "train-dpo") / "examples.jsonl")
+    batch = collator("dpo", tokenizer, recipe.model.max_length, pack=False)(examples)
+    policy = PeftModel.from_pretrained(load_base_model(pi_sft), _stage(run_dir, "train-dpo") / "adapter")
+    with torch.no_grad():
+        trained, _ = pair_objective(policy, batch, recipe.stepneg.beta, recipe.stepneg.awr_clip)
+        with policy.disable_adapter():
+            start, _ = pair_objective(policy, batch, recipe.stepneg.beta, recipe.stepneg.awr_clip)
+    assert start.item() == pytest.approx(math.log(2), abs=1e-4)
+    assert trained.item() < start.item() - 1e-3, (trained.item(), start.item())
 
 
 @pytest.mark.slow
