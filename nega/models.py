@@ -188,10 +188,18 @@ def converted_folder(gguf_path: Path, cache_dir: Path | None = None) -> Path | N
 def _convert(gguf_path: Path, out: Path) -> None:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
 
     folder, file = str(gguf_path.parent), gguf_path.name
-    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=file)
-    loaded = AutoModelForCausalLM.from_pretrained(folder, gguf_file=file, dtype=torch.float32)
+    # nega's own bar covers the conversion; transformers' per-tensor bars would flood a log file.
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=file)
+        loaded = AutoModelForCausalLM.from_pretrained(folder, gguf_file=file, dtype=torch.float32)
+    finally:
+        if bars:
+            hf_logging.enable_progress_bar()
     config = loaded.config
     if hasattr(config, "quantization_config"):
         del config.quantization_config
