@@ -163,3 +163,42 @@ def test_follower_moves_to_the_new_attempt_after_node_0_restarts(tmp_path, monke
     thread.join(10)
     assert result["outcome"] == ("failed", "data error: rows.jsonl row 3")
     assert [payload.name for payload, _ in joined] == ["first.json", "second.json"]
+
+
+@pytest.mark.parametrize("ratio", [0.0, 0.25])
+def test_warmup_ratio_is_a_fraction_of_the_steps(tmp_path, ratio):
+    """The learning rate climbs over `warmup_ratio` of the run's steps, whatever transformers calls it."""
+    from transformers import Trainer
+
+    from nega.launch import training_arguments
+
+    train = TrainConfig(lr=1e-3, max_steps=8, warmup_ratio=ratio, lr_scheduler="constant_with_warmup")
+    args = training_arguments(train, tmp_path)
+    model = torch.nn.Linear(2, 2)
+    trainer = Trainer(model=model, args=args)
+    trainer.create_optimizer_and_scheduler(num_training_steps=8)
+    rates = []
+    for _ in range(4):
+        rates.append(trainer.lr_scheduler.get_last_lr()[0])
+        trainer.optimizer.step()
+        trainer.lr_scheduler.step()
+    expected = [1e-3] * 4 if ratio == 0 else [0.0, 0.5e-3, 1e-3, 1e-3]  # 2 warmup steps of 8
+    assert rates == pytest.approx(expected)
+
+
+def test_warmup_goes_to_the_field_this_transformers_has():
+    import dataclasses
+
+    from nega.launch import warmup_arguments
+
+    @dataclasses.dataclass
+    class Args4:  # transformers 4.x: an int warmup_steps and a separate warmup_ratio
+        warmup_steps: int = 0
+        warmup_ratio: float = 0.0
+
+    @dataclasses.dataclass
+    class Args5:  # transformers 5.x: warmup_steps reads a float below 1 as a ratio
+        warmup_steps: float = 0
+
+    assert warmup_arguments(Args4, 0.1) == {"warmup_ratio": 0.1}
+    assert warmup_arguments(Args5, 0.1) == {"warmup_steps": 0.1}
