@@ -129,26 +129,57 @@ def test_hh_harmless_recipe_trains_two_steps_and_resumes(tiny_model_dir, tmp_pat
     assert run(recipe, Run(recipe)) == table
 
 
-def test_online_rounds_resample_from_the_adapter(tiny_model_dir, tmp_path):
+def test_online_rounds_resample_from_the_adapter(tiny_model_dir, tmp_path, monkeypatch):
+    import nega.sampling
+    from nega.logps import reference_logps
+
     data_path = tmp_path / "negatives.jsonl"
     rows = [{"prompt": f"what is {a} plus {a}?", "rejected": f"{a} plus {a} is {a + 3}."} for a in range(4)]
     data_path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     overrides = _tiny_overrides(
-        tiny_model_dir, tmp_path, data_path, **{"d2o.rounds": 2, "d2o.refresh_reference": "true"}
+        tiny_model_dir,
+        tmp_path,
+        data_path,
+        # A round's step must move the adapter enough to tell its log-probs from the base model's.
+        **{"d2o.rounds": 2, "d2o.refresh_reference": "true", "train.lr": 1e-2, "train.warmup_ratio": 0.0},
     )
     recipe = load_recipe("d2o-hh-harmless", [*overrides, "data.format=auto", "eval.harm=null"])
+    # Every sampler generate call, with the adapter it was asked to sample from.
+    sampled_from = []
+    make_sampler = nega.sampling.make_sampler
+
+    def recording(*args, **kwargs):
+        sampler = make_sampler(*args, **kwargs)
+        generate = sampler.generate
+
+        def generate_recorded(prompts, **options):
+            sampled_from.append(options.get("adapter"))
+            return generate(prompts, **options)
+
+        sampler.generate = generate_recorded
+        return sampler
+
+    monkeypatch.setattr(nega.sampling, "make_sampler", recording)
     target = Run(recipe)
     run(recipe, target)
     names = sorted(p.name for p in target.dir.iterdir() if p.is_dir())
     assert names == ["01-sample", "02-reflogps", "03-d2o_online-train-r1", "04-d2o_online-r2-sample",
                      "05-d2o_online-r2-reflogps", "06-d2o_online-train-r2"]  # fmt: skip
     first_adapter = str(target.dir / "03-d2o_online-train-r1" / "adapter")
-    assert (
-        read_json(target.dir / "04-d2o_online-r2-sample" / "manifest.json")["config"]["adapter"]
-        == first_adapter
-    )
-    reflogps = read_json(target.dir / "05-d2o_online-r2-reflogps" / "manifest.json")["config"]
-    assert reflogps["ref_adapter"] == first_adapter  # refresh_reference moves the references
+    # Round 1 samples the starting model; round 2 samples the adapter round 1 trained.
+    assert sampled_from == [None, first_adapter]
+    # refresh_reference: round 2's reference log-probs are the starting model with round 1's adapter on,
+    # which differ from the starting model's own.
+    examples = read_jsonl(target.dir / "05-d2o_online-r2-reflogps" / "examples.jsonl")
+    pairs = [(e["prompt"], e["rejected"]) for e in examples]
+    eos = [True] * len(pairs)
+    with_adapter = reference_logps(str(tiny_model_dir), recipe.model, pairs, eos, adapter=first_adapter)
+    without = reference_logps(str(tiny_model_dir), recipe.model, pairs, eos)
+    got = [e["ref_rejected"] for e in examples]
+    assert got == pytest.approx(with_adapter, abs=1e-4)
+    assert max(abs(a - b) for a, b in zip(got, without, strict=True)) > 1e-2, (got, without)
+    round1 = read_jsonl(target.dir / "02-reflogps" / "examples.jsonl")
+    assert [e["ref_rejected"] for e in round1] == pytest.approx(without, abs=1e-4)
     round2 = read_json(target.dir / "06-d2o_online-train-r2" / "manifest.json")["config"]
     assert round2["adapter"] == first_adapter and round2["overrides"] == {"max_steps": 1}
 
