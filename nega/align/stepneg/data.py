@@ -12,7 +12,8 @@ values, advantages and first pit c, and becomes one training example per objecti
 
     per-step DPO  {"prompt": <rendered>, "chosen": y⁺, "rejected": ŷ_1..c, "rejected_eos": false, ...}
     outcome DPO   {"prompt": <rendered>, "chosen": y⁺, "rejected": ŷ (whole),  "rejected_eos": true, ...}
-    AWR           {"prompt": <rendered>, "steps": [ŷ_1, ..., ŷ_c], "advantages": [A_1, ..., A_c]}
+    AWR           {"prompt": <rendered>, "steps": [ŷ_1, ..., ŷ_L], "advantages": [A_1, ..., A_L],
+                   "eos": true, "correct": false}     (right samples too: see `awr_rows`)
 
 y⁺ is a correct π_sft solution of the same problem, spread over the problem's negatives in turn.
 The per-step rejected prefix is scored **without EOS**: the model must not learn that a solution
@@ -129,23 +130,32 @@ def outcome_pairs(
     return rows
 
 
-def awr_rows(negatives: list[dict], prompts: list[str], positives: dict[int, list[str]]) -> list[dict]:
-    """AWR examples: the negative's steps 1..c with their advantages (the ones estimated for every
-    negative, since rollouts stop after the first pit; see rollouts.py)."""
+def awr_rows(solutions: list[dict], prompts: list[str], positives: dict[int, list[str]]) -> list[dict]:
+    """AWR examples: every step of every distinct π_sft sample, right and wrong, with its advantage.
+
+    The advantage-weighted objective is an expectation over π_sft's samples, so a problem's right
+    samples stand beside its wrong ones: at a state both reach, the right next step gets the large
+    weight and the pit step the small one, which is how the objective lowers the pit's probability.
+    Only problems with a right sample are used (the problems the DPO pairs use). A sample that ended
+    on its own keeps its EOS, scored with its last step; a cut one has none.
+    """
     rows = []
-    for neg in negatives:
-        if not positives.get(neg["problem"]):
-            continue  # the same negatives as the DPO pairs use
-        c = neg["pit"]
-        advantages = neg["advantages"][:c]
-        if any(a is None for a in advantages):
-            raise ValueError(f"negative of problem {neg['problem']} lacks an advantage before its pit {c}")
+    for sol in solutions:
+        if not positives.get(sol["problem"]):
+            continue
+        if any(a is None for a in sol["advantages"]):
+            raise ValueError(
+                f"a sample of problem {sol['problem']} lacks a step advantage; AWR needs every step's value "
+                "(estimate the values without skip_after_pit)"
+            )
         rows.append(
             {
-                "problem": neg["problem"],
-                "prompt": prompts[neg["problem"]],
-                "steps": neg["steps"][:c],
-                "advantages": advantages,
+                "problem": sol["problem"],
+                "prompt": prompts[sol["problem"]],
+                "steps": sol["steps"],
+                "advantages": sol["advantages"],
+                "eos": sol.get("finish_reason", "stop") == "stop",
+                "correct": bool(sol.get("correct", False)),
             }
         )
     return rows
@@ -216,7 +226,8 @@ class PairCollator:
 
 
 class StepCollator:
-    """AWR batches: prompt + ŷ_1..c without EOS, each response token tagged with its step.
+    """AWR batches: prompt + ŷ_1..L (+ EOS when the example's `eos` is true, tagged with the last step),
+    each response token tagged with its step.
 
     Returns input_ids, attention_mask [B, T]; step_index [B, T] (-1 off the response); advantages and
     step_mask [B, S] with S the batch's largest step count.
@@ -229,11 +240,13 @@ class StepCollator:
     def __call__(self, examples: list[dict]) -> dict[str, torch.Tensor]:
         encoded, indices = [], []
         for e in examples:
+            eos = bool(e.get("eos", False))
             ids, prompt_len = encode_pair(
-                self.tokenizer, e["prompt"], "".join(e["steps"]), add_eos=False, max_length=self.max_length
+                self.tokenizer, e["prompt"], "".join(e["steps"]), add_eos=eos, max_length=self.max_length
             )
             encoded.append((ids, prompt_len))
-            indices.append(step_token_index(self.tokenizer, e["steps"])[: len(ids) - prompt_len])
+            index = step_token_index(self.tokenizer, e["steps"]) + [len(e["steps"]) - 1] * eos
+            indices.append(index[: len(ids) - prompt_len])
         ids, attention, _ = collate_sequences(encoded, self.tokenizer.pad_token_id)
         step_index = torch.full(ids.shape, -1, dtype=torch.long)
         for row, ((_, prompt_len), index) in enumerate(zip(encoded, indices, strict=True)):

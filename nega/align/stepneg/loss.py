@@ -15,7 +15,10 @@ optimises the same objective):
 
     L = −(1/B) Σ_b Σ_i w_bi · log π_θ(ŷ_bi | x_b, ŷ_b,<i),   w = exp(A/β) / mean(exp(A/β)), clipped at `clip`
 
-with the mean over the valid steps of the batch.
+with the mean over the valid steps of the batch. The sum runs over π_sft's samples, right ones
+included (`data.awr_rows`): every weight is positive, so the objective lowers a step's probability
+only by raising another at the same state — the right sample's next step (large advantage) beside
+the pit (advantage near −1, weight near 0). Over wrong samples alone it would only ever raise them.
 """
 
 from __future__ import annotations

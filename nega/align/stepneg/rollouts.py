@@ -1,26 +1,29 @@
-"""Per-step values of negative solutions by rollouts from π_sft, advantages, and the first pit.
+"""Per-step values of π_sft's solutions by rollouts from π_sft, advantages, and the first pit.
 
-For a negative ŷ = ŷ_1..ŷ_L of problem x, the value of the prefix ŷ_1..i is the chance that
+For a solution ŷ = ŷ_1..ŷ_L of problem x, the value of the prefix ŷ_1..i is the chance that
 BoK(π_sft) — best of K samples — completes it correctly (METHODS.md §2, K = 5):
 
     Q_i ≈ (1/R) Σ_r max_{k ≤ K} correct(ŷ_1..i ⊕ z_rk),   z_rk ~ π_sft(· | x, ŷ_1..i)
 
 R groups of K continuations each (default R = 2). For a plain success rate p the same quantity is
 `bok_value(p, K) = 1 − (1 − p)^K`. Q_0 is the value of the bare prompt; the advantage of step i is
-A_i = Q_i − Q_{i−1}. The full negative ended (EOS or length) with a wrong answer, so its value is its
-outcome: Q_L = 0, with no rollouts.
+A_i = Q_i − Q_{i−1}.
 
-The first pit c is the first step where Q reaches its minimum over steps 1..L. Because Q_L = 0 and no
-value is below 0, the minimum is always 0 and c is the first step whose estimate is 0. Hence the only
-early stop that cannot change c: once an estimate Q̂_i = 0 (all R·K continuations failed), later
-prefixes of that negative are not rolled out — their estimates could only tie the minimum later, and
-ties go to the first step. The result equals rolling out every prefix, at a fraction of the cost.
-Stopping on anything weaker (a large drop, a low but non-zero Q̂) would move c and is not done.
+A solution that ended on its own (EOS) is an outcome: its value is the verifier's, Q_L = 0 for a
+wrong one and 1 for a right one, with no rollouts. A solution cut at max_tokens is no outcome — the
+model had not finished — so its last prefix is rolled out like the others (`outcomes` None).
+
+The first pit c is the first step where Q reaches its minimum over steps 1..L. No value is below 0,
+so once an estimate Q̂_i = 0 (all R·K continuations failed), i is a minimum and no later step can be
+an earlier one: later prefixes of that solution are not rolled out (`skip_after_pit`), as ties go to
+the first step. The pit equals the one from rolling out every prefix, at a fraction of the cost.
+Stopping on anything weaker (a large drop, a low but non-zero Q̂) would move c and is not done. The
+advantage-weighted objective needs every step's value, so it runs without the skip.
 
 With `skip_after_pit` the prefixes go to the sampler in waves by step index (wave t holds prefix t of
-every negative still open, wave 1 also the bare prompts), so one call serves all negatives at once and
-vLLM's prefix cache shares the prompt between a prefix's R·K continuations. Without it, one call holds
-every prefix of every negative. Identical prefixes (same problem, same text) are rolled out once.
+every solution still open, wave 1 also the bare prompts), so one call serves all solutions at once
+and vLLM's prefix cache shares the prompt between a prefix's R·K continuations. Without it, one call
+holds every prefix of every solution. Identical prefixes (same problem, same text) are rolled out once.
 """
 
 from __future__ import annotations
@@ -105,9 +108,10 @@ class RolloutStats:
 def estimate_step_values(
     sampler,
     prompts: Sequence[str],
-    negatives: Sequence[tuple[int, list[str]]],
+    solutions: Sequence[tuple[int, list[str]]],
     is_correct: Callable[[int, str], bool],
     *,
+    outcomes: Sequence[float | None] | None = None,
     best_of: int = 5,
     groups: int = 2,
     skip_after_pit: bool = True,
@@ -116,18 +120,31 @@ def estimate_step_values(
     max_tokens: int = 256,
     seed: int = 0,
 ) -> tuple[list[StepValues], RolloutStats]:
-    """Q_0..Q_L, advantages and first pit of every negative (see the module docstring).
+    """Q_0..Q_L, advantages and first pit of every solution (see the module docstring).
 
     prompts: rendered prompt text per problem (continuations are sampled from prompt + prefix).
-    negatives: (problem index, steps ŷ_1..ŷ_L) per negative solution; L >= 1.
+    solutions: (problem index, steps ŷ_1..ŷ_L) per solution; L >= 1.
     is_correct(problem index, full solution text) -> bool: the verifier.
+    outcomes: per solution, Q_L when it ended on its own (0.0 wrong, 1.0 right), or None when it was
+    cut at max_tokens and its last prefix must be rolled out; default 0.0 for every solution (all
+    finished negatives).
     """
-    for j, (_, steps) in enumerate(negatives):
+    for j, (_, steps) in enumerate(solutions):
         if not steps:
-            raise ValueError(f"negative {j} has no steps; drop empty solutions before estimating values")
+            raise ValueError(f"solution {j} has no steps; drop empty solutions before estimating values")
+    if outcomes is None:
+        outcomes = [0.0] * len(solutions)
+    if len(outcomes) != len(solutions):
+        raise ValueError(f"got {len(outcomes)} outcomes for {len(solutions)} solutions")
     n = best_of * groups
     known: dict[tuple[int, str], float] = {}
-    values: list[list[float | None]] = [[None] * len(steps) + [0.0] for _, steps in negatives]
+    values: list[list[float | None]] = [
+        [None] * len(steps) + [outcome] for (_, steps), outcome in zip(solutions, outcomes, strict=True)
+    ]
+    # The last prefix index rolled out: L - 1 for a finished solution, L for a cut one.
+    top = [
+        len(steps) - (outcome is not None) for (_, steps), outcome in zip(solutions, outcomes, strict=True)
+    ]
     stats = RolloutStats()
     started = time.perf_counter()
 
@@ -153,43 +170,39 @@ def estimate_step_values(
         stats.rollouts += len(keys) * n
         stats.per_call.append({"prefixes": len(keys), "seconds": round(time.perf_counter() - t0, 3)})
 
-    all_prefixes = [prefixes(steps) for _, steps in negatives]
+    all_prefixes = [prefixes(steps) for _, steps in solutions]
     if not skip_after_pit:
         roll(
             [
                 (p, pre[i])
-                for (p, _), pre in zip(negatives, all_prefixes, strict=True)
-                for i in range(len(pre) - 1)
+                for (p, _), pre, last in zip(solutions, all_prefixes, top, strict=True)
+                for i in range(last + 1)
             ],
             0,
         )
-        for j, ((p, _), pre) in enumerate(zip(negatives, all_prefixes, strict=True)):
-            for i in range(len(pre) - 1):
+        for j, ((p, _), pre) in enumerate(zip(solutions, all_prefixes, strict=True)):
+            for i in range(top[j] + 1):
                 values[j][i] = known[(p, pre[i])]
     else:
-        open_negatives = list(range(len(negatives)))
+        open_solutions = list(range(len(solutions)))
         wave = 1
-        while open_negatives:
-            keys = [
-                (negatives[j][0], all_prefixes[j][wave])
-                for j in open_negatives
-                if wave < len(all_prefixes[j]) - 1
-            ]
+        while open_solutions:
+            keys = [(solutions[j][0], all_prefixes[j][wave]) for j in open_solutions if wave <= top[j]]
             if wave == 1:
-                keys = [(negatives[j][0], "") for j in open_negatives] + keys
+                keys = [(solutions[j][0], "") for j in open_solutions] + keys
             roll(keys, wave)
             still_open = []
-            for j in open_negatives:
-                p, pre = negatives[j][0], all_prefixes[j]
+            for j in open_solutions:
+                p, pre = solutions[j][0], all_prefixes[j]
                 if wave == 1:
                     values[j][0] = known[(p, "")]
-                if wave < len(pre) - 1:
+                if wave <= top[j]:
                     values[j][wave] = known[(p, pre[wave])]
                     if values[j][wave] > 0.0:
                         still_open.append(j)
                     else:
-                        stats.prefixes_skipped += len(pre) - 2 - wave
-            open_negatives = still_open
+                        stats.prefixes_skipped += top[j] - wave
+            open_solutions = still_open
             wave += 1
     stats.seconds = time.perf_counter() - started
     results = [StepValues(values=v, advantages=step_advantages(v), pit=first_pit(v)) for v in values]

@@ -10,6 +10,7 @@ Stages, top to bottom:
     negatives    M samples per problem from π_sft, keep the incorrect ones
     advantages   Q_i of every prefix ŷ_1..i by R groups of K continuations of π_sft (BoK, K = 5),
                  A_i = Q_i − Q_{i−1}, first pit c = first step where Q reaches its minimum
+                 (for AWR: of every distinct π_sft sample, right ones included)
     pairs        chosen = a correct π_sft solution of the problem, rejected = ŷ_1..c without EOS
     reflogps     log π_sft of every chosen and rejected response, once, from the frozen model
     train        per-step DPO (or AWR / outcome DPO) on a LoRA adapter over π_sft:
@@ -23,9 +24,15 @@ Deviations and choices where the paper is silent (each a config field):
 - RFT and per-step DPO both start from π_sft with a fresh adapter; RFT trains on the kept positives
   only. Chosen responses come from π_sft's verified-correct samples (RFT and negatives stages); a
   problem that π_sft never solved gives no pairs and its negatives are not rolled out.
-- The full negative is terminal and wrong, so Q_L = 0 without rollouts; with `skip_after_pit` no
-  prefix after the first zero estimate is rolled out (it cannot move the first pit; rollouts.py).
-- AWR weights the negative's steps 1..c, the ones whose advantages every negative has.
+- A negative that ended on its own (EOS) is terminal and wrong, so Q_L = 0 without rollouts; one cut
+  at sampling.max_tokens is not an outcome, and its last prefix is rolled out like the others. With
+  `skip_after_pit` no prefix after the first zero estimate is rolled out (it cannot move the first
+  pit; rollouts.py).
+- AWR is the paper's expectation over π_sft's samples: every step of every distinct sample from the
+  negatives stage of a problem with a right sample, right samples included (Q_L = 1), each weighted
+  by exp(A_i/β) normalised over the batch and clipped at `awr_clip`; finished samples keep their EOS.
+  It needs every step's value, so with AWR among the objectives the advantages stage rolls out every
+  prefix (no skip) and values the right samples too. METHODS.md §2 writes the sum over ŷ's steps.
 - `stepneg.compare` trains more objectives on the same pairs for a side-by-side table.
 """
 
@@ -63,7 +70,7 @@ def run(recipe, run: Run) -> dict[str, dict[str, float]]:
         samples = sample_and_verify(run, "negatives", sampler, prompts, verify, cfg.negatives, 1, [merge])
         positives = pool_positives([rft_samples, samples])
         # advantages: per-step values by rollouts from π_sft, and the first pit.
-        advantages, negatives = advantages_stage(run, sampler, prompts, verify, samples, positives)
+        advantages, valued = advantages_stage(run, sampler, prompts, verify, samples, positives)
 
     folders: dict[str, str | None] = {"sft": None}
     if cfg.rft:
@@ -73,7 +80,7 @@ def run(recipe, run: Run) -> dict[str, dict[str, float]]:
         )
 
     # pairs -> reflogps -> train, for the main objective and each one compared with it.
-    pairs = pairs_stage(run, prompts, negatives, positives, inputs=[advantages])
+    pairs = pairs_stage(run, prompts, valued, positives, inputs=[advantages])
     for loss in dict.fromkeys([cfg.loss, *cfg.compare]):
         examples = reflogps_stage(run, loss, pi_sft, pairs, inputs=[merge])
         folders[LABELS[loss]] = train_stage(run, loss, pi_sft, examples, inputs=[merge, pairs])
@@ -237,73 +244,90 @@ def pool_positives(sample_sets: list[list[dict]]) -> dict[int, list[str]]:
 
 
 def advantages_stage(run: Run, sampler: LazySampler, prompts, verify, samples: list[dict], positives: dict):
-    """Rollout values, advantages and first pit of each distinct negative of a problem with a positive."""
+    """Rollout values, advantages and first pit of each distinct sample of a problem with a positive:
+    its wrong samples, and its right ones too when AWR is trained (its expectation is over all of
+    π_sft's samples). A wrong sample cut at max_tokens has its last prefix rolled out (no outcome)."""
     from nega.align.stepneg.rollouts import estimate_step_values
     from nega.align.stepneg.steps import split_steps
     from nega.pipeline import hash_value, read_jsonl, write_json, write_jsonl
 
     recipe, cfg = run.recipe, run.recipe.stepneg
-    negatives = []
+    awr = "awr" in (cfg.loss, *cfg.compare)
+    solutions = []
     for i, row in enumerate(samples):
         if i not in positives:
             continue
         seen = set()
         for text, reason, ok in zip(row["texts"], row["finish_reasons"], row["correct"], strict=True):
-            if not ok and text.strip() and text not in seen:
-                seen.add(text)
-                negatives.append(
-                    {
-                        "problem": i,
-                        "text": text,
-                        "finish_reason": reason,
-                        "steps": split_steps(text, cfg.step_regex),
-                    }
-                )
-    keys = ("best_of", "rollout_groups", "skip_after_pit", "step_regex")
+            if (ok and not awr) or not text.strip() or text in seen:
+                continue
+            seen.add(text)
+            solutions.append(
+                {
+                    "problem": i,
+                    "text": text,
+                    "finish_reason": reason,
+                    "correct": bool(ok),
+                    "steps": split_steps(text, cfg.step_regex),
+                }
+            )
+    # A right sample's answer is stated, cut or not: its outcome is 1. A cut wrong one has none.
+    outcomes = [1.0 if s["correct"] else 0.0 if s["finish_reason"] == "stop" else None for s in solutions]
+    skip = cfg.skip_after_pit and not awr
+    keys = ("best_of", "rollout_groups", "step_regex")
     sampling = recipe.sampling
     config = {k: getattr(cfg, k) for k in keys} | {
+        "skip_after_pit": skip,
         "temperature": sampling.temperature,
         "top_p": sampling.top_p,
         "max_tokens": sampling.max_tokens,
         "seed": sampling.seed + 1000,
-        "negatives": hash_value([(n["problem"], n["text"]) for n in negatives]),
+        "solutions": hash_value(
+            [(s["problem"], s["text"], o) for s, o in zip(solutions, outcomes, strict=True)]
+        ),
     }
     stage = run.stage("advantages", config=config)
     if not stage.done:
         results, stats = estimate_step_values(
             sampler.get(),
             prompts,
-            [(n["problem"], n["steps"]) for n in negatives],
+            [(s["problem"], s["steps"]) for s in solutions],
             verify,
+            outcomes=outcomes,
             best_of=cfg.best_of,
             groups=cfg.rollout_groups,
-            skip_after_pit=cfg.skip_after_pit,
+            skip_after_pit=skip,
             temperature=sampling.temperature,
             top_p=sampling.top_p,
             max_tokens=sampling.max_tokens,
             seed=sampling.seed + 1000,
         )
         rows = [
-            {**n, "values": r.values, "advantages": r.advantages, "pit": r.pit}
-            for n, r in zip(negatives, results, strict=True)
+            {**s, "values": r.values, "advantages": r.advantages, "pit": r.pit}
+            for s, r in zip(solutions, results, strict=True)
         ]
         write_jsonl(stage.dir / "advantages.jsonl", rows)
         write_json(stage.dir / "rollouts.json", {**stats.as_dict(), "calls": stats.per_call})
-        stage.finish(counts={"negatives": len(rows), **stats.as_dict()})
+        negatives = sum(not s["correct"] for s in solutions)
+        stage.finish(
+            counts={"negatives": negatives, "positives": len(solutions) - negatives, **stats.as_dict()}
+        )
     return stage, read_jsonl(stage.dir / "advantages.jsonl")
 
 
-def pairs_stage(run: Run, prompts, negatives: list[dict], positives: dict, inputs):
-    """Per-step pairs, outcome pairs and AWR rows over the same negatives."""
+def pairs_stage(run: Run, prompts, valued: list[dict], positives: dict, inputs):
+    """Per-step pairs and outcome pairs over the same negatives; AWR rows over every valued sample."""
     from nega.align.stepneg.data import awr_rows, outcome_pairs, step_pairs
     from nega.pipeline import write_jsonl
 
+    cfg = run.recipe.stepneg
     stage = run.stage("pairs", config={"seed": run.recipe.seed}, inputs=inputs)
     if not stage.done:
+        negatives = [s for s in valued if not s.get("correct", False)]
         files = {
             "dpo": step_pairs(negatives, prompts, positives, run.recipe.seed),
             "outcome_dpo": outcome_pairs(negatives, prompts, positives, run.recipe.seed),
-            "awr": awr_rows(negatives, prompts, positives),
+            "awr": awr_rows(valued, prompts, positives) if "awr" in (cfg.loss, *cfg.compare) else [],
         }
         for loss, rows in files.items():
             write_jsonl(stage.dir / f"{loss}.jsonl", rows)

@@ -33,6 +33,18 @@ NEGATIVE = {
     "advantages": [0.5, -1.0, None, None],
     "pit": 2,
     "finish_reason": "stop",
+    "correct": False,
+}
+# The same negative valued at every step (AWR runs the rollouts without the skip), and a right sample.
+VALUED = {**NEGATIVE, "values": [0.5, 1.0, 0.0, 0.0, 0.0, 0.0], "advantages": [0.5, -1.0, 0.0, 0.0]}
+POSITIVE = {
+    "problem": 0,
+    "steps": ["7 + 5 = 12\n", "12 * 2 = 24\n", "24 - 3 = 21\n", "answer: 21"],
+    "values": [0.5, 1.0, 1.0, 1.0, 1.0, 1.0],
+    "advantages": [0.5, 0.0, 0.0, 0.0],
+    "pit": 1,
+    "finish_reason": "stop",
+    "correct": True,
 }
 
 
@@ -71,11 +83,20 @@ def test_outcome_pairs_reject_the_whole_solution_with_eos_when_it_ended():
     assert [r["rejected_eos"] for r in rows] == [True, False]
 
 
-def test_awr_rows_keep_steps_and_advantages_up_to_the_pit():
-    (row,) = awr_rows([NEGATIVE], ["P0"], {0: ["good"]})
-    assert row["steps"] == NEGATIVE["steps"][:2] and row["advantages"] == [0.5, -1.0]
-    with pytest.raises(ValueError, match="lacks an advantage"):
-        awr_rows([{**NEGATIVE, "pit": 3}], ["P0"], {0: ["good"]})
+def test_awr_rows_take_every_step_of_right_and_wrong_samples():
+    cut = {**VALUED, "finish_reason": "length"}
+    rows = awr_rows([VALUED, POSITIVE, cut, {**VALUED, "problem": 1}], ["P0", "P1"], {0: ["good"]})
+    assert len(rows) == 3  # problem 1 has no right sample: the DPO pairs skip it, and so does AWR
+    assert [r["steps"] for r in rows] == [VALUED["steps"], POSITIVE["steps"], VALUED["steps"]]
+    assert [r["advantages"] for r in rows] == [
+        [0.5, -1.0, 0.0, 0.0],
+        [0.5, 0.0, 0.0, 0.0],
+        [0.5, -1.0, 0.0, 0.0],
+    ]
+    assert [(r["correct"], r["eos"]) for r in rows] == [(False, True), (True, True), (False, False)]
+    assert rows[0]["prompt"] == "P0"
+    with pytest.raises(ValueError, match="lacks a step advantage"):
+        awr_rows([NEGATIVE], ["P0"], {0: ["good"]})  # skipped after the pit: not every step valued
 
 
 def test_step_token_index_assigns_each_token_to_its_step(tokenizer):
@@ -100,13 +121,25 @@ def test_pair_collator_ends_chosen_with_eos_and_rejected_without(tokenizer):
 
 
 def test_step_collator_tags_response_tokens_with_steps(tokenizer):
-    (row,) = awr_rows([NEGATIVE], ["<|user|>\nq\n<|assistant|>\n"], {0: ["good"]})
+    (row,) = awr_rows(
+        [{**VALUED, "finish_reason": "length"}], ["<|user|>\nq\n<|assistant|>\n"], {0: ["good"]}
+    )
     short = {**row, "steps": row["steps"][:1], "advantages": row["advantages"][:1]}
     batch = StepCollator(tokenizer)([row, short])
-    assert batch["advantages"].tolist() == [[0.5, -1.0], [0.5, 0.0]]
-    assert batch["step_mask"].tolist() == [[True, True], [True, False]]
+    assert batch["advantages"].tolist() == [[0.5, -1.0, 0.0, 0.0], [0.5, 0.0, 0.0, 0.0]]
+    assert batch["step_mask"].tolist() == [[True] * 4, [True, False, False, False]]
     index = batch["step_index"][0]
     prompt_len = len(tokenizer(row["prompt"], add_special_tokens=False)["input_ids"])
     assert (index[:prompt_len] == -1).all() and index[prompt_len].item() == 0
-    assert set(index[batch["attention_mask"][0]].tolist()) == {-1, 0, 1}
+    assert set(index[batch["attention_mask"][0]].tolist()) == {-1, 0, 1, 2, 3}
+    # A cut sample has no EOS.
     assert tokenizer.eos_token_id not in batch["input_ids"][0][batch["attention_mask"][0]].tolist()
+
+
+def test_step_collator_scores_a_finished_sample_with_eos_in_its_last_step(tokenizer):
+    (row,) = awr_rows([POSITIVE], ["<|user|>\nq\n<|assistant|>\n"], {0: ["good"]})
+    batch = StepCollator(tokenizer)([row])
+    length = int(batch["attention_mask"][0].sum())
+    assert batch["input_ids"][0, length - 1].item() == tokenizer.eos_token_id
+    assert batch["step_index"][0, length - 1].item() == 3  # the EOS belongs to the last step
+    assert batch["step_index"][0, length - 2].item() == 3

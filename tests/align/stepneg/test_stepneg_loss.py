@@ -73,3 +73,23 @@ def test_awr_ignores_masked_steps():
     assert loss.item() == pytest.approx(2.0)
     loss.backward()
     assert step_logps.grad[0, 1].item() == 0.0
+
+
+def test_awr_over_right_and_wrong_samples_lowers_the_pit_step():
+    """One state, three possible next steps (right, pit, other) under a softmax policy. AWR over a right
+    sample (A = +0.5) and a wrong one (pit, A = -1) raises the right step and lowers the pit; over the
+    wrong sample alone its only weight is 1, and the objective raises the very step it should lower."""
+
+    def pit_probability_after_a_step(rows):
+        logits = torch.zeros(3, requires_grad=True)
+        logps = torch.log_softmax(logits, dim=0)
+        step_logps = torch.stack([logps[step] for step, _ in rows]).unsqueeze(1)
+        advantages = torch.tensor([[a] for _, a in rows])
+        loss, _ = awr_loss(step_logps, advantages, torch.ones_like(advantages, dtype=torch.bool), 0.1, 20.0)
+        loss.backward()
+        with torch.no_grad():
+            return torch.softmax(logits - 0.5 * logits.grad, dim=0)[1].item()
+
+    start = 1 / 3
+    assert pit_probability_after_a_step([(0, 0.5), (1, -1.0)]) < start
+    assert pit_probability_after_a_step([(1, -1.0)]) > start

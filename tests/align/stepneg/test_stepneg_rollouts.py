@@ -133,5 +133,35 @@ def test_waves_batch_all_open_negatives_per_step():
 
 
 def test_empty_negative_is_rejected():
-    with pytest.raises(ValueError, match="no steps"):
+    with pytest.raises(ValueError, match="has no steps"):
         estimate_step_values(TableSampler({}), ["P"], [(0, [])], _correct)
+
+
+def test_a_cut_negative_has_its_last_prefix_rolled_out():
+    # "a\nb" was cut at max_tokens: not a wrong outcome. Its full text still completes half the time.
+    tables = {"P": [True, True], "Pa\n": [True, False], "Pa\nb": [False, True]}
+    sampler = TableSampler(tables)
+    (cut, finished), stats = estimate_step_values(
+        sampler, ["P"], [(0, ["a\n", "b"]), (0, ["a\n", "b"])], _correct,
+        outcomes=[None, 0.0], best_of=1, groups=2,
+    )  # fmt: skip
+    assert cut.values == [1.0, 0.5, 0.5] and cut.pit == 1  # the first minimum, not the cut end
+    assert finished.values == [1.0, 0.5, 0.0] and finished.pit == 2
+    assert stats.prefixes_rolled == 3  # "Pa\nb" once, for the cut one only
+    assert ["P", "Pa\n"] in sampler.calls and ["Pa\nb"] in sampler.calls
+
+
+def test_right_samples_end_at_one_and_every_step_is_valued_without_the_skip():
+    tables = {"P": [True, False], "Pa\n": [False, False], "Pa\nb\n": [True, True]}
+    sampler = TableSampler(tables)
+    (right,), _ = estimate_step_values(
+        sampler, ["P"], [(0, ["a\n", "b\n", "c"])], _correct, outcomes=[1.0], best_of=1, groups=2,
+        skip_after_pit=False,
+    )  # fmt: skip
+    assert right.values == [0.5, 0.0, 1.0, 1.0]
+    assert right.advantages == [-0.5, 1.0, 0.0]
+
+
+def test_outcomes_must_match_the_solutions():
+    with pytest.raises(ValueError, match="2 outcomes for 1 solutions"):
+        estimate_step_values(TableSampler({}), ["P"], [(0, ["a"])], _correct, outcomes=[0.0, 1.0])

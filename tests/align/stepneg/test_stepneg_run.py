@@ -81,15 +81,23 @@ def test_stepneg_gsm8k_recipe_validates_and_runs_on_the_tiny_model(tiny_model_di
     run_dir = tmp_path / "runs" / recipe.name
     rollouts = read_json(_stage(run_dir, "advantages") / "rollouts.json")
     assert rollouts["rollouts"] == 2 * rollouts["prefixes_rolled"] and rollouts["rollouts_per_s"] > 0
-    for neg in read_jsonl(_stage(run_dir, "advantages") / "advantages.jsonl"):
+    valued = read_jsonl(_stage(run_dir, "advantages") / "advantages.jsonl")
+    assert valued and not any(neg["correct"] for neg in valued)  # no AWR: wrong samples only
+    for neg in valued:
         values = neg["values"]
-        assert values[-1] == 0.0 and 1 <= neg["pit"] <= len(neg["steps"])
+        # A wrong solution that ended is a wrong outcome; one cut at max_tokens had its end rolled out
+        # (unless an earlier prefix already scored 0: nothing after it is rolled out).
+        if neg["finish_reason"] == "stop":
+            assert values[-1] == 0.0
+        else:
+            assert values[-1] is not None or 0.0 in values[1:-1]
+        assert 1 <= neg["pit"] <= len(neg["steps"])
         assert values[neg["pit"]] == min(v for v in values[1:] if v is not None)
     for pair in read_jsonl(_stage(run_dir, "pairs") / "dpo.jsonl"):
         assert pair["rejected_eos"] is False
     train = read_json(_stage(run_dir, "train-dpo") / "manifest.json")
     assert train["counts"]["steps"] == 2
-    assert_trained_arms(run_dir, recipe)
+    assert_trained_arms(run_dir, recipe, str(tiny_model_dir))
 
 
 def lora_b_moved(adapter) -> bool:
@@ -100,9 +108,9 @@ def lora_b_moved(adapter) -> bool:
     return any(t.abs().max() > 0 for name, t in weights.items() if "lora_B" in name)
 
 
-def assert_trained_arms(run_dir, recipe):
+def assert_trained_arms(run_dir, recipe, base: str):
     """Every trained arm moved from its start; SFT's loss fell; π_sft is the SFT adapter merged into the
-    base; and the DPO adapter lowers its own loss on its training pairs below log 2 (π_sft's)."""
+    base; and each DPO adapter lowers its own loss on its training pairs below log 2 (π_sft's)."""
     import math
 
     import torch
@@ -111,36 +119,36 @@ def assert_trained_arms(run_dir, recipe):
     from nega.align.stepneg.trainer import collator, pair_objective
     from nega.models import load_base_model, load_tokenizer
 
-    for name in ("sft", "rft", "train-dpo"):
+    losses = [recipe.stepneg.loss, *recipe.stepneg.compare]
+    for name in ["sft", "rft"] + [f"train-{loss}" for loss in losses]:
         assert lora_b_moved(_stage(run_dir, name) / "adapter"), name
-    sft_losses = [
-        h["loss"] for h in read_json(_stage(run_dir, "sft") / "train_log.json")["history"] if "loss" in h
-    ]
+    history = read_json(_stage(run_dir, "sft") / "train_log.json")["history"]
+    sft_losses = [h["loss"] for h in history if "loss" in h]
     per_epoch = len(sft_losses) // int(recipe.stepneg.sft_epochs)  # each epoch sees every pair once
     first, last = sft_losses[:per_epoch], sft_losses[-per_epoch:]
     assert per_epoch and sum(last) < sum(first) - 0.05 * per_epoch, sft_losses
 
-    base = recipe.model.name
     pi_sft = _stage(run_dir, "sft-merge") / "model"
     tokenizer = load_tokenizer(base)
     ids = torch.tensor([tokenizer("what is 2 plus 3? 2 plus 3 is 5.")["input_ids"]])
+    sft_adapter = _stage(run_dir, "sft") / "adapter"
     with torch.no_grad():
         merged = load_base_model(pi_sft)(input_ids=ids).logits
-        adapted = PeftModel.from_pretrained(load_base_model(base), _stage(run_dir, "sft") / "adapter")(
-            input_ids=ids
-        ).logits
+        adapted = PeftModel.from_pretrained(load_base_model(base), sft_adapter)(input_ids=ids).logits
         plain = load_base_model(base)(input_ids=ids).logits
     assert torch.allclose(merged, adapted, atol=1e-4) and (merged - plain).abs().max() > 1e-2
 
-    examples = read_jsonl(_stage(run_dir, "train-dpo") / "examples.jsonl")
-    batch = collator("dpo", tokenizer, recipe.model.max_length, pack=False)(examples)
-    policy = PeftModel.from_pretrained(load_base_model(pi_sft), _stage(run_dir, "train-dpo") / "adapter")
-    with torch.no_grad():
-        trained, _ = pair_objective(policy, batch, recipe.stepneg.beta, recipe.stepneg.awr_clip)
-        with policy.disable_adapter():
-            start, _ = pair_objective(policy, batch, recipe.stepneg.beta, recipe.stepneg.awr_clip)
-    assert start.item() == pytest.approx(math.log(2), abs=1e-4)
-    assert trained.item() < start.item() - 1e-3, (trained.item(), start.item())
+    for loss in [loss for loss in losses if loss != "awr"]:
+        examples = read_jsonl(_stage(run_dir, f"train-{loss}") / "examples.jsonl")
+        batch = collator(loss, tokenizer, recipe.model.max_length, pack=False)(examples)
+        adapter = _stage(run_dir, f"train-{loss}") / "adapter"
+        policy = PeftModel.from_pretrained(load_base_model(pi_sft), adapter)
+        with torch.no_grad():
+            trained, _ = pair_objective(policy, batch, recipe.stepneg.beta, recipe.stepneg.awr_clip)
+            with policy.disable_adapter():
+                start, _ = pair_objective(policy, batch, recipe.stepneg.beta, recipe.stepneg.awr_clip)
+        assert start.item() == pytest.approx(math.log(2), abs=1e-4), loss
+        assert trained.item() < start.item() - 1e-3, (loss, trained.item(), start.item())
 
 
 @pytest.mark.slow
@@ -165,16 +173,26 @@ def test_toy_stepneg_recipe_compares_every_objective(tmp_path, monkeypatch):
 
     monkeypatch.chdir(tmp_path)
     overrides = ["toy.steps=150", "toy.n_train=24", "toy.n_test=24", "toy.options.sft_problems=400"]
-    overrides += ["stepneg.negatives=4", "stepneg.rft_samples=2", "train.max_steps=3"]
+    overrides += [
+        "stepneg.negatives=4",
+        "stepneg.rft_samples=2",
+        "train.max_steps=3",
+        "train.logging_steps=1",
+    ]
+    overrides += ["train.lr=1e-3"]  # three steps at the recipe's 1e-4 barely move the adapters
     recipe = load_recipe("toy-stepneg", overrides)
     table = run(recipe, Run(recipe))
     assert list(table) == ["start", "sft", "rft", "stepneg_dpo", "stepneg_awr", "outcome_dpo"]
     assert all(row["n"] == 24 for row in table.values())
     world = make_world("reasoning", seed=0, **recipe.toy.options)
     run_dir = tmp_path / "runs" / recipe.name
-    negatives = read_jsonl(_stage(run_dir, "advantages") / "advantages.jsonl")
-    assert negatives
+    valued = read_jsonl(_stage(run_dir, "advantages") / "advantages.jsonl")
+    assert any(s["correct"] for s in valued) and not all(s["correct"] for s in valued)  # AWR: both kinds
     questions = [r["question"] for r in world.rows("train", 24)]
-    for neg in negatives:
-        assert not world.verify(questions[neg["problem"]], neg["text"])
-        assert "".join(neg["steps"]) == neg["text"]
+    for sample in valued:
+        assert world.verify(questions[sample["problem"]], sample["text"]) is sample["correct"]
+        assert "".join(sample["steps"]) == sample["text"]
+        assert None not in sample["values"]  # AWR needs every step's value: no skip after the pit
+    awr = read_jsonl(_stage(run_dir, "pairs") / "awr.jsonl")
+    assert len(awr) == len([s for s in valued if s["problem"] in {p["problem"] for p in awr}])
+    assert_trained_arms(run_dir, recipe, str(_stage(run_dir, "toy-model") / "model"))
