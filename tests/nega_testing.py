@@ -119,6 +119,33 @@ def needs_cuda_gpus(count: int):
     return pytest.mark.skipif(torch.cuda.device_count() < count, reason=f"{HARDWARE_SKIP} {count} CUDA GPUs")
 
 
+def lora_b_moved(adapter: Path) -> bool:
+    """A fresh LoRA adapter's B matrices are zero: any non-zero one in the saved folder shows training
+    moved it."""
+    from safetensors.torch import load_file
+
+    weights = load_file(Path(adapter) / "adapter_model.safetensors")
+    return any(t.abs().max() > 0 for name, t in weights.items() if "lora_B" in name)
+
+
+def response_loss(model_path, adapter, pairs: list[dict]) -> float:
+    """Mean response NLL of {"prompt": rendered prompt, "response"} rows under a model folder, with a
+    LoRA adapter folder on top unless `adapter` is None (nega's SFT loss, evaluated without training)."""
+    import torch
+    from peft import PeftModel
+
+    from nega.models import load_base_model, load_tokenizer
+    from nega.sft import SupervisedCollator, encode_sft_pairs, response_nll
+
+    tokenizer = load_tokenizer(str(model_path))
+    model = load_base_model(str(model_path))
+    if adapter is not None:
+        model = PeftModel.from_pretrained(model, str(adapter))
+    encoded = encode_sft_pairs(tokenizer, [(r["prompt"], r["response"]) for r in pairs], max_length=None)
+    with torch.no_grad():
+        return response_nll(model.eval(), SupervisedCollator(tokenizer.pad_token_id)(encoded)).item()
+
+
 def environment_problems() -> list[str]:
     """One line per package or file the test suite uses that this environment lacks."""
     problems = []

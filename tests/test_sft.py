@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+from nega_testing import response_loss
 
 from nega.sft import SupervisedCollator, encode_sft_pairs, response_nll, sft_pair_of
 
@@ -109,21 +110,6 @@ def test_two_sft_steps_change_lora_weights_and_not_the_base(tiny_model_dir, tmp_
     assert starts[1]["resumed_from"].endswith("checkpoint-2")
     again = load_file(f"{folder}/adapter_model.safetensors")
     assert all(torch.equal(again[k], weights[k]) for k in weights)
-
-
-def response_loss(model_path, adapter, pairs: list[dict]) -> float:
-    """Mean response NLL of (rendered prompt, response) rows under a model folder (+ LoRA adapter)."""
-    from peft import PeftModel
-
-    from nega.models import load_base_model, load_tokenizer
-
-    tokenizer = load_tokenizer(model_path)
-    model = load_base_model(model_path)
-    if adapter is not None:
-        model = PeftModel.from_pretrained(model, str(adapter))
-    encoded = encode_sft_pairs(tokenizer, [(r["prompt"], r["response"]) for r in pairs], max_length=None)
-    with torch.no_grad():
-        return response_nll(model.eval(), SupervisedCollator(tokenizer.pad_token_id)(encoded)).item()
 
 
 @pytest.mark.slow

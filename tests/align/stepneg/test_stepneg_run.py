@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from nega_testing import CORPUS_PAIRS, require_module
+from nega_testing import CORPUS_PAIRS, lora_b_moved, require_module, response_loss
 
 from nega.config import load_recipe
 from nega.pipeline import Run, read_json, read_jsonl
@@ -100,14 +100,6 @@ def test_stepneg_gsm8k_recipe_validates_and_runs_on_the_tiny_model(tiny_model_di
     assert_trained_arms(run_dir, recipe, str(tiny_model_dir))
 
 
-def lora_b_moved(adapter) -> bool:
-    """A fresh LoRA adapter's B matrices are zero: any non-zero one shows training moved it."""
-    from safetensors.torch import load_file
-
-    weights = load_file(adapter / "adapter_model.safetensors")
-    return any(t.abs().max() > 0 for name, t in weights.items() if "lora_B" in name)
-
-
 def assert_trained_arms(run_dir, recipe, base: str):
     """Every trained arm moved from its start; SFT's loss fell; π_sft is the SFT adapter merged into the
     base; and each DPO adapter lowers its own loss on its training pairs below log 2 (π_sft's)."""
@@ -122,16 +114,14 @@ def assert_trained_arms(run_dir, recipe, base: str):
     losses = [recipe.stepneg.loss, *recipe.stepneg.compare]
     for name in ["sft", "rft"] + [f"train-{loss}" for loss in losses]:
         assert lora_b_moved(_stage(run_dir, name) / "adapter"), name
-    history = read_json(_stage(run_dir, "sft") / "train_log.json")["history"]
-    sft_losses = [h["loss"] for h in history if "loss" in h]
-    per_epoch = len(sft_losses) // int(recipe.stepneg.sft_epochs)  # each epoch sees every pair once
-    first, last = sft_losses[:per_epoch], sft_losses[-per_epoch:]
-    assert per_epoch and sum(last) < sum(first) - 0.05 * per_epoch, sft_losses
+    sft_adapter = _stage(run_dir, "sft") / "adapter"
+    sft_pairs = read_jsonl(_stage(run_dir, "sft") / "pairs.jsonl")
+    start, trained = response_loss(base, None, sft_pairs), response_loss(base, sft_adapter, sft_pairs)
+    assert trained < start - 0.01, ("sft", start, trained)
 
     pi_sft = _stage(run_dir, "sft-merge") / "model"
     tokenizer = load_tokenizer(base)
     ids = torch.tensor([tokenizer("what is 2 plus 3? 2 plus 3 is 5.")["input_ids"]])
-    sft_adapter = _stage(run_dir, "sft") / "adapter"
     with torch.no_grad():
         merged = load_base_model(pi_sft)(input_ids=ids).logits
         adapted = PeftModel.from_pretrained(load_base_model(base), sft_adapter)(input_ids=ids).logits
