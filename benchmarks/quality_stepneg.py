@@ -23,8 +23,10 @@ the world's true first wrong step of each negative:
 (they differ only on negatives without a wrong line: solutions that stop before their answer line).
 
 Writes {"seeds", "methods": {name: {"accuracy": {"mean", "std", "per_seed"}}}, "first_pit_precision",
-"first_pit_recall", "rollouts_per_s", "config", ...} to benchmarks/results/quality_stepneg.json.
-Work is cached under --work, so a rerun resumes.
+"first_pit_recall", "rollouts_per_s", "config", "provenance", ...} to
+benchmarks/results/quality_stepneg.json. Work is cached under --work/<key>, where the key hashes the
+settings, nega's source and this script: a rerun with the same ones resumes, and one with other
+settings or after a code change starts afresh instead of mixing new work with old numbers.
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/quality_stepneg.py [--seeds 0 1 2] [--n-train 64]
 """
@@ -125,6 +127,23 @@ def early_stopping_callback(
             return control
 
     return EarlyStopOnValidation()
+
+
+def provenance(cfg: dict) -> dict:
+    """Hashes of the settings, of nega's source (its .py and recipe files) and of this script."""
+    import hashlib
+
+    package = Path(__file__).resolve().parents[1] / "nega"
+    source = hashlib.sha256()
+    for path in sorted([*package.rglob("*.py"), *package.rglob("*.yaml")]):
+        source.update(str(path.relative_to(package)).encode() + b"\0" + path.read_bytes() + b"\0")
+    values = {
+        "settings_sha256": hashlib.sha256(json.dumps(cfg, sort_keys=True).encode()).hexdigest(),
+        "nega_source_sha256": source.hexdigest(),
+        "script_sha256": hashlib.sha256(Path(__file__).read_bytes()).hexdigest(),
+    }
+    values["key"] = hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()[:16]
+    return values
 
 
 def cached(path: Path, compute):
@@ -488,9 +507,12 @@ def main(argv: list[str] | None = None) -> None:
     os.environ.setdefault("NEGA_QUIET", "1")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     started = time.perf_counter()
+    made_by = provenance(cfg)
+    work = args.work / made_by["key"]
+    print(f"work cached under {work}", file=sys.stderr, flush=True)
     per_seed = {}
     for seed in args.seeds:
-        per_seed[seed] = run_seed(seed, cfg, args.work)
+        per_seed[seed] = run_seed(seed, cfg, work)
         print(
             f"seed {seed}: "
             + ", ".join(f"{m} {per_seed[seed]['methods'][m]['accuracy']:.3f}" for m in METHODS),
@@ -504,6 +526,7 @@ def main(argv: list[str] | None = None) -> None:
         {
             "metric": "accuracy: greedy, exact verifier, on n_test held-out problems of the toy reasoning world",
             "config": cfg,
+            "provenance": made_by,
             "per_seed_details": {str(s): per_seed[s] for s in args.seeds},
             "wall_seconds": round(time.perf_counter() - started, 1),
             "compute_seconds": round(sum(sum(per_seed[s]["seconds"].values()) for s in args.seeds), 1),

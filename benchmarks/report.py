@@ -13,22 +13,23 @@ from pathlib import Path
 HERE = Path(__file__).parent
 RESULTS = HERE / "results"
 
-# Top-level ratios each speed benchmark reports, with the target it is held to.
+# Top-level ratios each speed benchmark reports: the target it is held to, and the two arms it divides
+# with the per-repetition field they are measured by (for the run-to-run spread of the ratio).
 RATIOS = {
     "bench_sampling": {
-        "sampling_vllm_vs_generate": ">= 4.0",
-        "sampling_hf_vs_generate": ">= 1.0",
-        "sampling_vllm_lora_vs_generate": "",
-        "sampling_vllm_vs_generate_one_prompt": "",
+        "sampling_vllm_vs_generate": (">= 4.0", "vllm", "generate", "tokens_per_s"),
+        "sampling_hf_vs_generate": (">= 1.0", "hf", "generate", "tokens_per_s"),
+        "sampling_vllm_lora_vs_generate": ("", "vllm_lora", "generate", "tokens_per_s"),
+        "sampling_vllm_vs_generate_one_prompt": ("", "vllm", "generate_1", "tokens_per_s"),
     },
     "bench_train": {
-        "train_tokens_per_s_vs_trl_default": ">= 1.3",
-        "train_tokens_per_s_vs_trl_precompute": ">= 1.0",
-        "train_peak_rss_vs_trl": "<= 1.0",
-        "prefix_sharing_speedup": "",
+        "train_tokens_per_s_vs_trl_default": (">= 1.3", "nega", "trl_default", "tokens_per_s"),
+        "train_tokens_per_s_vs_trl_precompute": (">= 1.0", "nega", "trl_precompute", "tokens_per_s"),
+        "train_peak_rss_vs_trl": ("<= 1.0", "nega", "trl_default", "peak_bytes"),
+        "prefix_sharing_speedup": ("", "nega", "nega_unshared", "tokens_per_s"),
     },
     "bench_rollouts": {
-        "rollouts_prefix_cache_speedup": "> 1.0",
+        "rollouts_prefix_cache_speedup": ("> 1.0", "on", "off", "rollouts_per_s"),
     },
 }
 
@@ -38,7 +39,9 @@ Speed and memory of nega's sampling and training beside what a user would otherw
 side by side in one run (medians over repetitions; the JSON files in `results/` hold every repetition,
 the exact settings and the machine). Regenerate with `make bench` (speed, minutes) or
 `make bench-quality` (method quality on the toy worlds, hours on a CPU); this page is rewritten from
-the JSON each time.
+the JSON each time. A ratio's spread runs from the worst to the best pairing of its two sides'
+repetitions; a target counts as met only when the whole spread meets it, and a spread across the
+target is undecided.
 
 | script | compares |
 |---|---|
@@ -52,12 +55,44 @@ Each script takes `--device cuda` and `--size` for a larger model; GPU results g
 """
 
 
-def met(value: float, target: str) -> str:
+def rep_values(arm: dict, field: str) -> list[float]:
+    """An arm's per-repetition values of `field`: a list under the field, or one per entry of its reps."""
+    if isinstance(arm.get(field), list):
+        return [float(v) for v in arm[field]]
+    for key in ("reps", "per_rep"):
+        if isinstance(arm.get(key), list):
+            return [float(rep[field]) for rep in arm[key] if field in rep]
+    return []
+
+
+def spread(data: dict, numerator: str, denominator: str, field: str) -> tuple[float, float] | None:
+    """The lowest and highest the ratio numerator ÷ denominator could be from their repetitions: the worst
+    numerator over the best denominator, and the other way round. None without repetitions."""
+    arms = arms_of(data) or {}
+    top = rep_values(arms.get(numerator, {}), field)
+    bottom = rep_values(arms.get(denominator, {}), field)
+    if not top or not bottom or min(bottom) <= 0:
+        return None
+    return min(top) / max(bottom), max(top) / min(bottom)
+
+
+def met(value: float, target: str, span: tuple[float, float] | None = None) -> str:
+    """Whether `value` meets `target` ("OP BOUND"). With the run-to-run `span` of the ratio, "met" and
+    "not met" need the whole span on one side of the bound; a span across it is undecided."""
     if not target:
         return ""
     op, bound = target.split()
-    ok = {">=": value >= float(bound), "<=": value <= float(bound), ">": value > float(bound)}[op]
-    return "met" if ok else "**not met**"
+
+    def ok(x: float) -> bool:
+        return {">=": x >= float(bound), "<=": x <= float(bound), ">": x > float(bound)}[op]
+
+    if span is None:
+        return ("met" if ok(value) else "**not met**") + " (median only: no repetitions recorded)"
+    if ok(span[0]) and ok(span[1]):
+        return "met"
+    if not ok(span[0]) and not ok(span[1]):
+        return "**not met**"
+    return "**undecided**: the spread crosses the target"
 
 
 def fmt(value) -> str:
@@ -67,10 +102,14 @@ def fmt(value) -> str:
 
 
 def ratio_table(name: str, data: dict) -> list[str]:
-    lines = ["| ratio | value | target | |", "|---|---|---|---|"]
-    for key, target in RATIOS.get(name, {}).items():
+    """Each ratio with its run-to-run spread (worst to best repetition pairing) and its target."""
+    lines = ["| ratio | value | spread | target | |", "|---|---|---|---|---|"]
+    for key, (target, numerator, denominator, field) in RATIOS.get(name, {}).items():
         if key in data:
-            lines.append(f"| `{key}` | {data[key]:.2f} | {target or '—'} | {met(data[key], target)} |")
+            span = spread(data, numerator, denominator, field)
+            shown = f"{span[0]:.2f}–{span[1]:.2f}" if span else "—"
+            verdict = met(data[key], target, span)
+            lines.append(f"| `{key}` | {data[key]:.2f} | {shown} | {target or '—'} | {verdict} |")
     return lines
 
 
