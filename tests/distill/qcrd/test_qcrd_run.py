@@ -110,7 +110,7 @@ def test_toy_qcrd_runs_every_objective_and_draws_negatives_from_the_lagged_stude
     from typer.testing import CliRunner
 
     from nega.cli import app
-    from nega.pipeline import read_json
+    from nega.pipeline import read_json, read_jsonl
 
     overrides = [
         "toy.steps=200", "toy.n_train=48", "toy.n_test=24", "train.epochs=3", "qcrd.lag=1", "qcrd.disc_steps=20",
@@ -130,3 +130,19 @@ def test_toy_qcrd_runs_every_objective_and_draws_negatives_from_the_lagged_stude
     )
     assert "label_only-e0-negatives" not in stages and "step_by_step-e1-negatives" not in stages
     assert "qcrd_no_disc-e1-negatives" in stages and "qcrd_no_disc-e1-discriminator" not in stages
+    # Every objective's final student differs from the starting one and has a lower label loss on the
+    # training inputs (each trains on the label term, weighted or not). The toy student starts good at
+    # labels, so the fall is small but repeatable (measured: 0.2403 -> 0.2353..0.2390).
+    import torch
+    from safetensors.torch import load_file
+
+    start = stages["toy-model"] / "model"
+    examples = read_jsonl(stages["teacher"] / "examples.jsonl")
+    start_loss = label_loss(start, None, examples)
+    start_weights = load_file(start / "model.safetensors")
+    for objective in table.keys() - {"start"}:
+        final = stages[f"{objective}-e2-train"] / "model"
+        weights = load_file(final / "model.safetensors")
+        assert any(not torch.equal(weights[k], start_weights[k]) for k in start_weights), objective
+        loss = label_loss(final, None, examples)
+        assert loss < 0.997 * start_loss, (objective, start_loss, loss)
