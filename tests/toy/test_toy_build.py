@@ -44,14 +44,18 @@ def test_build_saves_a_loadable_model_and_its_world(tmp_path):
     assert world.name == "harm" and world.seed == 5 and world.options.harm_rate == 0.4
     assert world.rows("test", 10) == make_world("harm", seed=5, harm_rate=0.4).rows("test", 10)
 
-    # a second build replaces the first
+    # a second build replaces the first, and leaves the caller's thread count as it found it
+    import torch
+
+    torch.set_num_threads(2)
     build_toy_model(cfg.model_copy(update={"steps": 2}), out, seed=5)
     assert json.loads((out / TOY_MANIFEST).read_text())["steps"] == 2
+    assert torch.get_num_threads() == 2
 
 
 def test_bad_option_fails_before_training(tmp_path):
     cfg = ToyConfig(world="reasoning", options={"noise": 0.1})
-    with pytest.raises(ValueError, match="allowed options: min_steps, max_steps, max_value, noise_rate"):
+    with pytest.raises(ValueError, match="allowed options: min_steps, max_steps, max_value, product_share"):
         build_toy_model(cfg, tmp_path / "model", seed=0)
     assert not any(tmp_path.iterdir())
 

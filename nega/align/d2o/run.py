@@ -247,7 +247,14 @@ def evaluate_toy(
     def score(completions: list[str]) -> dict[str, float]:
         expanded = [p for p in prompts for _ in range(cfg.eval_samples)]
         metrics = world.score(expanded, completions, kind=kinds)
-        keep = ("harmful_rate", "helpful_rate", "refusal_rate", "over_refusal_rate")
+        keep = (
+            "harmful_rate",
+            "helpful_rate",
+            "refusal_rate",
+            "informative_rate",
+            "degenerate_rate",
+            "over_refusal_rate",
+        )
         return {k: metrics[k] for k in keep if k in metrics}
 
     return evaluate(
