@@ -37,7 +37,12 @@ class QCRDConfig(BaseModel):
     delta: float = Field(3.0, gt=0, description="hinge margin on the negative's CE")
     lag: int = Field(5, ge=1, description="negatives come from the student this many epochs back")
     negative_temperature: float = Field(1.5, gt=0)
-    disc_steps: int = Field(500, ge=1)
+    disc_steps: int = Field(500, ge=1, description="steps per discriminator fit (METHODS.md: ~500)")
+    disc_folds: int = Field(
+        2,
+        ge=1,
+        description="cross-fitting folds: each input is scored by a discriminator that did not train on it",
+    )
     disc_every: int = Field(1, ge=1)
     disc_backbone: Literal["student", "encoder"] = "student"
     disc_lr: float = Field(1e-3, gt=0)

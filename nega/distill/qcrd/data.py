@@ -133,16 +133,21 @@ def split_by_consistency(record: dict, consistency: str = "majority") -> dict:
         reference = answer_key(str(record["label"]))
     if reference is None:
         reference = majority_answer(answers)
-    positives, negatives = [], []
+    positives, negatives, eos = [], [], []
     for rationale, answer in zip(record["rationales"], answers, strict=True):
         agrees = reference is not None and answer_key(answer) == reference
-        (positives if agrees else negatives).append(rationale["text"])
+        if agrees:
+            positives.append(rationale["text"])
+        else:
+            negatives.append(rationale["text"])
+            eos.append(rationale.get("finish_reason", "stop") == "stop")
     return {
         "id": record["id"],
         "question": record["question"],
         "label": record.get("label"),
         "positives": positives,
         "negatives": negatives,
+        "negatives_eos": eos,
     }
 
 
@@ -186,7 +191,11 @@ def sample_teacher_rationales(
     )  # fmt: skip
     records = []
     for row, group in zip(rows, outputs, strict=True):
-        rationales = [{"text": c.text.strip(), "answer": answer_of(c.text)} for c in group if c.text.strip()]
+        rationales = [
+            {"text": c.text.strip(), "answer": answer_of(c.text), "finish_reason": c.finish_reason}
+            for c in group
+            if c.text.strip()
+        ]
         records.append(
             {
                 "id": row["id"],
@@ -211,22 +220,44 @@ def sample_self_negatives(
 ) -> list[dict]:
     """One `explain:` rationale per example from the student (`adapter`; None = the base model).
 
-    Returns [{"id", "texts": [rationale]}] (empty texts when the sample is blank).
+    Returns [{"id", "texts": [rationale], "finish_reasons": [reason]}] (both empty when the sample is
+    blank). The reason ("stop" or "length") decides whether the rationale is scored with EOS: one cut
+    at max_tokens never ended, and teaching the student that it ends there would be a second error.
     """
     outputs = sampler.generate(
         [explain_prompt(e["question"]) for e in examples], n=1, temperature=temperature, top_p=top_p,
         max_tokens=max_tokens, seed=seed, adapter=adapter, description=description,
     )  # fmt: skip
-    return [
-        {"id": e["id"], "texts": [c.text.strip() for c in group if c.text.strip()]}
-        for e, group in zip(examples, outputs, strict=True)
-    ]
+    rows = []
+    for e, group in zip(examples, outputs, strict=True):
+        kept = [c for c in group if c.text.strip()]
+        rows.append(
+            {
+                "id": e["id"],
+                "texts": [c.text.strip() for c in kept],
+                "finish_reasons": [c.finish_reason for c in kept],
+            }
+        )
+    return rows
 
 
 def with_negatives(examples: list[dict], sampled: list[dict]) -> list[dict]:
-    """Copies of `examples` whose S_neg also holds the sampled rationales (rows of `sample_self_negatives`)."""
-    by_id = {row["id"]: row["texts"] for row in sampled}
-    return [dict(e, negatives=e["negatives"] + by_id.get(e["id"], [])) for e in examples]
+    """Copies of `examples` whose S_neg also holds the sampled rationales (rows of `sample_self_negatives`),
+    with `negatives_eos` saying which negatives ended on their own (a row without finish reasons:
+    all of its rationales did)."""
+    by_id = {row["id"]: row for row in sampled}
+    out = []
+    for e in examples:
+        row = by_id.get(e["id"], {"texts": []})
+        reasons = row.get("finish_reasons") or ["stop"] * len(row["texts"])
+        eos = negatives_eos(e) + [reason == "stop" for reason in reasons]
+        out.append(dict(e, negatives=e["negatives"] + row["texts"], negatives_eos=eos))
+    return out
+
+
+def negatives_eos(example: dict) -> list[bool]:
+    """Per negative of `example`: is it scored with EOS (it ended on its own)? Default: all are."""
+    return list(example.get("negatives_eos") or [True] * len(example["negatives"]))
 
 
 def record_from_row(row: dict, index: int, answer_of: Callable[[str], str | None] | None = None) -> dict:
@@ -375,8 +406,9 @@ def load_teacher_records(
 class MultiTaskCollator:
     """Examples -> one padded batch holding every sequence the QCRD loss needs.
 
-    Each example dict has `question`, `label`, `positives` and `negatives` (lists of rationale texts) and
-    optional `pos_scores` / `neg_scores` (discriminator scores, same lengths; default 1 and 0). The
+    Each example dict has `question`, `label`, `positives` and `negatives` (lists of rationale texts),
+    optional `negatives_eos` (per negative: scored with EOS; default all) and optional `pos_scores` /
+    `neg_scores` (discriminator scores, same lengths; default 1 and 0). The
     batch stacks, in order, B label sequences, then the positives and the negatives of every row:
 
         input_ids, attention_mask, response_mask  [B + ΣP_b + ΣN_b, T]
@@ -395,12 +427,16 @@ class MultiTaskCollator:
         self.rationales = rationales
         self.negatives = negatives
 
-    def _encode(self, prompt: list[dict], response: str) -> tuple[list[int], int]:
+    def _encode(self, prompt: list[dict], response: str, eos: bool = True) -> tuple[list[int], int]:
         from nega.logps import encode_pair
         from nega.sampling.base import render_prompt
 
         return encode_pair(
-            self.tokenizer, render_prompt(self.tokenizer, prompt), response, max_length=self.max_length
+            self.tokenizer,
+            render_prompt(self.tokenizer, prompt),
+            response,
+            add_eos=eos,
+            max_length=self.max_length,
         )
 
     def __call__(self, examples: list[dict]) -> dict[str, Any]:
@@ -418,12 +454,14 @@ class MultiTaskCollator:
             scores = torch.full((len(examples), width), default)
             for b, (example, items) in enumerate(zip(examples, per_row, strict=True)):
                 given = example.get(f"{kind}_scores")
+                # A negative cut at max_tokens is scored without EOS (it never ended).
+                ends = negatives_eos(example) if kind == "neg" and items else [True] * len(items)
                 for j, text in enumerate(items):
                     index[b, j] = len(encoded)
                     mask[b, j] = True
                     if given is not None:
                         scores[b, j] = float(given[j])
-                    encoded.append(self._encode(explain_prompt(example["question"]), text))
+                    encoded.append(self._encode(explain_prompt(example["question"]), text, ends[j]))
             groups[kind] = (index, mask, scores)
         input_ids, attention_mask, response_mask = collate_sequences(encoded, self.tokenizer.pad_token_id)
         return {

@@ -8,7 +8,8 @@ Stages, top to bottom (METHODS.md §3):
       e<k>-negatives       1 rationale per input at T=1.5 from the student `qcrd.lag` epochs back
                            (the lag queue; epoch 0 = the starting student), added to S_neg
       e<k>-discriminator   (qcrd only) pre-train D on S_pos vs S_neg at e=0, re-train every
-                           `disc_every` epochs, and score every rationale of the epoch
+                           `disc_every` epochs, and score every rationale of the epoch with
+                           the D of the other folds (cross-fitted: `disc_folds` discriminators)
       e<k>-train           one epoch of the loss below, α3 = α3·0.9^e
     eval             label accuracy (`predict:` greedy) and, on toy worlds, rationale quality
                      (`explain:` greedy, the world's oracle) for the start and every objective
@@ -32,6 +33,12 @@ Deviations from the paper:
   epoch's checkpoint is a full model folder, sampled and evaluated as a model of its own.
 - The discriminator is the student's own base model with LoRA and a pooled head, or a tiny encoder
   trained from scratch; re-training continues from the last weights for `disc_steps` steps.
+- Scores are cross-fitted (the paper does not say): the inputs are split into `qcrd.disc_folds`
+  folds (default 2), and each rationale is scored by a discriminator trained on the other folds, so
+  D's score is its judgement of an unseen rationale, not a memory of its self-consistency label.
+  Each fold's discriminator trains `disc_steps` steps (default 500, as METHODS.md).
+- Self-adversarial negatives (and teacher rationales) cut at `sampling.max_tokens` are scored without
+  EOS; the others with it.
 - With rationale files holding one teacher rationale per input (the PaLM files), self-consistency has
   nothing to vote on: use `consistency: gold`.
 """
@@ -185,9 +192,10 @@ def negatives_stage(
 def discriminator_stage(
     run: Run, recipe, epoch: int, model_path: str, examples: list[dict], previous, inputs: list
 ):
-    """Pre-train D (epoch 0) or re-train it (every `disc_every` epochs) on this epoch's S_pos vs S_neg, then
-    score every rationale: examples.jsonl gains pos_scores / neg_scores."""
-    from nega.distill.qcrd.discriminator import Discriminator, rationale_pairs, with_scores
+    """Pre-train the discriminators (epoch 0) or re-train them (every `disc_every` epochs) on this
+    epoch's S_pos vs S_neg, one per fold, then score every rationale with the discriminator that did
+    not train on its input (cross-fitting): examples.jsonl gains pos_scores / neg_scores."""
+    from nega.distill.qcrd.discriminator import Discriminator, cross_fitted_scores
     from nega.models import load_tokenizer
 
     cfg = recipe.qcrd
@@ -202,18 +210,21 @@ def discriminator_stage(
     if stage.done:
         return stage
     tokenizer = load_tokenizer(model_path, recipe.model)
-    disc = Discriminator.build(cfg.disc_backbone, tokenizer, model_path=model_path, model_cfg=recipe.model,
-                               lora_cfg=recipe.lora, lr=cfg.disc_lr, seed=recipe.seed)  # fmt: skip
-    if previous is not None:
-        disc.load(Path(previous.dir) / "discriminator.safetensors")
-    fit = {}
-    if due:
-        pos, neg = rationale_pairs(examples, "positives"), rationale_pairs(examples, "negatives")
-        fit = disc.fit(pos, neg, steps=cfg.disc_steps, batch_size=cfg.disc_batch_size, seed=recipe.seed + epoch,
-                       augment_rate=cfg.disc_augment_rate, description=f"discriminator (epoch {epoch})")  # fmt: skip
-    disc.save(stage.dir / "discriminator.safetensors")
-    write_jsonl(stage.dir / "examples.jsonl", with_scores(disc, examples))
-    return stage.finish(counts={"examples": len(examples)}, fit=fit)
+    discriminators = []
+    for k in range(cfg.disc_folds):
+        disc = Discriminator.build(cfg.disc_backbone, tokenizer, model_path=model_path, model_cfg=recipe.model,
+                                   lora_cfg=recipe.lora, lr=cfg.disc_lr, seed=recipe.seed + k)  # fmt: skip
+        if previous is not None:
+            disc.load(Path(previous.dir) / f"discriminator-fold{k}.safetensors")
+        discriminators.append(disc)
+    scored, fits = cross_fitted_scores(discriminators, examples, train=due, steps=cfg.disc_steps,
+                                       batch_size=cfg.disc_batch_size, seed=recipe.seed + epoch,
+                                       fold_seed=recipe.seed, augment_rate=cfg.disc_augment_rate,
+                                       description=f"discriminator (epoch {epoch})")  # fmt: skip
+    for k, disc in enumerate(discriminators):
+        disc.save(stage.dir / f"discriminator-fold{k}.safetensors")
+    write_jsonl(stage.dir / "examples.jsonl", scored)
+    return stage.finish(counts={"examples": len(examples)}, fit=fits)
 
 
 def evaluate_students(

@@ -142,3 +142,60 @@ def test_collator_stacks_label_positive_and_negative_sequences():
     assert response.strip() == "3"
     label_only = MultiTaskCollator(tokenizer, rationales=False)(examples)
     assert label_only["input_ids"].shape[0] == 2 and label_only["pos_mask"].shape == (2, 0)
+
+
+def test_a_cut_teacher_rationale_is_a_negative_without_eos():
+    record = {
+        "id": "q1", "question": "2+2?", "label": "4",
+        "rationales": [
+            {"text": "2 and 2 make 4. answer: 4", "answer": "4", "finish_reason": "stop"},
+            {"text": "2 and 2 make", "answer": None, "finish_reason": "length"},
+            {"text": "2 and 2 make 5. answer: 5", "answer": "5"},  # a file's rationale: it ended
+        ],
+    }  # fmt: skip
+    example = split_by_consistency(record, "gold")
+    assert example["negatives"] == ["2 and 2 make", "2 and 2 make 5. answer: 5"]
+    assert example["negatives_eos"] == [False, True]
+
+
+class FinishingSampler:
+    """One completion per prompt: the first ends on EOS, the second is cut at max_tokens."""
+
+    def generate(self, prompts, **kwargs):
+        from nega.sampling.base import Completion
+
+        reasons = ["stop", "length"]
+        return [[Completion(text=f" rationale {i} ", finish_reason=reasons[i])] for i in range(len(prompts))]
+
+
+def test_self_negatives_keep_their_finish_reason_and_a_cut_one_is_scored_without_eos():
+    from nega.distill.qcrd.data import negatives_eos, sample_self_negatives, with_negatives
+    from nega.toy.model import build_tokenizer
+
+    examples = [
+        {"id": "a", "question": "what is 1 plus 2?", "label": "3", "positives": ["3."], "negatives": ["4."],
+         "negatives_eos": [True]},
+        {"id": "b", "question": "name a color.", "label": "blue", "positives": ["blue."], "negatives": []},
+    ]  # fmt: skip
+    sampled = sample_self_negatives(FinishingSampler(), examples, adapter=None)
+    assert sampled == [
+        {"id": "a", "texts": ["rationale 0"], "finish_reasons": ["stop"]},
+        {"id": "b", "texts": ["rationale 1"], "finish_reasons": ["length"]},
+    ]
+    merged = with_negatives(examples, sampled)
+    assert [e["negatives"] for e in merged] == [["4.", "rationale 0"], ["rationale 1"]]
+    assert [negatives_eos(e) for e in merged] == [[True, True], [False]]
+    # rows written before finish reasons were kept: every rationale counts as ended
+    assert negatives_eos(with_negatives(examples, [{"id": "b", "texts": ["x"]}])[1]) == [True]
+
+    lines = ["predict: what is 1 plus 2? 3", "explain: 1 plus 2 is 3. name a color. blue 4. rationale 0 1"]
+    tokenizer = build_tokenizer(lines * 5, vocab_size=300)
+    batch = MultiTaskCollator(tokenizer)(merged)
+    eos = tokenizer.eos_token_id
+
+    def last_token(row: int) -> int:
+        return batch["input_ids"][row][batch["attention_mask"][row]][-1].item()
+
+    neg_rows = [batch["neg_index"][0, 0], batch["neg_index"][0, 1], batch["neg_index"][1, 0]]
+    assert [last_token(r) == eos for r in neg_rows] == [True, True, False]
+    assert last_token(batch["pos_index"][1, 0]) == eos  # positives always end

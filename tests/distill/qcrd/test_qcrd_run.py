@@ -130,6 +130,14 @@ def test_toy_qcrd_runs_every_objective_and_draws_negatives_from_the_lagged_stude
     )
     assert "label_only-e0-negatives" not in stages and "step_by_step-e1-negatives" not in stages
     assert "qcrd_no_disc-e1-negatives" in stages and "qcrd_no_disc-e1-discriminator" not in stages
+    # cross-fitted: one discriminator per fold, each scoring the inputs it did not train on
+    disc = read_json(stages["qcrd-e0-discriminator"] / "manifest.json")
+    assert len(disc["fit"]) == 2 and sum(f["held_out"] for f in disc["fit"]) == 48
+    assert all(0.0 <= f["held_out_accuracy"] <= 1.0 for f in disc["fit"])
+    assert {p.name for p in stages["qcrd-e1-discriminator"].glob("*.safetensors")} == {
+        "discriminator-fold0.safetensors",
+        "discriminator-fold1.safetensors",
+    }
     # Every objective's final student differs from the starting one and has a lower label loss on the
     # training inputs (each trains on the label term, weighted or not). The toy student starts good at
     # labels, so the fall is small but repeatable (measured: 0.2403 -> 0.2353..0.2390).
