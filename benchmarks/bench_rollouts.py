@@ -25,7 +25,9 @@ again) with the rep's seed shared by both engines; each engine's prefix cache is
 rep, so the caching engine starts each rep cold, as it would on new negatives. A rep's time is the
 stage's own `RolloutStats.seconds`, which leaves out the engines' start (recorded apart). Reported per
 rep: rollouts (continuations), seconds, rollouts/s, sampler calls, prompt and generated tokens per
-rollout; their medians; and at the top level
+rollout, and the prefix-cache hit rate (prompt tokens vLLM reports it served from its cache, over all
+prompt tokens); their medians; each mode's `enable_prefix_caching` as its engine reports it; and at
+the top level
 
     rollouts_prefix_cache_speedup   median rollouts/s with caching ÷ median rollouts/s without
 
@@ -68,6 +70,30 @@ class CountingSampler:
         self.prompt_tokens += n * sum(len(tok(p, add_special_tokens=False)["input_ids"]) for p in prompts)
         self.generated_tokens += sum(len(c.token_ids) for g in groups for c in g)
         return groups
+
+
+class CacheHits:
+    """Prompt tokens of every request a vLLM engine ran, and how many it served from its prefix cache
+    (each request output's `num_cached_tokens`), counted around the engine's own `generate`."""
+
+    def __init__(self, llm):
+        self.prompt_tokens = self.cached_tokens = 0
+        generate = llm.generate
+
+        def counted(*args, **kwargs):
+            outputs = generate(*args, **kwargs)
+            for out in outputs:
+                self.prompt_tokens += len(out.prompt_token_ids or [])
+                self.cached_tokens += out.num_cached_tokens or 0
+            return outputs
+
+        llm.generate = counted
+
+    def take(self) -> float:
+        """The hit rate since the last call, then start counting afresh."""
+        rate = self.cached_tokens / self.prompt_tokens if self.prompt_tokens else 0.0
+        self.prompt_tokens = self.cached_tokens = 0
+        return rate
 
 
 def toy_reasoning_model(size: str, steps: int, folder: Path, seed: int) -> Path:
@@ -162,6 +188,11 @@ def main() -> None:
         t0 = time.perf_counter()
         samplers[mode] = make_sampler(model_dir, cfg, dtype="float32", adapters=False)  # as nega's rollouts
         start_seconds[mode] = time.perf_counter() - t0
+    hits = {mode: CacheHits(sampler.llm) for mode, sampler in samplers.items()}
+    caching = {  # what each engine runs, which the benchmark asked for through SamplingConfig
+        mode: bool(sampler.llm.llm_engine.vllm_config.cache_config.enable_prefix_caching)
+        for mode, sampler in samplers.items()
+    }
     tokenizer = samplers["on"].tokenizer
     prompts = [render_prompt(tokenizer, [{"role": "user", "content": p["question"]}]) for p in problems]
     negatives, source = sample_negatives(
@@ -169,6 +200,8 @@ def main() -> None:
     )
     for sampler in samplers.values():  # warm-up, untimed
         sampler.generate(prompts[:4], n=BEST_OF * GROUPS, temperature=TEMPERATURE, max_tokens=args.max_tokens)
+    for counter in hits.values():
+        counter.take()
 
     reps: dict[str, list[dict]] = {mode: [] for mode in MODES}
     pits: dict[str, list[list[int]]] = {mode: [] for mode in MODES}
@@ -198,6 +231,7 @@ def main() -> None:
                     "prefixes_rolled": stats.prefixes_rolled,
                     "prompt_tokens_per_rollout": counting.prompt_tokens / stats.rollouts,
                     "generated_tokens_per_rollout": counting.generated_tokens / stats.rollouts,
+                    "prefix_cache_hit_rate": hits[mode].take(),
                 }
             )
             print(
@@ -214,7 +248,8 @@ def main() -> None:
             "median_rollouts_per_s": statistics.median(r["rollouts_per_s"] for r in reps[mode]),
             "median_seconds": statistics.median(r["seconds"] for r in reps[mode]),
             "engine_start_seconds": start_seconds[mode],
-            "enable_prefix_caching": MODES[mode],
+            "median_prefix_cache_hit_rate": statistics.median(r["prefix_cache_hit_rate"] for r in reps[mode]),
+            "enable_prefix_caching": caching[mode],
             "reps": reps[mode],
         }
         for mode in MODES
