@@ -48,6 +48,7 @@ target is undecided.
 | `bench_sampling.py` | nega's vLLM backend, nega's HF backend, a plain `transformers.generate` loop |
 | `bench_train.py` | one D²O step (K = 8 self-samples + 1 negative) vs TRL's `DPOTrainer` on the same response tokens |
 | `bench_rollouts.py` | per-step RL rollouts with vLLM prefix caching on and off |
+| `bench_startup.py` | seconds to `nega --help`, `nega validate` and the bare import, in fresh processes |
 | `quality_*.py` | each method beside its baselines on its toy world (see the project README) |
 
 Each script takes `--device cuda` and `--size` for a larger model; GPU results go to `*_cuda.json`.
@@ -103,14 +104,14 @@ def fmt(value) -> str:
 
 def ratio_table(name: str, data: dict) -> list[str]:
     """Each ratio with its run-to-run spread (worst to best repetition pairing) and its target."""
-    lines = ["| ratio | value | spread | target | |", "|---|---|---|---|---|"]
+    rows = []
     for key, (target, numerator, denominator, field) in RATIOS.get(name, {}).items():
         if key in data:
             span = spread(data, numerator, denominator, field)
             shown = f"{span[0]:.2f}–{span[1]:.2f}" if span else "—"
             verdict = met(data[key], target, span)
-            lines.append(f"| `{key}` | {data[key]:.2f} | {shown} | {target or '—'} | {verdict} |")
-    return lines
+            rows.append(f"| `{key}` | {data[key]:.2f} | {shown} | {target or '—'} | {verdict} |")
+    return ["| ratio | value | spread | target | |", "|---|---|---|---|---|", *rows] if rows else []
 
 
 def arm_table(arms: dict) -> list[str]:
@@ -153,7 +154,7 @@ def section(path: Path) -> list[str]:
     lines += ratio_table(name, data)
     arms = arms_of(data)
     if arms:
-        lines += ["", *arm_table(arms)]
+        lines += [*([""] if lines[-1] else []), *arm_table(arms)]
     if isinstance(data.get("profile"), dict):
         lines += ["", "Profile: " + ", ".join(f"{k} {fmt(v)}" for k, v in data["profile"].items())]
     if data.get("notes"):

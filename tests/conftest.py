@@ -33,7 +33,10 @@ def _strict(report):
     reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
     if HARDWARE_SKIP not in reason:
         report.outcome = "failed"
-        report.longrepr = f"{reason}\n{STRICT_ENV}=1 allows no skip but missing multi-GPU hardware"
+        report.longrepr = (
+            f"{reason}\n{STRICT_ENV}=1 turns this skip into a failure: install or provide what is missing "
+            "(tests/nega_testing.py names how); only hardware no CI machine has may skip"
+        )
     return report
 
 
