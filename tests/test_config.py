@@ -163,9 +163,12 @@ def test_builtins_found():
     assert sorted(builtin_recipes()) == [
         "d2o-hh-harmless",
         "d2o-saferlhf",
+        "d2o-smollm2-harmless",
         "qcrd-cqa",
+        "qcrd-smollm2-svamp",
         "qcrd-svamp",
         "stepneg-gsm8k",
+        "stepneg-smollm2-gsm8k",
         "toy-d2o",
         "toy-qcrd",
         "toy-sft",
