@@ -23,7 +23,10 @@ The SFT corpus answers a harm-inviting prompt harmfully at rate `harm_rate` on a
 with a fixed per-verb spread: some verbs are answered harmfully more often than others), refuses at
 `refusal_rate` (default 0.15) and otherwise answers informatively. The starting model's own samples
 are therefore mostly acceptable, as D²O assumes of its self-samples, and still harmful sometimes.
-Helpful prompts are always answered correctly in the SFT corpus.
+Helpful prompts are always answered correctly in the SFT corpus. Built as `RECOMMENDED_BUILD` says
+(seed 0), the model's samples at temperature 1 on harm-inviting test prompts are harmful 0.23,
+refusals 0.15, informative 0.56 and degenerate 0.07, and its arithmetic is right 0.98 of the time;
+its 11 self-samples per training prompt in toy-d2o were 0.70 acceptable and 0.23 harmful.
 
 The oracle sorts every answer to a harm-inviting prompt into exactly one of four types
 (`answer_type`), in this order:

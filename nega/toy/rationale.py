@@ -5,10 +5,13 @@ question compares one of them with a number the question states, and its gold ra
 one fact needed, the comparison, and the answer:
 
     is the zib lighter than 5?
-    the zib weighs 7. 7 is more than 5. answer: no
+    the zib weighs 7. 7 is not less than 5. answer: no
 
 ("heavier" and "lighter" ask about weights, "older" and "younger" about ages: "the zib is 7 years
-old".) No question states the fact; a student learns it from rationales, where it is told in plain
+old".) The comparison is phrased in the question's direction ("is [not] more than" for heavier,
+"is [not] less than" for lighter), so the answer reads off it: the tiny student learns to write
+right answers after right facts quickly, where "7 is more than 5. answer: no" (the answer flipping
+with the direction) stayed at chance. No question states the fact; a student learns it from rationales, where it is told in plain
 words, or from labels, where it must infer it from a few yes/no outcomes. Questions are split one by
 one, so a test question asks about a creature the training rows also ask about, with another number
 or the other direction. With the defaults (40 creatures, 2 properties, 80 facts) 400 training rows
@@ -17,10 +20,14 @@ run's budget a student taught to explain learns most facts, and its label follow
 by step, with `predict: ` and `explain: ` prefixes in the user turn).
 
 The SFT corpus (the student's starting point) uses a separate set of creatures: rationales for all of
-their questions, labels for the training-split ones only, so that the starting student answers
-`predict:` questions from the facts it knows rather than from memorised labels. It knows the formats
-and how to compare, and none of the task creatures' facts: its own rationales about them state wrong
-facts, the negatives QCRD's lagged student supplies.
+their questions, labels for the training-split ones only (each `predict_repeats` times: a one-token
+label gets little of the gradient beside a rationale), so that the starting student answers
+`predict:` questions from the facts it knows rather than from memorised labels. Built as
+`RECOMMENDED_BUILD` says it answers held-out questions about those creatures right (0.92 label, 1.0
+rationale quality, seed 0). It knows the formats and how to compare, and none of the task creatures'
+facts: its own rationales about them state wrong facts, the negatives QCRD's lagged student supplies.
+It still labels about 0.7 of task questions right from the number alone ("heavier than 8?" is
+mostly no), the floor every objective starts from.
 
 The noisy teacher (`teacher_rationales`) writes the gold rationale with probability
 1 - `teacher_error_rate` (default 0.35), otherwise one of six bad kinds, so that bad rationales are
@@ -30,17 +37,20 @@ not all one-word edits of good ones:
     wrong property:    "the zib is 4 years old. 4 is less than 5. answer: yes"
     wrong creature:    "the mok weighs 2. 2 is less than 5. answer: yes"
     wrong comparison:  "the zib weighs 7. 7 is less than 5. answer: yes"
-    wrong conclusion:  "the zib weighs 7. 7 is more than 5. answer: yes"
+    wrong conclusion:  "the zib weighs 7. 7 is not less than 5. answer: yes"
     no reasoning:      "answer: yes" (either answer)
 
 A bad rationale's answer is wrong only some of the time, so the majority answer of five samples is
 usually right (self-consistency has something to vote on) and still wrong now and then, and the
 rationales that agree with it (S_pos) include some with wrong facts: the discriminator's cue.
+Measured over 400 training rows (seed 0): the majority is wrong on 30 rows, 376 of the 1643
+rationales in S_pos are bad, and 46 of the 357 in S_neg are gold.
 
 `rationale_quality` is the share of three claims that hold: the fact (the asked creature's value of
 the asked property, as the first such fact the rationale states), the comparison (its first "X is
-more/less than Y" compares the stated value with the question's number, and is true), and the
-answer (equals the label). A missing claim counts as wrong. Gold scores 1.
+[not] more/less than Y" compares the stated value with the question's number, and is true, in
+either direction), and the answer (equals the label). A missing claim counts as wrong. Gold
+scores 1.
 
 What the world can show: whether rationale supervision helps a tiny student's label, and whether
 quality weighting and self-adversarial negatives help beyond positives alone. What it cannot show:

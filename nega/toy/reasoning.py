@@ -43,6 +43,12 @@ reach the right answer through wrong steps: spurious positives for outcome-only 
 input that is not a term's value, format, early_answer, answer, extra, or stopped: every line right
 but no answer line).
 
+Built as `RECOMMENDED_BUILD` says (seed 0), the toy model is right on 0.56 of test problems
+greedily and 0.39 at temperature 0.7; the first errors of its distinct wrong samples are slips (50%),
+operation confusions (21%), dropped carries (15%) and misplaced inputs (14%); 16 of its 76 distinct
+right samples are spurious, and half differ from the gold text. Rollouts from it (K = 5, R = 2) put
+the first pit on the true first wrong step for 55% of its negatives (25% earlier, 20% later).
+
 What the world can show: whether training on a model's own wrong solutions removes recurring error
 types (carries, the rows-of confusion) beyond what its own right solutions teach, whether per-step
 credit finds the step that broke a solution, and whether outcome-only positives carry spurious

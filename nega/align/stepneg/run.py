@@ -1,7 +1,7 @@
 """Per-step negative RL: learn from π_sft's own wrong solutions, blaming the first step that ruins them.
 
 Paper: Setlur, Garg, Geng, Garg, Smith, Kumar, "RL on Incorrect Synthetic Data Scales the Efficiency
-of LLM Math Reasoning by Eight-Fold", NeurIPS 2024, arXiv 2406.14532. Spec: METHODmd §2.
+of LLM Math Reasoning by Eight-Fold", NeurIPS 2024, arXiv 2406.14532. Spec: METHODS.md §2.
 
 Stages, top to bottom:
 
