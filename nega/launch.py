@@ -68,7 +68,7 @@ def training_arguments(train_cfg, output_dir: Path, *, seed: int = 0, **override
         num_train_epochs=train_cfg.epochs,
         max_steps=train_cfg.max_steps or -1,
         lr_scheduler_type=train_cfg.lr_scheduler,
-        warmup_steps=train_cfg.warmup_ratio,
+        **warmup_arguments(TrainingArguments, train_cfg.warmup_ratio),
         weight_decay=train_cfg.weight_decay,
         max_grad_norm=train_cfg.max_grad_norm,
         save_strategy="steps",
@@ -91,6 +91,13 @@ def training_arguments(train_cfg, output_dir: Path, *, seed: int = 0, **override
         kwargs["accelerator_config"] = {"use_configured_state": True}
     kwargs.update(overrides)
     return TrainingArguments(**kwargs)
+
+
+def warmup_arguments(arguments_class, ratio: float) -> dict:
+    """`train.warmup_ratio` in the form this transformers takes: `warmup_ratio` where that field exists
+    (4.x), else `warmup_steps`, which reads a float below 1 as a fraction of the total steps (5.x)."""
+    names = {f.name for f in dataclasses.fields(arguments_class)}
+    return {"warmup_ratio": ratio} if "warmup_ratio" in names else {"warmup_steps": float(ratio)}
 
 
 def last_checkpoint(output_dir: Path) -> str | None:
