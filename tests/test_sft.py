@@ -141,4 +141,4 @@ def test_toy_sft_recipe_runs_and_reports_oracle_metrics(tmp_path, monkeypatch):
     pairs = read_jsonl(stage / "pairs.jsonl")
     start = response_loss(run_dir / result["base_model"], None, pairs)
     trained = response_loss(run_dir / result["base_model"], run_dir / result["adapter"], pairs)
-    assert trained < start - 0.01, (start, trained)  # measured: 1.910 -> 1.887; untrained: equal
+    assert trained < start - 0.01, (start, trained)  # an adapter that did not train gives equal losses
