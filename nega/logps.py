@@ -247,11 +247,15 @@ def batched_sequence_logps(
     max_length: int | None = None,
     disable_adapter: bool = False,
     description: str = "log-probs",
+    pack: bool | None = None,
 ) -> list[float]:
     """Summed response log-probs of (rendered prompt, response) pairs, under `torch.no_grad`.
 
     `disable_adapter=True` scores with the frozen base weights of a peft model: the reference policy
-    without a second copy in memory. Rows are sorted by length so batches pad little.
+    without a second copy in memory. With `pack` (default: whenever the model's attention takes the
+    block mask) the responses of one prompt share one packed row (`pack_shared_prompts`), so each
+    prompt is computed once, as in training; about `batch_size` responses go through per forward.
+    Batches are formed in length order so they pad little.
     """
     from nega.progress import progress_bar
 
@@ -260,22 +264,49 @@ def batched_sequence_logps(
         encode_pair(tokenizer, p, r, add_eos=e, max_length=max_length)
         for (p, r), e in zip(pairs, eos_flags, strict=True)
     ]
-    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i][0]))
+    if pack is None:
+        pack = supports_packing(model)
+    pack = pack and all(prompt_len >= 1 for _, prompt_len in encoded)  # packing needs a prompt token
     out = [0.0] * len(encoded)
     device = next(model.parameters()).device
     context = model.disable_adapter() if disable_adapter else nullcontext()
     was_training = model.training
     model.eval()
-    with torch.no_grad(), context, progress_bar(description, total=len(order)) as advance:
-        for start in range(0, len(order), batch_size):
-            idx = order[start : start + batch_size]
-            ids, attn, resp = collate_sequences([encoded[i] for i in idx], tokenizer.pad_token_id)
-            values = sequence_logps(model, ids.to(device), attn.to(device), resp.to(device))
+    with torch.no_grad(), context, progress_bar(description, total=len(encoded)) as advance:
+        for idx in _scoring_batches(encoded, batch_size, pack):
+            rows = [encoded[i] for i in idx]
+            if pack:
+                packed = pack_shared_prompts(rows, tokenizer.pad_token_id)
+                values = packed_sequence_logps(model, {k: v.to(device) for k, v in packed.items()})
+            else:
+                ids, attn, resp = collate_sequences(rows, tokenizer.pad_token_id)
+                values = sequence_logps(model, ids.to(device), attn.to(device), resp.to(device))
             for i, v in zip(idx, values.tolist(), strict=True):
                 out[i] = v
             advance(len(idx))
     model.train(was_training)
     return out
+
+
+def _scoring_batches(encoded: Sequence[tuple[list[int], int]], size: int, pack: bool) -> list[list[int]]:
+    """Indices of `encoded` in batches of about `size` pairs, in length order. Packed, a prompt's pairs
+    are never split across batches (a batch may then hold more than `size`)."""
+    if not pack:
+        order = sorted(range(len(encoded)), key=lambda i: len(encoded[i][0]))
+        return [order[start : start + size] for start in range(0, len(order), size)]
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for i, (ids, prompt_len) in enumerate(encoded):
+        groups.setdefault(tuple(ids[:prompt_len]), []).append(i)
+    ordered = sorted(groups.values(), key=lambda g: sum(len(encoded[i][0]) for i in g))
+    batches, current = [], []
+    for group in ordered:
+        if current and len(current) + len(group) > size:
+            batches.append(current)
+            current = []
+        current += group
+    if current:
+        batches.append(current)
+    return batches
 
 
 def reference_logps(

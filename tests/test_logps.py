@@ -107,6 +107,32 @@ def test_reference_logps_use_frozen_weights(tiny_model_dir):
     assert plain[0] > wrong[0] + 2.0
 
 
+def test_scoring_packs_each_prompt_once_and_equals_plain_rows(tiny_model_dir, monkeypatch):
+    """Reference scoring packs a prompt's responses into one row; values equal one padded row each."""
+    import nega.logps as logps
+    from nega.models import load_base_model, load_tokenizer
+
+    tok = load_tokenizer(tiny_model_dir)
+    model = load_base_model(tiny_model_dir)
+    prompts = ["<|user|>\nwhat is 2 plus 3?\n<|assistant|>\n", "<|user|>\nname a color.\n<|assistant|>\n"]
+    responses = ["2 plus 3 is 5.", "blue", "a cat", "hello there, friend!", "one two"]
+    pairs = [(p, r) for p in prompts for r in responses]
+    eos = [i % 2 == 0 for i in range(len(pairs))]
+    forwards = []
+    real = logps.packed_sequence_logps
+
+    def counting(model, batch):
+        forwards.append(batch["packed_ids"].shape[0])
+        return real(model, batch)
+
+    monkeypatch.setattr(logps, "packed_sequence_logps", counting)
+    packed = batched_sequence_logps(model, tok, pairs, add_eos=eos, batch_size=8, pack=True)
+    plain = batched_sequence_logps(model, tok, pairs, add_eos=eos, batch_size=8, pack=False)
+    assert packed == pytest.approx(plain, abs=1e-4)
+    assert sum(forwards) == len(prompts)  # one packed row per prompt, each prompt's 5 pairs kept together
+    assert batched_sequence_logps(model, tok, pairs, add_eos=eos) == pytest.approx(packed, abs=1e-6)
+
+
 def test_logp_cache_roundtrip_and_torn_line(tmp_path):
     cache = LogpCache(tmp_path / "c.jsonl")
     k1, k2 = content_key("m", "p", "a"), content_key("m", "p", "b")
