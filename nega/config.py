@@ -211,7 +211,7 @@ class HarmEvalConfig(Strict):
     @field_validator("scorer")
     @classmethod
     def _known_scorer(cls, v: str) -> str:
-        from nega.rewards.harm import check_scorer_spec
+        from nega.rewards.scorer_spec import check_scorer_spec
 
         return check_scorer_spec(v)
 
@@ -267,6 +267,10 @@ class RecipeBase(Strict):
         if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", v):
             raise ValueError("use letters, digits, '.', '_' or '-' (it names a folder)")
         return v
+
+    def to_yaml(self) -> str:
+        """The recipe resolved, every default filled in, as `nega validate` prints it."""
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False, allow_unicode=True)
 
     @model_validator(mode="after")
     def _toy_section(self) -> RecipeBase:
@@ -443,7 +447,3 @@ def load_recipe(name_or_path: str, overrides: list[str] | None = None) -> Recipe
     if problems:
         raise RecipeError(source, problems)
     return recipe
-
-
-def recipe_to_yaml(recipe: BaseModel) -> str:
-    return yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False, allow_unicode=True)

@@ -194,8 +194,6 @@ class Run:
     """
 
     def __init__(self, recipe, root: Path | None = None, *, is_main_process: bool = True):
-        from nega.config import recipe_to_yaml
-
         self.recipe = recipe
         self.dir = Path(root) if root is not None else Path(recipe.output_dir) / recipe.name
         self.is_main_process = is_main_process
@@ -203,7 +201,7 @@ class Run:
         self.dir.mkdir(parents=True, exist_ok=True)
         if is_main_process:
             lock_run_folder(self.dir)
-            atomic_write_text(self.dir / "recipe.yaml", recipe_to_yaml(recipe))
+            atomic_write_text(self.dir / "recipe.yaml", recipe.to_yaml())
             # Named again when this recipe's training ends; until then nothing stale can be pushed.
             (self.dir / RESULT).unlink(missing_ok=True)
 

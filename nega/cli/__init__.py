@@ -144,10 +144,8 @@ def _stop_followers(coordinator, message: str) -> None:
 @app.command()
 def validate(recipe: str = RecipeArg, overrides: list[str] = OverridesArg):
     """Check a recipe (schema, files) and print it resolved, with every default filled in. Loads no model."""
-    from nega.config import recipe_to_yaml
-
     cfg = load(recipe, overrides)
-    typer.echo(recipe_to_yaml(cfg), nl=False)
+    typer.echo(cfg.to_yaml(), nl=False)
 
 
 @app.command("recipes")

@@ -37,7 +37,7 @@ def _check_backend(backend: str | None) -> None:
 def _errors():
     from nega.eval.sets import EvalDataError
     from nega.eval.target import TargetError
-    from nega.rewards.harm import ScorerSpecError
+    from nega.rewards.scorer_spec import ScorerSpecError
 
     return (EvalDataError, TargetError, ScorerSpecError)
 

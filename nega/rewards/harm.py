@@ -35,7 +35,16 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Callable
-from urllib.parse import parse_qsl
+
+from nega.rewards.scorer_spec import (  # noqa: F401  (the spec grammar, re-exported for callers)
+    SCORER_CHOICES,
+    SCORER_OPTIONS,
+    ScorerSpecError,
+    check_scorer_spec,
+    is_user_function,
+    parse_scorer_spec,
+    user_function,
+)
 
 REFUSAL_WINDOW = 300
 
@@ -117,14 +126,10 @@ def toy_score(prompts: list, completions: list[str], **columns) -> list[float]:
     return [1.0 if is_harmful(c) else 0.0 for c in completions]
 
 
-class ScorerSpecError(ValueError):
-    """A harm scorer spec that names no scorer, lacks a model, or has unknown options."""
-
-
 class ClassifierScorer:
     """A sequence-classification model as a harm scorer, batched (see the module docstring)."""
 
-    OPTIONS = ("harmful_label", "threshold", "input", "batch_size", "max_length")
+    OPTIONS = SCORER_OPTIONS["classifier"]
     _HARMFUL_NAMES = {"harmful", "unsafe", "toxic", "jailbroken"}
 
     def __init__(
@@ -251,9 +256,11 @@ def parse_verdict(text: str) -> float | None:
 class JudgeScorer:
     """An LLM judge through the sampler; unparseable verdicts score NaN (counted by the evaluation)."""
 
-    OPTIONS = ("max_tokens",)
+    OPTIONS = SCORER_OPTIONS["judge"]
 
     def __init__(self, model: str, *, sampling_cfg=None, sampler=None, max_tokens: int = 256):
+        if sampler is None and sampling_cfg is None:
+            raise TypeError("a judge needs a sampler, or the sampling section to start one with")
         self.model_name = model
         self.sampling_cfg = sampling_cfg
         self.max_tokens = int(max_tokens)
@@ -269,12 +276,9 @@ class JudgeScorer:
 
     def __call__(self, prompts: list, completions: list[str], **columns) -> list[float]:
         if self._sampler is None:
-            from nega.config import SamplingConfig
             from nega.sampling import make_sampler
 
-            self._sampler = make_sampler(
-                self.model_name, self.sampling_cfg or SamplingConfig(), adapters=False
-            )
+            self._sampler = make_sampler(self.model_name, self.sampling_cfg, adapters=False)
         outputs = self._sampler.generate(
             self.judge_prompts(prompts, completions),
             n=1,
@@ -304,67 +308,12 @@ def _user_text(prompt) -> str:
     return str(prompt)
 
 
-HARM_SCORERS: dict[str, Callable] = {
+HARM_SCORERS: dict[str, Callable] = {  # the built-in names of nega.rewards.scorer_spec
     "refusal": refusal_score,
     "toy": toy_score,
     "classifier": ClassifierScorer,
     "judge": JudgeScorer,
 }
-
-
-def parse_scorer_spec(spec: str) -> tuple[str, str | None, dict[str, str]]:
-    """'classifier:org/model?harmful_label=LABEL_1' -> ('classifier', 'org/model', {'harmful_label': 'LABEL_1'})."""
-    name, _, rest = spec.partition(":")
-    model, _, query = rest.rpartition("?") if "?" in rest else (rest, "", "")
-    return name.strip(), (model.strip() or None), dict(parse_qsl(query, keep_blank_values=True))
-
-
-SCORER_CHOICES = "refusal, toy, classifier:<model>, judge:<model> or module:function (your own code)"
-_USER_FUNCTION = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*")
-
-
-def user_function(spec: str) -> Callable:
-    """The function a `module:function` spec names, imported; ScorerSpecError when it cannot be."""
-    import importlib
-
-    module_name, _, function_name = spec.partition(":")
-    try:
-        module = importlib.import_module(module_name)
-    except ModuleNotFoundError as exc:
-        raise ScorerSpecError(
-            f"harm scorer {spec!r}: cannot import {module_name!r} ({exc}); "
-            "make it importable, e.g. run nega with PYTHONPATH set to the folder holding it"
-        ) from None
-    except Exception as exc:  # the user's module failed while importing: show what it raised
-        raise ScorerSpecError(
-            f"harm scorer {spec!r}: importing {module_name!r} failed: {type(exc).__name__}: {exc}"
-        ) from None
-    function = getattr(module, function_name, None)
-    if function is None:
-        raise ScorerSpecError(f"harm scorer {spec!r}: module {module_name!r} has no {function_name!r}")
-    if not callable(function):
-        raise ScorerSpecError(
-            f"harm scorer {spec!r}: {function_name!r} is a {type(function).__name__}, not a function"
-        )
-    return function
-
-
-def is_user_function(spec: str) -> bool:
-    return parse_scorer_spec(spec)[0] not in HARM_SCORERS and _USER_FUNCTION.fullmatch(spec) is not None
-
-
-def check_scorer_spec(spec: str) -> str:
-    """`spec` when it names a scorer (importing a `module:function` one), else ScorerSpecError.
-
-    For recipe validation: a typo fails before any stage runs, not at the evaluation.
-    """
-    if is_user_function(spec):
-        user_function(spec)
-        return spec
-    name, model, _ = parse_scorer_spec(spec)
-    if name in HARM_SCORERS and (model is not None) == isinstance(HARM_SCORERS[name], type):
-        return spec
-    raise ScorerSpecError(f"unknown harm scorer {spec!r}; choose {SCORER_CHOICES}")
 
 
 def make_harm_scorer(spec: str, *, sampling_cfg=None, sampler=None):

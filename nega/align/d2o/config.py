@@ -46,6 +46,6 @@ class D2OConfig(BaseModel):
     @classmethod
     def _known_scorer(cls, v: str) -> str:
         # Checked here so a typo fails at validation, not after the sampling stage has run.
-        from nega.rewards.harm import check_scorer_spec
+        from nega.rewards.scorer_spec import check_scorer_spec
 
         return v if v == "auto" else check_scorer_spec(v)

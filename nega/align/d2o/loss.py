@@ -56,21 +56,23 @@ def d2o_loss(
 
 
 def dpo_loss(
-    policy_chosen_logps: torch.Tensor,
-    ref_chosen_logps: torch.Tensor,
-    policy_rejected_logps: torch.Tensor,
-    ref_rejected_logps: torch.Tensor,
+    *,
+    policy_chosen: torch.Tensor,
+    policy_rejected: torch.Tensor,
+    ref_chosen: torch.Tensor,
+    ref_rejected: torch.Tensor,
     beta: float,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """DPO (Rafailov et al. 2023), all arguments [B]::
+    """DPO (Rafailov et al. 2023), all arguments [B] summed log-probs, passed by keyword::
 
         z = β [log π_θ(y_w|x) - log π_ref(y_w|x)] - β [log π_θ(y_l|x) - log π_ref(y_l|x)]
         L = mean -log σ(z)
 
-    The `dpo_self` baseline passes one self-sample as y_w and the human negative as y_l.
+    The `dpo_self` baseline passes one self-sample as y_w and the human negative as y_l. Same signature
+    as per-step RL's `dpo_loss`; the metrics are named like D²O's, so the two compare in one log.
     """
-    chosen = policy_chosen_logps - ref_chosen_logps
-    rejected = policy_rejected_logps - ref_rejected_logps
+    chosen = policy_chosen - ref_chosen
+    rejected = policy_rejected - ref_rejected
     logits = beta * (chosen - rejected)
     loss = -F.logsigmoid(logits).mean()
     with torch.no_grad():

@@ -25,11 +25,11 @@ from nega.logps import (  # noqa: F401  (reference_logps: used by run.py)
 
 def d2o_objective(logps: torch.Tensor, batch: dict, alpha: float, beta: float):
     return d2o_loss(
-        logps[batch["self_index"]],
-        batch["ref_self_logps"],
-        batch["self_mask"],
-        logps[batch["neg_index"]],
-        batch["ref_neg_logps"],
+        policy_self_logps=logps[batch["self_index"]],
+        ref_self_logps=batch["ref_self_logps"],
+        self_mask=batch["self_mask"],
+        policy_neg_logps=logps[batch["neg_index"]],
+        ref_neg_logps=batch["ref_neg_logps"],
         alpha=alpha,
         beta=beta,
     )
@@ -41,24 +41,24 @@ def dpo_self_objective(logps: torch.Tensor, batch: dict, alpha: float, beta: flo
     if not has_chosen.any():
         return logps.sum() * 0.0, {}
     return dpo_loss(
-        logps[batch["self_index"][:, 0]][has_chosen],
-        batch["ref_self_logps"][:, 0][has_chosen],
-        logps[batch["neg_index"]][has_chosen],
-        batch["ref_neg_logps"][has_chosen],
+        policy_chosen=logps[batch["self_index"][:, 0]][has_chosen],
+        policy_rejected=logps[batch["neg_index"]][has_chosen],
+        ref_chosen=batch["ref_self_logps"][:, 0][has_chosen],
+        ref_rejected=batch["ref_neg_logps"][has_chosen],
         beta=beta,
     )
 
 
 def ga_objective(logps: torch.Tensor, batch: dict, alpha: float, beta: float):
-    return ga_loss(logps[batch["neg_index"]], batch["ref_neg_logps"])
+    return ga_loss(policy_neg_logps=logps[batch["neg_index"]], ref_neg_logps=batch["ref_neg_logps"])
 
 
 def kto_neg_objective(logps: torch.Tensor, batch: dict, alpha: float, beta: float):
     return kto_undesirable_loss(
-        logps[batch["neg_index"]],
-        batch["ref_neg_logps"],
-        logps[batch["kl_index"]],
-        batch["ref_kl_logps"],
+        policy_neg_logps=logps[batch["neg_index"]],
+        ref_neg_logps=batch["ref_neg_logps"],
+        policy_kl_logps=logps[batch["kl_index"]],
+        ref_kl_logps=batch["ref_kl_logps"],
         beta=beta,
     )
 

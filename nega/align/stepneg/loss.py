@@ -28,18 +28,21 @@ import torch.nn.functional as F
 
 
 def dpo_loss(
+    *,
     policy_chosen: torch.Tensor,
     policy_rejected: torch.Tensor,
-    reference_chosen: torch.Tensor,
-    reference_rejected: torch.Tensor,
+    ref_chosen: torch.Tensor,
+    ref_rejected: torch.Tensor,
     beta: float,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """DPO over a batch of pairs; every argument is [B] summed log-probs. Returns (mean loss, metrics).
+    """DPO over a batch of pairs; every argument is [B] summed log-probs, passed by keyword. Returns
+    (mean loss, metrics).
 
-    Per-step DPO passes the first-pit prefix as rejected; outcome DPO the full incorrect solution.
+    Per-step DPO passes the first-pit prefix as rejected; outcome DPO the full incorrect solution. Same
+    signature as D²O's `dpo_loss` (its `dpo_self` baseline).
     """
-    chosen_reward = beta * (policy_chosen - reference_chosen)
-    rejected_reward = beta * (policy_rejected - reference_rejected)
+    chosen_reward = beta * (policy_chosen - ref_chosen)
+    rejected_reward = beta * (policy_rejected - ref_rejected)
     margin = chosen_reward - rejected_reward
     loss = -F.logsigmoid(margin).mean()
     metrics = {

@@ -41,7 +41,13 @@ def pair_objective(model, batch: dict, beta: float, clip: float):
     else:
         logps = sequence_logps(model, batch["input_ids"], batch["attention_mask"], batch["response_mask"])
     half = batch["ref_chosen"].size(0)
-    return dpo_loss(logps[:half], logps[half:], batch["ref_chosen"], batch["ref_rejected"], beta)
+    return dpo_loss(
+        policy_chosen=logps[:half],
+        policy_rejected=logps[half:],
+        ref_chosen=batch["ref_chosen"],
+        ref_rejected=batch["ref_rejected"],
+        beta=beta,
+    )
 
 
 def awr_objective(model, batch: dict, beta: float, clip: float):

@@ -86,7 +86,16 @@ def test_d2o_logit_is_mean_dpo_logit_and_loss_is_below_mean_dpo():
     assert loss.item() == pytest.approx(-F.logsigmoid(pair_logits.mean(-1)).mean().item(), rel=1e-9)
 
     mean_dpo = torch.stack(
-        [dpo_loss(policy_self[:, i], ref_self[:, i], policy_neg, ref_neg, beta)[0] for i in range(K)]
+        [
+            dpo_loss(
+                policy_chosen=policy_self[:, i],
+                policy_rejected=policy_neg,
+                ref_chosen=ref_self[:, i],
+                ref_rejected=ref_neg,
+                beta=beta,
+            )[0]
+            for i in range(K)
+        ]
     ).mean()
     assert mean_dpo.item() == pytest.approx(-F.logsigmoid(pair_logits).mean().item(), rel=1e-9)
     # Jensen: -log σ is convex, so -log σ(mean z) <= mean -log σ(z); strict when the K logits differ.
@@ -172,7 +181,13 @@ def test_alpha_and_beta_act_separately():
 
 def test_dpo_hand_computed_and_gradient_signs():
     chosen, rejected = _leaf([-4.0]), _leaf([-6.0])
-    loss, metrics = dpo_loss(chosen, torch.tensor([-5.0]), rejected, torch.tensor([-5.0]), beta=0.5)
+    loss, metrics = dpo_loss(
+        policy_chosen=chosen,
+        policy_rejected=rejected,
+        ref_chosen=torch.tensor([-5.0]),
+        ref_rejected=torch.tensor([-5.0]),
+        beta=0.5,
+    )
     # z = 0.5 * ((1) - (-1)) = 1
     assert loss.item() == pytest.approx(math.log(1 + math.exp(-1)))
     assert metrics["reward_accuracy"].item() == 1.0
