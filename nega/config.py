@@ -1,16 +1,20 @@
-"""The recipe schema: common sections + one section per method, discriminated on `method`.
+"""The recipe schema: common sections + one section per method, discriminated on `method`, and the
+method table `METHODS` from which the union, `nega run`'s dispatch and the model card derive.
 
 A recipe is one YAML file, validated whole before anything runs. `load_recipe` collects every problem
-(unknown keys, bad values, missing files, unknown method) into one `RecipeError` naming the file and
-each key path. Only pydantic and yaml are imported here, so validation is instant.
+(unknown keys, bad values, missing files, unknown method, keys the method never reads) into one
+`RecipeError` naming the file and each key path. Only pydantic and yaml are imported here (and each
+method's `config.py`, which imports only pydantic), so validation is instant.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 import re
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Union
 
 import yaml
 from pydantic import (
@@ -19,6 +23,7 @@ from pydantic import (
     Field,
     TypeAdapter,
     ValidationError,
+    create_model,
     field_validator,
     model_validator,
 )
@@ -280,28 +285,118 @@ class RecipeBase(Strict):
         return self
 
 
-class SFTRecipe(RecipeBase):
-    method: Literal["sft"]
+# ---------------------------------------------------------------------------------------------------
+# The method table: everything nega knows about a method, in one place. The recipe union, the method
+# names in error messages, `nega run`'s dispatch and the model card's paper and tags derive from it.
+# Adding a method: its folder, one entry here, a recipe under nega/recipes/ and tests (README,
+# Development).
 
 
-class D2ORecipe(RecipeBase):
-    method: Literal["d2o"]
-    d2o: D2OConfig = Field(default_factory=D2OConfig)
+@dataclass(frozen=True)
+class Paper:
+    title: str
+    authors: str
+    url: str
 
 
-class StepNegRecipe(RecipeBase):
-    method: Literal["stepneg"]
-    stepneg: StepNegConfig = Field(default_factory=StepNegConfig)
+@dataclass(frozen=True, eq=False)
+class Method:
+    """One method of nega.
+
+    `section` is the recipe section named after the method (`d2o:` for d2o), a pydantic model with
+    `extra="forbid"`, or None when the method has none. `run` names the function running a whole
+    recipe, "module:function" (imported only when a run starts, so `nega validate` stays instant):
+    `function(recipe, run: nega.pipeline.Run) -> {label: {metric: value}}`. `paper` and `tags` go on
+    the model card. `ignores` maps keys of the common sections that this method never reads to why: a
+    recipe setting one fails validation, like an unknown key.
+    """
+
+    section: type[BaseModel] | None
+    run: str
+    paper: Paper | None = None
+    tags: tuple[str, ...] = ()
+    ignores: dict[str, str] = field(default_factory=dict)
 
 
-class QCRDRecipe(RecipeBase):
-    method: Literal["qcrd"]
-    qcrd: QCRDConfig = Field(default_factory=QCRDConfig)
+def _greedy_problems(method: str) -> dict[str, str]:
+    """What sft and per-step RL ignore: they grade one greedy answer per held-out problem."""
+    why = f"{method} grades one greedy answer per held-out problem (the toy world's, else eval.reasoning's)"
+    return {
+        "eval.harm": f"{why}; it runs no harm evaluation",
+        "eval.reasoning.samples": f"{why}; it draws no samples for pass@k or maj@k",
+        "eval.reasoning.temperature": f"{why}; it draws no samples for pass@k or maj@k",
+    }
 
 
-Recipe = Annotated[SFTRecipe | D2ORecipe | StepNegRecipe | QCRDRecipe, Field(discriminator="method")]
-RECIPE = TypeAdapter(Recipe)
-METHOD_NAMES = ("sft", "d2o", "stepneg", "qcrd")
+_QCRD_EVAL = "qcrd evaluates its students on the data's test split (qcrd.eval_limit questions)"
+
+METHODS: dict[str, Method] = {
+    "sft": Method(section=None, run="nega.sft:run", ignores=_greedy_problems("sft")),
+    "d2o": Method(
+        section=D2OConfig,
+        run="nega.align.d2o.run:run",
+        paper=Paper(
+            "D²O: distributional dispreference optimization",
+            "Duan et al., 2024",
+            "https://arxiv.org/abs/2403.03419",
+        ),
+        tags=("alignment", "safety"),
+    ),
+    "stepneg": Method(
+        section=StepNegConfig,
+        run="nega.align.stepneg.run:run",
+        paper=Paper(
+            "Per-step negative RL (per-step DPO on self-generated negatives)",
+            "Setlur et al., 2024",
+            "https://arxiv.org/abs/2406.14532",
+        ),
+        tags=("reasoning", "dpo"),
+        ignores=_greedy_problems("stepneg"),
+    ),
+    "qcrd": Method(
+        section=QCRDConfig,
+        run="nega.distill.qcrd.run:run",
+        paper=Paper(
+            "QCRD: quality-guided contrastive rationale distillation",
+            "Wang et al.",
+            "https://arxiv.org/abs/2405.13014",
+        ),
+        tags=("distillation",),
+        ignores={"eval.harm": _QCRD_EVAL, "eval.reasoning": _QCRD_EVAL},
+    ),
+}
+
+
+def recipe_class(method: str) -> type[RecipeBase]:
+    """The recipe model of `method`: the common sections, `method: <name>` and the method's section."""
+    return _recipe_class(method, METHODS[method])
+
+
+@functools.cache
+def _recipe_class(name: str, method: Method) -> type[RecipeBase]:
+    fields: dict[str, Any] = {"method": (Literal[name], ...)}
+    if method.section is not None:
+        fields[name] = (method.section, Field(default_factory=method.section))
+    return create_model(f"{name}Recipe", __base__=RecipeBase, **fields)
+
+
+def recipe_adapter() -> TypeAdapter:
+    """The recipe union over the method table, discriminated on `method`."""
+    return _recipe_adapter(tuple(METHODS.items()))
+
+
+@functools.cache
+def _recipe_adapter(methods: tuple[tuple[str, Method], ...]) -> TypeAdapter:
+    classes = tuple(_recipe_class(name, method) for name, method in methods)
+    return TypeAdapter(Annotated[Union[classes], Field(discriminator="method")])  # noqa: UP007
+
+
+def validate_recipe(data: dict) -> RecipeBase:
+    """A recipe from plain data (e.g. `recipe.model_dump()` sent to training ranks); raises ValidationError."""
+    return recipe_adapter().validate_python(data)
+
+
+Recipe = RecipeBase  # for annotations: every recipe is a RecipeBase with `method` and its section
 
 
 class RecipeError(Exception):
@@ -378,8 +473,7 @@ def _fields_of(model: type[BaseModel] | None) -> list[str]:
 
 def _section_model(loc: tuple, method: str | None) -> type[BaseModel] | None:
     """The pydantic model at `loc` (for listing allowed keys in unknown-key errors)."""
-    classes = {"sft": SFTRecipe, "d2o": D2ORecipe, "stepneg": StepNegRecipe, "qcrd": QCRDRecipe}
-    model: Any = classes.get(method or "", RecipeBase)
+    model: Any = recipe_class(method) if method in METHODS else RecipeBase
     for part in loc:
         field = (
             model.model_fields.get(part) if isinstance(model, type) and issubclass(model, BaseModel) else None
@@ -408,10 +502,10 @@ def format_validation_errors(exc: ValidationError, method: str | None) -> list[s
             problems.append(f"{key}: required but missing")
         elif err["type"] == "union_tag_invalid":
             problems.append(
-                f"method: unknown method {err['input'].get('method')!r}; choose one of {', '.join(METHOD_NAMES)}"
+                f"method: unknown method {err['input'].get('method')!r}; choose one of {', '.join(METHODS)}"
             )
         elif err["type"] == "union_tag_not_found":
-            problems.append(f"method: required but missing; choose one of {', '.join(METHOD_NAMES)}")
+            problems.append(f"method: required but missing; choose one of {', '.join(METHODS)}")
         else:
             msg = err["msg"].removeprefix("Value error, ")
             got = err.get("input")
@@ -437,13 +531,28 @@ def load_recipe(name_or_path: str, overrides: list[str] | None = None) -> Recipe
     if not isinstance(data, dict):
         raise RecipeError(source, [f"top level must be a mapping of sections, got {type(data).__name__}"])
     problems = apply_overrides(data, overrides or [])
+    method = data.get("method") if isinstance(data.get("method"), str) else None
+    ignored = ignored_keys(data, method)
     try:
-        recipe = RECIPE.validate_python(data)
+        recipe = validate_recipe(data)
     except ValidationError as exc:
-        problems += format_validation_errors(
-            exc, data.get("method") if isinstance(data.get("method"), str) else None
-        )
-        raise RecipeError(source, problems) from None
-    if problems:
-        raise RecipeError(source, problems)
+        raise RecipeError(source, problems + format_validation_errors(exc, method) + ignored) from None
+    if problems or ignored:
+        raise RecipeError(source, problems + ignored)
     return recipe
+
+
+def ignored_keys(data: dict, method: str | None) -> list[str]:
+    """A problem for every key of `data` that `method` never reads (its table entry's `ignores`).
+
+    A key set to null is no setting (`eval.harm: null` asks for no harm evaluation) and passes."""
+    if method not in METHODS:
+        return []
+    problems = []
+    for key, why in METHODS[method].ignores.items():
+        node: Any = data
+        for part in key.split("."):
+            node = node.get(part) if isinstance(node, dict) else None
+        if node is not None:
+            problems.append(f"{key}: method {method} does not use this key: {why}; remove it")
+    return problems

@@ -17,23 +17,6 @@ import re
 import shutil
 from pathlib import Path
 
-PAPERS = {
-    "d2o": (
-        "D²O: distributional dispreference optimization",
-        "Duan et al., 2024",
-        "https://arxiv.org/abs/2403.03419",
-    ),
-    "stepneg": (
-        "Per-step negative RL (per-step DPO on self-generated negatives)",
-        "Setlur et al., 2024",
-        "https://arxiv.org/abs/2406.14532",
-    ),
-    "qcrd": (
-        "QCRD: quality-guided contrastive rationale distillation",
-        "Wang et al.",
-        "https://arxiv.org/abs/2405.13014",
-    ),
-}
 TOKEN_ENV = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HUGGINGFACE_HUB_TOKEN")
 _TOKEN_RE = re.compile(r"hf_[A-Za-z0-9_-]{6,}")
 _REPO_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*")
@@ -232,9 +215,8 @@ def _card_metadata(recipe: dict, base_model: str, merge: bool) -> str:
     if source is not None and source.get("source_model"):
         base_model = source["source_model"]
     tags = ["nega", method, "lora"] if not merge else ["nega", method]
-    tags += {"d2o": ["alignment", "safety"], "stepneg": ["reasoning", "dpo"], "qcrd": ["distillation"]}.get(
-        method, []
-    )
+    entry = _method(method)
+    tags += list(entry.tags) if entry is not None else []
     lines = ["---", f"library_name: {'transformers' if merge else 'peft'}"]
     if is_hub_id(base_model):
         lines.append(f"base_model: {base_model}")
@@ -288,9 +270,17 @@ def _evaluation(run_dir: Path) -> str:
     return "\n".join(parts) if parts else "No evaluation results were recorded in this run.\n"
 
 
+def _method(name: str):
+    """The method's entry in nega's method table (its paper and tags), None for an unknown name."""
+    from nega.config import METHODS
+
+    return METHODS.get(name)
+
+
 def model_card(recipe: dict, run_dir: Path, repo_id: str, base_model: str, *, merge: bool) -> str:
     method = str(recipe.get("method", ""))
-    paper = PAPERS.get(method)
+    entry = _method(method)
+    paper = entry.paper if entry is not None else None
     data = recipe.get("data") or {}
     data_text = data.get("dataset") or data.get("path") or "?"
     if data_text == "toy":
@@ -305,7 +295,7 @@ def model_card(recipe: dict, run_dir: Path, repo_id: str, base_model: str, *, me
             if is_hub_id(base_model)
             else f"a local model ({Path(base_model).name}; not on the Hub)"
         )
-    method_line = f"[{paper[0]}]({paper[2]}) ({paper[1]})" if paper else f"`{method}`"
+    method_line = f"[{paper.title}]({paper.url}) ({paper.authors})" if paper else f"`{method}`"
     lines = [
         _card_metadata(recipe, base_model, merge),
         f"# {repo_id.split('/')[-1]}",
@@ -358,5 +348,5 @@ def model_card(recipe: dict, run_dir: Path, repo_id: str, base_model: str, *, me
         "",
     ]
     if paper:
-        lines += ["## Citation", "", f"{paper[1]}, {paper[0]}, {paper[2]}", ""]
+        lines += ["## Citation", "", f"{paper.authors}, {paper.title}, {paper.url}", ""]
     return "\n".join(lines)

@@ -147,11 +147,11 @@ def sft_entry(
     """`sft_train` from JSON-able arguments, as `nega.launch.run_training` calls it on every rank."""
     from pathlib import Path
 
-    from nega.config import RECIPE
+    from nega.config import validate_recipe
     from nega.launch import is_main_process
     from nega.pipeline import read_jsonl, write_json
 
-    cfg = RECIPE.validate_python(recipe)
+    cfg = validate_recipe(recipe)
     pairs = [(r["prompt"], r["response"]) for r in read_jsonl(Path(pairs_file))]
     folder, history = sft_train(
         model_path,

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from nega_testing import shared_data
 
-from nega.config import D2ORecipe, RecipeError, builtin_recipes, load_recipe, parse_override
+from nega.config import RecipeError, builtin_recipes, load_recipe, parse_override, recipe_class
 
 GOOD = textwrap.dedent(
     """
@@ -36,7 +36,7 @@ def problems_of(path: Path, overrides: list[str] | None = None) -> list[str]:
 
 def test_good_recipe_fills_defaults(tmp_path):
     recipe = load_recipe(str(write(tmp_path, GOOD)))
-    assert isinstance(recipe, D2ORecipe)
+    assert isinstance(recipe, recipe_class("d2o")) and recipe.method == "d2o"
     assert recipe.d2o.alpha == 0.2 and recipe.d2o.beta == 0.1
     assert recipe.d2o.rounds == 1 and recipe.d2o.refresh_reference is False
     assert recipe.model.trust_remote_code is False
@@ -94,7 +94,7 @@ def test_unknown_and_missing_method(tmp_path):
 def test_method_section_of_another_method_is_unknown(tmp_path):
     path = write(tmp_path, GOOD + "qcrd: {delta: 2}\n")
     assert problems_of(path) == [
-        "qcrd: unknown key; allowed here: " + ", ".join(sorted(D2ORecipe.model_fields))
+        "qcrd: unknown key; allowed here: " + ", ".join(sorted(recipe_class("d2o").model_fields))
     ]
 
 

@@ -20,14 +20,6 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-# method name -> "module:function" running the whole recipe; function(recipe, run) -> results table
-METHODS = {
-    "sft": "nega.sft:run",
-    "d2o": "nega.align.d2o.run:run",
-    "stepneg": "nega.align.stepneg.run:run",
-    "qcrd": "nega.distill.qcrd.run:run",
-}
-
 RecipeArg = typer.Argument(..., help="built-in recipe name (see `nega recipes`) or path to a YAML file")
 OverridesArg = typer.Argument(None, help="KEY=VALUE overrides, e.g. train.lr=1e-5 sampling.n=4")
 
@@ -57,7 +49,10 @@ def open_run(cfg, output_dir: Path | None):
 
 
 def method_entry(method: str):
-    module, func = METHODS[method].split(":")
+    """The function running a whole recipe of `method`, from the method table (nega.config.METHODS)."""
+    from nega.config import METHODS
+
+    module, func = METHODS[method].run.split(":")
     return getattr(importlib.import_module(module), func)
 
 

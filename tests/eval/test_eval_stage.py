@@ -34,7 +34,7 @@ def eval_run(tiny_model_dir, tmp_path):
     )
     recipe_file = tmp_path / "r.yaml"
     recipe_file.write_text(
-        f"name: evals\nmethod: sft\nmodel: {{name: {tiny_model_dir}}}\ndata: {{path: {problems}}}\n"
+        f"name: evals\nmethod: d2o\nmodel: {{name: {tiny_model_dir}}}\ndata: {{path: {problems}}}\n"
         "lora: {r: 4}\nsampling: {backend: hf}\n"
         f"eval:\n  harm: {{prompts: {prompts}, scorer: refusal, limit: 3, max_tokens: 8}}\n"
         f"  reasoning: {{data: {problems}, samples: 2, limit: 2, max_tokens: 8}}\n"

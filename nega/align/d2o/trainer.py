@@ -166,11 +166,11 @@ def train_entry(
     """`train_policy` from JSON-able arguments, as `nega.launch.run_training` calls it on every rank."""
     from pathlib import Path
 
-    from nega.config import RECIPE
+    from nega.config import validate_recipe
     from nega.launch import is_main_process
     from nega.pipeline import read_jsonl, write_json
 
-    cfg = RECIPE.validate_python(recipe)
+    cfg = validate_recipe(recipe)
     examples = read_jsonl(Path(examples_path))
     folder, history = train_policy(
         cfg, model_path, examples, output_dir, objective=objective, adapter=adapter, **(overrides or {})

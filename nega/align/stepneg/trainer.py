@@ -160,11 +160,11 @@ def train_entry(
     overrides: dict | None = None,
 ) -> None:
     """`train_policy` from JSON-able arguments, as `nega.launch.run_training` calls it on every rank."""
-    from nega.config import RECIPE
+    from nega.config import validate_recipe
     from nega.launch import is_main_process
     from nega.pipeline import read_jsonl, write_json
 
-    cfg = RECIPE.validate_python(recipe)
+    cfg = validate_recipe(recipe)
     examples = read_jsonl(Path(examples_file))
     folder, history = train_policy(cfg, model_path, examples, output_dir, loss=loss, **(overrides or {}))
     if is_main_process():

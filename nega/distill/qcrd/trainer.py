@@ -190,7 +190,7 @@ def train_epoch(
     save it to `<output_dir>/adapter`. With `lora.enabled: false`, `adapter` is the previous epoch's full
     model folder and the result goes to `<output_dir>/model`. JSON-able arguments, so it also runs under
     `nega.launch.run_training` on every rank."""
-    from nega.config import RECIPE
+    from nega.config import validate_recipe
     from nega.distill.qcrd.data import MultiTaskCollator
     from nega.launch import (
         is_main_process,
@@ -203,7 +203,7 @@ def train_epoch(
     from nega.models import load_policy
     from nega.pipeline import read_jsonl, write_json
 
-    cfg = RECIPE.validate_python(recipe)
+    cfg = validate_recipe(recipe)
     examples = read_jsonl(Path(examples_path))
     output_dir = Path(output_dir)
     if cfg.lora.enabled:

@@ -9,12 +9,12 @@ import torch
 
 from nega.align.d2o.data import build_examples
 from nega.align.d2o.trainer import reference_logps, train_policy
-from nega.config import RECIPE
+from nega.config import validate_recipe
 from nega.logps import LogpCache
 
 
 def _recipe(model_dir, tmp_path, objective="d2o", **train):
-    return RECIPE.validate_python(
+    return validate_recipe(
         {
             "name": "t",
             "method": "d2o",
