@@ -65,17 +65,42 @@ LORA = {"r": 16, "alpha": 32, "dropout": 0.0, "target_modules": "all-linear"}
 
 
 def build_setup(work: Path, size: str, args) -> dict:
-    """Save a toy tokenizer + randomly initialised model of `size`, and the step data, under `work`."""
-    from nega.toy.model import build_model, build_tokenizer, save_model
-
+    """Save a toy tokenizer + randomly initialised model of `size` (or resolve the real `--model`), and
+    the step data, under `work`."""
     rng = random.Random(0)
-    # 200 five-letter words, each frequent enough to become one token of a 1024-token vocabulary.
-    words = ["".join(rng.choice("abcdefghijklmnopqrstuvwxyz") for _ in range(5)) for _ in range(200)]
-    corpus = [" ".join(rng.choice(words) for _ in range(40)) for _ in range(400)]
-    tokenizer = build_tokenizer(corpus, vocab_size=1024)
-    model = build_model(tokenizer, size=size, seed=0, max_positions=2048)
-    model_dir = save_model(model, tokenizer, work / "model")
-    n_params = sum(p.numel() for p in model.parameters())
+    if args.model:
+        from transformers import AutoConfig, AutoTokenizer
+
+        from nega.models import resolve_model
+
+        model_dir = resolve_model(args.model)
+        tokenizer = AutoTokenizer.from_pretrained(model_dir)
+        config = AutoConfig.from_pretrained(model_dir)
+        hidden, layers = config.hidden_size, config.num_hidden_layers
+        n_params = config.vocab_size * hidden + layers * (
+            4 * hidden * hidden + 3 * hidden * config.intermediate_size
+        )
+        # Words that are one token each with their leading space, so texts have exact token counts.
+        words = sorted(
+            {
+                tokenizer.decode([i]).strip()
+                for i in range(1000, 20000)
+                if tokenizer.decode([i]).startswith(" ") and tokenizer.decode([i]).strip().isalpha()
+            }
+        )
+        words = [w for w in words if len(tokenizer(" " + w, add_special_tokens=False)["input_ids"]) == 1][
+            :400
+        ]
+    else:
+        from nega.toy.model import build_model, build_tokenizer, save_model
+
+        # 200 five-letter words, each frequent enough to become one token of a 1024-token vocabulary.
+        words = ["".join(rng.choice("abcdefghijklmnopqrstuvwxyz") for _ in range(5)) for _ in range(200)]
+        corpus = [" ".join(rng.choice(words) for _ in range(40)) for _ in range(400)]
+        tokenizer = build_tokenizer(corpus, vocab_size=1024)
+        model = build_model(tokenizer, size=size, seed=0, max_positions=2048)
+        model_dir = save_model(model, tokenizer, work / "model")
+        n_params = sum(p.numel() for p in model.parameters())
 
     def text(n_tokens: int) -> str:
         for _ in range(100):
@@ -193,16 +218,19 @@ def run_nega(setup: dict, data: dict, args, out_dir: Path, prefix_sharing: bool)
             },
         }
     )
+    scored: list = []
+
+    def score(pairs, eos):
+        scored.extend(pairs)
+        return reference_logps(setup["model_dir"], recipe.model, pairs, eos, batch_size=16)
+
     started = time.perf_counter()
     samples = [(selfs, [True] * len(selfs)) for selfs in data["self"]]
-    examples = build_examples(
-        data["prompts"],
-        data["negatives"],
-        samples,
-        lambda pairs, eos: reference_logps(setup["model_dir"], recipe.model, pairs, eos, batch_size=16),
-    )
+    examples = build_examples(data["prompts"], data["negatives"], samples, score)
     reference_seconds = time.perf_counter() - started
-    model, tokenizer = load_policy(setup["model_dir"], recipe.model, recipe.lora)
+    started = time.perf_counter()
+    model, tokenizer = load_policy(setup["model_dir"], recipe.model, recipe.lora, seed=0)
+    load_seconds = time.perf_counter() - started  # reference_logps loads the same weights once too
     if args.device == "cuda":
         model = model.cuda()
     clock = step_clock(args.device)
@@ -227,7 +255,15 @@ def run_nega(setup: dict, data: dict, args, out_dir: Path, prefix_sharing: bool)
     called = time.perf_counter()
     trainer.train()
     tokens = _response_tokens(tokenizer, [[*ex["self"], ex["rejected"]] for ex in examples])
-    return {"reference_seconds": reference_seconds, **_timings(clock, args, tokens, baseline, called)}
+    reference_tokens = _response_tokens(tokenizer, [[response for _, response in scored]])
+    scoring_seconds = max(reference_seconds - load_seconds, 1e-9)
+    return {
+        "reference_seconds": reference_seconds,
+        "reference_load_seconds": load_seconds,
+        "reference_tokens": reference_tokens,
+        "reference_tokens_per_s": reference_tokens / scoring_seconds,
+        **_timings(clock, args, tokens, baseline, called),
+    }
 
 
 def run_trl(setup: dict, data: dict, args, out_dir: Path, arm: str) -> dict:
@@ -333,6 +369,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     parser.add_argument("--size", default="25m", help="toy model size (nega.toy.model.SIZES)")
+    parser.add_argument(
+        "--model", default=None, help="a real model (e.g. smollm2-135m-instruct) instead of --size"
+    )
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--steps", type=int, default=4, help="measured optimizer steps per repetition")
     parser.add_argument("--warmup", type=int, default=1, help="unmeasured optimizer steps first (>= 1)")
@@ -367,10 +406,11 @@ def main() -> None:
         parser.error(
             "with an odd K + 1, --prompts-per-step must be even so TRL's pairs hold the same responses"
         )
+    family = f"_{args.model.split('-')[0]}" if args.model else ""
     out = (
         Path(args.out)
         if args.out
-        else RESULTS / ("bench_train.json" if args.device == "cpu" else "bench_train_cuda.json")
+        else RESULTS / f"bench_train{family}{'' if args.device == 'cpu' else '_cuda'}.json"
     )
 
     work = Path(args.work or tempfile.mkdtemp(prefix="nega-bench-train-"))
@@ -420,6 +460,13 @@ def main() -> None:
         report["train_tokens_per_s_vs_trl_precompute"] = (
             summary["nega"]["tokens_per_s"] / summary["trl_precompute"]["tokens_per_s"]
         )
+    if "nega" in summary:
+        summary["nega"]["reference_tokens_per_s"] = statistics.median(
+            r["reference_tokens_per_s"] for r in runs["nega"]
+        )
+        report["reflogps_tokens_per_s_vs_train"] = (
+            summary["nega"]["reference_tokens_per_s"] / summary["nega"]["tokens_per_s"]
+        )
     if {"nega", "nega_unshared"} <= summary.keys():
         report["prefix_sharing_speedup"] = (
             summary["nega"]["tokens_per_s"] / summary["nega_unshared"]["tokens_per_s"]
@@ -428,6 +475,7 @@ def main() -> None:
         "train_tokens_per_s_vs_trl_default": ">= 1.3",
         "train_tokens_per_s_vs_trl_precompute": ">= 1.0",
         "train_peak_rss_vs_trl": "<= 1.0",
+        "reflogps_tokens_per_s_vs_train": ">= 2.5",
     }
     report["config"] = {
         **{k: v for k, v in vars(args).items() if k not in ("worker", "out", "work")},
@@ -444,6 +492,7 @@ def main() -> None:
         "train_tokens_per_s_vs_trl_precompute",
         "train_peak_rss_vs_trl",
         "prefix_sharing_speedup",
+        "reflogps_tokens_per_s_vs_train",
     ):
         if key in report:
             print(f"{key}: {report[key]:.3f}")
@@ -451,7 +500,7 @@ def main() -> None:
 
 
 def _forwarded(args) -> list[str]:
-    flags = []
+    flags = ["--model", args.model] if args.model else []
     for name in (
         "device",
         "steps",

@@ -68,8 +68,8 @@ class VLLMSampler:
         self.model_path = str(model_path)
         self.cfg = cfg
         self.tokenizer = AutoTokenizer.from_pretrained(self.model_path)
-        # The end of an assistant turn, which need not be the EOS vLLM stops on by itself.
-        self.stop_token_ids = sorted(stop_ids(self.tokenizer))
+        # The end of an assistant turn, where it is not the EOS vLLM already stops on by itself.
+        self.stop_token_ids = sorted(stop_ids(self.tokenizer) - {self.tokenizer.eos_token_id}) or None
         self.dtype = dtype or checkpoint_dtype(self.model_path)
         started = time.perf_counter()
         with progress_bar(f"starting vLLM on {Path(self.model_path).name}", total=1) as advance:

@@ -39,6 +39,10 @@ def test_bench_sampling_writes_ratios_and_medians(tmp_path):
     assert positive_finite(result["sampling_hf_vs_generate"])
     assert positive_finite(result["sampling_vllm_lora_vs_generate"])
     assert positive_finite(result["sampling_vllm_vs_generate_one_prompt"])
+    ceiling = result["profile"]["decode_ceiling_tokens_per_s"]
+    assert result["sampling_vllm_fraction_of_ceiling"] == pytest.approx(
+        result["ways"]["vllm"]["median_tokens_per_s"] / ceiling
+    )
     for way in ("vllm", "vllm_lora", "hf", "generate", "generate_1"):
         timing = result["ways"][way]
         assert timing["tokens_per_rep"] == 2 * 2 * 8
