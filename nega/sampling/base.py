@@ -84,14 +84,27 @@ def make_sampler(
 
     `adapters=False` promises that no generate call passes an adapter: vLLM then starts without its LoRA
     layers, which cost about 13% of sampling throughput even when no adapter is active (the 25m toy on
-    a CPU, benchmarks/bench_sampling.py). The other backends load adapters on demand either way.
+    a CPU, benchmarks/bench_sampling.py). With adapters, vLLM applies them as LoRA or samples merged
+    copies (`sampling.adapter_mode`, nega.sampling.merged). The other backends load adapters on demand.
     """
     backend = cfg.backend
     if backend == "auto":
         backend = "vllm" if vllm_available() else "hf"
     if backend == "vllm":
-        from nega.sampling.vllm import VLLMSampler
+        from nega.sampling.vllm import VLLMSampler, checkpoint_dtype
 
+        if adapters and adapter_mode(cfg) == "merged":
+            from types import SimpleNamespace
+
+            from nega.sampling.merged import MergedAdapterSampler
+
+            # Merged copies keep the base checkpoint's dtype, so base and adapters sample alike.
+            same_dtype = SimpleNamespace(dtype=checkpoint_dtype(str(model_path)), trust_remote_code=False)
+            return MergedAdapterSampler(
+                model_path,
+                lambda folder: VLLMSampler(folder, cfg, dtype=dtype, adapters=False),
+                model_cfg=same_dtype,
+            )
         return VLLMSampler(model_path, cfg, max_lora_rank=max_lora_rank, dtype=dtype, adapters=adapters)
     if backend == "server":
         from nega.sampling.server import ServerSampler
@@ -100,6 +113,16 @@ def make_sampler(
     from nega.sampling.hf import HFSampler
 
     return HFSampler(model_path, cfg, dtype=dtype)
+
+
+def adapter_mode(cfg) -> str:
+    """`sampling.adapter_mode` resolved: `auto` is merged without a GPU, lora with one."""
+    mode = getattr(cfg, "adapter_mode", "lora")
+    if mode != "auto":
+        return mode
+    import torch
+
+    return "lora" if torch.cuda.is_available() else "merged"
 
 
 def adapter_version(adapter: str | Path) -> tuple[Path, int]:
