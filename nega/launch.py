@@ -1,7 +1,10 @@
-"""TrainConfig -> transformers TrainingArguments (+ DeepSpeed config), and training with resume.
+"""Distribution of training stages: the topology, `accelerate launch` on every rank and node, the
+DeepSpeed config, and the multi-node coordination.
 
-Multi-process launching (`--gpus`, `--nodes`) re-runs the training stages under `accelerate launch`;
-this module holds the pieces every method's trainer shares.
+`nega run RECIPE --gpus N [--nodes M ...]` builds a `Launcher` for the run (`Run.launcher`); every
+training stage goes through it (`nega.training.train_stage`). Nothing here is module state: the
+topology and the coordinator live on the launcher. torch is imported inside the functions that need
+it, so building a launcher is instant.
 """
 
 from __future__ import annotations
@@ -11,8 +14,6 @@ import json
 import os
 from pathlib import Path
 
-import torch
-
 
 def deepspeed_config(train_cfg) -> dict | None:
     """A DeepSpeed ZeRO config for `train.deepspeed`, or None for stage 0 (plain DDP / one process).
@@ -21,6 +22,8 @@ def deepspeed_config(train_cfg) -> dict | None:
     sharded too (persistence threshold 0): DeepSpeed's default keeps them whole on every rank, which
     hides sharding bugs on small models.
     """
+    import torch
+
     ds = train_cfg.deepspeed
     if ds.stage == 0:
         return None
@@ -50,194 +53,13 @@ def deepspeed_config(train_cfg) -> dict | None:
     }
 
 
-def training_arguments(train_cfg, output_dir: Path, *, seed: int = 0, **overrides):
-    """TrainingArguments for a method's Trainer; `overrides` win (e.g. a method's own max_steps)."""
-    from transformers import TrainingArguments
-
-    bf16 = train_cfg.bf16
-    if bf16 and train_cfg.deepspeed.stage > 0 and not torch.cuda.is_available():
-        import warnings
-
-        warnings.warn("train.bf16 is ignored: DeepSpeed without a GPU trains in float32", stacklevel=2)
-        bf16 = False
-    kwargs = dict(
-        output_dir=str(output_dir),
-        per_device_train_batch_size=train_cfg.batch_size,
-        gradient_accumulation_steps=train_cfg.grad_accum,
-        learning_rate=train_cfg.lr,
-        num_train_epochs=train_cfg.epochs,
-        max_steps=train_cfg.max_steps or -1,
-        lr_scheduler_type=train_cfg.lr_scheduler,
-        **warmup_arguments(TrainingArguments, train_cfg.warmup_ratio),
-        weight_decay=train_cfg.weight_decay,
-        max_grad_norm=train_cfg.max_grad_norm,
-        save_strategy="steps",
-        save_steps=train_cfg.save_steps,
-        save_total_limit=2,
-        logging_steps=train_cfg.logging_steps,
-        seed=seed,
-        data_seed=seed,
-        report_to=[],
-        remove_unused_columns=False,
-        # DeepSpeed picks its (CPU) accelerator itself; accelerate's "cpu" flag would turn it off.
-        use_cpu=not torch.cuda.is_available() and train_cfg.deepspeed.stage == 0,
-        bf16=bf16,
-        gradient_checkpointing=train_cfg.gradient_checkpointing,
-        dataloader_num_workers=0,
-        disable_tqdm=os.environ.get("NEGA_QUIET") == "1",
-        deepspeed=deepspeed_config(train_cfg),
-    )
-    if prepare_distributed_state(deepspeed=kwargs["deepspeed"] is not None):
-        kwargs["accelerator_config"] = {"use_configured_state": True}
-    kwargs.update(overrides)
-    return TrainingArguments(**kwargs)
-
-
-def warmup_arguments(arguments_class, ratio: float) -> dict:
-    """`train.warmup_ratio` in the form this transformers takes: `warmup_ratio` where that field exists
-    (4.x), else `warmup_steps`, which reads a float below 1 as a fraction of the total steps (5.x)."""
-    names = {f.name for f in dataclasses.fields(arguments_class)}
-    return {"warmup_ratio": ratio} if "warmup_ratio" in names else {"warmup_steps": float(ratio)}
-
-
-def last_checkpoint(output_dir: Path) -> str | None:
-    """The newest complete `checkpoint-N` folder (one with trainer_state.json), if any."""
-    folders = [p for p in Path(output_dir).glob("checkpoint-*") if (p / "trainer_state.json").exists()]
-    if not folders:
-        return None
-    return str(max(folders, key=lambda p: int(p.name.split("-")[-1])))
-
-
-def train_with_resume(trainer, output_dir: Path):
-    """Run `trainer.train()`, resuming optimizer, scheduler, RNG and data order from the last checkpoint.
-
-    Each start is recorded in `output_dir/starts.jsonl`: which checkpoint it resumed from, if any (so a
-    user or a test can see that an interrupted stage continued rather than started over), and how it
-    was distributed (accelerate's distributed type, e.g. DEEPSPEED or MULTI_CPU, the process group's
-    world size, and the ZeRO stage of the DeepSpeed engine the Trainer built, 0 without one).
-    """
-    import time
-
-    from transformers import TrainerCallback
-
-    checkpoint = last_checkpoint(output_dir)
-
-    class RecordStart(TrainerCallback):
-        # Written once the Trainer has built its engine: the stage it runs, not the one the config asked for.
-        def on_train_begin(self, args, state, control, **kwargs):
-            if not trainer.is_world_process_zero():
-                return
-            engine = trainer.model_wrapped
-            group = torch.distributed.is_available() and torch.distributed.is_initialized()
-            start = {
-                "resumed_from": checkpoint,
-                "at": time.strftime("%Y-%m-%dT%H:%M:%S"),
-                "distributed": trainer.accelerator.state.distributed_type.value,
-                "world_size": torch.distributed.get_world_size() if group else 1,
-                "zero_stage": engine.zero_optimization_stage()
-                if hasattr(engine, "zero_optimization_stage")
-                else 0,
-            }
-            Path(output_dir).mkdir(parents=True, exist_ok=True)
-            with (Path(output_dir) / "starts.jsonl").open("a") as f:
-                f.write(json.dumps(start) + "\n")
-
-    trainer.add_callback(RecordStart)
-    try:
-        return trainer.train(resume_from_checkpoint=checkpoint)
-    finally:
-        trainer.remove_callback(RecordStart)
-
-
-def save_trained(trainer, tokenizer, path: Path) -> Path:
-    """Save what `trainer` trained (a LoRA adapter, or the full model) with the tokenizer; rank 0 writes.
-
-    Every rank must call this. Under DeepSpeed ZeRO-3 each rank holds only a shard of every weight, so
-    `model.save_pretrained` would write empty tensors; the Trainer's own save gathers them first
-    (`stage3_gather_16bit_weights_on_model_save`). Its pickled `training_args.bin` is not kept: saved
-    folders hold safetensors only.
-    """
-    path = Path(path)
-    if trainer.is_deepspeed_enabled:
-        trainer.save_model(str(path))
-    elif trainer.is_world_process_zero():
-        path.mkdir(parents=True, exist_ok=True)
-        trainer.model.save_pretrained(str(path), safe_serialization=True)
-    if trainer.is_world_process_zero():
-        (path / "training_args.bin").unlink(missing_ok=True)
-        tokenizer.save_pretrained(str(path))
-    trainer.accelerator.wait_for_everyone()
-    return path
-
-
-def log_history(trainer) -> list[dict]:
-    """Per-step logged metrics (loss, lr, method metrics) for the stage manifest."""
-    return [dict(entry) for entry in trainer.state.log_history]
-
-
-class NonFiniteLossError(RuntimeError):
-    """Training produced a NaN/inf loss or gradient; the last good weights were saved first."""
-
-
-def guarded_trainer_class():
-    """`transformers.Trainer` that stops on a non-finite loss or gradient, after saving the last good state.
-
-    Built lazily so importing nega.launch does not import transformers. Method trainers subclass the
-    returned class and override `compute_loss` only. The check runs after backward and before the
-    optimizer step, so the weights saved to `<output_dir>/last-good/` are the state before the bad batch.
-    Batches may carry `row_index` (dataset rows) so the message names them.
-    """
-    global _GUARDED
-    if _GUARDED is not None:
-        return _GUARDED
-    from transformers import Trainer
-
-    class GuardedTrainer(Trainer):
-        def training_step(self, model, inputs, num_items_in_batch=None):
-            rows = inputs.get("row_index") if isinstance(inputs, dict) else None
-            loss = super().training_step(model, inputs, num_items_in_batch)
-            what = None
-            if not torch.isfinite(loss).all():
-                what = f"loss is {loss.item()}"
-            else:
-                bad = [
-                    n
-                    for n, p in model.named_parameters()
-                    if p.grad is not None and not torch.isfinite(p.grad).all()
-                ]
-                if bad:
-                    what = f"gradient of {bad[0]} is not finite ({len(bad)} tensors)"
-            if what is not None:
-                model.zero_grad(set_to_none=True)
-                good = Path(self.args.output_dir) / "last-good"
-                self.save_model(str(good))
-                step = self.state.global_step + 1
-                rows_text = (
-                    f", dataset rows {rows.tolist() if hasattr(rows, 'tolist') else rows}"
-                    if rows is not None
-                    else ""
-                )
-                raise NonFiniteLossError(
-                    f"training stopped at step {step}{rows_text}: {what}. The weights before this batch are in "
-                    f"{good}; the last checkpoint is {last_checkpoint(self.args.output_dir)}. Lower train.lr, "
-                    "check those rows, or set train.max_grad_norm lower."
-                )
-            return loss
-
-    _GUARDED = GuardedTrainer
-    return GuardedTrainer
-
-
-_GUARDED = None
-
-
 # ---------------------------------------------------------------------------------------------------
 # Multi-process training: `nega run RECIPE --gpus N [--nodes M ...]`.
 #
 # Sampling and evaluation stages run once, in the `nega run` process (vLLM takes every local GPU through
-# tensor parallelism). A training stage is handed to `run_training`, which runs it in-process for a
+# tensor parallelism). A training stage is handed to `Launcher.run`, which runs it in-process for a
 # single device, or re-launches it under `accelerate launch` on every device and node and waits. The
-# stage's function takes only JSON-able arguments (paths, the recipe file), so ranks rebuild their
+# stage's function takes only JSON-able arguments (paths, the recipe as data), so ranks rebuild their
 # state from disk; rank 0 writes the artifacts, the parent process writes the manifest.
 # ---------------------------------------------------------------------------------------------------
 
@@ -256,16 +78,41 @@ class Topology:
         return self.gpus * self.nodes
 
 
-_TOPOLOGY = Topology()
+@dataclasses.dataclass
+class Launcher:
+    """Where a run's training stages execute: the topology, and on node 0 of several the coordinator
+    that announces each launch to the other nodes (`Coordinator`; None on one node)."""
+
+    topology: Topology = dataclasses.field(default_factory=Topology)
+    coordinator: Coordinator | None = None
+
+    def run(self, entry: str, kwargs: dict, work_dir: Path, *, needs_launcher: bool = False) -> None:
+        """Call `entry` ("module:function") with `kwargs` on every rank of the topology.
+
+        One device and no DeepSpeed: a plain call in this process. Otherwise `kwargs` is written to
+        `work_dir/launch.json` and the ranks start under accelerate; a failing rank fails the stage with
+        the end of its output.
+        """
+        if self.topology.world_size == 1 and not needs_launcher:
+            _call(entry, kwargs)
+            return
+        work_dir.mkdir(parents=True, exist_ok=True)
+        payload = work_dir / "launch.json"
+        payload.write_text(json.dumps({"entry": entry, "kwargs": kwargs}, indent=2, default=str))
+        if self.coordinator is not None:
+            self.coordinator.announce(payload)
+        log = work_dir / "launch.log"
+        returncode = launch_ranks(payload, self.topology, log)
+        if returncode != 0:
+            tail = "".join(log.read_text(errors="replace").splitlines(keepends=True)[-40:])
+            raise RuntimeError(f"training ranks failed (exit {returncode}); end of {log}:\n{tail}")
 
 
-def set_topology(topology: Topology) -> None:
-    global _TOPOLOGY
-    _TOPOLOGY = topology
+def _call(entry: str, kwargs: dict) -> None:
+    import importlib
 
-
-def topology() -> Topology:
-    return _TOPOLOGY
+    module, func = entry.split(":")
+    getattr(importlib.import_module(module), func)(**kwargs)
 
 
 def accelerate_command(payload: Path, topo: Topology) -> list[str]:
@@ -282,35 +129,11 @@ def accelerate_command(payload: Path, topo: Topology) -> list[str]:
     return cmd
 
 
-def run_training(entry: str, kwargs: dict, work_dir: Path, *, needs_launcher: bool = False) -> None:
-    """Call `entry` ("module:function") with `kwargs` on every rank of the current topology.
-
-    One device and no DeepSpeed: a plain call in this process. Otherwise `kwargs` is written to
-    `work_dir/launch.json` and the ranks start under accelerate; a failing rank fails the stage with
-    the end of its output.
-    """
-    import importlib
-
-    topo = topology()
-    if topo.world_size == 1 and not needs_launcher:
-        module, func = entry.split(":")
-        getattr(importlib.import_module(module), func)(**kwargs)
-        return
-    work_dir.mkdir(parents=True, exist_ok=True)
-    payload = work_dir / "launch.json"
-    payload.write_text(json.dumps({"entry": entry, "kwargs": kwargs}, indent=2, default=str))
-    if _COORDINATOR is not None:
-        _COORDINATOR.announce(payload)
-    log = work_dir / "launch.log"
-    returncode = launch_ranks(payload, topo, log)
-    if returncode != 0:
-        tail = "".join(log.read_text(errors="replace").splitlines(keepends=True)[-40:])
-        raise RuntimeError(f"training ranks failed (exit {returncode}); end of {log}:\n{tail}")
-
-
 def launch_ranks(payload: Path, topo: Topology, log: Path) -> int:
     """Start this node's ranks of `payload` under accelerate, output to `log`; their exit code."""
     import subprocess
+
+    import torch
 
     env = dict(os.environ)
     if topo.cpu or not torch.cuda.is_available():
@@ -338,8 +161,6 @@ def launch_ranks(payload: Path, topo: Topology, log: Path) -> int:
 # read from `finished.json`. A rerun of node 0 opens a new attempt and marks an unfinished earlier one
 # abandoned, so followers never join a launch that will not happen.
 # ---------------------------------------------------------------------------------------------------
-
-_COORDINATOR = None
 
 
 class Coordinator:
@@ -376,13 +197,6 @@ class Coordinator:
         atomic_write_text(
             self.folder / attempt / "finished.json", json.dumps({"status": status, "message": message})
         )
-
-
-def coordinate(folder: Path | None) -> Coordinator | None:
-    """Make node 0 announce its training launches in `folder` (None: stop announcing)."""
-    global _COORDINATOR
-    _COORDINATOR = Coordinator(folder) if folder is not None else None
-    return _COORDINATOR
 
 
 def follow(folder: Path, topo: Topology, *, poll_s: float = 1.0, echo=print) -> tuple[str, str]:
@@ -441,6 +255,8 @@ def prepare_distributed_state(*, deepspeed: bool) -> bool:
     The Trainer is then told to use this state (`use_configured_state`); left to itself it would reset
     it and fall back to one process.
     """
+    import torch
+
     if "LOCAL_RANK" not in os.environ or torch.cuda.is_available():
         return False
     from accelerate import PartialState
@@ -453,7 +269,7 @@ def prepare_distributed_state(*, deepspeed: bool) -> bool:
     if deepspeed and state.distributed_type.value != "DEEPSPEED":
         raise RuntimeError(
             f"the process group was set up as {state.distributed_type.value} before nega could declare "
-            "DeepSpeed; a training entry must build its TrainingArguments (nega.launch.training_arguments) "
+            "DeepSpeed; a training entry must build its TrainingArguments (nega.training.training_arguments) "
             "before anything else creates accelerate's state"
         )
     return True
@@ -463,14 +279,17 @@ def is_main_process() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 
 
+def world_size() -> int:
+    """Processes training together: accelerate's WORLD_SIZE on a launched rank, 1 in-process."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
 def _worker(payload: Path) -> None:
-    import importlib
-    import json
+    import torch
 
     spec = json.loads(Path(payload).read_text())
-    module, func = spec["entry"].split(":")
     try:
-        getattr(importlib.import_module(module), func)(**spec["kwargs"])
+        _call(spec["entry"], spec["kwargs"])
     finally:
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             # Without this, about one run in nine aborted at interpreter shutdown on gloo.

@@ -190,11 +190,16 @@ class Run:
     """The run directory of one recipe: `<output_dir>/<name>/`, with its stages in declaration order.
 
     The main process holds the folder's lock (`lock_run_folder`) from here until it exits, so a second
-    `nega run` on the same folder stops at once instead of racing on the same files.
+    `nega run` on the same folder stops at once instead of racing on the same files. `launcher`
+    (`nega.launch.Launcher`) says where training stages run: `nega run --gpus/--nodes` passes one; by
+    default they run in this process.
     """
 
-    def __init__(self, recipe, root: Path | None = None, *, is_main_process: bool = True):
+    def __init__(self, recipe, root: Path | None = None, *, is_main_process: bool = True, launcher=None):
+        from nega.launch import Launcher
+
         self.recipe = recipe
+        self.launcher = launcher if launcher is not None else Launcher()
         self.dir = Path(root) if root is not None else Path(recipe.output_dir) / recipe.name
         self.is_main_process = is_main_process
         self._count = 0

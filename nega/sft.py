@@ -18,10 +18,12 @@ or reasoning accuracy when `eval.reasoning` is set), printed as a table.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 
-from nega.launch import guarded_trainer_class
 from nega.logps import collate_sequences, encode_pair, token_logps
+from nega.trainer import MethodTrainer
 
 RESPONSE_KEYS = ("response", "completion", "chosen")
 PROMPT_KEYS = ("prompt", "question", "problem")
@@ -85,17 +87,11 @@ def response_nll(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     return -(per_token * mask).sum() / mask.sum().clamp_min(1)
 
 
-class SupervisedTrainer(guarded_trainer_class()):
-    """`Trainer` whose loss is the response-masked NLL of `response_nll`."""
+class SupervisedTrainer(MethodTrainer):
+    """nega's `MethodTrainer` with the response-masked NLL of `response_nll` as its loss."""
 
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        # The loss is already a mean over the micro-batch's tokens; let the Trainer scale accumulation.
-        self.model_accepts_loss_kwargs = False
-
-    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        loss = response_nll(model, inputs)
-        return (loss, {}) if return_outputs else loss
+    def loss_and_metrics(self, model, inputs):
+        return response_nll(model, inputs), {}
 
 
 def sft_train(
@@ -118,100 +114,64 @@ def sft_train(
     call resumes from the last one. `overrides` go to TrainingArguments (e.g. max_steps=100);
     `callbacks` to the Trainer (e.g. early stopping on a validation metric).
     """
-    from pathlib import Path
-
-    from nega.launch import log_history, save_trained, train_with_resume, training_arguments
     from nega.models import load_policy
+    from nega.training import trained_folder_name, training_arguments
 
     if not pairs:
         raise ValueError("sft_train got no (prompt, response) pairs; check the data section of the recipe")
     output_dir = Path(output_dir)
     model, tokenizer = load_policy(model_path, model_cfg, lora_cfg, seed=seed, adapter=adapter)
-    checkpoints = output_dir / "checkpoints"
-    args = training_arguments(train_cfg, checkpoints, seed=seed, **overrides)
     trainer = SupervisedTrainer(
         model=model,
-        args=args,
+        args=training_arguments(train_cfg, output_dir / "checkpoints", seed=seed, **overrides),
         train_dataset=encode_sft_pairs(tokenizer, pairs, model_cfg.max_length),
         data_collator=SupervisedCollator(tokenizer.pad_token_id),
         callbacks=callbacks,
     )
-    train_with_resume(trainer, checkpoints)
-    folder = save_trained(trainer, tokenizer, output_dir / ("adapter" if lora_cfg.enabled else "model"))
-    return str(folder), log_history(trainer)
+    return trainer.fit(tokenizer, output_dir / trained_folder_name(lora_cfg))
 
 
-def sft_entry(
-    recipe: dict, model_path: str, pairs_file: str, output_dir: str, overrides: dict | None = None
-) -> None:
-    """`sft_train` from JSON-able arguments, as `nega.launch.run_training` calls it on every rank."""
-    from pathlib import Path
-
-    from nega.config import validate_recipe
-    from nega.launch import is_main_process
-    from nega.pipeline import read_jsonl, write_json
-
-    cfg = validate_recipe(recipe)
-    pairs = [(r["prompt"], r["response"]) for r in read_jsonl(Path(pairs_file))]
-    folder, history = sft_train(
+def train_pairs(recipe, model_path: str, examples: list[dict], output_dir, **overrides):
+    """`sft_train` on {"prompt", "response"} rows with the recipe's settings: the training function of
+    the SFT stages (`nega.training.train_stage`)."""
+    pairs = [(e["prompt"], e["response"]) for e in examples]
+    return sft_train(
         model_path,
         pairs,
         output_dir,
-        model_cfg=cfg.model,
-        lora_cfg=cfg.lora,
-        train_cfg=cfg.train,
-        seed=cfg.seed,
-        **(overrides or {}),
+        model_cfg=recipe.model,
+        lora_cfg=recipe.lora,
+        train_cfg=recipe.train,
+        seed=recipe.seed,
+        **overrides,
     )
-    if is_main_process():
-        write_json(Path(output_dir) / "train_log.json", {"folder": folder, "history": history})
 
 
 def sft_stage(run, name: str, model_path: str, pairs: list[tuple[str, str]], *, inputs=(), overrides=None):
-    """A run stage that fine-tunes `model_path` on rendered pairs; returns (stage, saved folder).
-
-    The pairs are written to the stage folder first, so training ranks launched for `--gpus` read them
-    from disk.
-    """
-    from nega.launch import run_training
-    from nega.pipeline import hash_value, read_json, write_jsonl
+    """A run stage that fine-tunes `model_path` on rendered pairs; returns (stage, saved folder)."""
+    from nega.pipeline import hash_value
+    from nega.training import train_stage
 
     recipe = run.recipe
-    stage = run.stage(
+    config = {
+        "train": recipe.train.model_dump(),
+        "lora": recipe.lora.model_dump(),
+        "model": recipe.model.model_dump(),
+        "overrides": overrides or {},
+        "pairs": len(pairs),
+        "pairs_hash": hash_value(pairs),
+        "seed": recipe.seed,
+    }
+    return train_stage(
+        run,
         name,
-        config={
-            "train": recipe.train.model_dump(),
-            "lora": recipe.lora.model_dump(),
-            "model": recipe.model.model_dump(),
-            "overrides": overrides or {},
-            "pairs": len(pairs),
-            "pairs_hash": hash_value(pairs),
-            "seed": recipe.seed,
-        },
+        "nega.sft:train_pairs",
+        model_path=model_path,
+        examples=[{"prompt": p, "response": r} for p, r in pairs],
+        config=config,
         inputs=list(inputs),
+        **(overrides or {}),
     )
-    if not stage.done:
-        pairs_file = stage.dir / "pairs.jsonl"
-        write_jsonl(pairs_file, ({"prompt": p, "response": r} for p, r in pairs))
-        run_training(
-            "nega.sft:sft_entry",
-            {
-                "recipe": recipe.model_dump(mode="json"),
-                "model_path": str(model_path),
-                "pairs_file": str(pairs_file),
-                "output_dir": str(stage.dir),
-                "overrides": overrides or {},
-            },
-            stage.dir,
-            needs_launcher=recipe.train.deepspeed.stage > 0,
-        )
-        history = read_json(stage.dir / "train_log.json")["history"]
-        losses = [h["loss"] for h in history if "loss" in h]
-        steps = max((h.get("step", 0) for h in history), default=0)
-        stage.finish(
-            counts={"pairs": len(pairs), "steps": steps, "final_loss": losses[-1] if losses else None}
-        )
-    return stage, read_json(stage.dir / "train_log.json")["folder"]
 
 
 def run(recipe, run) -> dict[str, dict[str, float]]:

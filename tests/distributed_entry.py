@@ -30,9 +30,10 @@ def training_pairs(tok) -> list[tuple[str, str]]:
 def train_lora(model_dir: str, out_dir: str, stage: int, steps: int = 4, global_batch: int = 8) -> None:
     """LoRA with response-masked CE; every rank sees global_batch / world_size rows per step."""
     from nega.config import LoraConfig, ModelConfig, TrainConfig
-    from nega.launch import guarded_trainer_class, train_with_resume, training_arguments
     from nega.logps import collate_sequences, encode_pair
     from nega.models import load_policy
+    from nega.trainer import MethodTrainer
+    from nega.training import train_with_resume, training_arguments
 
     world = int(__import__("os").environ.get("WORLD_SIZE", "1"))
     model, tok = load_policy(
@@ -44,8 +45,8 @@ def train_lora(model_dir: str, out_dir: str, stage: int, steps: int = 4, global_
         ids, attn, resp = collate_sequences([r["encoded"] for r in rows], tok.pad_token_id)
         return {"input_ids": ids, "attention_mask": attn, "response_mask": resp}
 
-    class CE(guarded_trainer_class()):
-        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+    class CE(MethodTrainer):
+        def loss_and_metrics(self, model, inputs):
             logits = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"]).logits[
                 :, :-1
             ]
@@ -54,7 +55,7 @@ def train_lora(model_dir: str, out_dir: str, stage: int, steps: int = 4, global_
             nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), labels, reduction="none")
             # Mean per sequence, then over sequences: equal per-rank batches make the rank average
             # equal to the global-batch value, so 1 and N processes can be compared step by step.
-            return ((nll * mask).sum(-1) / mask.sum(-1)).mean()
+            return ((nll * mask).sum(-1) / mask.sum(-1)).mean(), {}
 
         def _get_train_sampler(self, *args, **kwargs):
             # Fixed order: step s sees rows [s*B, (s+1)*B) whatever the number of ranks.

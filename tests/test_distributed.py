@@ -14,7 +14,7 @@ import pytest
 import torch
 from nega_testing import needs_cuda_gpus, require_module
 
-from nega.launch import Topology, accelerate_command, run_training, set_topology, topology
+from nega.launch import Launcher, Topology, accelerate_command
 
 TESTS = str(Path(__file__).parent)
 
@@ -25,17 +25,14 @@ def entry_on_path(monkeypatch):
     require_module("deepspeed")
     monkeypatch.setenv("PYTHONPATH", TESTS + os.pathsep + os.environ.get("PYTHONPATH", ""))
     monkeypatch.syspath_prepend(TESTS)
-    saved = topology()
-    yield
-    set_topology(saved)
 
 
 def train(model_dir, out: Path, processes: int, stage: int, *, cpu: bool = True) -> list[float]:
-    set_topology(
-        Topology(gpus=processes, cpu=cpu, main_port=29500 + 10 * stage + processes + 100 * (not cpu))
-    )
+    topology = Topology(gpus=processes, cpu=cpu, main_port=29500 + 10 * stage + processes + 100 * (not cpu))
     kwargs = {"model_dir": str(model_dir), "out_dir": str(out), "stage": stage}
-    run_training("distributed_entry:train_lora", kwargs, out, needs_launcher=processes > 1 or stage > 0)
+    Launcher(topology).run(
+        "distributed_entry:train_lora", kwargs, out, needs_launcher=processes > 1 or stage > 0
+    )
     # The ranks really ran the engine asked for (matching losses alone would not tell DDP from ZeRO):
     # the process group's size, and the ZeRO stage read from the DeepSpeed engine the Trainer built.
     (start,) = [json.loads(line) for line in (out / "starts.jsonl").read_text().splitlines()]

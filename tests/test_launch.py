@@ -1,18 +1,12 @@
-"""Training arguments, DeepSpeed configs, checkpoint discovery, and the non-finite-loss guard."""
+"""Distribution: DeepSpeed configs, the launcher (in-process or under accelerate), and the nodes that
+follow node 0's training launches."""
 
 from __future__ import annotations
 
-import pytest
-import torch
+import json
 
 from nega.config import TrainConfig
-from nega.launch import (
-    NonFiniteLossError,
-    deepspeed_config,
-    guarded_trainer_class,
-    last_checkpoint,
-    training_arguments,
-)
+from nega.launch import Launcher, Topology, deepspeed_config
 
 
 def test_deepspeed_config_per_stage():
@@ -29,67 +23,41 @@ def test_deepspeed_config_per_stage():
     assert three["train_micro_batch_size_per_gpu"] == "auto"
 
 
-def test_training_arguments_map_the_recipe(tmp_path):
-    cfg = TrainConfig(lr=2e-4, batch_size=3, grad_accum=2, max_steps=7, save_steps=5, warmup_ratio=0.2)
-    args = training_arguments(cfg, tmp_path, seed=11)
-    assert args.learning_rate == 2e-4 and args.per_device_train_batch_size == 3
-    assert args.gradient_accumulation_steps == 2 and args.max_steps == 7 and args.save_steps == 5
-    assert args.seed == 11 and args.report_to == [] and args.remove_unused_columns is False
-    assert training_arguments(cfg, tmp_path, max_steps=2).max_steps == 2
+def test_one_process_launcher_calls_the_entry_here(tmp_path, monkeypatch):
+    import nega.launch as launch
+
+    monkeypatch.setattr(launch, "launch_ranks", lambda *a: (_ for _ in ()).throw(AssertionError("launched")))
+    calls = []
+    monkeypatch.setattr(launch, "_call", lambda entry, kwargs: calls.append((entry, kwargs)))
+    Launcher().run("m:f", {"x": 1}, tmp_path / "stage")
+    assert calls == [("m:f", {"x": 1})] and not (tmp_path / "stage" / "launch.json").exists()
 
 
-def test_last_checkpoint_needs_trainer_state(tmp_path):
-    assert last_checkpoint(tmp_path) is None
-    for step in (5, 10, 20):
-        (tmp_path / f"checkpoint-{step}").mkdir()
-    for step in (5, 10):
-        (tmp_path / f"checkpoint-{step}" / "trainer_state.json").write_text("{}")
-    # checkpoint-20 was being written when the run died: not complete, not used.
-    assert last_checkpoint(tmp_path).endswith("checkpoint-10")
+def test_launcher_writes_the_payload_announces_it_and_starts_the_ranks(tmp_path, monkeypatch):
+    """Two processes (or DeepSpeed on one): the payload goes to disk, node 0's coordinator announces it,
+    and the ranks start under accelerate with the launcher's own topology; a failing rank fails the stage."""
+    import pytest
 
+    import nega.launch as launch
 
-class _Rows(torch.utils.data.Dataset):
-    def __len__(self):
-        return 8
+    started = []
 
-    def __getitem__(self, i):
-        return {"x": torch.tensor([float(i)]), "row_index": i}
+    def fake_ranks(payload, topo, log):
+        started.append((json.loads(payload.read_text()), topo))
+        log.write_text("rank 1: out of memory\n")
+        return len(started) - 1  # the second launch fails
 
-
-def test_non_finite_loss_stops_with_step_and_rows(tmp_path):
-    base = guarded_trainer_class()
-
-    class Exploding(base):
-        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-            out = model(inputs["x"]).sum()
-            # Third optimizer step sees an infinite loss.
-            return out * (float("inf") if self.state.global_step == 2 else 1.0)
-
-    model = torch.nn.Linear(1, 1)
-    args = training_arguments(TrainConfig(lr=0.1, batch_size=2, max_steps=5, save_steps=1), tmp_path, seed=0)
-    trainer = Exploding(
-        model=model,
-        args=args,
-        train_dataset=_Rows(),
-        data_collator=lambda rows: {
-            "x": torch.stack([r["x"] for r in rows]),
-            "row_index": torch.tensor([r["row_index"] for r in rows]),
-        },
+    monkeypatch.setattr(launch, "launch_ranks", fake_ranks)
+    topology = Topology(gpus=2, nodes=2, main_port=29555)
+    launcher = Launcher(topology, launch.Coordinator(tmp_path / "nodes"))
+    launcher.run("m:f", {"x": 1}, tmp_path / "a")
+    assert started == [({"entry": "m:f", "kwargs": {"x": 1}}, topology)]
+    announced = json.loads(
+        (tmp_path / "nodes" / launcher.coordinator.attempt / "launch-001.json").read_text()
     )
-    before = model.weight.detach().clone()
-    with pytest.raises(NonFiniteLossError, match=r"step 3, dataset rows \[\d, \d\]: loss is -?inf") as info:
-        trainer.train()
-    assert "checkpoint-2" in str(info.value)
-    # last-good holds the weights of the two good steps, the state before the bad batch: the same as
-    # checkpoint-2 and the model in memory, and not the starting weights.
-    from safetensors.torch import load_file
-
-    good = load_file(tmp_path / "last-good" / "model.safetensors")
-    checkpoint = load_file(tmp_path / "checkpoint-2" / "model.safetensors")
-    assert set(good) == {"weight", "bias"}
-    assert torch.isfinite(model.weight).all() and not torch.equal(good["weight"], before)
-    for name, tensor in good.items():
-        assert torch.equal(tensor, checkpoint[name]) and torch.equal(tensor, getattr(model, name).detach())
+    assert announced == {"payload": str((tmp_path / "a" / "launch.json").resolve())}
+    with pytest.raises(RuntimeError, match="(?s)exit 1.*rank 1: out of memory"):
+        Launcher(Topology(), None).run("m:f", {}, tmp_path / "b", needs_launcher=True)
 
 
 # --- several nodes: node 0 announces its training launches, the others follow -------------------------
@@ -163,42 +131,3 @@ def test_follower_moves_to_the_new_attempt_after_node_0_restarts(tmp_path, monke
     thread.join(10)
     assert result["outcome"] == ("failed", "data error: rows.jsonl row 3")
     assert [payload.name for payload, _ in joined] == ["first.json", "second.json"]
-
-
-@pytest.mark.parametrize("ratio", [0.0, 0.25])
-def test_warmup_ratio_is_a_fraction_of_the_steps(tmp_path, ratio):
-    """The learning rate climbs over `warmup_ratio` of the run's steps, whatever transformers calls it."""
-    from transformers import Trainer
-
-    from nega.launch import training_arguments
-
-    train = TrainConfig(lr=1e-3, max_steps=8, warmup_ratio=ratio, lr_scheduler="constant_with_warmup")
-    args = training_arguments(train, tmp_path)
-    model = torch.nn.Linear(2, 2)
-    trainer = Trainer(model=model, args=args)
-    trainer.create_optimizer_and_scheduler(num_training_steps=8)
-    rates = []
-    for _ in range(4):
-        rates.append(trainer.lr_scheduler.get_last_lr()[0])
-        trainer.optimizer.step()
-        trainer.lr_scheduler.step()
-    expected = [1e-3] * 4 if ratio == 0 else [0.0, 0.5e-3, 1e-3, 1e-3]  # 2 warmup steps of 8
-    assert rates == pytest.approx(expected)
-
-
-def test_warmup_goes_to_the_field_this_transformers_has():
-    import dataclasses
-
-    from nega.launch import warmup_arguments
-
-    @dataclasses.dataclass
-    class Args4:  # transformers 4.x: an int warmup_steps and a separate warmup_ratio
-        warmup_steps: int = 0
-        warmup_ratio: float = 0.0
-
-    @dataclasses.dataclass
-    class Args5:  # transformers 5.x: warmup_steps reads a float below 1 as a ratio
-        warmup_steps: float = 0
-
-    assert warmup_arguments(Args4, 0.1) == {"warmup_ratio": 0.1}
-    assert warmup_arguments(Args5, 0.1) == {"warmup_steps": 0.1}

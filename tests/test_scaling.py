@@ -14,7 +14,6 @@ from nega_testing import require_module, shared_data
 from typer.testing import CliRunner
 
 from nega.cli import app
-from nega.launch import set_topology, topology
 
 
 @pytest.fixture(autouse=True)
@@ -49,22 +48,18 @@ def losses(run_dir, *, world_size: int | None = None, zero_stage: int | None = N
 @pytest.mark.slow
 def test_nega_run_two_processes_zero3_matches_one(tiny_model_dir, tmp_path):
     data = shared_data("hh-rlhf", "harmless-base_test.jsonl")
-    saved = topology()
     runner = CliRunner()
-    try:
-        one = runner.invoke(
-            app, ["run", "d2o-hh-harmless", *overrides(tiny_model_dir, data, tmp_path / "one", 4, 0)]
-        )
-        assert one.exit_code == 0, one.output
-        results = {}
-        for stage in (2, 3):
-            out = tmp_path / f"zero{stage}"
-            args = ["run", "d2o-hh-harmless", "--gpus", "2", "--cpu", "--main-port", str(29700 + stage)]
-            sharded = runner.invoke(app, [*args, *overrides(tiny_model_dir, data, out, 2, stage)])
-            assert sharded.exit_code == 0, sharded.output
-            results[stage] = out / "d2o-hh-harmless"
-    finally:
-        set_topology(saved)
+    one = runner.invoke(
+        app, ["run", "d2o-hh-harmless", *overrides(tiny_model_dir, data, tmp_path / "one", 4, 0)]
+    )
+    assert one.exit_code == 0, one.output
+    results = {}
+    for stage in (2, 3):
+        out = tmp_path / f"zero{stage}"
+        args = ["run", "d2o-hh-harmless", "--gpus", "2", "--cpu", "--main-port", str(29700 + stage)]
+        sharded = runner.invoke(app, [*args, *overrides(tiny_model_dir, data, out, 2, stage)])
+        assert sharded.exit_code == 0, sharded.output
+        results[stage] = out / "d2o-hh-harmless"
     from peft import PeftModel
     from safetensors.torch import load_file
     from transformers import AutoModelForCausalLM
@@ -102,7 +97,6 @@ def test_nega_run_on_two_nodes_matches_one_process(tiny_model_dir, tmp_path):
     from pathlib import Path
 
     data = shared_data("hh-rlhf", "harmless-base_test.jsonl")
-    saved = topology()
     runner = CliRunner()
     nodes = tmp_path / "nodes"
     args = ["run", "d2o-hh-harmless", "--nodes", "2", "--cpu", "--main-port", "29811"]
@@ -122,7 +116,6 @@ def test_nega_run_on_two_nodes_matches_one_process(tiny_model_dir, tmp_path):
         assert lead.exit_code == 0, lead.output
         output, _ = follower.communicate(timeout=300)
     finally:
-        set_topology(saved)
         if follower.poll() is None:
             follower.kill()
     assert follower.returncode == 0, output

@@ -138,7 +138,7 @@ def test_toy_sft_recipe_runs_and_reports_oracle_metrics(tmp_path, monkeypatch):
     # The SFT adapter lowers the loss on the pairs it trained on below the starting model's.
     result = read_json(run_dir / "result.json")
     (stage,) = run_dir.glob("*-sft")
-    pairs = read_jsonl(stage / "pairs.jsonl")
+    pairs = read_jsonl(stage / "examples.jsonl")
     start = response_loss(run_dir / result["base_model"], None, pairs)
     trained = response_loss(run_dir / result["base_model"], run_dir / result["adapter"], pairs)
     assert trained < start - 0.01, (start, trained)  # an adapter that did not train gives equal losses

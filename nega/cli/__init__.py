@@ -38,12 +38,12 @@ def load(recipe: str, overrides: list[str] | None):
         fail(str(exc))
 
 
-def open_run(cfg, output_dir: Path | None):
+def open_run(cfg, output_dir: Path | None, launcher=None):
     """The run folder, locked for this process; another live `nega run` on it stops this one at once."""
     from nega.pipeline import Run, RunLockedError
 
     try:
-        return Run(cfg, output_dir)
+        return Run(cfg, output_dir, launcher=launcher)
     except RunLockedError as exc:
         fail(str(exc), code=1)
 
@@ -79,13 +79,13 @@ def run(
     node 0 runs the pipeline and the other nodes join its training launches.
     """
     from nega.data import DataError
-    from nega.launch import NonFiniteLossError, Topology, set_topology
+    from nega.launch import Coordinator, Launcher, Topology
     from nega.models import ModelError
+    from nega.training import NonFiniteLossError
 
     if node_rank >= nodes:
         fail(f"--node-rank {node_rank} must be below --nodes {nodes}")
     topo = Topology(gpus, nodes, node_rank, main_address, main_port, cpu)
-    set_topology(topo)
     cfg = load(recipe, overrides)
     if node_rank > 0:
         # Node 0 runs the pipeline; this node only starts its ranks of each training launch.
@@ -97,13 +97,13 @@ def run(
             fail(f"node 0 stopped the run: {message}", code=1)
         typer.echo(f"[nega] node {node_rank}: done", err=True)
         return
-    run_dir = open_run(cfg, output_dir)
+    launcher = Launcher(topo)
+    run_dir = open_run(cfg, output_dir, launcher)
     typer.echo(f"[nega] run {cfg.name} ({cfg.method}) -> {run_dir.dir}", err=True)
-    coordinator = None
     if nodes > 1:
-        from nega.launch import coordinate
-
-        coordinator = coordinate(run_dir.dir / "nodes")
+        # Node 0 announces each training launch there; the other nodes' `nega run` joins them.
+        launcher.coordinator = Coordinator(run_dir.dir / "nodes")
+    coordinator = launcher.coordinator
     try:
         method_entry(cfg.method)(cfg, run_dir)
     except DataError as exc:

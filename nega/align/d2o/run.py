@@ -44,8 +44,9 @@ from __future__ import annotations
 import math
 
 from nega.align.d2o.data import build_examples, load_negatives, select_self_samples
-from nega.pipeline import Run, hash_value, read_json, read_jsonl, write_jsonl
+from nega.pipeline import Run, hash_value, read_jsonl, write_jsonl
 from nega.stages import base_model, evaluate, write_report
+from nega.training import train_stage
 
 
 def run(recipe, run: Run) -> dict[str, dict[str, float]]:
@@ -103,7 +104,7 @@ def train_objectives(run: Run, model_path: str, rows, prompts, references, plan,
                     run, f"{tag}-reflogps", model_path, rows, prompts, again, ref_adapter
                 )
             name = f"{prefix}{label}-train" + (f"-r{r}" if rounds > 1 else "")
-            train, adapter = train_stage(run, name, model_path, examples, objective, adapter, rounds)
+            train, adapter = train_round(run, name, model_path, examples, objective, adapter, rounds)
         adapters[label] = adapter
     return adapters
 
@@ -148,9 +149,8 @@ def sample_stage(run: Run, name: str, model_path: str, prompts: list[str], adapt
 
 def reference_stage(run: Run, name: str, model_path: str, rows, prompts, sampled, ref_adapter):
     """Select ≤ K self-samples per prompt (optionally filtered) and cache every reference log-prob."""
-    from nega.align.d2o.trainer import reference_logps
     from nega.chat import stop_ids
-    from nega.logps import LogpCache
+    from nega.logps import LogpCache, reference_logps
     from nega.models import load_tokenizer
 
     recipe, cfg = run.recipe, run.recipe.d2o
@@ -194,26 +194,18 @@ def harm_flags(recipe, rows: list[dict], groups: list[list[dict]]) -> list[list[
     return [[next(flagged) for _ in g] for g in groups]
 
 
-def train_stage(run: Run, name: str, model_path: str, references, objective: str, adapter, rounds: int):
+def train_round(run: Run, name: str, model_path: str, references, objective: str, adapter, rounds: int):
     """Train (continuing `adapter`) on the reference stage's examples; returns (stage, adapter folder)."""
-    from nega.launch import run_training
-
     recipe = run.recipe
     overrides = round_budget(recipe.train, rounds)
     config = {"objective": objective, "train": recipe.train.model_dump(), "lora": recipe.lora.model_dump(),
               "d2o": recipe.d2o.model_dump(include={"alpha", "beta"}), "overrides": overrides, "adapter": adapter,
               "seed": recipe.seed}  # fmt: skip
-    stage = run.stage(name, config=config, inputs=[references, *filter(None, [adapter])])
-    if not stage.done:
-        kwargs = {"recipe": recipe.model_dump(mode="json"), "model_path": model_path, "adapter": adapter,
-                  "examples_path": str(references.dir / "examples.jsonl"), "output_dir": str(stage.dir),
-                  "objective": objective, "overrides": overrides}  # fmt: skip
-        run_training("nega.align.d2o.trainer:train_entry", kwargs, stage.dir,
-                     needs_launcher=recipe.train.deepspeed.stage > 0)  # fmt: skip
-        history = read_json(stage.dir / "train_log.json")["history"]
-        losses = [h["loss"] for h in history if "loss" in h]
-        stage.finish(counts={"steps": len(history), "final_loss": losses[-1] if losses else None})
-    return stage, read_json(stage.dir / "train_log.json")["folder"]
+    return train_stage(
+        run, name, "nega.align.d2o.trainer:train_policy", model_path=model_path,
+        examples=references.dir / "examples.jsonl", config=config, inputs=[references, *filter(None, [adapter])],
+        objective=objective, adapter=adapter, **overrides,
+    )  # fmt: skip
 
 
 def round_budget(train_cfg, rounds: int) -> dict:

@@ -9,18 +9,13 @@ nothing here scores the reference, so a live policy can never stand in for it.
 
 from __future__ import annotations
 
-from collections import defaultdict
+from pathlib import Path
 
 import torch
 
 from nega.align.d2o.loss import d2o_loss, dpo_loss, ga_loss, kto_undesirable_loss
-from nega.launch import guarded_trainer_class
-from nega.logps import (  # noqa: F401  (reference_logps: used by run.py)
-    packed_sequence_logps,
-    reference_logps,
-    sequence_logps,
-    supports_packing,
-)
+from nega.logps import packed_sequence_logps, sequence_logps, supports_packing
+from nega.trainer import MethodTrainer
 
 
 def d2o_objective(logps: torch.Tensor, batch: dict, alpha: float, beta: float):
@@ -71,46 +66,31 @@ OBJECTIVES = {
 }
 
 
-class D2OTrainer(guarded_trainer_class()):
-    """`Trainer` whose loss is D²O (or a baseline) over batches from `D2OCollator`.
-
-    Built on nega's guarded Trainer: a non-finite loss or gradient stops training after saving the last
-    good weights, naming the batch's dataset rows (GA, whose loss is unbounded, can get there).
+class D2OTrainer(MethodTrainer):
+    """D²O (or a baseline) over batches from `D2OCollator`, on nega's `MethodTrainer` (metrics averaged
+    per logging interval as `<objective>/<metric>`; a non-finite loss or gradient stops training after
+    saving the last good weights, naming the batch's rows: GA, whose loss is unbounded, can get there).
 
     `objective` picks the loss once; `alpha` weights the negative, `beta` the self-samples (DPO and KTO
-    use `beta` as their β). Loss metrics are averaged over the logging interval and logged as
-    `<objective>/<metric>`.
+    use `beta` as their β).
     """
 
     def __init__(self, *args, objective: str = "d2o", alpha: float = 0.1, beta: float = 0.1, **kwargs):
-        super().__init__(*args, **kwargs)
         if objective not in OBJECTIVES:
             raise ValueError(f"d2o.objective {objective!r} is unknown; choose one of {', '.join(OBJECTIVES)}")
+        super().__init__(*args, metric_prefix=objective, **kwargs)
         self.objective = objective
         self.objective_fn = OBJECTIVES[objective]
         self.alpha, self.beta = alpha, beta
-        # The loss is a per-batch mean, so the Trainer must divide it by the accumulation steps itself.
-        self.model_accepts_loss_kwargs = False
-        self._pending_metrics: dict[str, list[float]] = defaultdict(list)
 
-    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+    def loss_and_metrics(self, model, inputs):
         if "packed_ids" in inputs:
             logps = packed_sequence_logps(model, inputs)
         else:
             logps = sequence_logps(
                 model, inputs["input_ids"], inputs["attention_mask"], inputs["response_mask"]
             )
-        loss, metrics = self.objective_fn(logps, inputs, self.alpha, self.beta)
-        for key, value in metrics.items():
-            self._pending_metrics[key].append(float(value))
-        return (loss, {"logps": logps.detach()}) if return_outputs else loss
-
-    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
-        if "loss" in logs and self._pending_metrics:
-            for key, values in self._pending_metrics.items():
-                logs[f"{self.objective}/{key}"] = sum(values) / len(values)
-            self._pending_metrics.clear()
-        super().log(logs, start_time)
+        return self.objective_fn(logps, inputs, self.alpha, self.beta)
 
 
 def train_policy(
@@ -124,56 +104,23 @@ def train_policy(
     **overrides,
 ) -> tuple[str, list[dict]]:
     """Train a LoRA adapter (continuing `adapter` when given) on D²O examples; returns (adapter folder,
-    log history). `overrides` go to TrainingArguments (e.g. max_steps, learning_rate)."""
-    from pathlib import Path
-
+    log history). `overrides` go to TrainingArguments (e.g. max_steps, learning_rate). The training
+    function of the d2o train stages (`nega.training.train_stage`)."""
     from nega.align.d2o.data import D2OCollator
-    from nega.launch import log_history, save_trained, train_with_resume, training_arguments
     from nega.models import load_policy
+    from nega.training import trained_folder_name, training_arguments
 
     output_dir = Path(output_dir)
     model, tokenizer = load_policy(model_path, recipe.model, recipe.lora, seed=recipe.seed, adapter=adapter)
-    checkpoints = output_dir / "checkpoints"
-    args = training_arguments(recipe.train, checkpoints, seed=recipe.seed, **overrides)
+    args = training_arguments(recipe.train, output_dir / "checkpoints", seed=recipe.seed, **overrides)
+    pack = recipe.train.prefix_sharing and supports_packing(model)
     trainer = D2OTrainer(
         model=model,
         args=args,
         train_dataset=examples,
-        data_collator=D2OCollator(
-            tokenizer,
-            objective,
-            recipe.model.max_length,
-            pack=recipe.train.prefix_sharing and supports_packing(model),
-        ),
+        data_collator=D2OCollator(tokenizer, objective, recipe.model.max_length, pack=pack),
         objective=objective,
         alpha=recipe.d2o.alpha,
         beta=recipe.d2o.beta,
     )
-    train_with_resume(trainer, checkpoints)
-    folder = save_trained(trainer, tokenizer, output_dir / "adapter")
-    return str(folder), log_history(trainer)
-
-
-def train_entry(
-    recipe: dict,
-    model_path: str,
-    examples_path: str,
-    output_dir: str,
-    objective: str,
-    adapter: str | None = None,
-    overrides: dict | None = None,
-) -> None:
-    """`train_policy` from JSON-able arguments, as `nega.launch.run_training` calls it on every rank."""
-    from pathlib import Path
-
-    from nega.config import validate_recipe
-    from nega.launch import is_main_process
-    from nega.pipeline import read_jsonl, write_json
-
-    cfg = validate_recipe(recipe)
-    examples = read_jsonl(Path(examples_path))
-    folder, history = train_policy(
-        cfg, model_path, examples, output_dir, objective=objective, adapter=adapter, **(overrides or {})
-    )
-    if is_main_process():
-        write_json(Path(output_dir) / "train_log.json", {"folder": folder, "history": history})
+    return trainer.fit(tokenizer, output_dir / trained_folder_name(recipe.lora))

@@ -83,7 +83,7 @@ def run(recipe, run: Run) -> dict[str, dict[str, float]]:
     pairs = pairs_stage(run, prompts, valued, positives, inputs=[advantages])
     for loss in dict.fromkeys([cfg.loss, *cfg.compare]):
         examples = reflogps_stage(run, loss, pi_sft, pairs, inputs=[merge])
-        folders[LABELS[loss]] = train_stage(run, loss, pi_sft, examples, inputs=[merge, pairs])
+        folders[LABELS[loss]] = train_objective(run, loss, pi_sft, examples, inputs=[merge, pairs])
     run.record_result(LABELS[cfg.loss], pi_sft, folders[LABELS[cfg.loss]])
 
     eval_prompts, score, columns = eval_problems(recipe)
@@ -357,10 +357,10 @@ def reflogps_stage(run: Run, loss: str, pi_sft: str, pairs, inputs) -> list[dict
     return read_jsonl(stage.dir / "examples.jsonl")
 
 
-def train_stage(run: Run, loss: str, pi_sft: str, examples: list[dict], inputs) -> str:
+def train_objective(run: Run, loss: str, pi_sft: str, examples: list[dict], inputs) -> str:
     """A LoRA adapter over π_sft trained with `loss`; returns its folder."""
-    from nega.launch import run_training
-    from nega.pipeline import hash_value, read_json, write_jsonl
+    from nega.pipeline import hash_value
+    from nega.training import train_stage
 
     recipe = run.recipe
     config = {
@@ -371,31 +371,17 @@ def train_stage(run: Run, loss: str, pi_sft: str, examples: list[dict], inputs) 
         "examples": hash_value(examples),
         "seed": recipe.seed,
     }
-    stage = run.stage(f"train-{loss}", config=config, inputs=inputs)
-    if not stage.done:
-        write_jsonl(stage.dir / "examples.jsonl", examples)
-        run_training(
-            "nega.align.stepneg.trainer:train_entry",
-            {
-                "recipe": recipe.model_dump(mode="json"),
-                "model_path": pi_sft,
-                "examples_file": str(stage.dir / "examples.jsonl"),
-                "output_dir": str(stage.dir),
-                "loss": loss,
-            },
-            stage.dir,
-            needs_launcher=recipe.train.deepspeed.stage > 0,
-        )
-        history = read_json(stage.dir / "train_log.json")["history"]
-        losses = [h["loss"] for h in history if "loss" in h]
-        stage.finish(
-            counts={
-                "examples": len(examples),
-                "steps": max((h.get("step", 0) for h in history), default=0),
-                "final_loss": losses[-1] if losses else None,
-            }
-        )
-    return read_json(stage.dir / "train_log.json")["folder"]
+    _, folder = train_stage(
+        run,
+        f"train-{loss}",
+        "nega.align.stepneg.trainer:train_policy",
+        model_path=pi_sft,
+        examples=examples,
+        config=config,
+        inputs=inputs,
+        loss=loss,
+    )
+    return folder
 
 
 def evaluate_folders(

@@ -8,15 +8,14 @@ reference, and the reference is never refreshed (METHODS.md §2).
 
 from __future__ import annotations
 
-from collections import defaultdict
 from pathlib import Path
 
 import torch
 
 from nega.align.stepneg.data import PairCollator, StepCollator
 from nega.align.stepneg.loss import awr_loss, dpo_loss
-from nega.launch import guarded_trainer_class
 from nega.logps import packed_sequence_logps, reference_logps, sequence_logps, supports_packing, token_logps
+from nega.trainer import MethodTrainer
 
 
 def step_logps(
@@ -68,34 +67,19 @@ def collator(loss: str, tokenizer, max_length: int | None, pack: bool):
     return COLLATORS[loss](tokenizer, max_length)
 
 
-class StepNegTrainer(guarded_trainer_class()):
-    """`Trainer` with the per-step DPO, outcome-DPO or AWR loss, chosen once by `loss`.
-
-    Loss metrics are averaged over each logging interval and logged as `<loss>/<metric>`.
-    """
+class StepNegTrainer(MethodTrainer):
+    """The per-step DPO, outcome-DPO or AWR loss, chosen once by `loss`, on nega's `MethodTrainer`
+    (metrics averaged per logging interval as `<loss>/<metric>`)."""
 
     def __init__(self, *args, loss: str = "dpo", beta: float = 0.1, awr_clip: float = 20.0, **kwargs):
-        super().__init__(*args, **kwargs)
         if loss not in OBJECTIVES:
             raise ValueError(f"stepneg.loss {loss!r} is unknown; choose one of {', '.join(OBJECTIVES)}")
+        super().__init__(*args, metric_prefix=loss, **kwargs)
         self.loss_name, self.objective = loss, OBJECTIVES[loss]
         self.beta, self.awr_clip = beta, awr_clip
-        # The loss is a per-batch mean, so the Trainer must divide it by the accumulation steps itself.
-        self.model_accepts_loss_kwargs = False
-        self._pending: dict[str, list[float]] = defaultdict(list)
 
-    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        loss, metrics = self.objective(model, inputs, self.beta, self.awr_clip)
-        for key, value in metrics.items():
-            self._pending[key].append(float(value))
-        return (loss, {}) if return_outputs else loss
-
-    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
-        if "loss" in logs and self._pending:
-            for key, values in self._pending.items():
-                logs[f"{self.loss_name}/{key}"] = sum(values) / len(values)
-            self._pending.clear()
-        super().log(logs, start_time)
+    def loss_and_metrics(self, model, inputs):
+        return self.objective(model, inputs, self.beta, self.awr_clip)
 
 
 def attach_reference_logps(examples: list[dict], model_path: str, model_cfg, cache=None) -> list[dict]:
@@ -122,9 +106,10 @@ def train_policy(
     """Train a fresh LoRA adapter on π_sft (`model_path`) with `loss`; returns (adapter folder, log history).
 
     `overrides` go to TrainingArguments (e.g. max_steps, learning_rate). Resumes from the last checkpoint.
+    The training function of the train-<loss> stages (`nega.training.train_stage`).
     """
-    from nega.launch import log_history, save_trained, train_with_resume, training_arguments
     from nega.models import load_policy
+    from nega.training import trained_folder_name, training_arguments
 
     if not examples:
         raise ValueError(
@@ -132,40 +117,16 @@ def train_policy(
         )
     output_dir = Path(output_dir)
     model, tokenizer = load_policy(model_path, recipe.model, recipe.lora, seed=recipe.seed)
-    checkpoints = output_dir / "checkpoints"
-    args = training_arguments(recipe.train, checkpoints, seed=recipe.seed, **overrides)
+    args = training_arguments(recipe.train, output_dir / "checkpoints", seed=recipe.seed, **overrides)
+    pack = recipe.train.prefix_sharing and supports_packing(model)
     trainer = StepNegTrainer(
         model=model,
         args=args,
         train_dataset=examples,
-        data_collator=collator(
-            loss, tokenizer, recipe.model.max_length, recipe.train.prefix_sharing and supports_packing(model)
-        ),
+        data_collator=collator(loss, tokenizer, recipe.model.max_length, pack),
         loss=loss,
         beta=recipe.stepneg.beta,
         awr_clip=recipe.stepneg.awr_clip,
         callbacks=callbacks,
     )
-    train_with_resume(trainer, checkpoints)
-    folder = save_trained(trainer, tokenizer, output_dir / ("adapter" if recipe.lora.enabled else "model"))
-    return str(folder), log_history(trainer)
-
-
-def train_entry(
-    recipe: dict,
-    model_path: str,
-    examples_file: str,
-    output_dir: str,
-    loss: str,
-    overrides: dict | None = None,
-) -> None:
-    """`train_policy` from JSON-able arguments, as `nega.launch.run_training` calls it on every rank."""
-    from nega.config import validate_recipe
-    from nega.launch import is_main_process
-    from nega.pipeline import read_jsonl, write_json
-
-    cfg = validate_recipe(recipe)
-    examples = read_jsonl(Path(examples_file))
-    folder, history = train_policy(cfg, model_path, examples, output_dir, loss=loss, **(overrides or {}))
-    if is_main_process():
-        write_json(Path(output_dir) / "train_log.json", {"folder": folder, "history": history})
+    return trainer.fit(tokenizer, output_dir / trained_folder_name(recipe.lora))

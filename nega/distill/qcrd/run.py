@@ -48,9 +48,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from nega.distill.qcrd import data
-from nega.distill.qcrd.trainer import LagQueue, checkpoint_name, sampling_target, uses_negatives
+from nega.distill.qcrd.trainer import LagQueue, sampling_target, uses_negatives
 from nega.pipeline import Run, read_jsonl, write_jsonl
 from nega.stages import base_model, evaluate, write_report
+from nega.training import train_stage
 
 # The fields each stage depends on: changing another field (e.g. eval_limit) reuses the stage.
 TEACHER_FIELDS = {
@@ -124,8 +125,6 @@ def train_student(
     run: Run, recipe, objective: str, model_path: str, examples: list[dict], epochs: int, upstream: list
 ):
     """`epochs` epochs of `objective`, each with fresh negatives and scores; returns the last adapter folder."""
-    from nega.launch import run_training
-
     queue = LagQueue(recipe.qcrd.lag)
     queue.push(0, None)  # index 0 = the starting student
     adapter, last_train, disc = None, None, None
@@ -145,18 +144,11 @@ def train_student(
             inputs.append(disc)
         config = {"objective": objective, "epoch": epoch, "epochs": epochs, "train": recipe.train.model_dump(),
                   "lora": recipe.lora.model_dump(), "qcrd": recipe.qcrd.model_dump(include=LOSS_FIELDS)}  # fmt: skip
-        stage = run.stage(f"{objective}-e{epoch}-train", config=config, inputs=inputs)
-        if not stage.done:
-            write_jsonl(stage.dir / "examples.jsonl", epoch_examples)
-            kwargs = {"recipe": recipe.model_dump(mode="json"), "model_path": model_path, "adapter": adapter,
-                      "examples_path": str(stage.dir / "examples.jsonl"), "output_dir": str(stage.dir),
-                      "objective": objective, "epoch": epoch, "epochs": epochs}  # fmt: skip
-            needs_launcher = recipe.train.deepspeed.stage > 0
-            run_training(
-                "nega.distill.qcrd.trainer:train_epoch", kwargs, stage.dir, needs_launcher=needs_launcher
-            )
-            stage.finish(counts={"examples": len(epoch_examples), "epoch": epoch})
-        adapter, last_train = str(stage.dir / checkpoint_name(recipe.lora)), stage
+        last_train, adapter = train_stage(
+            run, f"{objective}-e{epoch}-train", "nega.distill.qcrd.trainer:train_epoch", model_path=model_path,
+            examples=epoch_examples, config=config, inputs=inputs, counts={"epoch": epoch},
+            objective=objective, epoch=epoch, epochs=epochs, adapter=adapter,
+        )  # fmt: skip
         queue.push(epoch + 1, adapter)
     return adapter
 

@@ -10,7 +10,6 @@ each epoch.
 from __future__ import annotations
 
 import math
-from collections import defaultdict
 from pathlib import Path
 
 from nega.distill.qcrd.loss import (
@@ -20,7 +19,7 @@ from nega.distill.qcrd.loss import (
     qcrd_no_disc_loss,
     step_by_step_loss,
 )
-from nega.launch import guarded_trainer_class
+from nega.trainer import MethodTrainer
 
 
 class LagQueue:
@@ -92,67 +91,51 @@ def uses_negatives(objective: str) -> bool:
     return OBJECTIVES[objective][2]
 
 
-def make_trainer_class():
-    base = guarded_trainer_class()
+class QCRDTrainer(MethodTrainer):
+    """QCRD (or a baseline) over batches from `MultiTaskCollator`, on nega's `MethodTrainer` (metrics
+    averaged per logging interval as `<objective>/<metric>`).
 
-    class QCRDTrainer(base):
-        """`Trainer` whose loss is QCRD (or a baseline) over batches from `MultiTaskCollator`.
+    One forward over every stacked sequence gives each one's mean token CE; `loss.py` does the rest.
+    `schedule_offset` / `schedule_total` place this epoch inside the run-wide LR schedule.
+    """
 
-        One forward over every stacked sequence gives each one's mean token CE; `loss.py` does the rest.
-        `schedule_offset` / `schedule_total` place this epoch inside the run-wide LR schedule.
-        """
-
-        def __init__(self, *args, objective: str = "qcrd", weights: dict | None = None, schedule_offset: int = 0,
-                     schedule_total: int | None = None, **kwargs):  # fmt: skip
-            super().__init__(*args, **kwargs)
-            if objective not in OBJECTIVES:
-                raise ValueError(
-                    f"qcrd.objective {objective!r} is unknown; choose one of {', '.join(OBJECTIVES)}"
-                )
-            self.objective = objective
-            self.objective_fn = OBJECTIVES[objective][0]
-            self.weights = dict(weights or {})
-            self.schedule_offset = schedule_offset
-            self.schedule_total = schedule_total
-            self.model_accepts_loss_kwargs = False  # per-batch mean: the Trainer divides by accumulation
-            self._pending_metrics: dict[str, list[float]] = defaultdict(list)
-
-        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-            logits = model(
-                input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], use_cache=False
-            ).logits
-            ce = mean_token_ce(logits, inputs["input_ids"], inputs["response_mask"])
-            n = int(inputs["n_labels"])
-            loss, metrics = self.objective_fn(
-                inputs, ce[:n], ce[inputs["pos_index"]], ce[inputs["neg_index"]], self.weights
+    def __init__(self, *args, objective: str = "qcrd", weights: dict | None = None, schedule_offset: int = 0,
+                 schedule_total: int | None = None, **kwargs):  # fmt: skip
+        if objective not in OBJECTIVES:
+            raise ValueError(
+                f"qcrd.objective {objective!r} is unknown; choose one of {', '.join(OBJECTIVES)}"
             )
-            for key, value in metrics.items():
-                self._pending_metrics[key].append(float(value))
-            return (loss, {"ce": ce.detach()}) if return_outputs else loss
+        super().__init__(*args, metric_prefix=objective, **kwargs)
+        self.objective = objective
+        self.objective_fn = OBJECTIVES[objective][0]
+        self.weights = dict(weights or {})
+        self.schedule_offset = schedule_offset
+        self.schedule_total = schedule_total
 
-        def create_scheduler(self, num_training_steps, optimizer=None):
-            if self.lr_scheduler is None:
-                from torch.optim.lr_scheduler import LambdaLR
-                from transformers import get_scheduler
+    def loss_and_metrics(self, model, inputs):
+        logits = model(
+            input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], use_cache=False
+        ).logits
+        ce = mean_token_ce(logits, inputs["input_ids"], inputs["response_mask"])
+        n = int(inputs["n_labels"])
+        return self.objective_fn(
+            inputs, ce[:n], ce[inputs["pos_index"]], ce[inputs["neg_index"]], self.weights
+        )
 
-                optimizer = optimizer or self.optimizer
-                total = self.schedule_total or num_training_steps
-                whole_run = get_scheduler(
-                    self.args.lr_scheduler_type, optimizer,
-                    num_warmup_steps=self.args.get_warmup_steps(total), num_training_steps=total,
-                )  # fmt: skip
-                shape, offset = whole_run.lr_lambdas[0], self.schedule_offset
-                self.lr_scheduler = LambdaLR(optimizer, lambda step: shape(step + offset))
-            return self.lr_scheduler
+    def create_scheduler(self, num_training_steps, optimizer=None):
+        if self.lr_scheduler is None:
+            from torch.optim.lr_scheduler import LambdaLR
+            from transformers import get_scheduler
 
-        def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
-            if "loss" in logs and self._pending_metrics:
-                for key, value in self._pending_metrics.items():
-                    logs[f"{self.objective}/{key}"] = sum(value) / len(value)
-                self._pending_metrics.clear()
-            super().log(logs, start_time)
-
-    return QCRDTrainer
+            optimizer = optimizer or self.optimizer
+            total = self.schedule_total or num_training_steps
+            whole_run = get_scheduler(
+                self.args.lr_scheduler_type, optimizer,
+                num_warmup_steps=self.args.get_warmup_steps(total), num_training_steps=total,
+            )  # fmt: skip
+            shape, offset = whole_run.lr_lambdas[0], self.schedule_offset
+            self.lr_scheduler = LambdaLR(optimizer, lambda step: shape(step + offset))
+        return self.lr_scheduler
 
 
 def steps_per_epoch(n_examples: int, train_cfg, world_size: int = 1) -> int:
@@ -176,65 +159,50 @@ def loss_weights(qcrd_cfg, epoch: int) -> dict:
 
 
 def train_epoch(
-    recipe: dict,
+    recipe,
     model_path: str,
-    examples_path: str,
-    output_dir: str,
+    examples: list[dict],
+    output_dir,
     *,
     objective: str,
     epoch: int,
     epochs: int,
     adapter: str | None = None,
-) -> str:
-    """Train the student one epoch on `examples_path` (JSONL) from `adapter` (None = a fresh LoRA) and
-    save it to `<output_dir>/adapter`. With `lora.enabled: false`, `adapter` is the previous epoch's full
-    model folder and the result goes to `<output_dir>/model`. JSON-able arguments, so it also runs under
-    `nega.launch.run_training` on every rank."""
-    from nega.config import validate_recipe
+) -> tuple[str, list[dict]]:
+    """Train the student one epoch on `examples` from `adapter` (None = a fresh LoRA) and save it to
+    `<output_dir>/adapter`; returns (that folder, log history). With `lora.enabled: false`, `adapter` is
+    the previous epoch's full model folder and the result goes to `<output_dir>/model`. The training
+    function of the <objective>-e<k>-train stages (`nega.training.train_stage`)."""
     from nega.distill.qcrd.data import MultiTaskCollator
-    from nega.launch import (
-        is_main_process,
-        log_history,
-        save_trained,
-        topology,
-        train_with_resume,
-        training_arguments,
-    )
+    from nega.launch import world_size
     from nega.models import load_policy
-    from nega.pipeline import read_jsonl, write_json
+    from nega.training import trained_folder_name, training_arguments
 
-    cfg = validate_recipe(recipe)
-    examples = read_jsonl(Path(examples_path))
     output_dir = Path(output_dir)
-    if cfg.lora.enabled:
-        model, tokenizer = load_policy(model_path, cfg.model, cfg.lora, seed=cfg.seed, adapter=adapter)
+    if recipe.lora.enabled:
+        model, tokenizer = load_policy(
+            model_path, recipe.model, recipe.lora, seed=recipe.seed, adapter=adapter
+        )
     else:
-        model, tokenizer = load_policy(adapter or model_path, cfg.model, cfg.lora, seed=cfg.seed)
-    per_epoch = steps_per_epoch(len(examples), cfg.train, topology().world_size)
-    checkpoints = output_dir / "checkpoints"
-    args = training_arguments(cfg.train, checkpoints, seed=cfg.seed + epoch, max_steps=per_epoch)
+        model, tokenizer = load_policy(adapter or model_path, recipe.model, recipe.lora, seed=recipe.seed)
+    per_epoch = steps_per_epoch(len(examples), recipe.train, world_size())
+    args = training_arguments(
+        recipe.train, output_dir / "checkpoints", seed=recipe.seed + epoch, max_steps=per_epoch
+    )
     _, rationales, negatives = OBJECTIVES[objective]
-    trainer = make_trainer_class()(
+    trainer = QCRDTrainer(
         model=model,
         args=args,
         train_dataset=examples,
         data_collator=MultiTaskCollator(
-            tokenizer, max_length=cfg.model.max_length, rationales=rationales, negatives=negatives
+            tokenizer, max_length=recipe.model.max_length, rationales=rationales, negatives=negatives
         ),
         objective=objective,
-        weights=loss_weights(cfg.qcrd, epoch),
+        weights=loss_weights(recipe.qcrd, epoch),
         schedule_offset=epoch * per_epoch,
         schedule_total=epochs * per_epoch,
     )
-    train_with_resume(trainer, checkpoints)
-    save_trained(trainer, tokenizer, output_dir / checkpoint_name(cfg.lora))
-    if is_main_process():
-        write_json(output_dir / "log_history.json", log_history(trainer))
-    return str(output_dir / checkpoint_name(cfg.lora))
-
-
-def checkpoint_name(lora_cfg) -> str:
-    return "adapter" if lora_cfg.enabled else "model"
+    return trainer.fit(tokenizer, output_dir / trained_folder_name(recipe.lora))
 
 
 def sampling_target(model_path: str, checkpoint: str | None, lora_cfg) -> tuple[str, str | None]:

@@ -125,7 +125,7 @@ def test_hh_harmless_recipe_trains_two_steps_and_resumes(tiny_model_dir, tmp_pat
         raise AssertionError("a finished stage ran again")
 
     monkeypatch.setattr("nega.sampling.make_sampler", refuse)
-    monkeypatch.setattr("nega.launch.run_training", refuse)
+    monkeypatch.setattr("nega.launch.Launcher.run", refuse)
     assert run(recipe, Run(recipe)) == table
 
 

@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from nega.align.d2o.data import build_examples
-from nega.align.d2o.trainer import reference_logps, train_policy
+from nega.align.d2o.trainer import train_policy
 from nega.config import validate_recipe
-from nega.logps import LogpCache
+from nega.logps import LogpCache, reference_logps
 
 
 def _recipe(model_dir, tmp_path, objective="d2o", **train):

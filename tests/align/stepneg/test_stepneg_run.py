@@ -115,7 +115,7 @@ def assert_trained_arms(run_dir, recipe, base: str):
     for name in ["sft", "rft"] + [f"train-{loss}" for loss in losses]:
         assert lora_b_moved(_stage(run_dir, name) / "adapter"), name
     sft_adapter = _stage(run_dir, "sft") / "adapter"
-    sft_pairs = read_jsonl(_stage(run_dir, "sft") / "pairs.jsonl")
+    sft_pairs = read_jsonl(_stage(run_dir, "sft") / "examples.jsonl")
     start, trained = response_loss(base, None, sft_pairs), response_loss(base, sft_adapter, sft_pairs)
     assert trained < start - 0.01, ("sft", start, trained)
 

@@ -43,8 +43,8 @@ def test_step_logps_sum_to_the_sequence_logp(tiny_model_dir):
 @pytest.mark.parametrize("loss", ["dpo", "awr"])
 def test_two_steps_change_lora_weights_and_keep_the_base(tiny_model_dir, tmp_path, loss):
     from nega.align.stepneg.trainer import COLLATORS, StepNegTrainer, attach_reference_logps
-    from nega.launch import training_arguments
     from nega.models import load_policy
+    from nega.training import training_arguments
 
     recipe = _recipe(tiny_model_dir, tmp_path, loss)
     if loss == "dpo":

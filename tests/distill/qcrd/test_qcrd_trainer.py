@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from nega.distill.qcrd.trainer import OBJECTIVES, LagQueue, loss_weights, make_trainer_class, steps_per_epoch
+from nega.distill.qcrd.trainer import OBJECTIVES, LagQueue, QCRDTrainer, loss_weights, steps_per_epoch
 
 LINES = [
     "predict: is the zib heavier than the mok? yes",
@@ -83,8 +83,8 @@ def build_trainer(model_path, tmp_path, objective="qcrd", **kwargs):
     from nega.config import LoraConfig, ModelConfig, TrainConfig
     from nega.distill.qcrd.config import QCRDConfig
     from nega.distill.qcrd.data import MultiTaskCollator
-    from nega.launch import training_arguments
     from nega.models import load_policy
+    from nega.training import training_arguments
 
     model, tokenizer = load_policy(
         model_path, ModelConfig(name=str(model_path)), LoraConfig(r=4, alpha=8, dropout=0.0), seed=0
@@ -92,7 +92,7 @@ def build_trainer(model_path, tmp_path, objective="qcrd", **kwargs):
     train = TrainConfig(lr=1e-2, batch_size=4, max_steps=2, warmup_ratio=0.0, logging_steps=1, save_steps=100)
     args = training_arguments(train, tmp_path / "out", seed=0, **kwargs.pop("args", {}))
     _, rationales, negatives = OBJECTIVES[objective]
-    trainer = make_trainer_class()(
+    trainer = QCRDTrainer(
         model=model,
         args=args,
         train_dataset=examples(),
@@ -152,10 +152,11 @@ def test_steps_per_epoch_covers_every_example_once():
 
 def test_checkpoints_ride_on_the_base_with_lora_and_stand_alone_without():
     from nega.config import LoraConfig
-    from nega.distill.qcrd.trainer import checkpoint_name, sampling_target
+    from nega.distill.qcrd.trainer import sampling_target
+    from nega.training import trained_folder_name
 
     lora, full = LoraConfig(), LoraConfig(enabled=False)
-    assert checkpoint_name(lora) == "adapter" and checkpoint_name(full) == "model"
+    assert trained_folder_name(lora) == "adapter" and trained_folder_name(full) == "model"
     assert sampling_target("base", None, lora) == ("base", None)
     assert sampling_target("base", "run/e0/adapter", lora) == ("base", "run/e0/adapter")
     assert sampling_target("base", None, full) == ("base", None)

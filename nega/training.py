@@ -1,0 +1,226 @@
+"""One training path for every method: a run stage that trains on every rank, resumes, and saves.
+
+A method's run.py trains through `train_stage`:
+
+    stage, adapter = train_stage(
+        run, "d2o-train", "nega.align.d2o.trainer:train_policy",
+        model_path=model_path, examples=rows, config={...}, inputs=[references], objective="d2o",
+    )
+
+The stage writes the examples to its folder, then calls the named training function on every rank of
+the run's launcher (`nega.launch.Launcher`; in this process on one device) as
+
+    train_policy(recipe, model_path, examples, output_dir, **arguments) -> (saved folder, log history)
+
+Rank 0 writes `train_log.json` ({"folder", "history"}); the stage finishes with its step count and
+final loss. The training function builds its model, its `nega.trainer.MethodTrainer` subclass and
+`training_arguments`, and calls `trainer.fit(...)`, which trains (resuming from the last checkpoint in
+`<stage>/checkpoints`) and saves the adapter (`adapter/`) or full model (`model/`).
+
+Only the standard library is imported at the top; torch and transformers load inside the functions.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from pathlib import Path
+
+TRAIN_LOG = "train_log.json"
+EXAMPLES = "examples.jsonl"
+
+
+class NonFiniteLossError(RuntimeError):
+    """Training produced a NaN/inf loss or gradient; the last good weights were saved first."""
+
+
+def trained_folder_name(lora_cfg) -> str:
+    """A trained folder's name: `adapter` for a LoRA adapter, `model` for a full fine-tune."""
+    return "adapter" if lora_cfg.enabled else "model"
+
+
+def train_stage(
+    run,
+    name: str,
+    train: str,
+    *,
+    model_path: str,
+    examples: list[dict] | str | Path,
+    config: dict,
+    inputs=(),
+    counts: dict | None = None,
+    **arguments,
+):
+    """A run stage that trains with `train` ("module:function", see the module docstring) on every rank;
+    returns (stage, trained folder). A finished stage is skipped.
+
+    `examples` are rows, written to `<stage>/examples.jsonl` so that launched ranks read them from disk,
+    or the path of a JSONL file of them that an upstream stage wrote. `config` and `inputs` make the
+    stage's hash; `arguments` (JSON-able) go to the training function; `counts` join the manifest's.
+    """
+    from nega.pipeline import read_json, read_jsonl, write_jsonl
+
+    recipe = run.recipe
+    stage = run.stage(name, config=config, inputs=inputs)
+    if not stage.done:
+        if isinstance(examples, str | Path):
+            path, n_examples = Path(examples), len(read_jsonl(Path(examples)))
+        else:
+            path, n_examples = write_jsonl(stage.dir / EXAMPLES, examples), len(examples)
+        kwargs = {"train": train, "recipe": recipe.model_dump(mode="json"), "model_path": str(model_path),
+                  "examples": str(path), "output_dir": str(stage.dir), "arguments": arguments}  # fmt: skip
+        run.launcher.run(
+            "nega.training:train_on_rank", kwargs, stage.dir, needs_launcher=recipe.train.deepspeed.stage > 0
+        )
+        history = read_json(stage.dir / TRAIN_LOG)["history"]
+        losses = [h["loss"] for h in history if "loss" in h]
+        steps = max((h.get("step", 0) for h in history), default=0)
+        final = losses[-1] if losses else None
+        stage.finish(counts={"examples": n_examples, "steps": steps, "final_loss": final, **(counts or {})})
+    return stage, read_json(stage.dir / TRAIN_LOG)["folder"]
+
+
+def train_on_rank(
+    train: str, recipe: dict, model_path: str, examples: str, output_dir: str, arguments: dict
+) -> None:
+    """One rank's part of `train_stage`, from JSON-able arguments: rebuild the recipe, read the examples,
+    call the training function; rank 0 writes `train_log.json`."""
+    import importlib
+
+    from nega.config import validate_recipe
+    from nega.launch import is_main_process
+    from nega.pipeline import read_jsonl, write_json
+
+    module, function = train.split(":")
+    fit = getattr(importlib.import_module(module), function)
+    output = Path(output_dir)
+    folder, history = fit(
+        validate_recipe(recipe), model_path, read_jsonl(Path(examples)), output, **arguments
+    )
+    if is_main_process():
+        write_json(output / TRAIN_LOG, {"folder": str(folder), "history": history})
+
+
+def training_arguments(train_cfg, output_dir: Path, *, seed: int = 0, **overrides):
+    """TrainingArguments for a method's Trainer; `overrides` win (e.g. a method's own max_steps)."""
+    import torch
+    from transformers import TrainingArguments
+
+    from nega.launch import deepspeed_config, prepare_distributed_state
+
+    bf16 = train_cfg.bf16
+    if bf16 and train_cfg.deepspeed.stage > 0 and not torch.cuda.is_available():
+        import warnings
+
+        warnings.warn("train.bf16 is ignored: DeepSpeed without a GPU trains in float32", stacklevel=2)
+        bf16 = False
+    kwargs = dict(
+        output_dir=str(output_dir),
+        per_device_train_batch_size=train_cfg.batch_size,
+        gradient_accumulation_steps=train_cfg.grad_accum,
+        learning_rate=train_cfg.lr,
+        num_train_epochs=train_cfg.epochs,
+        max_steps=train_cfg.max_steps or -1,
+        lr_scheduler_type=train_cfg.lr_scheduler,
+        **warmup_arguments(TrainingArguments, train_cfg.warmup_ratio),
+        weight_decay=train_cfg.weight_decay,
+        max_grad_norm=train_cfg.max_grad_norm,
+        save_strategy="steps",
+        save_steps=train_cfg.save_steps,
+        save_total_limit=2,
+        logging_steps=train_cfg.logging_steps,
+        seed=seed,
+        data_seed=seed,
+        report_to=[],
+        remove_unused_columns=False,
+        # DeepSpeed picks its (CPU) accelerator itself; accelerate's "cpu" flag would turn it off.
+        use_cpu=not torch.cuda.is_available() and train_cfg.deepspeed.stage == 0,
+        bf16=bf16,
+        gradient_checkpointing=train_cfg.gradient_checkpointing,
+        dataloader_num_workers=0,
+        disable_tqdm=os.environ.get("NEGA_QUIET") == "1",
+        deepspeed=deepspeed_config(train_cfg),
+    )
+    if prepare_distributed_state(deepspeed=kwargs["deepspeed"] is not None):
+        kwargs["accelerator_config"] = {"use_configured_state": True}
+    kwargs.update(overrides)
+    return TrainingArguments(**kwargs)
+
+
+def warmup_arguments(arguments_class, ratio: float) -> dict:
+    """`train.warmup_ratio` in the form this transformers takes: `warmup_ratio` where that field exists
+    (4.x), else `warmup_steps`, which reads a float below 1 as a fraction of the total steps (5.x)."""
+    names = {f.name for f in dataclasses.fields(arguments_class)}
+    return {"warmup_ratio": ratio} if "warmup_ratio" in names else {"warmup_steps": float(ratio)}
+
+
+def last_checkpoint(output_dir: Path) -> str | None:
+    """The newest complete `checkpoint-N` folder (one with trainer_state.json), if any."""
+    folders = [p for p in Path(output_dir).glob("checkpoint-*") if (p / "trainer_state.json").exists()]
+    if not folders:
+        return None
+    return str(max(folders, key=lambda p: int(p.name.split("-")[-1])))
+
+
+def train_with_resume(trainer, output_dir: Path):
+    """Run `trainer.train()`, resuming optimizer, scheduler, RNG and data order from the last checkpoint.
+
+    Each start is recorded in `output_dir/starts.jsonl`: which checkpoint it resumed from, if any (so a
+    user or a test can see that an interrupted stage continued rather than started over), and how it
+    was distributed (accelerate's distributed type, e.g. DEEPSPEED or MULTI_CPU, the process group's
+    world size, and the ZeRO stage of the DeepSpeed engine the Trainer built, 0 without one).
+    """
+    import time
+
+    import torch
+    from transformers import TrainerCallback
+
+    checkpoint = last_checkpoint(output_dir)
+
+    class RecordStart(TrainerCallback):
+        # Written once the Trainer has built its engine: the stage it runs, not the one the config asked for.
+        def on_train_begin(self, args, state, control, **kwargs):
+            if not trainer.is_world_process_zero():
+                return
+            engine = trainer.model_wrapped
+            group = torch.distributed.is_available() and torch.distributed.is_initialized()
+            start = {
+                "resumed_from": checkpoint,
+                "at": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                "distributed": trainer.accelerator.state.distributed_type.value,
+                "world_size": torch.distributed.get_world_size() if group else 1,
+                "zero_stage": engine.zero_optimization_stage()
+                if hasattr(engine, "zero_optimization_stage")
+                else 0,
+            }
+            Path(output_dir).mkdir(parents=True, exist_ok=True)
+            with (Path(output_dir) / "starts.jsonl").open("a") as f:
+                f.write(json.dumps(start) + "\n")
+
+    trainer.add_callback(RecordStart)
+    try:
+        return trainer.train(resume_from_checkpoint=checkpoint)
+    finally:
+        trainer.remove_callback(RecordStart)
+
+
+def save_trained(trainer, tokenizer, path: Path) -> Path:
+    """Save what `trainer` trained (a LoRA adapter, or the full model) with the tokenizer; rank 0 writes.
+
+    Every rank must call this. Under DeepSpeed ZeRO-3 each rank holds only a shard of every weight, so
+    `model.save_pretrained` would write empty tensors; the Trainer's own save gathers them first
+    (`stage3_gather_16bit_weights_on_model_save`). Its pickled `training_args.bin` is not kept: saved
+    folders hold safetensors only.
+    """
+    path = Path(path)
+    if trainer.is_deepspeed_enabled:
+        trainer.save_model(str(path))
+    elif trainer.is_world_process_zero():
+        path.mkdir(parents=True, exist_ok=True)
+        trainer.model.save_pretrained(str(path), safe_serialization=True)
+    if trainer.is_world_process_zero():
+        (path / "training_args.bin").unlink(missing_ok=True)
+        tokenizer.save_pretrained(str(path))
+    trainer.accelerator.wait_for_everyone()
+    return path
