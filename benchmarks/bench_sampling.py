@@ -9,6 +9,9 @@ parameters with its 513-token vocabulary), in float32 unless `--dtype bfloat16`:
                  adapters=False)`, one engine without LoRA layers
     vllm_lora    the same path through a LoRA adapter (r=16 on every linear layer, random non-zero
                  weights), as D²O's later rounds and adapter evaluations sample: an engine with LoRA
+    vllm_merged  the same adapter sampled as merged weights (`sampling.adapter_mode: merged`, nega's
+                 default on a CPU): its one-off merge and engine start are `start_seconds`, and
+                 `merged_breakeven_tokens` is the token count above which it beats vllm_lora
     hf           `backend="hf"` (`nega.sampling.hf.HFSampler`, its default batch size)
     generate     the loop a user would write: `--generate-batch` prompts at a time, left padding,
                  `model.generate(do_sample=True, num_return_sequences=n, max_new_tokens=max_tokens)`,
@@ -71,7 +74,7 @@ from pathlib import Path
 from machine_info import machine
 
 RESULTS = Path(__file__).parent / "results"
-WAYS = ["vllm", "vllm_lora", "hf", "generate", "generate_1"]
+WAYS = ["vllm", "vllm_lora", "vllm_merged", "hf", "generate", "generate_1"]
 NEVER_EMITTED_EOS = "<|end-of-text|>"
 
 
@@ -291,9 +294,12 @@ def main() -> None:
         backend="vllm", seed=args.seed, kv_cache_gib=args.kv_cache_gib, block_size=args.block_size
     )
     # Every sampler stays up for the whole run (an idle vLLM engine waits without using the CPU).
+    merged_cfg = vllm_cfg.model_copy(update={"adapter_mode": "merged"})
+    vllm_cfg = vllm_cfg.model_copy(update={"adapter_mode": "lora"})
     sampler_options = {
         "vllm": (vllm_cfg, {"adapters": False}),
         "vllm_lora": (vllm_cfg, {"adapters": True}),
+        "vllm_merged": (merged_cfg, {"adapters": True}),
         "hf": (hf_cfg, {}),
     }
     samplers, starts = {}, {}
@@ -336,6 +342,7 @@ def main() -> None:
     runners = {
         "vllm": lambda seed: run_vllm(samplers["vllm"], seed),
         "vllm_lora": lambda seed: run_vllm(samplers["vllm_lora"], seed, lora=adapter),
+        "vllm_merged": lambda seed: run_vllm(samplers["vllm_merged"], seed, lora=adapter),
         "hf": run_hf,
         "generate": lambda seed: run_generate(seed, args.generate_batch),
         "generate_1": lambda seed: run_generate(seed, 1),
@@ -343,9 +350,12 @@ def main() -> None:
     # Warm-up on one plain-loop batch at 8 tokens: first-call allocations and kernel selection.
     few = slice(0, args.generate_batch)
     for way, sampler in samplers.items():
+        t0 = time.perf_counter()
         sampler.generate(
-            messages[few], n=args.n, max_tokens=8, adapter=adapter if way == "vllm_lora" else None
+            messages[few], n=args.n, max_tokens=8, adapter=adapter if way.startswith("vllm_") else None
         )
+        if way == "vllm_merged":  # the merge and the merged engine's start happen on this first call
+            starts[way] = time.perf_counter() - t0
     generate_loop(
         model, tokenizer, texts[few], n=args.n, max_tokens=8, batch=args.generate_batch, device=device
     )
@@ -396,12 +406,17 @@ def main() -> None:
             ("sampling_hf_vs_generate", "hf", "generate"),
             ("sampling_vllm_lora_vs_generate", "vllm_lora", "generate"),
             ("sampling_vllm_vs_generate_one_prompt", "vllm", "generate_1"),
+            ("sampling_vllm_merged_vs_lora", "vllm_merged", "vllm_lora"),
         ]
         if a in rate and b in rate
     }
     for way in ("vllm", "hf", "generate"):
         if way in rate:
             ratios[f"sampling_{way}_fraction_of_ceiling"] = rate[way] / ceiling
+    if {"vllm_merged", "vllm_lora"} <= rate.keys() and rate["vllm_merged"] > rate["vllm_lora"]:
+        # Tokens through one adapter above which merging (a one-off merge + engine start) wins.
+        per_token_saving = 1 / rate["vllm_lora"] - 1 / rate["vllm_merged"]
+        ratios["merged_breakeven_tokens"] = ways["vllm_merged"]["start_seconds"] / per_token_saving
     targets = {}
     if "sampling_vllm_vs_generate" in ratios:
         targets["vllm_at_least_4x_generate"] = ratios["sampling_vllm_vs_generate"] >= 4
