@@ -63,9 +63,18 @@ def select(val: dict[float, dict], sft_val: dict, tolerance: float = 0.02) -> fl
     return max(val, key=lambda lr: val[lr]["helpful_rate"] - val[lr]["harmful_rate"])
 
 
+def evaluate_toy(run, model_path: str, adapters: dict, **where) -> dict:
+    """The toy world's oracle (d2o.eval_samples completions per prompt) on each adapter (None: the base)."""
+    from nega.align.d2o.run import toy_harm_set
+    from nega.eval.stage import EvalTarget, evaluate
+
+    targets = [EvalTarget(label, model_path, adapter) for label, adapter in adapters.items()]
+    return evaluate(run, targets, [toy_harm_set(run.recipe, **where)])
+
+
 def run_seed(seed: int, work: Path, args) -> dict:
     from nega.align.d2o.data import load_negatives
-    from nega.align.d2o.run import evaluate_toy, reference_stage, sample_stage, train_objectives
+    from nega.align.d2o.run import reference_stage, sample_stage, train_objectives
     from nega.config import load_recipe
     from nega.models import load_tokenizer
     from nega.pipeline import Run

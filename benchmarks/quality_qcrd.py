@@ -47,6 +47,7 @@ def run_seed(seed: int, lrs: list[float], work: Path, overrides: list[str]) -> d
     """{lr: {"validation": table, "test": table}} for one seed; the toy model is built once per seed."""
     from nega.config import load_recipe
     from nega.distill.qcrd import run as qcrd
+    from nega.eval.stage import evaluate, trained_target
     from nega.pipeline import Run, read_jsonl
     from nega.toy.build import TOY_MANIFEST, build_toy_model
 
@@ -74,10 +75,11 @@ def run_seed(seed: int, lrs: list[float], work: Path, overrides: list[str]) -> d
                 file=sys.stderr,
                 flush=True,
             )
+        targets = [
+            trained_target(label, str(model_dir), folder, recipe.lora) for label, folder in adapters.items()
+        ]
         out[lr] = {
-            split: qcrd.evaluate_students(
-                run, recipe, str(model_dir), adapters, split=split, name=f"eval-{split}"
-            )
+            split: evaluate(run, targets, [qcrd.student_set(recipe, split=split, name=f"eval-{split}")])
             for split in ("validation", "test")
         }
     return out

@@ -176,133 +176,26 @@ def sft_stage(run, name: str, model_path: str, pairs: list[tuple[str, str]], *, 
 
 def run(recipe, run) -> dict[str, dict[str, float]]:
     """`method: sft`: starting model -> SFT on `data` -> greedy evaluation before and after -> report."""
-    from nega.data import DataError, convert_rows, load_rows
+    from nega.data import convert_rows, load_rows
+    from nega.eval.stage import START_LABEL, EvalTarget, evaluate, held_out_problems, trained_target
+    from nega.models import load_tokenizer
     from nega.sampling.base import render_prompt
-    from nega.stages import base_model, evaluate, write_report
+    from nega.stages import base_model, write_report
 
     model_path, model_stage = base_model(run)
     rows, source = load_rows(recipe.data, toy_cfg=recipe.toy, seed=recipe.seed, split=recipe.data.split)
     examples, bad = convert_rows(rows, sft_pair_of, source=source, on_bad_row=recipe.data.on_bad_row)
-    tokenizer = _tokenizer(model_path, recipe.model)
+    tokenizer = load_tokenizer(model_path, recipe.model)
     pairs = [(render_prompt(tokenizer, e["prompt"]), e["response"]) for e in examples]
     stage, folder = sft_stage(run, "sft", model_path, pairs, inputs=[model_stage or model_path])
     run.record_result("sft", model_path, folder)
 
-    prompts, score, columns = eval_problems(recipe)
-    limit = eval_max_tokens(recipe)
-    if not prompts:
+    problems = held_out_problems(recipe)
+    if problems is None:
         table = {"sft": {"train_pairs": float(len(pairs)), "bad_rows": float(bad)}}
     else:
-        if recipe.lora.enabled:
-            adapters = {"start": None, "sft": folder} if recipe.eval.before else {"sft": folder}
-            table = evaluate(
-                run,
-                "eval",
-                model_path,
-                adapters,
-                prompts,
-                score,
-                columns=columns,
-                inputs=[stage],
-                max_tokens=limit,
-            )
-        else:
-            table = {}
-            if recipe.eval.before:
-                table |= evaluate(
-                    run,
-                    "eval-start",
-                    model_path,
-                    {"start": None},
-                    prompts,
-                    score,
-                    columns=columns,
-                    max_tokens=limit,
-                )
-            table |= evaluate(
-                run,
-                "eval-sft",
-                folder,
-                {"sft": None},
-                prompts,
-                score,
-                columns=columns,
-                inputs=[stage],
-                max_tokens=limit,
-            )
-    if not table:
-        raise DataError("nothing to report")
+        targets = [EvalTarget(START_LABEL, model_path)] if recipe.eval.before else []
+        targets.append(trained_target("sft", model_path, folder, recipe.lora))
+        table = evaluate(run, targets, [problems], inputs=[stage])
     write_report(run, table)
     return table
-
-
-def eval_max_tokens(recipe) -> int | None:
-    """`eval.reasoning.max_tokens` when a reasoning set is evaluated, else the sampling default."""
-    return recipe.eval.reasoning.max_tokens if recipe.eval.reasoning is not None else None
-
-
-def _tokenizer(model_path: str, model_cfg):
-    from nega.models import load_tokenizer
-
-    return load_tokenizer(model_path, model_cfg)
-
-
-def eval_problems(recipe):
-    """(prompts, score_fn, columns) for the recipe's evaluation; empty prompts when it has none.
-
-    Toy worlds score with their own oracle on `toy.n_test` test rows; otherwise `eval.reasoning`
-    names a reasoning set graded by the math verifier.
-    """
-    if recipe.toy is not None and recipe.model.name == "toy":
-        from nega.toy import make_world
-
-        world = make_world(recipe.toy.world, seed=recipe.seed, **recipe.toy.options)
-        rows = world.rows("test", recipe.toy.n_test)
-        prompts = [[{"role": "user", "content": _user_text(r)}] for r in rows]
-
-        def score_world(completions: list[str]) -> dict[str, float]:
-            return world.score(prompts, completions, **_columns(rows))
-
-        return prompts, score_world, rows
-    if recipe.eval.reasoning is None:
-        return [], None, None
-    toy = recipe.toy.model_dump() if recipe.toy is not None else None
-    return reasoning_problems(recipe.eval.reasoning, seed=recipe.seed, toy=toy)
-
-
-def reasoning_problems(reasoning_cfg, *, seed: int = 0, toy: dict | None = None, answer_format: str = "auto"):
-    """(prompts, accuracy score fn, rows) for an `eval.reasoning` section.
-
-    Questions are asked bare, as the SFT data asks them; answers are graded by nega.rewards.math (or
-    the toy world's verifier for the toy set).
-    """
-    from nega.eval.sets import load_problem_set
-    from nega.rewards.math import math_reward
-
-    problem_set = load_problem_set(reasoning_cfg.data, limit=reasoning_cfg.limit, toy=toy, seed=seed)
-    rows = [dict(item) for item in problem_set.items]
-    prompts = [[{"role": "user", "content": r["question"]}] for r in rows]
-
-    def score_accuracy(completions: list[str]) -> dict[str, float]:
-        per_prompt = len(completions) // max(1, len(rows))
-        expanded = [r for r in rows for _ in range(per_prompt)]
-        if problem_set.grade is not None:
-            rewards = [float(problem_set.grade(r, c)) for r, c in zip(expanded, completions, strict=True)]
-        else:
-            answers = [r["answer"] for r in expanded]
-            rewards = math_reward(prompts, completions, answer=answers, answer_format=answer_format)
-        return {"accuracy": sum(rewards) / max(1, len(rewards)), "n": float(len(rewards))}
-
-    return prompts, score_accuracy, rows
-
-
-def _user_text(row: dict) -> str:
-    for key in ("prompt", "question", "problem"):
-        if isinstance(row.get(key), str):
-            return row[key]
-    raise KeyError("prompt")
-
-
-def _columns(rows: list[dict]) -> dict[str, list]:
-    keys = sorted({k for r in rows for k in r})
-    return {k: [r.get(k) for r in rows] for k in keys}

@@ -1,96 +1,95 @@
-"""The recipe's `eval:` section as pipeline stages, called by each method's run.py at the end.
+"""Evaluation as pipeline stages: one function, `evaluate`, for every method and SFT.
 
-    results = run_evals(run, model_path, {"d2o": str(train_stage.dir / "adapter")})
+    targets = [EvalTarget("start", model_path), trained_target("d2o", model_path, adapter, recipe.lora)]
+    table = evaluate(run, targets, recipe_sets(run.recipe))
 
-- `eval-harm` (when `eval.harm` is set; one `eval-harm-<set>` per set when `eval.harm.prompts` lists
-  several, with metrics `harm-<set>/...`) and `eval-reasoning` (when `eval.reasoning` is set) are
-  `Run.stage`s: skipped on a re-run while the model, the adapters' files and the settings are
-  unchanged. One sampler serves every stage and adapter (one adapter per generate call); it starts
-  only when a stage has work to do.
-- With `eval.before: true` the starting model (no adapter) is evaluated too, as label `start`.
-- Each label's full outputs (harm.json/.md/.png, samples.jsonl, ...) land in `<stage>/<label>/`;
-  `metrics.json` holds all labels.
-- A before/after table is written into the run's `report.md`, between
-  `<!-- nega:eval -->` markers (replaced on every call, appended when absent), and into `eval.json`.
+A target is (label, model, adapter): a LoRA adapter over a model, or a model alone (the starting model,
+or a full fine-tune's model folder; `trained_target` decides which, from `lora.enabled`). An eval set
+is what the targets answer and how it is scored:
 
-Returns {label: {"harm/harmful_rate": ..., "reasoning/accuracy": ..., ...}}.
+- `recipe_sets(recipe)`: the recipe's `eval:` section. `eval-harm` (one `eval-harm-<set>` per set when
+  `eval.harm.prompts` lists several, metrics `harm-<set>/...`) and `eval-reasoning`, with each label's
+  full outputs (harm.json/.md/.png, reasoning.json/..., samples.jsonl) in `<stage>/<label>/` and all
+  labels' in `metrics.json`; a before/after table goes into the run's `report.md` between
+  `<!-- nega:eval -->` markers (replaced on every call, appended when absent) and into `eval.json`.
+  Metrics `harm/harmful_rate`, `reasoning/accuracy`, ...
+- `PromptSet`: prompts and a function scoring the completions, e.g. a toy world's oracle
+  (`held_out_problems` for SFT and per-step RL; d2o's and qcrd's run.py build their own). Writes
+  `<label>.jsonl` per-sample files and `scores.json`; the metrics are the function's, unprefixed.
+
+Targets on the same model share one stage per set and one sampler (one vLLM engine, one adapter per
+generate call), started only when a stage has work to do. Targets on different models (full
+fine-tuning, or per-step RL's start beside its π_sft) get a stage each: a model's lone target is
+`<set>-<label>`, a model shared by several targets `<set>`. Every stage is a `Run.stage`: skipped on a
+re-run while the models, the adapters' files and the settings are unchanged.
+
+Returns {label: {metric: value}}, labels in the order of `targets`.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from nega.pipeline import Run, atomic_write_text, read_json, write_json
+from nega.pipeline import Run, atomic_write_text, read_json, write_json, write_jsonl
 
 START_LABEL = "start"
 SECTION_START = "<!-- nega:eval -->"
 SECTION_END = "<!-- /nega:eval -->"
 
 
-def run_evals(run: Run, model_path: str, adapters: dict[str, str | None]) -> dict[str, dict[str, float]]:
-    cfg = run.recipe.eval
-    labels = dict(adapters)
-    if cfg.before and None not in labels.values():
-        labels = {START_LABEL: None, **labels}
-    labels = {label: (str(path) if path else None) for label, path in labels.items()}
-    results: dict[str, dict[str, float]] = {label: {} for label in labels}
+@dataclass(frozen=True)
+class EvalTarget:
+    label: str
+    model: str
+    adapter: str | None = None
+
+
+def trained_target(label: str, base_model: str, folder: str | Path | None, lora_cfg) -> EvalTarget:
+    """A trained folder as a target: with LoRA an adapter over `base_model`, without it (full
+    fine-tuning) the model folder itself. `folder` None is `base_model` untouched."""
+    if folder is None:
+        return EvalTarget(label, str(base_model))
+    if lora_cfg.enabled:
+        return EvalTarget(label, str(base_model), str(folder))
+    return EvalTarget(label, str(folder))
+
+
+def evaluate(run: Run, targets: list[EvalTarget], sets: list, *, inputs=()) -> dict[str, dict[str, float]]:
+    """Every target on every set (see the module docstring); `inputs` (e.g. the training stages) join
+    each stage's hash."""
+    groups: dict[str, list[EvalTarget]] = {}
+    for target in targets:
+        groups.setdefault(target.model, []).append(target)
+    per_set: list[dict[str, dict]] = [{} for _ in sets]
+    for model, members in groups.items():
+        labels = {t.label: t.adapter for t in members}
+        sampler = SharedSampler(run, model, adapters=any(labels.values()))
+        try:
+            for eval_set, metrics in zip(sets, per_set, strict=True):
+                lone = len(groups) > 1 and len(members) == 1
+                name = f"{eval_set.name}-{members[0].label}" if lone else eval_set.name
+                metrics.update(eval_set.evaluate(run, model, labels, sampler, name, list(inputs)))
+        finally:
+            sampler.close()
+    table: dict[str, dict[str, float]] = {t.label: {} for t in targets}
     sections = []
-    sampler = SharedSampler(run, model_path, adapters=any(labels.values()))
-    try:
-        if cfg.harm is not None:
-            sets = cfg.harm.prompt_sets
-            for name in sets:
-                suffix = "" if len(sets) == 1 else f"-{set_slug(name)}"
-                metrics = harm_stage(run, model_path, labels, name, f"eval-harm{suffix}", sampler)
-                sections.append(harm_table(metrics, cfg.harm, name))
-                _merge(results, metrics, f"harm{suffix}", _harm_summary)
-        if cfg.reasoning is not None:
-            metrics = reasoning_stage(run, model_path, labels, sampler)
-            sections.append(reasoning_table(metrics, cfg.reasoning))
-            _merge(results, metrics, "reasoning", _reasoning_summary)
-    finally:
-        sampler.close()
+    for eval_set, metrics in zip(sets, per_set, strict=True):
+        for label in table:
+            if label in metrics:
+                table[label].update(eval_set.summary(metrics[label]))
+        section = eval_set.section(run, {label: metrics[label] for label in table if label in metrics})
+        if section:
+            sections.append(section)
     if sections:
-        write_json(run.dir / "eval.json", results)
+        write_json(run.dir / "eval.json", table)
         write_report_section(run.dir / "report.md", run.recipe.name, "\n".join(sections))
-    return results
-
-
-def _harm_summary(metrics: dict) -> dict[str, float]:
-    from nega.eval.harm import summary
-
-    return summary(metrics)
-
-
-def _reasoning_summary(metrics: dict) -> dict[str, float]:
-    from nega.eval.reasoning import summary
-
-    return summary(metrics)
-
-
-def _merge(results: dict, metrics: dict, prefix: str, summarise) -> None:
-    for label, m in metrics.items():
-        results[label].update({f"{prefix}/{k}": v for k, v in summarise(m).items()})
-
-
-def _stage_config(run: Run, model_path: str, labels: dict, section) -> dict:
-    sampling = run.recipe.sampling
-    return {
-        "model": model_path,
-        "labels": labels,
-        "section": section.model_dump(),
-        "backend": sampling.backend,
-        "top_p": sampling.top_p,
-        "seed": run.recipe.seed,
-    }
-
-
-def _toy_section(run: Run) -> dict:
-    return run.recipe.toy.model_dump() if run.recipe.toy is not None else {}
+    return table
 
 
 class SharedSampler:
-    """One sampler for every evaluation stage of a run, started when the first stage needs it."""
+    """One sampler for every evaluation stage of a model, started when the first stage needs it."""
 
     def __init__(self, run: Run, model_path: str, *, adapters: bool):
         self.run, self.model_path, self.adapters = run, model_path, adapters
@@ -112,35 +111,187 @@ class SharedSampler:
             self._sampler = None
 
 
+# ---------------------------------------------------------------------------------------------------
+# Prompts scored by a function: toy worlds' oracles, label accuracy, greedy accuracy on problems.
+
+
+@dataclass
+class PromptSet:
+    """Prompts every target answers (`n` completions each at `temperature`; greedy by default) and
+    `score`, which maps the flat list of completions (prompt-major) to metrics. `columns` are per-prompt
+    fields written beside each completion; `config` joins the stage's hash."""
+
+    name: str
+    prompts: list
+    score: Callable[[list[str]], dict[str, float]]
+    columns: list[dict] | None = None
+    n: int = 1
+    temperature: float = 0.0
+    max_tokens: int | None = None
+    config: dict = field(default_factory=dict)
+
+    def evaluate(self, run: Run, model: str, labels: dict, sampler: SharedSampler, name: str, inputs):
+        recipe = run.recipe
+        max_tokens = self.max_tokens or recipe.sampling.max_tokens
+        stage = run.stage(
+            name,
+            config={
+                "adapters": sorted(labels),
+                "n": self.n,
+                "temperature": self.temperature,
+                "max_tokens": max_tokens,
+                "prompts": len(self.prompts),
+                "seed": recipe.seed,
+                "backend": recipe.sampling.backend,
+                **self.config,
+            },
+            inputs=[model, *[a for a in labels.values() if a], *inputs],
+        )
+        if stage.done:
+            return read_json(stage.dir / "scores.json")
+        scores = {}
+        for label, adapter in labels.items():
+            outputs = sampler.get().generate(
+                self.prompts,
+                n=self.n,
+                temperature=self.temperature,
+                top_p=recipe.sampling.top_p if self.temperature > 0 else 1.0,
+                max_tokens=max_tokens,
+                seed=recipe.seed,
+                adapter=adapter,
+                description=f"eval {label}",
+            )
+            scores[label] = self.score([c.text for group in outputs for c in group])
+            rows = [
+                {"prompt_index": i, **(self.columns[i] if self.columns else {}), "completion": c.text,
+                 "finish_reason": c.finish_reason}
+                for i, group in enumerate(outputs)
+                for c in group
+            ]  # fmt: skip
+            write_jsonl(stage.dir / f"{label}.jsonl", rows)
+        write_json(stage.dir / "scores.json", scores)
+        stage.finish(
+            counts={"adapters": len(labels), "prompts": len(self.prompts), "samples_per_prompt": self.n}
+        )
+        return scores
+
+    def summary(self, metrics: dict) -> dict[str, float]:
+        return metrics
+
+    def section(self, run: Run, metrics: dict[str, dict]) -> str | None:
+        return None
+
+
+def held_out_problems(recipe, name: str = "eval") -> PromptSet | None:
+    """Greedy answers to held-out problems, as SFT and per-step RL evaluate; None when there are none.
+
+    On a toy model the toy world's oracle scores `toy.n_test` of its test rows (every metric it gives);
+    otherwise `eval.reasoning` names a problem set, asked bare (as the SFT data asks) and graded by
+    nega.rewards.math (or the toy world's verifier for the toy set): `accuracy` and `n`. Answers get
+    `eval.reasoning.max_tokens` tokens when that section is set, else `sampling.max_tokens`.
+    """
+    max_tokens = recipe.eval.reasoning.max_tokens if recipe.eval.reasoning is not None else None
+    if recipe.toy is not None and recipe.model.name == "toy":
+        from nega.toy import make_world
+
+        world = make_world(recipe.toy.world, seed=recipe.seed, **recipe.toy.options)
+        rows = world.rows("test", recipe.toy.n_test)
+        prompts = [[{"role": "user", "content": _question(r)}] for r in rows]
+        columns = {k: [r.get(k) for r in rows] for k in sorted({k for r in rows for k in r})}
+
+        def score_world(completions: list[str]) -> dict[str, float]:
+            return world.score(prompts, completions, **columns)
+
+        return PromptSet(name, prompts, score_world, columns=rows, max_tokens=max_tokens)
+    if recipe.eval.reasoning is None:
+        return None
+    from nega.eval.sets import load_problem_set
+    from nega.rewards.math import math_reward
+
+    toy = recipe.toy.model_dump() if recipe.toy is not None else None
+    cfg = recipe.eval.reasoning
+    problem_set = load_problem_set(cfg.data, limit=cfg.limit, toy=toy, seed=recipe.seed)
+    rows = [dict(item) for item in problem_set.items]
+    prompts = [[{"role": "user", "content": r["question"]}] for r in rows]
+
+    def score_accuracy(completions: list[str]) -> dict[str, float]:
+        per_prompt = len(completions) // max(1, len(rows))
+        expanded = [r for r in rows for _ in range(per_prompt)]
+        if problem_set.grade is not None:
+            rewards = [float(problem_set.grade(r, c)) for r, c in zip(expanded, completions, strict=True)]
+        else:
+            rewards = math_reward(prompts, completions, answer=[r["answer"] for r in expanded])
+        return {"accuracy": sum(rewards) / max(1, len(rewards)), "n": float(len(rewards))}
+
+    return PromptSet(name, prompts, score_accuracy, columns=rows, max_tokens=max_tokens)
+
+
+def _question(row: dict) -> str:
+    for key in ("prompt", "question", "problem"):
+        if isinstance(row.get(key), str):
+            return row[key]
+    raise KeyError("prompt")
+
+
+# ---------------------------------------------------------------------------------------------------
+# The recipe's `eval:` section: harm prompt sets and a reasoning problem set, with full outputs.
+
+
+def recipe_sets(recipe) -> list:
+    """The sets of the recipe's `eval:` section: each `eval.harm` prompt set, then `eval.reasoning`."""
+    sets: list = []
+    if recipe.eval.harm is not None:
+        names = recipe.eval.harm.prompt_sets
+        for prompts in names:
+            suffix = "" if len(names) == 1 else f"-{set_slug(prompts)}"
+            sets.append(HarmEval(f"eval-harm{suffix}", prompts, f"harm{suffix}"))
+    if recipe.eval.reasoning is not None:
+        sets.append(ReasoningEval("eval-reasoning"))
+    return sets
+
+
 def set_slug(name: str) -> str:
     """A prompt set's name in stage and metric names: built-in names as they are, files by their stem."""
     return Path(name).stem if ("/" in name or "." in name) else name
 
 
-def harm_stage(
-    run: Run,
-    model_path: str,
-    labels: dict[str, str | None],
-    prompts: str,
-    name: str = "eval-harm",
-    sampler: SharedSampler | None = None,
-) -> dict[str, dict]:
-    """Answer the prompt set `prompts` with every label's adapter, score them in one scorer call."""
-    from nega.eval.harm import generate_answers, score_answers, write_harm_outputs
-    from nega.eval.sets import load_harm_set
-    from nega.rewards.harm import close_scorer, make_harm_scorer
+def _stage_config(run: Run, model_path: str, labels: dict, section) -> dict:
+    sampling = run.recipe.sampling
+    return {
+        "model": model_path,
+        "labels": labels,
+        "section": section.model_dump(),
+        "backend": sampling.backend,
+        "top_p": sampling.top_p,
+        "seed": run.recipe.seed,
+    }
 
-    recipe, cfg = run.recipe, run.recipe.eval.harm
-    config = _stage_config(run, model_path, labels, cfg)
-    config["section"]["prompts"] = prompts
-    stage = run.stage(name, config=config, inputs=[p for p in labels.values() if p])
-    if stage.done:
-        return read_json(stage.dir / "metrics.json")
-    harm_set = load_harm_set(prompts, limit=cfg.limit, toy=_toy_section(run), seed=recipe.seed)
-    scorer = make_harm_scorer(cfg.scorer, sampling_cfg=recipe.sampling)
-    own = sampler is None
-    sampler = sampler or SharedSampler(run, model_path, adapters=any(labels.values()))
-    try:
+
+def _toy_section(run: Run) -> dict:
+    return run.recipe.toy.model_dump() if run.recipe.toy is not None else {}
+
+
+@dataclass
+class HarmEval:
+    """One `eval.harm` prompt set: every label answers greedily, one scorer call scores them all."""
+
+    name: str
+    prompts: str
+    prefix: str = "harm"
+
+    def evaluate(self, run: Run, model: str, labels: dict, sampler: SharedSampler, name: str, inputs):
+        from nega.eval.harm import generate_answers, score_answers, write_harm_outputs
+        from nega.eval.sets import load_harm_set
+        from nega.rewards.harm import close_scorer, make_harm_scorer
+
+        recipe, cfg = run.recipe, run.recipe.eval.harm
+        config = _stage_config(run, model, labels, cfg)
+        config["section"]["prompts"] = self.prompts
+        stage = run.stage(name, config=config, inputs=[p for p in labels.values() if p])
+        if stage.done:
+            return read_json(stage.dir / "metrics.json")
+        harm_set = load_harm_set(self.prompts, limit=cfg.limit, toy=_toy_section(run), seed=recipe.seed)
+        scorer = make_harm_scorer(cfg.scorer, sampling_cfg=recipe.sampling)
         answers = {
             label: generate_answers(
                 sampler.get(),
@@ -152,75 +303,104 @@ def harm_stage(
             )
             for label, adapter in labels.items()
         }
-    finally:
-        if own:
-            sampler.close()
-    try:
-        scored = score_answers(harm_set, answers, scorer, scorer_name=cfg.scorer)
-    finally:
-        close_scorer(scorer)
-    metrics = {}
-    for label, (m, rows) in scored.items():
-        m["info"] = {
-            "target": f"{model_path} + {labels[label]}" if labels[label] else model_path,
-            "prompts": f"{harm_set.name} ({len(harm_set.items)} prompts)",
-            "source": harm_set.source,
-            "scorer": cfg.scorer,
-            "generation": f"greedy, max_tokens {cfg.max_tokens}",
-        }
-        write_harm_outputs(
-            stage.dir / label, m, rows, f"Harm evaluation ({label}): {harm_set.name}, scorer {cfg.scorer}"
+        try:
+            scored = score_answers(harm_set, answers, scorer, scorer_name=cfg.scorer)
+        finally:
+            close_scorer(scorer)
+        metrics = {}
+        for label, (m, rows) in scored.items():
+            m["info"] = {
+                "target": f"{model} + {labels[label]}" if labels[label] else model,
+                "prompts": f"{harm_set.name} ({len(harm_set.items)} prompts)",
+                "source": harm_set.source,
+                "scorer": cfg.scorer,
+                "generation": f"greedy, max_tokens {cfg.max_tokens}",
+            }
+            write_harm_outputs(
+                stage.dir / label, m, rows, f"Harm evaluation ({label}): {harm_set.name}, scorer {cfg.scorer}"
+            )
+            metrics[label] = m
+        write_json(stage.dir / "metrics.json", metrics)
+        stage.finish(counts={"labels": len(labels), "prompts": len(harm_set.items)})
+        return metrics
+
+    def summary(self, metrics: dict) -> dict[str, float]:
+        from nega.eval.harm import summary
+
+        return {f"{self.prefix}/{k}": v for k, v in summary(metrics).items()}
+
+    def section(self, run: Run, metrics: dict[str, dict]) -> str:
+        from nega.stages import format_table
+
+        table = {}
+        for label, m in metrics.items():
+            row = {"harmful rate [95% CI]": _ci_cell(m["harmful"])}
+            for key, column in (
+                ("refusal", "refusal rate"),
+                ("over_refusal", "over-refusal rate"),
+                ("helpful", "helpful rate"),
+            ):
+                if m.get(key) and m[key]["rate"] is not None:
+                    row[column] = m[key]["rate"]
+            if m["unparsed"]:
+                row["unparsed"] = m["unparsed"]
+            table[label] = row
+        n = next(iter(metrics.values()))["n_prompts"] if metrics else 0
+        return format_table(
+            table, f"Harm: {self.prompts} ({n} prompts), scorer {run.recipe.eval.harm.scorer}"
         )
-        metrics[label] = m
-    write_json(stage.dir / "metrics.json", metrics)
-    stage.finish(counts={"labels": len(labels), "prompts": len(harm_set.items)})
-    return metrics
 
 
-def reasoning_stage(
-    run: Run, model_path: str, labels: dict[str, str | None], sampler: SharedSampler | None = None
-) -> dict[str, dict]:
-    """Greedy accuracy (+ maj@k, pass@k) for every label, one sampler for all."""
-    from nega.eval.reasoning import evaluate_problems, reasoning_info, write_reasoning_outputs
-    from nega.eval.sets import load_problem_set
+@dataclass
+class ReasoningEval:
+    """`eval.reasoning`: greedy accuracy (+ maj@k, pass@k with `samples` > 1) for every label."""
 
-    recipe, cfg = run.recipe, run.recipe.eval.reasoning
-    stage = run.stage(
-        "eval-reasoning",
-        config=_stage_config(run, model_path, labels, cfg),
-        inputs=[p for p in labels.values() if p],
-    )
-    if stage.done:
-        return read_json(stage.dir / "metrics.json")
-    problems = load_problem_set(cfg.data, limit=cfg.limit, toy=_toy_section(run), seed=recipe.seed)
-    own = sampler is None
-    sampler = sampler or SharedSampler(run, model_path, adapters=any(labels.values()))
-    metrics = {}
-    try:
+    name: str
+
+    def evaluate(self, run: Run, model: str, labels: dict, sampler: SharedSampler, name: str, inputs):
+        from nega.eval.reasoning import evaluate_problems, reasoning_info, write_reasoning_outputs
+        from nega.eval.sets import load_problem_set
+
+        recipe, cfg = run.recipe, run.recipe.eval.reasoning
+        stage = run.stage(
+            name, config=_stage_config(run, model, labels, cfg), inputs=[p for p in labels.values() if p]
+        )
+        if stage.done:
+            return read_json(stage.dir / "metrics.json")
+        problems = load_problem_set(cfg.data, limit=cfg.limit, toy=_toy_section(run), seed=recipe.seed)
+        metrics = {}
         for label, adapter in labels.items():
             m, rows = evaluate_problems(
-                sampler.get(),
-                problems,
-                adapter=adapter,
-                samples=cfg.samples,
-                temperature=cfg.temperature,
-                top_p=recipe.sampling.top_p,
-                max_tokens=cfg.max_tokens,
-                seed=recipe.seed,
-                label=label,
-            )
-            target = f"{model_path} + {adapter}" if adapter else model_path
+                sampler.get(), problems, adapter=adapter, samples=cfg.samples, temperature=cfg.temperature,
+                top_p=recipe.sampling.top_p, max_tokens=cfg.max_tokens, seed=recipe.seed, label=label,
+            )  # fmt: skip
+            target = f"{model} + {adapter}" if adapter else model
             m["info"] = reasoning_info(target, problems, cfg.samples, cfg.temperature, cfg.max_tokens)
             write_reasoning_outputs(
                 stage.dir / label, m, rows, f"Reasoning evaluation ({label}): {problems.name}"
             )
             metrics[label] = m
-    finally:
-        if own:
-            sampler.close()
-    write_json(stage.dir / "metrics.json", metrics)
-    stage.finish(counts={"labels": len(labels), "problems": len(problems.items)})
-    return metrics
+        write_json(stage.dir / "metrics.json", metrics)
+        stage.finish(counts={"labels": len(labels), "problems": len(problems.items)})
+        return metrics
+
+    def summary(self, metrics: dict) -> dict[str, float]:
+        from nega.eval.reasoning import summary
+
+        return {f"reasoning/{k}": v for k, v in summary(metrics).items()}
+
+    def section(self, run: Run, metrics: dict[str, dict]) -> str:
+        from nega.stages import format_table
+
+        table = {}
+        for label, m in metrics.items():
+            row = {"accuracy [95% CI]": _ci_cell(m["accuracy"])}
+            row.update({f"pass@{k}": v for k, v in m["pass@k"].items()})
+            row.update({f"maj@{k}": v for k, v in m["maj@k"].items()})
+            table[label] = row
+        cfg = run.recipe.eval.reasoning
+        n = next(iter(metrics.values()))["n_problems"] if metrics else 0
+        return format_table(table, f"Reasoning: {cfg.data} ({n} problems, {cfg.samples} samples)")
 
 
 def _ci_cell(entry: dict | None) -> str:
@@ -228,39 +408,6 @@ def _ci_cell(entry: dict | None) -> str:
         return "—"
     lo, hi = entry["ci95"]
     return f"{entry['rate']:.3f} [{lo:.3f}, {hi:.3f}]"
-
-
-def harm_table(metrics: dict[str, dict], cfg, prompts: str | None = None) -> str:
-    from nega.stages import format_table
-
-    table = {}
-    for label, m in metrics.items():
-        row = {"harmful rate [95% CI]": _ci_cell(m["harmful"])}
-        for key, column in (
-            ("refusal", "refusal rate"),
-            ("over_refusal", "over-refusal rate"),
-            ("helpful", "helpful rate"),
-        ):
-            if m.get(key) and m[key]["rate"] is not None:
-                row[column] = m[key]["rate"]
-        if m["unparsed"]:
-            row["unparsed"] = m["unparsed"]
-        table[label] = row
-    n = next(iter(metrics.values()))["n_prompts"] if metrics else 0
-    return format_table(table, f"Harm: {prompts or cfg.prompts} ({n} prompts), scorer {cfg.scorer}")
-
-
-def reasoning_table(metrics: dict[str, dict], cfg) -> str:
-    from nega.stages import format_table
-
-    table = {}
-    for label, m in metrics.items():
-        row = {"accuracy [95% CI]": _ci_cell(m["accuracy"])}
-        row.update({f"pass@{k}": v for k, v in m["pass@k"].items()})
-        row.update({f"maj@{k}": v for k, v in m["maj@k"].items()})
-        table[label] = row
-    n = next(iter(metrics.values()))["n_problems"] if metrics else 0
-    return format_table(table, f"Reasoning: {cfg.data} ({n} problems, {cfg.samples} samples)")
 
 
 def write_report_section(path: Path, name: str, body: str) -> Path:

@@ -1,4 +1,5 @@
-"""`run_evals`: the recipe's eval section as stages, before/after, report section, skip on re-run."""
+"""`evaluate`: the recipe's eval section as stages, before/after, report section, skip on re-run; prompt
+sets scored by a function; one stage per model, the LoRA/full-model branch in one place."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import pytest
 
 import nega.sampling
 from nega.config import load_recipe
-from nega.eval.stage import SECTION_START, run_evals
+from nega.eval.stage import SECTION_START, EvalTarget, PromptSet, evaluate, recipe_sets, trained_target
 from nega.pipeline import Run
 from nega.stages import write_report
 
@@ -45,11 +46,17 @@ def eval_run(tiny_model_dir, tmp_path):
     return recipe, run_dir, str(adapter)
 
 
+def run_evals(run, model, adapter):
+    """The recipe's eval sets on the starting model and the trained adapter."""
+    targets = [EvalTarget("start", model), EvalTarget("sft", model, adapter)]
+    return evaluate(run, targets, recipe_sets(run.recipe))
+
+
 def test_run_evals_before_and_after(eval_run, tiny_model_dir, monkeypatch):
     recipe, run_dir, adapter = eval_run
     run = Run(recipe, run_dir)
     (run_dir / "report.md").write_text("# evals\n\nthe method's own table\n")
-    results = run_evals(run, str(tiny_model_dir), {"sft": adapter})
+    results = run_evals(run, str(tiny_model_dir), adapter)
     assert list(results) == ["start", "sft"]
     for label in results:
         row = results[label]
@@ -89,7 +96,7 @@ def test_run_evals_before_and_after(eval_run, tiny_model_dir, monkeypatch):
         raise AssertionError("finished eval stages must not sample again")
 
     monkeypatch.setattr(nega.sampling, "make_sampler", no_sampler)
-    again = run_evals(Run(recipe, run_dir), str(tiny_model_dir), {"sft": adapter})
+    again = run_evals(Run(recipe, run_dir), str(tiny_model_dir), adapter)
     assert again == results
     assert (run_dir / "report.md").read_text().count(SECTION_START) == 1
 
@@ -109,7 +116,7 @@ def test_several_harm_sets_are_stages_of_their_own_with_one_sampler(eval_run, ti
         return real(*args, **kwargs)
 
     monkeypatch.setattr(nega.sampling, "make_sampler", counting)
-    results = run_evals(Run(recipe, run_dir), str(tiny_model_dir), {"sft": adapter})
+    results = run_evals(Run(recipe, run_dir), str(tiny_model_dir), adapter)
     assert len(made) == 1  # one engine served both sets
     assert {"harm-prompts/harmful_rate", "harm-more/harmful_rate"} <= set(results["sft"])
     more = json.loads((run_dir / "02-eval-harm-more" / "metrics.json").read_text())
@@ -117,3 +124,54 @@ def test_several_harm_sets_are_stages_of_their_own_with_one_sampler(eval_run, ti
     assert (run_dir / "01-eval-harm-prompts" / "metrics.json").is_file()
     report = (run_dir / "report.md").read_text()
     assert "Harm: " + first in report and f"Harm: {second}" in report
+
+
+def test_targets_on_one_model_share_a_stage_and_each_other_model_gets_its_own(
+    eval_run, tiny_model_dir, monkeypatch
+):
+    """LoRA: the start and every adapter ride on the base model, one stage `eval`, one sampler. Full
+    fine-tuning: each trained folder is a model of its own, stages `eval-<label>`; the scores are the
+    same function's either way."""
+    from nega.config import LoraConfig
+
+    recipe, run_dir, adapter = eval_run
+    prompts = [
+        [{"role": "user", "content": "what is 2 plus 3?"}],
+        [{"role": "user", "content": "say hello."}],
+    ]
+
+    def score(completions):
+        return {
+            "answered": sum(bool(c.strip()) for c in completions) / len(completions),
+            "n": len(completions),
+        }
+
+    made = []
+    real = nega.sampling.make_sampler
+    monkeypatch.setattr(nega.sampling, "make_sampler", lambda *a, **k: made.append(a[0]) or real(*a, **k))
+    model = str(tiny_model_dir)
+    lora = [
+        trained_target("start", model, None, LoraConfig()),
+        trained_target("sft", model, adapter, LoraConfig()),
+    ]
+    assert lora == [EvalTarget("start", model), EvalTarget("sft", model, adapter)]
+    table = evaluate(Run(recipe, run_dir / "lora"), lora, [PromptSet("eval", prompts, score)])
+    assert list(table) == ["start", "sft"] and table["sft"]["n"] == 2 and made == [model]
+    stages = sorted(p.name for p in (run_dir / "lora").iterdir() if p.is_dir())
+    assert stages == ["01-eval"]
+    rows = [
+        json.loads(line) for line in (run_dir / "lora" / "01-eval" / "sft.jsonl").read_text().splitlines()
+    ]
+    assert [r["prompt_index"] for r in rows] == [0, 1]
+
+    # A full fine-tune's folder is the model itself (here the tiny model folder stands in for one).
+    full = trained_target("sft", model, str(tiny_model_dir), LoraConfig(enabled=False))
+    assert full == EvalTarget("sft", str(tiny_model_dir))
+    other = EvalTarget("start", str(run_dir.parent / "other-base"))
+    made.clear()
+    monkeypatch.setattr(
+        nega.sampling, "make_sampler", lambda *a, **k: made.append(a[0]) or real(model, *a[1:], **k)
+    )
+    evaluate(Run(recipe, run_dir / "full"), [other, full], [PromptSet("eval", prompts, score)])
+    stages = sorted(p.name for p in (run_dir / "full").iterdir() if p.is_dir())
+    assert stages == ["01-eval-start", "02-eval-sft"] and made == [other.model, str(tiny_model_dir)]

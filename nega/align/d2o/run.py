@@ -44,8 +44,9 @@ from __future__ import annotations
 import math
 
 from nega.align.d2o.data import build_examples, load_negatives, select_self_samples
+from nega.eval.stage import START_LABEL, EvalTarget, PromptSet, evaluate, recipe_sets, trained_target
 from nega.pipeline import Run, hash_value, read_jsonl, write_jsonl
-from nega.stages import base_model, evaluate, write_report
+from nega.stages import base_model, write_report
 from nega.training import train_stage
 
 
@@ -62,20 +63,21 @@ def run(recipe, run: Run) -> dict[str, dict[str, float]]:
 
     sampled = sample_stage(run, "sample", model_path, prompts, None, 1, upstream)
     references = reference_stage(run, "reflogps", model_path, rows, prompts, sampled, None)
-    adapters: dict[str, str | None] = {"sft": None} if recipe.eval.before else {}
     plan = training_plan(cfg)
-    adapters |= train_objectives(run, model_path, rows, prompts, references, plan)
+    adapters = train_objectives(run, model_path, rows, prompts, references, plan)
     main = next(iter(plan))
     run.record_result(main, model_path, adapters[main])
 
+    trained = [trained_target(label, model_path, folder, recipe.lora) for label, folder in adapters.items()]
     if recipe.toy is not None and recipe.model.name == "toy":
-        table = evaluate_toy(run, model_path, adapters)
+        # The toy world's starting model is its SFT model: labelled `sft` beside the methods.
+        start = [EvalTarget("sft", model_path)] if recipe.eval.before else []
+        table = evaluate(run, start + trained, [toy_harm_set(recipe)])
     elif recipe.eval.harm is not None or recipe.eval.reasoning is not None:
-        from nega.eval.stage import run_evals
-
-        table = run_evals(run, model_path, {k: v for k, v in adapters.items() if v is not None})
+        start = [EvalTarget(START_LABEL, model_path)] if recipe.eval.before else []
+        table = evaluate(run, start + trained, recipe_sets(recipe))
     else:
-        table = {label: {"trained": 1.0} for label in adapters if adapters[label]}
+        table = {label: {"trained": 1.0} for label in adapters}
     write_report(run, table, title=f"{recipe.name} (d2o; {source}, {counts['kept']} prompts)")
     return table
 
@@ -217,39 +219,25 @@ def round_budget(train_cfg, rounds: int) -> dict:
     return {"num_train_epochs": train_cfg.epochs / rounds}
 
 
-def evaluate_toy(
-    run: Run,
-    model_path: str,
-    adapters: dict,
-    *,
-    split: str = "test",
-    n_rows: int | None = None,
-    name: str = "eval",
-) -> dict[str, dict[str, float]]:
+def toy_harm_set(recipe, *, split: str = "test", n_rows: int | None = None, name: str = "eval") -> PromptSet:
     """The toy world's oracle on `n_rows` (default toy.n_test) prompts of `split`, d2o.eval_samples
     completions each at d2o.eval_temperature."""
     from nega.toy import make_world
 
-    recipe, cfg = run.recipe, run.recipe.d2o
+    cfg = recipe.d2o
     world = make_world(recipe.toy.world, seed=recipe.seed, **recipe.toy.options)
     rows = world.rows(split, n_rows or recipe.toy.n_test)
     prompts = [[{"role": "user", "content": r["prompt"]}] for r in rows]
     kinds = [r["kind"] for r in rows for _ in range(cfg.eval_samples)]
+    keep = ("harmful_rate", "helpful_rate", "refusal_rate", "informative_rate", "degenerate_rate",
+            "over_refusal_rate")  # fmt: skip
 
     def score(completions: list[str]) -> dict[str, float]:
         expanded = [p for p in prompts for _ in range(cfg.eval_samples)]
         metrics = world.score(expanded, completions, kind=kinds)
-        keep = (
-            "harmful_rate",
-            "helpful_rate",
-            "refusal_rate",
-            "informative_rate",
-            "degenerate_rate",
-            "over_refusal_rate",
-        )
         return {k: metrics[k] for k in keep if k in metrics}
 
-    return evaluate(
-        run, name, model_path, adapters, prompts, score, columns=[{"kind": r["kind"]} for r in rows],
-        n=cfg.eval_samples, temperature=cfg.eval_temperature, config={"split": split, "rows": len(rows)},
+    return PromptSet(
+        name, prompts, score, columns=[{"kind": r["kind"]} for r in rows], n=cfg.eval_samples,
+        temperature=cfg.eval_temperature, config={"split": split, "rows": len(rows)},
     )  # fmt: skip

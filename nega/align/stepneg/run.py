@@ -45,8 +45,9 @@ LABELS = {"dpo": "stepneg_dpo", "awr": "stepneg_awr", "outcome_dpo": "outcome_dp
 
 def run(recipe, run: Run) -> dict[str, dict[str, float]]:
     from nega.data import DataError
-    from nega.sft import eval_max_tokens, eval_problems, sft_stage
-    from nega.stages import base_model, evaluate, write_report
+    from nega.eval.stage import START_LABEL, EvalTarget, evaluate, held_out_problems, trained_target
+    from nega.sft import sft_stage
+    from nega.stages import base_model, write_report
 
     cfg = recipe.stepneg
     model_path, model_stage = base_model(run)
@@ -86,28 +87,17 @@ def run(recipe, run: Run) -> dict[str, dict[str, float]]:
         folders[LABELS[loss]] = train_objective(run, loss, pi_sft, examples, inputs=[merge, pairs])
     run.record_result(LABELS[cfg.loss], pi_sft, folders[LABELS[cfg.loss]])
 
-    eval_prompts, score, columns = eval_problems(recipe)
-    limit = eval_max_tokens(recipe)
-    if not eval_prompts:
+    problems_set = held_out_problems(recipe)
+    if problems_set is None:
         raise DataError(
             "stepneg evaluates held-out problems: set eval.reasoning (e.g. {data: gsm8k, limit: 200})"
         )
-    table = {}
-    if recipe.eval.before:
-        table |= evaluate(
-            run,
-            "eval-start",
-            model_path,
-            {"start": None},
-            eval_prompts,
-            score,
-            columns=columns,
-            max_tokens=limit,
-        )
-    table |= evaluate_folders(
-        run, pi_sft, folders, eval_prompts, score, columns, inputs=[merge], max_tokens=limit
-    )
-    write_report(run, table, title=f"{recipe.name}: greedy accuracy on {len(eval_prompts)} held-out problems")
+    # π_sft and every adapter trained on it (with full fine-tuning: each trained model folder).
+    targets = [EvalTarget(START_LABEL, model_path)] if recipe.eval.before else []
+    targets += [trained_target(label, pi_sft, folder, recipe.lora) for label, folder in folders.items()]
+    table = evaluate(run, targets, [problems_set], inputs=[merge])
+    title = f"{recipe.name}: greedy accuracy on {len(problems_set.prompts)} held-out problems"
+    write_report(run, table, title=title)
     return table
 
 
@@ -382,36 +372,3 @@ def train_objective(run: Run, loss: str, pi_sft: str, examples: list[dict], inpu
         loss=loss,
     )
     return folder
-
-
-def evaluate_folders(
-    run: Run, pi_sft: str, folders: dict, prompts, score, columns, inputs, max_tokens=None
-) -> dict:
-    """Greedy evaluation of π_sft and every trained adapter (or full model without LoRA)."""
-    from nega.stages import evaluate
-
-    if run.recipe.lora.enabled:
-        return evaluate(
-            run,
-            "eval",
-            pi_sft,
-            folders,
-            prompts,
-            score,
-            columns=columns,
-            inputs=inputs,
-            max_tokens=max_tokens,
-        )
-    table = {}
-    for label, folder in folders.items():
-        table |= evaluate(
-            run,
-            f"eval-{label}",
-            folder or pi_sft,
-            {label: None},
-            prompts,
-            score,
-            columns=columns,
-            inputs=inputs,
-        )
-    return table

@@ -49,8 +49,9 @@ from pathlib import Path
 
 from nega.distill.qcrd import data
 from nega.distill.qcrd.trainer import LagQueue, sampling_target, uses_negatives
+from nega.eval.stage import START_LABEL, EvalTarget, PromptSet, evaluate, trained_target
 from nega.pipeline import Run, read_jsonl, write_jsonl
-from nega.stages import base_model, evaluate, write_report
+from nega.stages import base_model, write_report
 from nega.training import train_stage
 
 # The fields each stage depends on: changing another field (e.g. eval_limit) reuses the stage.
@@ -71,13 +72,13 @@ def run(recipe, run: Run) -> dict[str, dict[str, float]]:
     upstream = [model_stage] if model_stage is not None else []
     teacher = teacher_stage(run, recipe, upstream)
     examples = read_jsonl(teacher.dir / "examples.jsonl")
-    adapters: dict[str, str | None] = {"start": None} if recipe.eval.before else {}
+    targets = [EvalTarget(START_LABEL, model_path)] if recipe.eval.before else []
     for objective in dict.fromkeys([recipe.qcrd.objective, *recipe.qcrd.baselines]):
-        adapters[objective] = train_student(
-            run, recipe, objective, model_path, examples, epochs, [*upstream, teacher]
-        )
-    run.record_result(recipe.qcrd.objective, model_path, adapters[recipe.qcrd.objective])
-    table = evaluate_students(run, recipe, model_path, adapters)
+        student = train_student(run, recipe, objective, model_path, examples, epochs, [*upstream, teacher])
+        targets.append(trained_target(objective, model_path, student, recipe.lora))
+        if objective == recipe.qcrd.objective:
+            run.record_result(objective, model_path, student)
+    table = evaluate(run, targets, [student_set(recipe)])
     write_report(run, table, title=f"{recipe.name} (qcrd, {epochs} epochs)")
     return table
 
@@ -219,11 +220,10 @@ def discriminator_stage(
     return stage.finish(counts={"examples": len(examples)}, fit=fits)
 
 
-def evaluate_students(
-    run: Run, recipe, model_path: str, adapters: dict, *, split: str = "test", name: str = "eval"
-):
-    """accuracy of greedy `predict:` answers; on a toy world also the oracle's rationale_quality (and
-    rationale_accuracy: the stated answer is right) of greedy `explain:` rationales."""
+def student_set(recipe, *, split: str = "test", name: str = "eval") -> PromptSet:
+    """accuracy of greedy `predict:` answers on `qcrd.eval_limit` questions of `split`; on a toy world
+    also the oracle's rationale_quality (and rationale_accuracy: the stated answer is right) of greedy
+    `explain:` rationales."""
     records, _ = data.load_teacher_records(recipe.data, toy_cfg=recipe.toy, seed=recipe.seed, split=split)
     records = records[: recipe.qcrd.eval_limit]
     questions, labels = [r["question"] for r in records], [r["label"] for r in records]
@@ -243,13 +243,6 @@ def evaluate_students(
         return {"accuracy": sum(map(data.answers_match, texts, labels)) / len(labels)}
 
     columns = [{"label": label} for label in labels] * (len(prompts) // len(labels))
-    config = {"split": split, "questions": len(records)}
-    if recipe.lora.enabled:  # one sampler, one adapter per call
-        return evaluate(run, name, model_path, adapters, prompts, score, columns=columns, config=config)
-    table = {}
-    for label, folder in adapters.items():  # full fine-tuning: every student is a model folder
-        target, _ = sampling_target(model_path, folder, recipe.lora)
-        table |= evaluate(
-            run, f"{name}-{label}", target, {label: None}, prompts, score, columns=columns, config=config
-        )
-    return table
+    return PromptSet(
+        name, prompts, score, columns=columns, config={"split": split, "questions": len(records)}
+    )
