@@ -196,12 +196,12 @@ def current_rss() -> int:
 def run_nega(setup: dict, data: dict, args, out_dir: Path, prefix_sharing: bool) -> dict:
     from nega.align.d2o.data import D2OCollator, build_examples
     from nega.align.d2o.trainer import D2OTrainer
-    from nega.config import RECIPE
-    from nega.launch import training_arguments
+    from nega.config import validate_recipe
     from nega.logps import reference_logps, supports_packing
     from nega.models import load_policy
+    from nega.training import training_arguments
 
-    recipe = RECIPE.validate_python(
+    recipe = validate_recipe(
         {
             "name": "bench",
             "method": "d2o",
