@@ -48,7 +48,7 @@ import sys
 import time
 from pathlib import Path
 
-from machine_info import machine
+from harness import machine, write_result
 
 RESULTS = Path(__file__).parent / "results"
 MODES = {"on": True, "off": False}  # label -> sampling.enable_prefix_caching
@@ -135,7 +135,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     parser.add_argument("--size", choices=["tiny", "small", "base", "25m"], default="tiny")
-    parser.add_argument("--train-steps", type=int, default=1500, help="toy model training steps (recipe: 1500)")
+    parser.add_argument(
+        "--train-steps", type=int, default=1500, help="toy model training steps (recipe: 1500)"
+    )
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--prompts", type=int, default=64, help="train problems whose negatives are valued")
     parser.add_argument("--n", type=int, default=8, help="samples per problem when collecting negatives")
@@ -288,8 +290,7 @@ def main() -> None:
         "wall_seconds": round(time.time() - started, 1),
         "machine": described,
     }
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
+    write_result(out, result)
     print(
         json.dumps(
             {mode: round(m["median_rollouts_per_s"], 1) for mode, m in modes.items()}

@@ -71,7 +71,7 @@ import sys
 import time
 from pathlib import Path
 
-from machine_info import machine
+from harness import machine, write_result
 
 RESULTS = Path(__file__).parent / "results"
 WAYS = ["vllm", "vllm_lora", "vllm_merged", "hf", "generate", "generate_1"]
@@ -458,8 +458,7 @@ def main() -> None:
         "wall_seconds": round(time.time() - started, 1),
         "machine": described,
     }
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
+    write_result(out, result)
     print(json.dumps({way: round(rate[way], 1) for way in ways_run} | ratios | {"profile": profile}))
 
 

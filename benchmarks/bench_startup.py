@@ -26,7 +26,7 @@ import sys
 import time
 from pathlib import Path
 
-from machine_info import machine
+from harness import machine, write_result
 
 RESULTS = Path(__file__).parent / "results"
 WAYS = {
@@ -60,8 +60,7 @@ def main() -> None:
         "date": time.strftime("%Y-%m-%d %H:%M:%S"),
         "machine": described,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    write_result(args.out, result)
     print(json.dumps({way: round(w["median_seconds"], 2) for way, w in ways.items()}))
 
 

@@ -53,7 +53,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from machine_info import machine
+from harness import machine, write_result
 
 RESULTS = Path(__file__).parent / "results"
 ARMS = ["nega", "nega_unshared", "trl_default", "trl_precompute"]
@@ -485,8 +485,7 @@ def main() -> None:
     }
     report["machine"] = machine(args.device, ("torch", "transformers", "trl"))
     report["date"] = time.strftime("%Y-%m-%d %H:%M:%S")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2) + "\n")
+    write_result(out, report)
     for key in (
         "train_tokens_per_s_vs_trl_default",
         "train_tokens_per_s_vs_trl_precompute",

@@ -37,10 +37,11 @@ import argparse
 import json
 import os
 import platform
-import statistics
 import sys
 import time
 from pathlib import Path
+
+from harness import seed_summary, write_result
 
 METHODS = ["sft", "ga", "dpo_self", "kto_neg", "d2o", "d2o_online", "d2o_filtered"]
 TRAINED = {"ga": ("ga", 1), "dpo_self": ("dpo_self", 1), "kto_neg": ("kto_neg", 1), "d2o": ("d2o", 1)}
@@ -146,14 +147,6 @@ def run_seed(seed: int, work: Path, args) -> dict:
     }
 
 
-def summarise(values: list[float]) -> dict:
-    return {
-        "mean": statistics.fmean(values),
-        "std": statistics.stdev(values) if len(values) > 1 else 0.0,
-        "per_seed": values,
-    }
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
@@ -176,7 +169,8 @@ def main() -> None:
         print(f"seed {seed}: {json.dumps(per_seed[seed]['test'])}", file=sys.stderr, flush=True)
 
     methods = {
-        m: {k: summarise([per_seed[s]["test"][m][k] for s in args.seeds]) for k in METRICS} for m in METHODS
+        m: {k: seed_summary([per_seed[s]["test"][m][k] for s in args.seeds]) for k in METRICS}
+        for m in METHODS
     }
     sft_harm = methods["sft"]["harmful_rate"]["mean"]
     sft_help = methods["sft"]["helpful_rate"]["mean"]
@@ -222,8 +216,7 @@ def main() -> None:
             "threads": torch.get_num_threads(),
         },
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    write_result(args.out, result)
     print(
         json.dumps({m: {k: round(v["mean"], 3) for k, v in r.items()} for m, r in methods.items()}, indent=1)
     )

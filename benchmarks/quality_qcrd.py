@@ -17,13 +17,13 @@ benchmarks/results/quality_qcrd.json. Stages are cached under --work, so a rerun
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
-import statistics
 import sys
 import time
 from pathlib import Path
+
+from harness import seed_summary, write_result
 
 METHODS = ["label_only", "step_by_step", "qcrd_no_disc", "qcrd"]
 METRICS = ["accuracy", "rationale_quality"]
@@ -98,11 +98,7 @@ def summarise(per_seed: dict[int, dict], seeds: list[int]) -> dict:
                 best = max(tables, key=lambda lr: (tables[lr]["validation"][method]["accuracy"], -lr))
                 chosen[method][str(seed)] = best
                 values.append(tables[best]["test"][method][metric])
-            methods[method][metric] = {
-                "mean": statistics.fmean(values),
-                "std": statistics.stdev(values) if len(values) > 1 else 0.0,
-                "per_seed": values,
-            }
+            methods[method][metric] = seed_summary(values)
     return {"methods": methods, "chosen_lr": chosen}
 
 
@@ -155,8 +151,7 @@ def main(argv: list[str] | None = None) -> dict:
         raise RuntimeError(
             "nega/toy/rationale.py changed during the benchmark; its numbers mix two worlds, rerun it"
         )
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    write_result(args.out, result)
     width = max(map(len, METHODS)) + 2
     print(f"{'method':<{width}}" + "".join(f"{m:>24}" for m in METRICS))
     for method in ["start", *METHODS]:

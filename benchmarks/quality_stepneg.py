@@ -42,6 +42,8 @@ import sys
 import time
 from pathlib import Path
 
+from harness import write_result
+
 METHODS = ["sft_1x", "sft_2x", "sft_4x", "sft_8x", "rft", "outcome_dpo", "stepneg_dpo", "stepneg_awr"]
 RESULTS = Path(__file__).parent / "results" / "quality_stepneg.json"
 LOSS_OF = {"outcome_dpo": "outcome_dpo", "stepneg_dpo": "dpo", "stepneg_awr": "awr"}
@@ -533,8 +535,7 @@ def main(argv: list[str] | None = None) -> None:
             "machine": f"{platform.machine()}, {os.cpu_count()} cpu, torch {torch.__version__}",
         }
     )
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(summary, indent=2) + "\n")
+    write_result(args.out, summary)
     for m in METHODS:
         acc = summary["methods"][m]["accuracy"]
         print(f"{m:12s} {acc['mean']:.3f} ± {acc['std']:.3f}  {acc['per_seed']}")
