@@ -208,8 +208,10 @@ def train_epoch(
 def sampling_target(model_path: str, checkpoint: str | None, lora_cfg) -> tuple[str, str | None]:
     """(model folder, LoRA adapter or None) that a sampler needs to sample a student checkpoint.
 
-    A LoRA checkpoint rides on the base model; a full fine-tuned one is a model folder of its own.
+    A LoRA checkpoint rides on the base model; a full fine-tuned one is a model folder of its own
+    (the evaluation's rule, `nega.eval.stage.trained_target`).
     """
-    if checkpoint is None or lora_cfg.enabled:
-        return model_path, checkpoint
-    return checkpoint, None
+    from nega.eval.stage import trained_target
+
+    target = trained_target("student", model_path, checkpoint, lora_cfg)
+    return target.model, target.adapter
