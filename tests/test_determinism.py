@@ -20,9 +20,10 @@ TOY = {
     "train.max_steps": 4, "train.batch_size": 4, "train.logging_steps": 1, "train.save_steps": 2,
     "d2o.compare": "[]", "d2o.eval_samples": 2,
 }  # fmt: skip
-# Trainer's timings, and the pickled TrainingArguments (which hold the run folder's path).
+# Trainer's timings, the pickled TrainingArguments (which hold the run folder's path), and the run
+# folder's lock (which holds the pid of the process that ran it).
 TIMINGS = {"train_runtime", "train_samples_per_second", "train_steps_per_second"}
-SKIPPED = {"training_args.bin"}
+SKIPPED = {"training_args.bin", ".lock"}
 
 
 def nega(*args: str) -> None:
