@@ -94,12 +94,11 @@ def make_sampler(
         from nega.sampling.vllm import VLLMSampler, checkpoint_dtype
 
         if adapters and adapter_mode(cfg) == "merged":
-            from types import SimpleNamespace
-
+            from nega.config import ModelConfig
             from nega.sampling.merged import MergedAdapterSampler
 
             # Merged copies keep the base checkpoint's dtype, so base and adapters sample alike.
-            same_dtype = SimpleNamespace(dtype=checkpoint_dtype(str(model_path)), trust_remote_code=False)
+            same_dtype = ModelConfig(name=str(model_path), dtype=checkpoint_dtype(str(model_path)))
             return MergedAdapterSampler(
                 model_path,
                 lambda folder: VLLMSampler(folder, cfg, dtype=dtype, adapters=False),

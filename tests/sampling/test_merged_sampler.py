@@ -45,7 +45,9 @@ def test_merged_adapter_samples_what_the_live_adapter_samples(tiny_model_dir, lo
 
 def test_new_weights_in_the_same_folder_are_merged_again(tiny_model_dir, tmp_path):
     adapter = write_lora_adapter(tiny_model_dir, tmp_path / "adapter", seed=3)
-    merged = MergedAdapterSampler(tiny_model_dir, lambda folder: HFSampler(folder, SamplingConfig(backend="hf")))
+    merged = MergedAdapterSampler(
+        tiny_model_dir, lambda folder: HFSampler(folder, SamplingConfig(backend="hf"))
+    )
     try:
         first = merged.generate(PROMPTS[:1], adapter=adapter, temperature=0.0, max_tokens=8)
         write_lora_adapter(tiny_model_dir, adapter, seed=4)  # an online round overwrites its folder
