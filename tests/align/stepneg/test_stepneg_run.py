@@ -22,7 +22,8 @@ def _problems_file(path):
 
 
 def _stage(run_dir, name):
-    (folder,) = [p for p in run_dir.iterdir() if p.is_dir() and p.name.split("-", 1)[1] == name]
+    """The stage folder `NN-name` of a run (other folders, such as the report's plots, are skipped)."""
+    (folder,) = [p for p in run_dir.iterdir() if p.is_dir() and p.name.split("-", 1)[-1] == name]
     return folder
 
 
