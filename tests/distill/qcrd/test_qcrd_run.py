@@ -12,6 +12,11 @@ from nega.config import load_recipe
 REAL = {"qcrd-cqa": ("cqa", "cqa_train.json"), "qcrd-svamp": ("svamp", "svamp_train.json")}
 
 
+def stage_folders(run_dir):
+    """name -> folder of a run's stages (`NN-name`); other folders, such as the report's plots, skipped."""
+    return {p.name.split("-", 1)[1]: p for p in run_dir.iterdir() if p.is_dir() and p.name[:2].isdigit()}
+
+
 def test_toy_recipe_validates():
     recipe = load_recipe("toy-qcrd")
     assert recipe.method == "qcrd" and recipe.toy.world == "rationale"
@@ -82,7 +87,7 @@ def test_cqa_recipe_runs_a_few_steps_with_a_tiny_local_student(tmp_path):
     table = run(recipe, Run(recipe, tmp_path / "run"))
     assert set(table) == {"start", "qcrd"}
     assert all(0.0 <= row["accuracy"] <= 1.0 for row in table.values())
-    stages = {p.name.split("-", 1)[1]: p for p in (tmp_path / "run").iterdir() if p.is_dir()}
+    stages = stage_folders(tmp_path / "run")
     assert set(stages) == {"teacher", "qcrd-e0-negatives", "qcrd-e0-discriminator", "qcrd-e0-train", "eval"}
     teacher = read_json(stages["teacher"] / "manifest.json")["counts"]
     assert teacher["inputs"] == 12 and teacher["positives"] + teacher["negatives"] == 12
@@ -121,7 +126,7 @@ def test_toy_qcrd_runs_every_objective_and_draws_negatives_from_the_lagged_stude
     assert set(table) == {"start", "qcrd", "label_only", "step_by_step", "qcrd_no_disc"}
     for row in table.values():
         assert set(row) == {"accuracy", "rationale_quality", "rationale_accuracy"}
-    stages = {p.name.split("-", 1)[1]: p for p in (tmp_path / "run").iterdir() if p.is_dir()}
+    stages = stage_folders(tmp_path / "run")
     # lag 1: epochs 0 and 1 sample the starting student (index 0), epoch 2 the student after epoch 0
     assert read_json(stages["qcrd-e0-negatives"] / "manifest.json")["source"] == "start"
     assert read_json(stages["qcrd-e1-negatives"] / "manifest.json")["source"] == "start"
