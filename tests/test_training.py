@@ -140,3 +140,53 @@ def test_method_metrics_are_averaged_over_each_logging_interval(tmp_path):
     logged = [h["toy/step"] for h in history if "toy/step" in h]
     assert logged == [1.5, 3.5]  # steps 1-2, then 3-4
     assert folder == str(tmp_path / "adapter") and (tmp_path / "tokenizer-saved").read_text() == folder
+
+
+def test_report_to_tensorboard_writes_events_and_every_stage_draws_its_curve(tiny_model_dir, tmp_path):
+    """A recipe with train.report_to: [tensorboard] leaves event files with the logged loss in the
+    training stage's tensorboard/ folder, and report.md links the stage's training curve."""
+    import json
+
+    from nega_testing import require_module
+    from typer.testing import CliRunner
+
+    from nega.cli import app
+
+    require_module("tensorboard")
+    data = tmp_path / "pairs.jsonl"
+    rows = [{"prompt": f"what is {a} plus 1?", "response": f"{a} plus 1 is {a + 1}."} for a in range(8)]
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    recipe = tmp_path / "sft.yaml"
+    recipe.write_text(
+        f"name: tracked\nmethod: sft\nmodel: {{name: {tiny_model_dir}}}\ndata: {{path: {data}}}\n"
+        "lora: {r: 4, alpha: 8, dropout: 0.0}\nsampling: {backend: hf}\n"
+        "train: {lr: 1.0e-3, max_steps: 4, batch_size: 4, logging_steps: 1, save_steps: 100, "
+        "report_to: [tensorboard]}\n"
+    )
+    result = CliRunner().invoke(app, ["run", str(recipe), "-o", str(tmp_path / "run")])
+    assert result.exit_code == 0, result.output
+    stage = next((tmp_path / "run").glob("*-sft"))
+    events = list((stage / "tensorboard").glob("events.out.tfevents.*"))
+    assert events, sorted(p.name for p in stage.iterdir())
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    scalars = EventAccumulator(str(stage / "tensorboard")).Reload().Tags()["scalars"]
+    assert "train/loss" in scalars
+    assert (stage / "training_curve.png").stat().st_size > 1000
+    report = (tmp_path / "run" / "report.md").read_text()
+    assert f"]({stage.name}/training_curve.png)" in report
+
+
+def test_report_to_names_the_missing_tracker_package(monkeypatch):
+    import importlib.util
+
+    from nega.config import RecipeError, load_recipe
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "wandb" else real(name, *a)
+    )
+    with pytest.raises(
+        RecipeError, match=r"train.report_to: wandb is not installed: pip install 'nega\[wandb\]'"
+    ):
+        load_recipe("toy-sft", ["train.report_to=[wandb]"])

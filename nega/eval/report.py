@@ -146,3 +146,78 @@ def curve_plot(
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
+
+
+def comparison_plot(path: Path, arms: dict[str, dict[str, dict | float]], title: str) -> Path:
+    """Every arm side by side: one group of bars per metric, one bar per arm (in the order given, the
+    starting model first), with 95% interval whiskers where a value is a `rate()` entry."""
+    plt = _pyplot()
+    metrics = list(dict.fromkeys(m for row in arms.values() for m in row))
+    labels = list(arms)
+    width = 0.8 / max(1, len(labels))
+    fig, ax = plt.subplots(figsize=(max(5.0, 1.2 + 1.1 * len(metrics) * max(1, len(labels)) * 0.45), 3.6))
+    colours = plt.get_cmap("tab10")
+    for j, label in enumerate(labels):
+        xs, values, low, high = [], [], [], []
+        for i, metric in enumerate(metrics):
+            entry = arms[label].get(metric)
+            value = _value(entry)
+            if value is None:
+                continue
+            xs.append(i + (j - (len(labels) - 1) / 2) * width)
+            values.append(value)
+            lo, hi = entry["ci95"] if isinstance(entry, dict) else (value, value)
+            low.append(max(0.0, value - lo))
+            high.append(max(0.0, hi - value))
+        ax.bar(xs, values, width=width, yerr=[low, high], capsize=2, label=label, color=colours(j % 10))
+    ax.set_xticks(range(len(metrics)), metrics, fontsize=8)
+    values = [v for v in (_value(e) for row in arms.values() for e in row.values()) if v is not None]
+    top, bottom = max([1.0, *values]), min([0.0, *values])
+    ax.set_ylim(bottom * 1.05, top * 1.05 if top > 1 else 1.0)
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=7, ncol=min(len(labels), 4))
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def _value(entry: dict | float | None) -> float | None:
+    return entry.get("rate") if isinstance(entry, dict) else entry
+
+
+def training_curve(path: Path, history: list[dict], title: str) -> Path | None:
+    """The loss and every method metric (`objective/metric`) against the optimizer step, one panel
+    each; None when the history logged nothing per step."""
+    series: dict[str, tuple[list[int], list[float]]] = {}
+    for entry in history:
+        step = entry.get("step")
+        if step is None:
+            continue
+        for key, value in entry.items():
+            if (key == "loss" or "/" in key) and isinstance(value, int | float) and math.isfinite(value):
+                steps, values = series.setdefault(key, ([], []))
+                steps.append(step)
+                values.append(float(value))
+    if not series:
+        return None
+    plt = _pyplot()
+    names = ["loss", *sorted(k for k in series if k != "loss")] if "loss" in series else sorted(series)
+    cols = min(3, len(names))
+    rows = math.ceil(len(names) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 2.6 * rows), squeeze=False)
+    for ax, name in zip(axes.flat, names, strict=False):
+        steps, values = series[name]
+        ax.plot(steps, values, marker="." if len(steps) < 40 else None)
+        ax.set_title(name, fontsize=9)
+        ax.set_xlabel("step", fontsize=8)
+        ax.tick_params(labelsize=7)
+    for ax in list(axes.flat)[len(names) :]:
+        ax.axis("off")
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

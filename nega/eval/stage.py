@@ -179,7 +179,10 @@ class PromptSet:
         return metrics
 
     def section(self, run: Run, metrics: dict[str, dict]) -> str | None:
-        return None
+        if not metrics:
+            return None
+        title = f"{self.name}: {len(self.prompts)} prompts, {self.n} sample(s) each"
+        return readable_section(run, self.name, title, metrics)
 
 
 def held_out_problems(recipe, name: str = "eval") -> PromptSet | None:
@@ -330,25 +333,22 @@ class HarmEval:
         return {f"{self.prefix}/{k}": v for k, v in summary(metrics).items()}
 
     def section(self, run: Run, metrics: dict[str, dict]) -> str:
-        from nega.stages import format_table
-
-        table = {}
+        rates = {}
         for label, m in metrics.items():
-            row = {"harmful rate [95% CI]": _ci_cell(m["harmful"])}
+            row = {"harmful": m["harmful"]}
             for key, column in (
-                ("refusal", "refusal rate"),
-                ("over_refusal", "over-refusal rate"),
-                ("helpful", "helpful rate"),
+                ("refusal", "refusal"),
+                ("over_refusal", "over-refusal"),
+                ("helpful", "helpful"),
             ):
                 if m.get(key) and m[key]["rate"] is not None:
-                    row[column] = m[key]["rate"]
+                    row[column] = m[key]
             if m["unparsed"]:
                 row["unparsed"] = m["unparsed"]
-            table[label] = row
+            rates[label] = row
         n = next(iter(metrics.values()))["n_prompts"] if metrics else 0
-        return format_table(
-            table, f"Harm: {self.prompts} ({n} prompts), scorer {run.recipe.eval.harm.scorer}"
-        )
+        title = f"Harm: {self.prompts} ({n} prompts), scorer {run.recipe.eval.harm.scorer}; rate [95% CI]"
+        return readable_section(run, self.name, title, rates)
 
 
 @dataclass
@@ -390,17 +390,35 @@ class ReasoningEval:
         return {f"reasoning/{k}": v for k, v in summary(metrics).items()}
 
     def section(self, run: Run, metrics: dict[str, dict]) -> str:
-        from nega.stages import format_table
-
         table = {}
         for label, m in metrics.items():
-            row = {"accuracy [95% CI]": _ci_cell(m["accuracy"])}
+            row = {"accuracy": m["accuracy"]}
             row.update({f"pass@{k}": v for k, v in m["pass@k"].items()})
             row.update({f"maj@{k}": v for k, v in m["maj@k"].items()})
             table[label] = row
         cfg = run.recipe.eval.reasoning
         n = next(iter(metrics.values()))["n_problems"] if metrics else 0
-        return format_table(table, f"Reasoning: {cfg.data} ({n} problems, {cfg.samples} samples)")
+        title = f"Reasoning: {cfg.data} ({n} problems, {cfg.samples} samples); rate [95% CI]"
+        return readable_section(run, self.name, title, table)
+
+
+def readable_section(run: Run, name: str, title: str, arms: dict[str, dict]) -> str:
+    """One evaluation as a table (arms as rows in the targets' order, the starting model first; a rate
+    with its 95% interval in one cell) and a plot of every arm side by side, `<name>.png` beside the
+    run's report.md."""
+    from nega.eval.report import comparison_plot
+    from nega.stages import format_table
+
+    plotted = {
+        label: {k: v for k, v in row.items() if isinstance(v, dict | float | int)}
+        for label, row in arms.items()
+    }
+    plot = comparison_plot(run.dir / f"{name}.png", plotted, title)
+    table = {
+        label: {k: _ci_cell(v) if isinstance(v, dict) else v for k, v in row.items()}
+        for label, row in arms.items()
+    }
+    return format_table(table, title, sort=False) + f"\n![{name}]({plot.relative_to(run.dir)})\n"
 
 
 def _ci_cell(entry: dict | None) -> str:

@@ -79,17 +79,27 @@ def test_run_evals_before_and_after(eval_run, tiny_model_dir, monkeypatch):
     assert start_rows != after_rows  # the adapter really was applied
     report = (run_dir / "report.md").read_text()
     assert report.startswith("# evals\n\nthe method's own table") and report.count(SECTION_START) == 1
-    assert (
-        "| start |" in report
-        and "| sft |" in report
-        and "harmful rate [95% CI]" in report
-        and "pass@2" in report
-    )
+    assert "| start |" in report and "| sft |" in report and "pass@2" in report
+    # One readable table per evaluation: rates with their interval in one cell, the start row first.
+    harm_rows = [
+        line for line in report.splitlines() if line.startswith("| start |") or line.startswith("| sft |")
+    ]
+    assert harm_rows[0].startswith("| start |") and "rate [95% CI]" in report
+    harmful = harm["start"]["harmful"]
+    cell = f"{harmful['rate']:.3f} [{harmful['ci95'][0]:.3f}, {harmful['ci95'][1]:.3f}]"
+    assert harm_rows[0].split(" | ")[1] == cell
+    # ... and one plot per evaluation with every arm side by side.
+    for name in ("eval-harm", "eval-reasoning"):
+        assert (
+            f"![{name}]({name}.png)" in report
+            and (run_dir / f"{name}.png").stat().st_size > 1000
+        )
     assert json.loads((run_dir / "eval.json").read_text()) == results
-    # the method's own report, written afterwards, keeps the evaluation section
+    # the method's own report, written afterwards, keeps the evaluation section first
     write_report(run, {"sft": {"loss": 0.5}})
     report = (run_dir / "report.md").read_text()
     assert "| sft | 0.500 |" in report and report.count(SECTION_START) == 1 and "| start |" in report
+    assert report.index(SECTION_START) < report.index("## All metrics") < report.index("| sft | 0.500 |")
 
     # A re-run skips both stages (no sampler is made) and replaces the report section in place.
     def no_sampler(*args, **kwargs):
