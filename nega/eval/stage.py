@@ -340,6 +340,7 @@ class HarmEval:
                 ("refusal", "refusal"),
                 ("over_refusal", "over-refusal"),
                 ("helpful", "helpful"),
+                ("degenerate", "degenerate"),
             ):
                 if m.get(key) and m[key]["rate"] is not None:
                     row[column] = m[key]
