@@ -20,13 +20,15 @@ class StepNegConfig(BaseModel):
     )
     beta: float = Field(0.1, gt=0)
     sft_epochs: float = Field(
-        3.0, gt=0, description="SFT and RFT epochs (train.max_steps is the train stage's)"
+        3.0, gt=0, description="epochs of the SFT stage that makes π_sft, whatever train.max_steps says"
     )
-    sft_lr: float | None = Field(
-        None, gt=0, description="learning rate of the SFT and RFT stages (default train.lr)"
-    )
+    sft_lr: float | None = Field(None, gt=0, description="learning rate of the SFT stage (default train.lr)")
     rft_samples: int = Field(4, ge=1, description="solutions sampled per problem for RFT")
-    rft: bool = Field(True, description="run the RFT stage (and use its data for pairs)")
+    rft: bool = Field(
+        True,
+        description="run the RFT stage (and use its data for pairs); RFT trains as the objectives do "
+        "(train.lr, train.max_steps or train.epochs), so it is compared with them at the same budget",
+    )
     negatives: int = Field(8, ge=1, description="M: solutions sampled per problem for negatives")
     best_of: int = Field(5, ge=1, description="K of BoK(π_sft) in the Q estimate")
     rollout_groups: int = Field(2, ge=1, description="R: groups of best_of continuations per prefix")

@@ -22,8 +22,10 @@ Deviations and choices where the paper is silent (each a config field):
 - π_sft is the SFT LoRA adapter merged into its base, saved as a plain model folder: the sampler
   samples it directly and the DPO adapter trains on top of it, so "adapter disabled" is π_sft.
 - RFT and per-step DPO both start from π_sft with a fresh adapter; RFT trains on the kept positives
-  only. Chosen responses come from π_sft's verified-correct samples (RFT and negatives stages); a
-  problem that π_sft never solved gives no pairs and its negatives are not rolled out.
+  only, with the train section (train.lr and train.max_steps or train.epochs) like every objective, so
+  it is compared with them at the same learning rate and number of optimizer steps. Chosen responses
+  come from π_sft's verified-correct samples (RFT and negatives stages); a problem that π_sft never
+  solved gives no pairs and its negatives are not rolled out.
 - A negative that ended on its own (EOS) is terminal and wrong, so Q_L = 0 without rollouts; one cut
   at sampling.max_tokens is not an outcome, and its last prefix is rolled out like the others. With
   `skip_after_pit` no prefix after the first zero estimate is rolled out (it cannot move the first
@@ -76,9 +78,8 @@ def run(recipe, run: Run) -> dict[str, dict[str, float]]:
     folders: dict[str, str | None] = {"sft": None}
     if cfg.rft:
         rft_pairs = [(prompts[i], y) for i, ys in enumerate(positives_of(rft_samples)) for y in ys]
-        _, folders["rft"] = sft_stage(
-            run, "rft", pi_sft, rft_pairs, inputs=[merge], overrides=sft_overrides(recipe)
-        )
+        # RFT is compared with the objectives trained on π_sft: the same train section, so the same steps.
+        _, folders["rft"] = sft_stage(run, "rft", pi_sft, rft_pairs, inputs=[merge])
 
     # pairs -> reflogps -> train, for the main objective and each one compared with it.
     pairs = pairs_stage(run, prompts, valued, positives, inputs=[advantages])
@@ -131,7 +132,7 @@ def load_problems(recipe, model_path: str):
 
 
 def sft_overrides(recipe) -> dict:
-    """SFT and RFT run `stepneg.sft_epochs` epochs at `stepneg.sft_lr`; train.max_steps is the train stage's."""
+    """SFT runs `stepneg.sft_epochs` epochs at `stepneg.sft_lr`; train.max_steps is the train stages'."""
     return {
         "num_train_epochs": recipe.stepneg.sft_epochs,
         "max_steps": -1,
