@@ -185,11 +185,14 @@ class PromptSet:
         return readable_section(run, self.name, title, metrics)
 
 
-def held_out_problems(recipe, name: str = "eval") -> PromptSet | None:
+def held_out_problems(
+    recipe, name: str = "eval", *, split: str = "test", n_rows: int | None = None
+) -> PromptSet | None:
     """Greedy answers to held-out problems, as SFT and per-step RL evaluate; None when there are none.
 
-    On a toy model the toy world's oracle scores `toy.n_test` of its test rows (every metric it gives);
-    otherwise `eval.reasoning` names a problem set, asked bare (as the SFT data asks) and graded by
+    On a toy model the toy world's oracle scores `n_rows` (default `toy.n_test`) rows of its `split`
+    (every metric it gives; its validation split is there to choose settings on); otherwise
+    `eval.reasoning` names a problem set, asked bare (as the SFT data asks) and graded by
     nega.rewards.math (or the toy world's verifier for the toy set): `accuracy` and `n`. Answers get
     `eval.reasoning.max_tokens` tokens when that section is set, else `sampling.max_tokens`.
     """
@@ -198,14 +201,16 @@ def held_out_problems(recipe, name: str = "eval") -> PromptSet | None:
         from nega.toy import make_world
 
         world = make_world(recipe.toy.world, seed=recipe.seed, **recipe.toy.options)
-        rows = world.rows("test", recipe.toy.n_test)
+        rows = world.rows(split, n_rows or recipe.toy.n_test)
         prompts = [[{"role": "user", "content": _question(r)}] for r in rows]
         columns = {k: [r.get(k) for r in rows] for k in sorted({k for r in rows for k in r})}
 
         def score_world(completions: list[str]) -> dict[str, float]:
             return world.score(prompts, completions, **columns)
 
-        return PromptSet(name, prompts, score_world, columns=rows, max_tokens=max_tokens)
+        return PromptSet(
+            name, prompts, score_world, columns=rows, max_tokens=max_tokens, config={"split": split}
+        )
     if recipe.eval.reasoning is None:
         return None
     from nega.eval.sets import load_problem_set
