@@ -4,7 +4,7 @@ and running a recipe as `nega run` does.
 The speed benchmarks (bench_*.py) time one component against its alternatives; the quality benchmarks
 (quality_*.py) train methods on the toy worlds. Import it from a script in this folder:
 
-    from harness import machine, run_recipe, seed_summary, write_result
+    from harness import machine, run_recipe, seed_summary, write_result, copy_stages, trained_folders
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import importlib
 import json
 import os
 import platform
+import shutil
 import statistics
 from pathlib import Path
 
@@ -67,3 +68,112 @@ def run_recipe(name: str, overrides: list[str], output_dir: Path) -> tuple[dict,
     recipe = load_recipe(name, overrides)
     run = Run(recipe, Path(output_dir))
     return method_entry(recipe.method)(recipe, run), run.dir
+
+
+def copy_stages(source: Path, target: Path, names: list[str]) -> list[str]:
+    """Copy the finished stages called `names` (their `manifest.json` "stage") of run folder `source` into
+    run folder `target`, keeping their numbered folder names; returns the folders copied.
+
+    A later run of the same recipe in `target` opens these stages in the same order; where a stage's
+    hash (config and inputs) matches, nega skips it, so runs that differ only downstream (another
+    learning rate) share the copied model, samples and references instead of recomputing them. A stage
+    whose hash does not match is rerun by nega as usual. Folders already in `target` are left alone."""
+    source, target = Path(source), Path(target)
+    copied = []
+    for manifest in sorted(source.glob("*/manifest.json")):
+        folder = manifest.parent
+        if json.loads(manifest.read_text()).get("stage") in names and not (target / folder.name).exists():
+            target.mkdir(parents=True, exist_ok=True)
+            shutil.copytree(folder, target / folder.name, ignore=shutil.ignore_patterns("checkpoints"))
+            copied.append(folder.name)
+    return copied
+
+
+def stage_manifests(run_dir: Path) -> dict[str, dict]:
+    """{stage name: manifest} of every finished stage of a run folder."""
+    out = {}
+    for manifest in sorted(Path(run_dir).glob("*/manifest.json")):
+        data = json.loads(manifest.read_text())
+        out[data["stage"]] = {**data, "dir": str(manifest.parent)}
+    return out
+
+
+def trained_folders(run_dir: Path) -> dict[str, str]:
+    """{stage name: the folder it trained} for every finished training stage of a run folder."""
+    out = {}
+    for name, manifest in stage_manifests(run_dir).items():
+        log = Path(manifest["dir"]) / "train_log.json"
+        if log.is_file():
+            out[name] = json.loads(log.read_text())["folder"]
+    return out
+
+
+def provenance(script: str | Path) -> dict:
+    """What produced a result: nega's git commit (and whether the tree had changes), and sha256 of
+    nega's source (its .py and recipe files) and of the benchmark script."""
+    import hashlib
+    import subprocess
+
+    root = Path(__file__).resolve().parents[1]
+    source = hashlib.sha256()
+    package = root / "nega"
+    for path in sorted([*package.rglob("*.py"), *package.rglob("*.yaml")]):
+        source.update(str(path.relative_to(package)).encode() + b"\0" + path.read_bytes() + b"\0")
+
+    def git(*args: str) -> str | None:
+        try:
+            done = subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, timeout=30)
+        except (OSError, subprocess.SubprocessError):
+            return None
+        return done.stdout.strip() if done.returncode == 0 else None
+
+    status = git("status", "--porcelain", "--", "nega")
+    return {
+        "git_commit": git("rev-parse", "HEAD"),
+        "nega_changed_since_commit": bool(status) if status is not None else None,
+        "nega_source_sha256": source.hexdigest(),
+        "script_sha256": hashlib.sha256(Path(script).read_bytes()).hexdigest(),
+    }
+
+
+OPERATORS = {
+    "<": lambda a, b: a < b,
+    "<=": lambda a, b: a <= b,
+    ">": lambda a, b: a > b,
+    ">=": lambda a, b: a >= b,
+}
+
+
+def compare_arms(
+    methods: dict, left: str, op: str, right: str, metric: str, *, scale: float = 1.0, offset: float = 0.0
+) -> dict:
+    """One target of a quality benchmark, `left op scale * right + offset` on `metric`, checked on the
+    means over seeds (`met`) and seed by seed (`per_seed`), with the measured means and the threshold.
+    `methods` is the results' {arm: {metric: seed_summary}}."""
+    check = OPERATORS[op]
+    a, b = methods[left][metric], methods[right][metric]
+    threshold = scale * b["mean"] + offset
+    bound = (f"{scale:g} x " if scale != 1 else "") + right + (f" {offset:+g}" if offset else "")
+    per_seed = [check(x, scale * y + offset) for x, y in zip(a["per_seed"], b["per_seed"], strict=True)]
+    return {
+        "statement": f"{left} {metric} {op} {bound}",
+        "metric": metric,
+        "measured": {left: a["mean"], right: b["mean"]},
+        "threshold": threshold,
+        "met": check(a["mean"], threshold),
+        "per_seed": per_seed,
+    }
+
+
+def own_seconds(manifests: dict[str, dict], seen: set) -> dict[str, float]:
+    """{stage: seconds} of the stages not met before: a stage copied from another run folder (or
+    found there by the same hash and finish time) is counted once, in the first run that did it.
+    `seen` collects (hash, finish time) of the stages counted so far; pass the same set for every run
+    of a benchmark."""
+    out = {}
+    for name, manifest in manifests.items():
+        key = (manifest["hash"], manifest["finished_at"])
+        if key not in seen:
+            seen.add(key)
+            out[name] = manifest["seconds"]
+    return out

@@ -1,8 +1,13 @@
-"""Write benchmarks/README.md from the JSON results under benchmarks/results/.
+"""Write benchmarks/README.md from the speed results under benchmarks/results/, and the tables of the
+project README's "Results on the toy worlds" from the quality results.
 
-`make bench` runs the speed benchmarks and then this script; it can also run on its own:
+`make bench` and `make bench-quality` run their benchmarks and then this script; it can also run on
+its own:
 
     .venv/bin/python benchmarks/report.py
+
+In README.md each quality table sits between `<!-- nega:quality_<method> -->` and
+`<!-- /nega:quality_<method> -->`; only those blocks are rewritten, the prose around them is kept.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ from pathlib import Path
 
 HERE = Path(__file__).parent
 RESULTS = HERE / "results"
+PROJECT_README = HERE.parent / "README.md"
 
 # Top-level ratios each speed benchmark reports: the target it is held to, and the two arms it divides
 # with the per-repetition field they are measured by (for the run-to-run spread of the ratio).
@@ -162,6 +168,114 @@ def section(path: Path) -> list[str]:
     return [*lines, ""]
 
 
+# The quality benchmarks' tables: per results file, its arms in order and its metrics with the better
+# direction (↓ lower, ↑ higher, "" neither), then the extra lines a method reports.
+QUALITY = {
+    "quality_d2o": {
+        "arms": ["sft", "ga", "dpo_self", "kto_neg", "d2o", "d2o_online", "d2o_filtered"],
+        "metrics": {"harmful_rate": "↓", "helpful_rate": "↑", "informative_rate": "↑",
+                    "degenerate_rate": "↓", "refusal_rate": ""},
+    },
+    "quality_stepneg": {
+        "arms": ["start", "pi_sft", "sft_1x", "sft_2x", "sft_4x", "sft_8x", "rft", "outcome_dpo",
+                 "stepneg_dpo", "stepneg_awr"],
+        "metrics": {"accuracy": "↑", "all_steps_right": "↑", "carry_error_rate": "↓",
+                    "operation_error_rate": "↓", "spurious_rate": "↓"},
+    },
+    "quality_qcrd": {
+        "arms": ["start", "label_only", "step_by_step", "qcrd_no_disc", "qcrd", "qcrd_no_hinge"],
+        "metrics": {"accuracy": "↑", "rationale_quality": "↑", "rationale_accuracy": "↑"},
+    },
+}  # fmt: skip
+
+
+def mean_std(summary: dict) -> str:
+    return f"{summary['mean']:.3f} ± {summary['std']:.3f}"
+
+
+def quality_block(name: str, data: dict) -> list[str]:
+    """The README block of one quality benchmark: arms × metrics (mean ± std over seeds) with each arm's
+    chosen learning rate per seed, every target with its per-seed verdicts, and for each target not
+    met the per-seed values of the arms it compares."""
+    spec = QUALITY[name]
+    seeds = data["seeds"]
+    arms = [a for a in spec["arms"] if a in data["methods"]]
+    metrics = [m for m in spec["metrics"] if all(m in data["methods"][a] for a in arms)]
+    head = [f"{m} {spec['metrics'][m]}".rstrip() for m in metrics]
+    lr_head = "learning rate, seeds " + ", ".join(map(str, seeds))
+    lines = ["| arm | " + " | ".join(head) + f" | {lr_head} |", "|---" * (len(metrics) + 2) + "|"]
+    for arm in arms:
+        chosen = data.get("chosen_lr", {}).get(arm)
+        lrs = ", ".join(f"{chosen[str(s)]:g}" for s in seeds) if chosen else "—"
+        cells = [mean_std(data["methods"][arm][m]) for m in metrics]
+        lines.append(f"| {arm} | " + " | ".join(cells) + f" | {lrs} |")
+    n = len(seeds)
+    lines += ["", f"Targets, on the means over {n} seeds (and seed by seed):", ""]
+    for target in data.get("targets", {}).values():
+        measured = ", ".join(
+            f"{arm} {value:.3f}" for arm, value in target["measured"].items() if value is not None
+        )
+        verdict = "met" if target["met"] else "**not met**"
+        per_seed = ", ".join("yes" if ok else "no" for ok in target["per_seed"])
+        lines.append(
+            f"- `{target['statement']}`: {measured} (threshold {target['threshold']:.3f}) — {verdict}; "
+            f"holds on seeds: {per_seed}"
+        )
+    for extra in spec_lines(name, data):
+        lines += ["", extra]
+    unmet = [t for t in data.get("targets", {}).values() if not t["met"]]
+    if unmet:
+        lines += ["", "Per seed, for the targets not met:", ""]
+        lines += [
+            "| metric | arm | " + " | ".join(f"seed {s}" for s in seeds) + " |",
+            "|---|---" + "|---" * n + "|",
+        ]
+        shown = set()
+        for target in unmet:
+            metric = target["metric"]
+            for arm in target["measured"]:
+                if (metric, arm) in shown or arm not in data["methods"]:
+                    continue
+                shown.add((metric, arm))
+                values = data["methods"][arm][metric]["per_seed"]
+                lines.append(f"| {metric} | {arm} | " + " | ".join(f"{v:.3f}" for v in values) + " |")
+    return lines
+
+
+def spec_lines(name: str, data: dict) -> list[str]:
+    """A method's extra lines under its table."""
+    if name == "quality_stepneg" and "first_pit_precision" in data:
+        return [
+            f"First pits found by rollouts that are the world's true first wrong step: precision "
+            f"{mean_std(data['first_pit_precision'])}, recall {mean_std(data['first_pit_recall'])}."
+        ]
+    return []
+
+
+def replace_block(text: str, name: str, block: list[str]) -> str:
+    start, end = f"<!-- nega:{name} -->", f"<!-- /nega:{name} -->"
+    if start not in text or end not in text:
+        raise SystemExit(
+            f"README.md has no {start} ... {end} block for {name}; add the two markers where it goes"
+        )
+    before, rest = text.split(start, 1)
+    _, after = rest.split(end, 1)
+    return before + start + "\n" + "\n".join(block) + "\n" + end + after
+
+
+def write_quality(readme: Path = PROJECT_README) -> list[str]:
+    """Rewrite README.md's quality blocks from the results files that exist; returns their names."""
+    text = readme.read_text()
+    written = []
+    for name in QUALITY:
+        path = RESULTS / f"{name}.json"
+        if path.exists():
+            text = replace_block(text, name, quality_block(name, json.loads(path.read_text())))
+            written.append(name)
+    readme.write_text(text)
+    return written
+
+
 def main() -> None:
     lines = [INTRO]
     files = sorted(RESULTS.glob("bench_*.json"))
@@ -172,6 +286,9 @@ def main() -> None:
     out = HERE / "README.md"
     out.write_text("\n".join(lines).rstrip() + "\n")
     print(f"wrote {out}")
+    written = write_quality()
+    if written:
+        print(f"wrote the {', '.join(written)} tables of {PROJECT_README}")
 
 
 if __name__ == "__main__":
