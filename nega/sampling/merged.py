@@ -7,9 +7,10 @@ seconds; so on a CPU, evaluations and online rounds that sample many tokens thro
 faster merged (`sampling.adapter_mode: auto` picks this when no GPU is visible). On GPUs the LoRA
 kernels cost little and one engine serves every adapter, so `auto` keeps the adapter there.
 
-One engine at a time: the base engine for calls without an adapter, or the engine of the latest
-adapter. A merged copy is kept per adapter version (folder and weights mtime) in a temporary folder,
-removed on `close()`.
+At most `max_engines` engines stay up (default 2: the base and the latest adapter, so an evaluation
+that alternates between the starting model and one trained adapter over several prompt sets starts each
+engine once); the least recently used one is closed first. A merged copy is kept per adapter version
+(folder and weights mtime) in a temporary folder, removed on `close()`.
 """
 
 from __future__ import annotations
@@ -25,17 +26,20 @@ from nega.sampling.base import Completion, Prompt, adapter_version
 class MergedAdapterSampler:
     """The Sampler protocol over engines built by `make(folder)`, each serving one set of weights."""
 
-    def __init__(self, model_path: str | Path, make: Callable[[str], object], *, model_cfg=None):
+    def __init__(
+        self, model_path: str | Path, make: Callable[[str], object], *, model_cfg=None, max_engines: int = 2
+    ):
         """`make(folder)` starts a sampler without LoRA layers on a model folder; `model_cfg` (its dtype)
         loads the base weights for merging."""
         self.model_path = str(model_path)
         self.make = make
         self.model_cfg = model_cfg
+        self.max_engines = max(1, max_engines)
         self.work = Path(tempfile.mkdtemp(prefix="nega-merged-"))
         self.merged: dict[tuple[Path, int], Path] = {}
-        self.serving: str | None = None  # folder the live engine samples
-        self.engine = None
+        self.engines: dict[str, object] = {}  # folder -> engine, least recently used first
         self.merges = 0
+        self.starts = 0
 
     def generate(
         self,
@@ -46,11 +50,15 @@ class MergedAdapterSampler:
         **options,
     ) -> list[list[Completion]]:
         folder = self.model_path if adapter is None else str(self._merged(adapter))
-        if self.serving != folder:
-            self._stop()
-            self.engine = self.make(folder)
-            self.serving = folder
-        return self.engine.generate(prompts, description=description, **options)
+        engine = self.engines.pop(folder, None)
+        if engine is None:
+            while len(self.engines) >= self.max_engines:
+                oldest = next(iter(self.engines))
+                self.engines.pop(oldest).close()
+            engine = self.make(folder)
+            self.starts += 1
+        self.engines[folder] = engine  # now the most recently used
+        return engine.generate(prompts, description=description, **options)
 
     def _merged(self, adapter: str | Path) -> Path:
         from nega.models import merge_adapter
@@ -66,13 +74,9 @@ class MergedAdapterSampler:
             self.merges += 1
         return self.merged[key]
 
-    def _stop(self) -> None:
-        if self.engine is not None:
-            self.engine.close()
-            self.engine = None
-            self.serving = None
-
     def close(self) -> None:
-        self._stop()
+        for engine in self.engines.values():
+            engine.close()
+        self.engines.clear()
         shutil.rmtree(self.work, ignore_errors=True)
         self.merged.clear()

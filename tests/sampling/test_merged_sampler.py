@@ -36,11 +36,42 @@ def test_merged_adapter_samples_what_the_live_adapter_samples(tiny_model_dir, lo
         assert merged.merges == 1 and len(started) == 1  # merged once, the engine kept
         assert [g[0].text for g in merged.generate(PROMPTS, **options)] == plain
         assert started[-1] == str(tiny_model_dir)  # a call without adapter samples the base
+        # Two engines stay up: alternating between the adapter and the base starts nothing new.
+        merged.generate(PROMPTS, adapter=lora_adapter_dir, **options)
+        merged.generate(PROMPTS, **options)
+        assert merged.starts == 2 and len(started) == 2
         work = merged.work
     finally:
         live.close()
         merged.close()
     assert not Path(work).exists()
+
+
+def test_least_recently_used_engine_is_closed_first(tiny_model_dir, tmp_path):
+    closed = []
+
+    class Engine:
+        def __init__(self, folder):
+            self.folder = folder
+
+        def generate(self, prompts, **options):
+            return [[self.folder] for _ in prompts]
+
+        def close(self):
+            closed.append(self.folder)
+
+    one = write_lora_adapter(tiny_model_dir, tmp_path / "one", seed=5)
+    two = write_lora_adapter(tiny_model_dir, tmp_path / "two", seed=6)
+    merged = MergedAdapterSampler(tiny_model_dir, Engine, max_engines=2)
+    try:
+        base = merged.generate(["p"])[0][0]
+        first = merged.generate(["p"], adapter=one)[0][0]
+        merged.generate(["p"])  # the base is used again, so adapter one is now the oldest
+        merged.generate(["p"], adapter=two)
+        assert closed == [first] and base not in closed and merged.starts == 3
+    finally:
+        merged.close()
+    assert len(closed) == 3
 
 
 def test_new_weights_in_the_same_folder_are_merged_again(tiny_model_dir, tmp_path):
