@@ -10,7 +10,8 @@ A problem row, after `problem_of`::
 positives and incorrect negatives, each deduplicated. After the rollouts, a negative carries its steps,
 values, advantages and first pit c, and becomes one training example per objective::
 
-    per-step DPO  {"prompt": <rendered>, "chosen": y⁺, "rejected": ŷ_1..c, "rejected_eos": false, ...}
+    per-step DPO  {"prompt": <rendered>, "chosen": y⁺, "chosen_ids": [π_sft's sampled ids of y⁺],
+                   "rejected": ŷ_1..c, "rejected_eos": false, ...}
     outcome DPO   {"prompt": <rendered>, "chosen": y⁺, "rejected": ŷ (whole),  "rejected_eos": true, ...}
     AWR           {"prompt": <rendered>, "steps": [ŷ_1, ..., ŷ_L], "advantages": [A_1, ..., A_L],
                    "eos": true, "correct": false}     (right samples too: see `awr_rows`)
@@ -200,7 +201,13 @@ class PairCollator:
 
     def __call__(self, examples: list[dict]) -> dict[str, torch.Tensor]:
         encoded = [
-            encode_pair(self.tokenizer, e["prompt"], e["chosen"], add_eos=True, max_length=self.max_length)
+            encode_pair(
+                self.tokenizer,
+                e["prompt"],
+                e["chosen"] if e.get("chosen_ids") is None else e["chosen_ids"],
+                add_eos=True,
+                max_length=self.max_length,
+            )
             for e in examples
         ]
         encoded += [

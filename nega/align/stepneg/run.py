@@ -46,8 +46,10 @@ LABELS = {"dpo": "stepneg_dpo", "awr": "stepneg_awr", "outcome_dpo": "outcome_dp
 
 
 def run(recipe, run: Run) -> dict[str, dict[str, float]]:
+    from nega.chat import stop_ids
     from nega.data import DataError
     from nega.eval.stage import START_LABEL, EvalTarget, evaluate, held_out_problems, trained_target
+    from nega.models import load_tokenizer
     from nega.sft import sft_stage
     from nega.stages import base_model, write_report
 
@@ -72,17 +74,21 @@ def run(recipe, run: Run) -> dict[str, dict[str, float]]:
         # negatives: M samples, incorrect kept.
         samples = sample_and_verify(run, "negatives", sampler, prompts, verify, cfg.negatives, 1, [merge])
         positives = pool_positives([rft_samples, samples])
+        # Sampled solutions are trained on as the ids π_sft produced, not their re-tokenized text.
+        tokens = sampled_tokens([rft_samples, samples], stop_ids(load_tokenizer(pi_sft, recipe.model)))
         # advantages: per-step values by rollouts from π_sft, and the first pit.
         advantages, valued = advantages_stage(run, sampler, prompts, verify, samples, positives)
 
     folders: dict[str, str | None] = {"sft": None}
     if cfg.rft:
-        rft_pairs = [(prompts[i], y) for i, ys in enumerate(positives_of(rft_samples)) for y in ys]
+        rft_pairs = [
+            (prompts[i], tokens.get((i, y), y)) for i, ys in enumerate(positives_of(rft_samples)) for y in ys
+        ]
         # RFT is compared with the objectives trained on π_sft: the same train section, so the same steps.
         _, folders["rft"] = sft_stage(run, "rft", pi_sft, rft_pairs, inputs=[merge])
 
     # pairs -> reflogps -> train, for the main objective and each one compared with it.
-    pairs = pairs_stage(run, prompts, valued, positives, inputs=[advantages])
+    pairs = pairs_stage(run, prompts, valued, positives, tokens, inputs=[advantages])
     for loss in dict.fromkeys([cfg.loss, *cfg.compare]):
         examples = reflogps_stage(run, loss, pi_sft, pairs, inputs=[merge])
         folders[LABELS[loss]] = train_objective(run, loss, pi_sft, examples, inputs=[merge, pairs])
@@ -202,6 +208,7 @@ def sample_and_verify(
         rows = [
             {
                 "texts": [c.text for c in group],
+                "token_ids": [c.token_ids for c in group],
                 "finish_reasons": [c.finish_reason for c in group],
                 "correct": [verify(i, c.text) for c in group],
             }
@@ -223,6 +230,22 @@ def positives_of(samples: list[dict]) -> list[list[str]]:
     return [
         list(dict.fromkeys(t for t, ok in zip(r["texts"], r["correct"], strict=True) if ok)) for r in samples
     ]
+
+
+def sampled_tokens(sample_sets: list[list[dict]], end_ids: set[int]) -> dict[tuple[int, str], list[int]]:
+    """(problem, solution text) -> the token ids π_sft sampled for it (first seen), without the end
+    token: what training scores for a sampled solution (`nega.chat.response_tokens`)."""
+    from nega.chat import response_tokens
+
+    tokens: dict[tuple[int, str], list[int]] = {}
+    for samples in sample_sets:
+        for i, row in enumerate(samples):
+            ids_of = row.get("token_ids") or [None] * len(row["texts"])
+            for text, ids, reason in zip(row["texts"], ids_of, row["finish_reasons"], strict=True):
+                if ids and (i, text) not in tokens:
+                    completion = {"text": text, "token_ids": ids, "finish_reason": reason}
+                    tokens[(i, text)] = response_tokens(completion, end_ids)
+    return tokens
 
 
 def pool_positives(sample_sets: list[list[dict]]) -> dict[int, list[str]]:
@@ -306,8 +329,12 @@ def advantages_stage(run: Run, sampler: LazySampler, prompts, verify, samples: l
     return stage, read_jsonl(stage.dir / "advantages.jsonl")
 
 
-def pairs_stage(run: Run, prompts, valued: list[dict], positives: dict, inputs):
-    """Per-step pairs and outcome pairs over the same negatives; AWR rows over every valued sample."""
+def pairs_stage(run: Run, prompts, valued: list[dict], positives: dict, tokens: dict, inputs):
+    """Per-step pairs and outcome pairs over the same negatives; AWR rows over every valued sample.
+
+    A pair's chosen solution carries the ids π_sft sampled for it (`chosen_ids`). Rejected prefixes stay
+    text cut at step boundaries: the rollouts that valued them continued that same text, tokenized the
+    same way, so the values and the trained tokens agree."""
     from nega.align.stepneg.data import awr_rows, outcome_pairs, step_pairs
     from nega.pipeline import write_jsonl
 
@@ -320,6 +347,9 @@ def pairs_stage(run: Run, prompts, valued: list[dict], positives: dict, inputs):
             "outcome_dpo": outcome_pairs(negatives, prompts, positives, run.recipe.seed),
             "awr": awr_rows(valued, prompts, positives) if "awr" in (cfg.loss, *cfg.compare) else [],
         }
+        for loss in ("dpo", "outcome_dpo"):
+            for row in files[loss]:
+                row["chosen_ids"] = tokens.get((row["problem"], row["chosen"]))
         for loss, rows in files.items():
             write_jsonl(stage.dir / f"{loss}.jsonl", rows)
         pits = [r["pit"] for r in files["dpo"]]

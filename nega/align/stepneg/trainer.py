@@ -82,9 +82,16 @@ class StepNegTrainer(MethodTrainer):
         return self.objective(model, inputs, self.beta, self.awr_clip)
 
 
+def chosen_response(example: dict) -> str | list[int]:
+    """What a pair's chosen side scores: the ids π_sft sampled for it, else its text."""
+    ids = example.get("chosen_ids")
+    return example["chosen"] if ids is None else ids
+
+
 def attach_reference_logps(examples: list[dict], model_path: str, model_cfg, cache=None) -> list[dict]:
     """DPO examples with `ref_chosen` and `ref_rejected` filled from π_sft."""
-    pairs = [(e["prompt"], e["chosen"]) for e in examples] + [(e["prompt"], e["rejected"]) for e in examples]
+    pairs = [(e["prompt"], chosen_response(e)) for e in examples]
+    pairs += [(e["prompt"], e["rejected"]) for e in examples]
     eos = [True] * len(examples) + [bool(e["rejected_eos"]) for e in examples]
     values = reference_logps(
         model_path, model_cfg, pairs, eos, cache=cache, description="reference log-probs (pi_sft)"

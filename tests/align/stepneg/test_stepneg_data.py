@@ -143,3 +143,20 @@ def test_step_collator_scores_a_finished_sample_with_eos_in_its_last_step(tokeni
     assert batch["input_ids"][0, length - 1].item() == tokenizer.eos_token_id
     assert batch["step_index"][0, length - 1].item() == 3  # the EOS belongs to the last step
     assert batch["step_index"][0, length - 2].item() == 3
+
+
+def test_chosen_solutions_are_scored_by_the_ids_pi_sft_sampled(tokenizer):
+    from nega.align.stepneg.run import sampled_tokens
+
+    text = "7 + 5 = 12\n"
+    sampled = [tokenizer.convert_tokens_to_ids(c) for c in text if c != "\n"] + [tokenizer.eos_token_id]
+    samples = [{"texts": [text, "wrong"], "token_ids": [sampled, [5, 6]], "finish_reasons": ["stop", "length"],
+                "correct": [True, False]}]  # fmt: skip
+    tokens = sampled_tokens([samples], {tokenizer.eos_token_id})
+    assert tokens[(0, text)] == sampled[:-1] and tokens[(0, "wrong")] == [5, 6]
+    row = {"prompt": "Q:", "chosen": text, "chosen_ids": tokens[(0, text)], "rejected": "7 + 5 = 13\n",
+           "rejected_eos": False, "ref_chosen": -1.0, "ref_rejected": -2.0}  # fmt: skip
+    batch = PairCollator(tokenizer)([row])
+    prompt_len = len(tokenizer("Q:", add_special_tokens=False)["input_ids"])
+    chosen = batch["input_ids"][0][batch["attention_mask"][0].bool()].tolist()
+    assert chosen[prompt_len:] == sampled  # the sampled ids, then the end token, not re-tokenized text
