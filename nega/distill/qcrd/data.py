@@ -47,6 +47,8 @@ from typing import Any
 
 import torch
 
+from nega.chat import response_tokens
+
 PREDICT_PREFIX = "predict: "
 EXPLAIN_PREFIX = "explain: "
 STEP_BY_STEP_MARKERS = {"cqa": "So the answer is", "svamp": "The answer is"}
@@ -220,9 +222,10 @@ def sample_self_negatives(
 ) -> list[dict]:
     """One `explain:` rationale per example from the student (`adapter`; None = the base model).
 
-    Returns [{"id", "texts": [rationale], "finish_reasons": [reason]}] (both empty when the sample is
-    blank). The reason ("stop" or "length") decides whether the rationale is scored with EOS: one cut
-    at max_tokens never ended, and teaching the student that it ends there would be a second error.
+    Returns [{"id", "texts": [rationale], "token_ids": [ids], "finish_reasons": [reason]}] (all empty
+    when the sample is blank). Training scores the sampled ids (`nega.chat.response_tokens`), not the
+    text. The reason ("stop" or "length") decides whether the rationale is scored with EOS: one cut at
+    max_tokens never ended, and teaching the student that it ends there would be a second error.
     """
     outputs = sampler.generate(
         [explain_prompt(e["question"]) for e in examples], n=1, temperature=temperature, top_p=top_p,
@@ -235,6 +238,7 @@ def sample_self_negatives(
             {
                 "id": e["id"],
                 "texts": [c.text.strip() for c in kept],
+                "token_ids": [c.token_ids for c in kept],
                 "finish_reasons": [c.finish_reason for c in kept],
             }
         )
@@ -251,7 +255,17 @@ def with_negatives(examples: list[dict], sampled: list[dict]) -> list[dict]:
         row = by_id.get(e["id"], {"texts": []})
         reasons = row.get("finish_reasons") or ["stop"] * len(row["texts"])
         eos = negatives_eos(e) + [reason == "stop" for reason in reasons]
-        out.append(dict(e, negatives=e["negatives"] + row["texts"], negatives_eos=eos))
+        sampled = [
+            {"text": text, "token_ids": ids, "finish_reason": reason}
+            for text, ids, reason in zip(
+                row["texts"], row.get("token_ids") or [None] * len(row["texts"]), reasons, strict=True
+            )
+        ]
+        sampled_before = e.get("negatives_sampled") or [None] * len(e["negatives"])
+        out.append(
+            dict(e, negatives=e["negatives"] + row["texts"], negatives_eos=eos,
+                 negatives_sampled=sampled_before + sampled)
+        )  # fmt: skip
     return out
 
 
@@ -407,7 +421,8 @@ class MultiTaskCollator:
     """Examples -> one padded batch holding every sequence the QCRD loss needs.
 
     Each example dict has `question`, `label`, `positives` and `negatives` (lists of rationale texts),
-    optional `negatives_eos` (per negative: scored with EOS; default all) and optional `pos_scores` /
+    optional `negatives_eos` (per negative: scored with EOS; default all), optional `negatives_sampled`
+    (per negative: the sampler's completion, whose ids are scored, or None) and optional `pos_scores` /
     `neg_scores` (discriminator scores, same lengths; default 1 and 0). The
     batch stacks, in order, B label sequences, then the positives and the negatives of every row:
 
@@ -422,12 +437,17 @@ class MultiTaskCollator:
     def __init__(
         self, tokenizer, *, max_length: int | None = None, rationales: bool = True, negatives: bool = True
     ):
+        from nega.chat import stop_ids
+
         self.tokenizer = tokenizer
         self.max_length = max_length
         self.rationales = rationales
         self.negatives = negatives
+        self.end_ids = stop_ids(tokenizer)
 
-    def _encode(self, prompt: list[dict], response: str, eos: bool = True) -> tuple[list[int], int]:
+    def _encode(
+        self, prompt: list[dict], response: str | list[int], eos: bool = True
+    ) -> tuple[list[int], int]:
         from nega.logps import encode_pair
         from nega.sampling.base import render_prompt
 
@@ -456,12 +476,15 @@ class MultiTaskCollator:
                 given = example.get(f"{kind}_scores")
                 # A negative cut at max_tokens is scored without EOS (it never ended).
                 ends = negatives_eos(example) if kind == "neg" and items else [True] * len(items)
+                sampled = example.get("negatives_sampled") if kind == "neg" else None
                 for j, text in enumerate(items):
                     index[b, j] = len(encoded)
                     mask[b, j] = True
                     if given is not None:
                         scores[b, j] = float(given[j])
-                    encoded.append(self._encode(explain_prompt(example["question"]), text, ends[j]))
+                    # A sampled negative is scored by the ids the student produced, not its stripped text.
+                    response = response_tokens(sampled[j], self.end_ids) if sampled and sampled[j] else text
+                    encoded.append(self._encode(explain_prompt(example["question"]), response, ends[j]))
             groups[kind] = (index, mask, scores)
         input_ids, attention_mask, response_mask = collate_sequences(encoded, self.tokenizer.pad_token_id)
         return {

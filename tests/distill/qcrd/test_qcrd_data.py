@@ -179,8 +179,8 @@ def test_self_negatives_keep_their_finish_reason_and_a_cut_one_is_scored_without
     ]  # fmt: skip
     sampled = sample_self_negatives(FinishingSampler(), examples, adapter=None)
     assert sampled == [
-        {"id": "a", "texts": ["rationale 0"], "finish_reasons": ["stop"]},
-        {"id": "b", "texts": ["rationale 1"], "finish_reasons": ["length"]},
+        {"id": "a", "texts": ["rationale 0"], "token_ids": [[]], "finish_reasons": ["stop"]},
+        {"id": "b", "texts": ["rationale 1"], "token_ids": [[]], "finish_reasons": ["length"]},
     ]
     merged = with_negatives(examples, sampled)
     assert [e["negatives"] for e in merged] == [["4.", "rationale 0"], ["rationale 1"]]
@@ -199,3 +199,21 @@ def test_self_negatives_keep_their_finish_reason_and_a_cut_one_is_scored_without
     neg_rows = [batch["neg_index"][0, 0], batch["neg_index"][0, 1], batch["neg_index"][1, 0]]
     assert [last_token(r) == eos for r in neg_rows] == [True, True, False]
     assert last_token(batch["pos_index"][1, 0]) == eos  # positives always end
+
+
+def test_self_negatives_are_scored_by_the_ids_the_student_sampled():
+    from nega.distill.qcrd.data import with_negatives
+    from nega.toy.model import build_tokenizer
+
+    lines = ["predict: what is 1 plus 2? 3", "explain: 1 plus 2 is 3. rationale"]
+    tokenizer = build_tokenizer(lines * 5, vocab_size=300)
+    # " rationale" letter by letter (the tokenizer would merge it), then the end token the student chose.
+    ids = [tokenizer.convert_tokens_to_ids(c) for c in "rational"] + [tokenizer.eos_token_id]
+    example = {"id": "a", "question": "what is 1 plus 2?", "label": "3", "positives": ["3."], "negatives": []}
+    merged = with_negatives([example], [{"id": "a", "texts": ["rational"], "token_ids": [ids],
+                                         "finish_reasons": ["stop"]}])  # fmt: skip
+    batch = MultiTaskCollator(tokenizer)(merged)
+    row = batch["neg_index"][0, 0]
+    scored = batch["input_ids"][row][batch["response_mask"][row]].tolist()
+    assert scored == ids
+    assert tokenizer("rational", add_special_tokens=False)["input_ids"] != ids[:-1]  # text would differ
