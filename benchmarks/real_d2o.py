@@ -78,6 +78,19 @@ def split_hh(path: Path, train_n: int, val_n: int, val_percent: int = 20) -> tup
     return train[:train_n], val[:val_n]
 
 
+def test_prompts(advbench: int, xstest: int | None) -> list[dict]:
+    """AdvBench requests (`advbench` of them, spread over the set) and XSTest prompts (all, or `xstest`
+    spread), as one prompt file; `category` tells them apart (XSTest's keeps its type)."""
+    from nega.eval.sets import load_harm_set
+
+    rows = [{**item, "category": "advbench"} for item in load_harm_set("advbench", limit=advbench).items]
+    rows += [
+        {**item, "category": f"xstest-{item['category']}"}
+        for item in load_harm_set("xstest", limit=xstest).items
+    ]
+    return rows
+
+
 def gsm8k_pairs(path: Path, n: int) -> list[tuple[str, str]]:
     """(question, solution) pairs: the first n rows, calculator annotations removed."""
     from nega.rewards.math import strip_calculator_annotations
@@ -252,6 +265,7 @@ def main() -> None:
     val_file = write_jsonl(
         work / "data" / "validation.jsonl", [{"prompt": r["request"], "label": "harmful"} for r in val_rows]
     )
+    test_file = write_jsonl(work / "data" / "test.jsonl", test_prompts(args.advbench, args.xstest))
     val_nll_pairs = gsm8k_pairs(find_data_file("gsm8k", "train.jsonl"), args.val_nll_items)
     test_nll_pairs = gsm8k_pairs(find_data_file("gsm8k", "test.jsonl"), args.nll_items)
 
@@ -289,12 +303,14 @@ def main() -> None:
         chosen = {arm: select_lr(val, base_val) for arm, val in validation.items()}
         targets = {"base": None} | {arm: adapters_by_lr[chosen[arm]][arm] for arm in chosen}
 
-        # Test: AdvBench and XSTest answers, and the utility NLL, for every arm at its chosen rate.
+        # Test: AdvBench and XSTest answers (one prompt file, so each arm's engine starts once), and the
+        # utility NLL, for every arm at its chosen rate.
         t0 = time.time()
-        _, adv_rows = harm_eval(args, model_path, targets, "advbench", args.advbench,
-                                work / f"seed-{seed}" / "test-advbench", seed)  # fmt: skip
-        _, xs_rows = harm_eval(args, model_path, targets, "xstest", args.xstest,
-                               work / f"seed-{seed}" / "test-xstest", seed)  # fmt: skip
+        _, rows = harm_eval(
+            args, model_path, targets, str(test_file), None, work / f"seed-{seed}" / "test", seed
+        )
+        adv_rows = {arm: [r for r in rows[arm] if r["category"] == "advbench"] for arm in rows}
+        xs_rows = {arm: [r for r in rows[arm] if r["category"].startswith("xstest")] for arm in rows}
         timings["test answers"] = time.time() - t0
         t0 = time.time()
         tests = {

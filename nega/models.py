@@ -264,12 +264,13 @@ def load_tokenizer(model_path: str | Path, model_cfg=None):
     return tokenizer
 
 
-def load_base_model(model_path: str | Path, model_cfg=None):
+def load_base_model(model_path: str | Path, model_cfg=None, *, dtype: str | None = None):
+    """The model at `model_path` in `dtype` (else the recipe's `model.dtype`, else the checkpoint's)."""
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(
         str(model_path),
-        dtype=torch_dtype(model_cfg.dtype if model_cfg else "auto"),
+        dtype=torch_dtype(dtype or (model_cfg.dtype if model_cfg else "auto")),
         trust_remote_code=bool(model_cfg and model_cfg.trust_remote_code),
         revision=getattr(model_cfg, "revision", None),
         use_safetensors=True,
@@ -320,11 +321,14 @@ def save_adapter(model, tokenizer, path: Path) -> Path:
     return path
 
 
-def merge_adapter(base_path: str | Path, adapter: str | Path, out: Path, model_cfg=None) -> Path:
-    """Merge a LoRA adapter into its base weights and save the full model (for `nega push --merge`)."""
+def merge_adapter(
+    base_path: str | Path, adapter: str | Path, out: Path, model_cfg=None, *, dtype: str | None = None
+) -> Path:
+    """Merge a LoRA adapter into its base weights and save the full model (for `nega push --merge`, and
+    merged-adapter sampling)."""
     from peft import PeftModel
 
-    base = load_base_model(base_path, model_cfg)
+    base = load_base_model(base_path, model_cfg, dtype=dtype)
     merged = PeftModel.from_pretrained(base, str(adapter)).merge_and_unload()
     merged.save_pretrained(str(out), safe_serialization=True)
     load_tokenizer(base_path, model_cfg).save_pretrained(str(out))

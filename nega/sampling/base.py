@@ -94,15 +94,13 @@ def make_sampler(
         from nega.sampling.vllm import VLLMSampler, checkpoint_dtype
 
         if adapters and adapter_mode(cfg) == "merged":
-            from nega.config import ModelConfig
             from nega.sampling.merged import MergedAdapterSampler
 
             # Merged copies keep the base checkpoint's dtype, so base and adapters sample alike.
-            same_dtype = ModelConfig(name=str(model_path), dtype=checkpoint_dtype(str(model_path)))
             return MergedAdapterSampler(
                 model_path,
                 lambda folder: VLLMSampler(folder, cfg, dtype=dtype, adapters=False),
-                model_cfg=same_dtype,
+                dtype=checkpoint_dtype(str(model_path)),
             )
         return VLLMSampler(model_path, cfg, max_lora_rank=max_lora_rank, dtype=dtype, adapters=adapters)
     if backend == "server":

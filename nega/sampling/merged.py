@@ -27,13 +27,18 @@ class MergedAdapterSampler:
     """The Sampler protocol over engines built by `make(folder)`, each serving one set of weights."""
 
     def __init__(
-        self, model_path: str | Path, make: Callable[[str], object], *, model_cfg=None, max_engines: int = 2
+        self,
+        model_path: str | Path,
+        make: Callable[[str], object],
+        *,
+        dtype: str = "auto",
+        max_engines: int = 2,
     ):
-        """`make(folder)` starts a sampler without LoRA layers on a model folder; `model_cfg` (its dtype)
-        loads the base weights for merging."""
+        """`make(folder)` starts a sampler without LoRA layers on a model folder; the base weights are
+        loaded in `dtype` for merging (the checkpoint's, so base and merged copies sample alike)."""
         self.model_path = str(model_path)
         self.make = make
-        self.model_cfg = model_cfg
+        self.dtype = dtype
         self.max_engines = max(1, max_engines)
         self.work = Path(tempfile.mkdtemp(prefix="nega-merged-"))
         self.merged: dict[tuple[Path, int], Path] = {}
@@ -68,7 +73,7 @@ class MergedAdapterSampler:
         if key not in self.merged:
             out = self.work / f"merged-{len(self.merged)}"
             with progress_bar(f"merging {key[0].name} into {Path(self.model_path).name}", total=1) as advance:
-                merge_adapter(self.model_path, key[0], out, self.model_cfg)
+                merge_adapter(self.model_path, key[0], out, dtype=self.dtype)
                 advance(1)
             self.merged[key] = out
             self.merges += 1

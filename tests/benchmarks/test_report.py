@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -39,3 +40,68 @@ def test_lower_is_better_targets_and_missing_repetitions():
     assert report.met(0.95, "<= 1.0", (0.9, 1.1)).startswith("**undecided**")
     assert report.met(1.2, ">= 1.0", None) == "met (median only: no repetitions recorded)"
     assert report.met(1.2, "", (1.1, 1.3)) == ""
+
+
+def quality_result() -> dict:
+    def summary(values):
+        return {"mean": sum(values) / len(values), "std": 0.01, "per_seed": values}
+
+    methods = {
+        "label_only": {"accuracy": summary([0.80, 0.82]), "rationale_quality": summary([0.2, 0.2]),
+                       "rationale_accuracy": summary([0.6, 0.6])},
+        "step_by_step": {"accuracy": summary([0.85, 0.86]), "rationale_quality": summary([0.6, 0.6]),
+                         "rationale_accuracy": summary([0.8, 0.8])},
+        "qcrd": {"accuracy": summary([0.84, 0.88]), "rationale_quality": summary([0.3, 0.2]),
+                 "rationale_accuracy": summary([0.7, 0.7])},
+    }  # fmt: skip
+    target = {
+        "statement": "qcrd accuracy > step_by_step",
+        "metric": "accuracy",
+        "measured": {"qcrd": 0.86, "step_by_step": 0.855},
+        "threshold": 0.855,
+        "met": True,
+        "per_seed": [False, True],
+    }
+    unmet = {
+        "statement": "qcrd rationale_quality > step_by_step",
+        "metric": "rationale_quality",
+        "measured": {"qcrd": 0.25, "step_by_step": 0.6},
+        "threshold": 0.6,
+        "met": False,
+        "per_seed": [False, False],
+    }
+    chosen = {arm: {"0": 1e-3, "1": 3e-3} for arm in methods}
+    return {"seeds": [0, 1], "methods": methods, "chosen_lr": chosen, "targets": {"a": target, "b": unmet}}
+
+
+def test_quality_block_shows_every_arm_target_and_the_seeds_behind_a_target_not_met():
+    lines = report.quality_block("quality_qcrd", quality_result())
+    assert lines[0].startswith("| arm | accuracy ↑ | rationale_quality ↑ | rationale_accuracy ↑ |")
+    assert [line.split(" | ")[0] for line in lines[2:5]] == ["| label_only", "| step_by_step", "| qcrd"]
+    assert "| qcrd | 0.860 ± 0.010 | 0.250 ± 0.010 | 0.700 ± 0.010 | 0.001, 0.003 |" in lines
+    text = "\n".join(lines)
+    assert "`qcrd accuracy > step_by_step`: qcrd 0.860, step_by_step 0.855 (threshold 0.855) — met; " in text
+    assert "holds on seeds: no, yes" in text
+    assert "— **not met**; holds on seeds: no, no" in text
+    # Only the target not met gets its per-seed rows.
+    assert "| rationale_quality | qcrd | 0.300 | 0.200 |" in lines
+    assert "| rationale_quality | step_by_step | 0.600 | 0.600 |" in lines
+    assert not any(line.startswith("| accuracy |") for line in lines)
+
+
+def test_quality_blocks_replace_only_their_markers(tmp_path, monkeypatch):
+    readme = tmp_path / "README.md"
+    readme.write_text(
+        "intro\n<!-- nega:quality_qcrd -->\nold table\n<!-- /nega:quality_qcrd -->\nprose after\n"
+    )
+    results = tmp_path / "results"
+    results.mkdir()
+    (results / "quality_qcrd.json").write_text(json.dumps(quality_result()))
+    monkeypatch.setattr(report, "RESULTS", results)
+    assert report.write_quality(readme) == ["quality_qcrd"]
+    text = readme.read_text()
+    assert text.startswith("intro\n<!-- nega:quality_qcrd -->\n| arm |") and text.endswith("prose after\n")
+    assert "old table" not in text
+    readme.write_text("no markers\n")
+    with pytest.raises(SystemExit, match="no <!-- nega:quality_qcrd -->"):
+        report.write_quality(readme)
