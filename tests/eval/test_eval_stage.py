@@ -90,10 +90,7 @@ def test_run_evals_before_and_after(eval_run, tiny_model_dir, monkeypatch):
     assert harm_rows[0].split(" | ")[1] == cell
     # ... and one plot per evaluation with every arm side by side.
     for name in ("eval-harm", "eval-reasoning"):
-        assert (
-            f"![{name}]({name}.png)" in report
-            and (run_dir / f"{name}.png").stat().st_size > 1000
-        )
+        assert f"![{name}]({name}.png)" in report and (run_dir / f"{name}.png").stat().st_size > 1000
     assert json.loads((run_dir / "eval.json").read_text()) == results
     # the method's own report, written afterwards, keeps the evaluation section first
     write_report(run, {"sft": {"loss": 0.5}})
