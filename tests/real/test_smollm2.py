@@ -127,16 +127,30 @@ SMALL = {
         "data.limit": 8, "sampling.n": 2, "sampling.max_tokens": 24, "train.max_steps": 2,
         "train.batch_size": 4, "eval.harm.limit": 4, "eval.harm.max_tokens": 16, "model.max_length": 256,
     },
+    # SmolLM2 solves few GSM8K problems: π_sft learns the 4 with the shortest solutions by heart (8 SFT
+    # epochs), so that some samples are right and some wrong, as per-step RL needs.
     "stepneg-smollm2-gsm8k": {
-        "data.limit": 4, "sampling.max_tokens": 48, "train.max_steps": 2, "stepneg.sft_epochs": 1,
-        "stepneg.rft_samples": 2, "stepneg.negatives": 2, "stepneg.best_of": 2,
-        "eval.reasoning.limit": 4, "eval.reasoning.max_tokens": 48, "model.max_length": 256,
+        "data.path": "{shortest_gsm8k}", "data.limit": 4, "sampling.max_tokens": 64, "train.max_steps": 2,
+        "stepneg.sft_epochs": 8, "stepneg.sft_lr": 1e-3, "stepneg.rft_samples": 2, "stepneg.negatives": 4,
+        "stepneg.best_of": 2, "eval.reasoning.limit": 4, "eval.reasoning.max_tokens": 48,
+        "model.max_length": 256,
     },
+    # 8 questions at batch 4: 2 optimizer steps, no warm-up (one step of two would have a rate of 0).
     "qcrd-smollm2-svamp": {
-        "data.limit": 8, "train.epochs": 1, "sampling.max_tokens": 32, "qcrd.disc_steps": 4,
-        "qcrd.eval_limit": 4, "model.max_length": 192,
+        "data.limit": 8, "train.epochs": 1, "train.batch_size": 4, "train.warmup_ratio": 0.0,
+        "sampling.max_tokens": 32, "qcrd.disc_steps": 4, "qcrd.eval_limit": 4, "model.max_length": 192,
     },
 }  # fmt: skip
+
+
+def shortest_gsm8k(path: Path, n: int = 4) -> Path:
+    """The n GSM8K train problems with the shortest reference solutions, as a problems file."""
+    from nega.data import find_data_file
+
+    rows = [json.loads(line) for line in find_data_file("gsm8k", "train.jsonl").read_text().splitlines()]
+    rows.sort(key=lambda row: len(row["answer"]))
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows[:n]))
+    return path
 
 
 @pytest.mark.parametrize("recipe", list(SMALL))
@@ -149,7 +163,13 @@ def test_real_recipe_runs_and_trains_a_loadable_adapter(recipe, smollm2, tmp_pat
     shared_data()
     require_module("vllm")
     out = tmp_path / "runs"
-    args = ["run", recipe, f"output_dir={out}", *[f"{k}={v}" for k, v in SMALL[recipe].items()]]
+    files = {"shortest_gsm8k": shortest_gsm8k(tmp_path / "gsm8k-shortest.jsonl")}
+    args = [
+        "run",
+        recipe,
+        f"output_dir={out}",
+        *[f"{k}={v}".format(**files) for k, v in SMALL[recipe].items()],
+    ]
     done = subprocess.run(
         [sys.executable, "-m", "nega", *args], env=_env(), capture_output=True, text=True, timeout=1800
     )

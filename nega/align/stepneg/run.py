@@ -74,6 +74,8 @@ def run(recipe, run: Run) -> dict[str, dict[str, float]]:
         # negatives: M samples, incorrect kept.
         samples = sample_and_verify(run, "negatives", sampler, prompts, verify, cfg.negatives, 1, [merge])
         positives = pool_positives([rft_samples, samples])
+        if not positives:
+            raise DataError(no_positives_message(recipe, [rft_samples, samples]))
         # Sampled solutions are trained on as the ids π_sft produced, not their re-tokenized text.
         tokens = sampled_tokens([rft_samples, samples], stop_ids(load_tokenizer(pi_sft, recipe.model)))
         # advantages: per-step values by rollouts from π_sft, and the first pit.
@@ -84,8 +86,17 @@ def run(recipe, run: Run) -> dict[str, dict[str, float]]:
         rft_pairs = [
             (prompts[i], tokens.get((i, y), y)) for i, ys in enumerate(positives_of(rft_samples)) for y in ys
         ]
-        # RFT is compared with the objectives trained on π_sft: the same train section, so the same steps.
-        _, folders["rft"] = sft_stage(run, "rft", pi_sft, rft_pairs, inputs=[merge])
+        if rft_pairs:
+            # RFT is compared with the objectives trained on π_sft: the same train section, so the same steps.
+            _, folders["rft"] = sft_stage(run, "rft", pi_sft, rft_pairs, inputs=[merge])
+        else:
+            import warnings
+
+            warnings.warn(
+                f"rft: none of π_sft's {cfg.rft_samples} samples per problem was right, so the RFT arm has "
+                "nothing to train on and is left out (raise stepneg.rft_samples to include it)",
+                stacklevel=1,
+            )
 
     # pairs -> reflogps -> train, for the main objective and each one compared with it.
     pairs = pairs_stage(run, prompts, valued, positives, tokens, inputs=[advantages])
@@ -246,6 +257,20 @@ def sampled_tokens(sample_sets: list[list[dict]], end_ids: set[int]) -> dict[tup
                     completion = {"text": text, "token_ids": ids, "finish_reason": reason}
                     tokens[(i, text)] = response_tokens(completion, end_ids)
     return tokens
+
+
+def no_positives_message(recipe, sample_sets: list[list[dict]]) -> str:
+    """Why per-step RL cannot go on when π_sft solved no training problem, and what to change."""
+    reasons = [r for samples in sample_sets for row in samples for r in row["finish_reasons"]]
+    cut = sum(r == "length" for r in reasons)
+    problems = len(sample_sets[-1])
+    return (
+        f"π_sft solved none of the {problems} training problems in {len(reasons)} samples ({cut} of them "
+        f"cut off at sampling.max_tokens={recipe.sampling.max_tokens}): per-step RL pairs a problem's wrong "
+        "solutions with a right one, and values steps by rollouts that must sometimes succeed. Raise "
+        "sampling.max_tokens if most were cut off, else stepneg.rft_samples / stepneg.negatives, train the "
+        "SFT stage longer (stepneg.sft_epochs), use easier problems, or start from a stronger model."
+    )
 
 
 def pool_positives(sample_sets: list[list[dict]]) -> dict[int, list[str]]:

@@ -101,6 +101,27 @@ def test_stepneg_gsm8k_recipe_validates_and_runs_on_the_tiny_model(tiny_model_di
     assert_trained_arms(run_dir, recipe, str(tiny_model_dir))
 
 
+def test_a_pi_sft_that_solves_nothing_stops_with_what_to_change(tiny_model_dir, tmp_path, monkeypatch):
+    from nega.align.stepneg.run import run
+    from nega.data import DataError
+
+    # Gold answers the tiny model never writes, and one token per sample.
+    data = tmp_path / "problems.jsonl"
+    rows = [{"question": p, "answer": f"{r}\n#### 987654"} for p, r in CORPUS_PAIRS[:100:13]]
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    monkeypatch.chdir(tmp_path)
+    overrides = [*_gsm8k_overrides(tiny_model_dir, data), "sampling.max_tokens=1", "stepneg.sft_epochs=0.1"]
+    recipe = load_recipe("stepneg-gsm8k", overrides)
+    with pytest.raises(DataError) as caught:
+        run(recipe, Run(recipe))
+    message = str(caught.value)
+    assert "π_sft solved none of the 8 training problems in 48 samples (48 of them cut off" in message
+    assert "sampling.max_tokens=1" in message and "stepneg.rft_samples" in message
+    # Nothing was trained after the sampling that found no positive.
+    run_dir = tmp_path / "runs" / recipe.name
+    assert not [p for p in run_dir.iterdir() if p.name.endswith(("-rft", "-train-dpo", "-advantages"))]
+
+
 def assert_trained_arms(run_dir, recipe, base: str):
     """Every trained arm moved from its start; SFT's loss fell; π_sft is the SFT adapter merged into the
     base; and each DPO adapter lowers its own loss on its training pairs below log 2 (π_sft's)."""
