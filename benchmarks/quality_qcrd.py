@@ -146,7 +146,7 @@ def run_seed(seed: int, args, work: Path) -> dict:
         folders = {arm: last_epoch(trained_folders(run_dir), arm) for arm in MAIN_ARMS}
         folders[ABLATION] = last_epoch(trained_folders(ablation_dir), "qcrd")
         targets = [trained_target(arm, model_path, folder, recipe.lora) for arm, folder in folders.items()]
-        # The world's validation split holds 151 questions; student_set reads toy.n_test rows of a split.
+        # The world's validation split holds 123-151 questions by seed (0-2); student_set reads toy.n_test rows.
         val_recipe = recipe.model_copy(update={"toy": recipe.toy.model_copy(update={"n_test": args.n_val})})
         sets = [student_set(val_recipe, split="validation", name="validation")]
         scores = evaluate(Run(recipe, where / "validation"), targets, sets)
@@ -220,8 +220,15 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--lrs", type=float, nargs="+", default=[3e-4, 1e-3, 3e-3])
-    parser.add_argument("--n-test", type=int, default=250, help="test questions (the split holds 258)")
-    parser.add_argument("--n-val", type=int, default=150, help="validation questions (the split holds 151)")
+    parser.add_argument(
+        "--n-test", type=int, default=250, help="test questions (the split holds 258, 266, 256)"
+    )
+    parser.add_argument(
+        "--n-val",
+        type=int,
+        default=120,
+        help="validation questions (the split holds 151, 123, 130 for seeds 0-2)",
+    )
     parser.add_argument("--override", action="append", default=[], help="extra recipe KEY=VALUE (every run)")
     parser.add_argument("--work", type=Path, default=Path("runs/bench-quality-qcrd"))
     parser.add_argument("--out", type=Path, default=RESULTS)
