@@ -108,6 +108,29 @@ def trained_folders(run_dir: Path) -> dict[str, str]:
     return out
 
 
+def seed_seconds(shared: float, arms: dict[str, float], evaluation: float, started: float) -> dict:
+    """A seed's seconds: the shared stages', each arm's and the evaluation's own (wherever they were
+    spent: a rerun skips finished stages), their sum, and the wall time of this invocation since
+    `started`."""
+    import time
+
+    return {
+        "shared": round(shared, 1),
+        "arms": {arm: round(s, 1) for arm, s in arms.items()},
+        "evaluation": round(evaluation, 1),
+        "compute": round(shared + sum(arms.values()) + evaluation, 1),
+        "wall": round(time.time() - started, 1),
+    }
+
+
+def run_provenance(before: dict, after: dict) -> dict:
+    """`provenance` taken at a run's start, marked when nega's source changed before its end."""
+    return {
+        **before,
+        "nega_source_changed_during_run": after["nega_source_sha256"] != before["nega_source_sha256"],
+    }
+
+
 def provenance(script: str | Path) -> dict:
     """What produced a result: nega's git commit (and whether the tree had changes), and sha256 of
     nega's source (its .py and recipe files) and of the benchmark script."""

@@ -59,7 +59,9 @@ from harness import (
     machine,
     own_seconds,
     provenance,
+    run_provenance,
     run_recipe,
+    seed_seconds,
     seed_summary,
     stage_manifests,
     trained_folders,
@@ -190,15 +192,7 @@ def run_seed(seed: int, args, work: Path) -> dict:
         "test_every_lr": {arm: {f"{lr:g}": test[lr][arm] for lr in args.lrs} for arm in TRAINED},
         "optimizer_steps": {f"{lr:g}": steps[lr] for lr in args.lrs},
         "self_samples": first_manifests["reflogps"]["counts"],
-        "seconds": {
-            "shared": round(shared_seconds, 1),
-            "arms": {arm: round(s, 1) for arm, s in arm_seconds.items()},
-            "evaluation": round(eval_seconds, 1),
-            # Every stage's own seconds, wherever they were spent (a rerun skips finished stages) ...
-            "compute": round(shared_seconds + sum(arm_seconds.values()) + eval_seconds, 1),
-            # ... and the seconds this invocation spent on the seed.
-            "wall": round(time.time() - started, 1),
-        },
+        "seconds": seed_seconds(shared_seconds, arm_seconds, eval_seconds, started),
     }
 
 
@@ -281,7 +275,7 @@ def main(argv: list[str] | None = None) -> dict:
             "n_val": args.n_val,
             "validation_split": "the world's validation prompts (hash-split from the test prompts)",
         },
-        "provenance": {**made_by, "nega_source_changed_during_run": after["nega_source_sha256"] != made_by["nega_source_sha256"]},
+        "provenance": run_provenance(made_by, after),
         "machine": described,
     }  # fmt: skip
     write_result(args.out, result)

@@ -56,7 +56,9 @@ from harness import (
     machine,
     own_seconds,
     provenance,
+    run_provenance,
     run_recipe,
+    seed_seconds,
     seed_summary,
     stage_manifests,
     trained_folders,
@@ -229,15 +231,7 @@ def run_seed(seed: int, args, work: Path) -> dict:
         "same_pairs_every_lr": len(set(pairs_hash.values())) == 1,
         "pi_sft_sha256": pi_sft_hash,
         "same_pi_sft_every_lr": len(set(pi_sft_hash.values())) == 1,
-        "seconds": {
-            "shared": round(shared_seconds, 1),
-            "arms": {arm: round(s, 1) for arm, s in seconds.items()},
-            "evaluation": round(eval_seconds, 1),
-            # Every stage's own seconds, wherever they were spent (a rerun skips finished stages) ...
-            "compute": round(shared_seconds + sum(seconds.values()) + eval_seconds, 1),
-            # ... and the seconds this invocation spent on the seed.
-            "wall": round(time.time() - started, 1),
-        },
+        "seconds": seed_seconds(shared_seconds, seconds, eval_seconds, started),
     }  # fmt: skip
 
 
@@ -319,7 +313,7 @@ def main(argv: list[str] | None = None) -> dict:
             "stepneg_overrides": stepneg_overrides(0, 0.0, 0.0, args)[2:],
             "validation_split": "the world's validation problems (hash-split from the test problems)",
         },
-        "provenance": {**made_by, "nega_source_changed_during_run": after["nega_source_sha256"] != made_by["nega_source_sha256"]},
+        "provenance": run_provenance(made_by, after),
         "machine": described,
     }  # fmt: skip
     write_result(args.out, result)
