@@ -108,6 +108,15 @@ def trained_folders(run_dir: Path) -> dict[str, str]:
     return out
 
 
+def arm_of(stage: str, arms) -> str | None:
+    """The arm among `arms` whose stage `stage` is (`<arm>-...`, the longest name first), or None: a
+    stage shared by every arm, or an evaluation."""
+    for arm in sorted(arms, key=len, reverse=True):
+        if stage.startswith(f"{arm}-"):
+            return arm
+    return None
+
+
 def seed_seconds(shared: float, arms: dict[str, float], evaluation: float, started: float) -> dict:
     """A seed's seconds: the shared stages', each arm's and the evaluation's own (wherever they were
     spent: a rerun skips finished stages), their sum, and the wall time of this invocation since

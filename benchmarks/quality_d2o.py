@@ -54,6 +54,7 @@ import time
 from pathlib import Path
 
 from harness import (
+    arm_of,
     compare_arms,
     copy_stages,
     machine,
@@ -110,14 +111,6 @@ def adapter_of(folders: dict[str, str], label: str) -> str:
     return folders[rounds[-1]] if rounds else folders[f"{label}-train"]
 
 
-def arm_of(stage: str) -> str | None:
-    """The arm a stage of a run belongs to (None: shared by every arm, or evaluation)."""
-    for label in sorted(TRAINED, key=len, reverse=True):
-        if stage.startswith(f"{label}-"):
-            return label
-    return None
-
-
 def run_seed(seed: int, args, work: Path) -> dict:
     from nega.align.d2o.run import toy_harm_set
     from nega.config import load_recipe
@@ -163,15 +156,15 @@ def run_seed(seed: int, args, work: Path) -> dict:
         filtered_manifests = stage_manifests(filtered_dir)
         steps[lr] = {label: 0 for label in TRAINED}
         for stage, manifest in manifests.items():
-            if arm_of(stage) and "-train" in stage:  # every round of an online arm
-                steps[lr][arm_of(stage)] += manifest["counts"]["steps"]
+            if arm_of(stage, TRAINED) and "-train" in stage:  # every round of an online arm
+                steps[lr][arm_of(stage, TRAINED)] += manifest["counts"]["steps"]
         steps[lr]["d2o_filtered"] = filtered_manifests["d2o-train"]["counts"]["steps"]
         # Seconds of the work each run did itself (not the stages it found done or copied in).
         ran = own_seconds(manifests, seen)
         ran_filtered = own_seconds(filtered_manifests, seen)
         for stage, spent in ran.items():
-            if arm_of(stage):
-                arm_seconds[arm_of(stage)] += spent
+            if arm_of(stage, TRAINED):
+                arm_seconds[arm_of(stage, TRAINED)] += spent
         arm_seconds["d2o_filtered"] += ran_filtered.get("d2o-train", 0.0) + ran_filtered.get("reflogps", 0.0)
         shared_seconds += sum(ran.get(stage, 0.0) for stage in SHARED)
         eval_seconds += ran.get("eval", 0.0) + ran_filtered.get("eval", 0.0)

@@ -50,6 +50,7 @@ import time
 from pathlib import Path
 
 from harness import (
+    arm_of,
     compare_arms,
     copy_stages,
     machine,
@@ -108,13 +109,6 @@ def last_epoch(folders: dict[str, str], objective: str) -> str:
     return folders[max(epochs, key=lambda k: int(k.removeprefix(f"{objective}-e").removesuffix("-train")))]
 
 
-def arm_of(stage: str) -> str | None:
-    for arm in sorted(MAIN_ARMS, key=len, reverse=True):
-        if stage.startswith(f"{arm}-"):
-            return arm
-    return None
-
-
 def run_seed(seed: int, args, work: Path) -> dict:
     from nega.config import load_recipe
     from nega.distill.qcrd.run import student_set
@@ -156,9 +150,9 @@ def run_seed(seed: int, args, work: Path) -> dict:
             validation[arm][lr] = scores[arm]
 
         for name, manifest in manifests.items():
-            if arm_of(name) and name.endswith("-train"):
-                steps[arm_of(name)][f"{lr:g}"] = (
-                    steps[arm_of(name)].get(f"{lr:g}", 0) + manifest["counts"]["steps"]
+            if arm_of(name, MAIN_ARMS) and name.endswith("-train"):
+                steps[arm_of(name, MAIN_ARMS)][f"{lr:g}"] = (
+                    steps[arm_of(name, MAIN_ARMS)].get(f"{lr:g}", 0) + manifest["counts"]["steps"]
                 )
         steps[ABLATION][f"{lr:g}"] = sum(
             m["counts"]["steps"]
@@ -168,8 +162,8 @@ def run_seed(seed: int, args, work: Path) -> dict:
         for name, spent in own_seconds(manifests, seen).items():
             if name.startswith("eval"):
                 eval_seconds += spent
-            elif arm_of(name):
-                seconds[arm_of(name)] += spent
+            elif arm_of(name, MAIN_ARMS):
+                seconds[arm_of(name, MAIN_ARMS)] += spent
             else:
                 shared_seconds += spent
         for name, spent in own_seconds(ablation_manifests, seen).items():
