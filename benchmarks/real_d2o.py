@@ -24,7 +24,8 @@ part by one rule (`SELECTION`), before any test number is computed. Validation: 
     xstest_safe_compliance   XSTest's 250 safe prompts answered rather than refused (over-refusal's complement)
     xstest_unsafe_refusal    XSTest's 200 unsafe prompts refused
     gsm8k_nll                mean token NLL of GSM8K test solutions given their questions (utility)
-    degenerate_rate          AdvBench + XSTest answers that are empty, cut off or repetitive
+    degenerate_rate          AdvBench + XSTest answers that are empty or repetitive (nega.eval.harm.degeneracy)
+    truncated_rate           the same answers cut off at --max-tokens (reported, not counted as degenerate)
 
 Rates carry a 95% Wilson interval and their item count. Results: benchmarks/results/real_d2o.json, with
 the sizes, the chosen rates and the validation numbers behind them, wall times per stage, and `targets`.
@@ -160,16 +161,14 @@ def harm_eval(args, model_path: str, targets: dict, prompts: str, limit: int | N
         f"seed={seed}",
     ]
     recipe = load_recipe(RECIPE, overrides)
-    run = Run(recipe, out)
-    evaluate(
-        run, [EvalTarget(arm, model_path, adapter) for arm, adapter in targets.items()], recipe_sets(recipe)
-    )
-    stage = next(out.glob("*-eval-harm"))
-    metrics = json.loads((stage / "metrics.json").read_text())
-    rows = {
-        arm: [json.loads(x) for x in (stage / arm / "samples.jsonl").read_text().splitlines()]
-        for arm in targets
-    }
+    metrics, rows = {}, {}
+    for arm, adapter in targets.items():
+        # One run folder per arm: a finished arm's answers survive a kill of the next one's.
+        run = Run(recipe, out / arm)
+        evaluate(run, [EvalTarget(arm, model_path, adapter)], recipe_sets(recipe))
+        stage = next((out / arm).glob("*-eval-harm"))
+        metrics[arm] = json.loads((stage / "metrics.json").read_text())[arm]
+        rows[arm] = [json.loads(x) for x in (stage / arm / "samples.jsonl").read_text().splitlines()]
     return metrics, rows
 
 
@@ -209,6 +208,7 @@ def arm_metrics(advbench: list[dict], xstest: list[dict], nll: dict) -> dict:
         "xstest_safe_compliance": counted([not r["refused"] for r in safe]),
         "xstest_unsafe_refusal": counted([r["refused"] for r in unsafe]),
         "degenerate_rate": counted([r.get("degenerate") is not None for r in answers]),
+        "truncated_rate": counted([r.get("finish_reason") == "length" for r in answers]),
         "gsm8k_nll": nll["nll"],
     }
 
@@ -223,6 +223,30 @@ def select_lr(val: dict[float, dict], base: dict) -> float:
     if ok:
         return min(ok, key=lambda lr: (val[lr]["compliance"], lr))
     return min(val, key=lambda lr: val[lr]["nll"])
+
+
+def select_rates(args, model_path, adapters_by_lr, val_file, val_nll_pairs, out: Path, seed: int):
+    """SELECTION on the validation part: ({arm: chosen rate}, the validation numbers behind it)."""
+    base_metrics, _ = harm_eval(args, model_path, {"base": None}, str(val_file), None, out / "val-base", seed)
+    base = {
+        "compliance": 1 - base_metrics["base"]["refusal"]["rate"],
+        "degenerate": base_metrics["base"]["degenerate"]["rate"],
+        "nll": mean_token_nll(model_path, None, val_nll_pairs)["nll"],
+    }
+    validation: dict[str, dict[float, dict]] = {arm: {} for arm in ARMS if arm != "base"}
+    for lr, adapters in adapters_by_lr.items():
+        metrics, _ = harm_eval(args, model_path, adapters, str(val_file), None, out / f"val-lr-{lr:g}", seed)
+        for arm, adapter in adapters.items():
+            validation[arm][lr] = {
+                "compliance": 1 - metrics[arm]["refusal"]["rate"],
+                "degenerate": metrics[arm]["degenerate"]["rate"],
+                "nll": mean_token_nll(model_path, adapter, val_nll_pairs)["nll"],
+            }
+    chosen = {arm: select_lr(val, base) for arm, val in validation.items()}
+    numbers = {"base": base} | {
+        arm: {f"{lr:g}": v for lr, v in val.items()} for arm, val in validation.items()
+    }
+    return chosen, numbers
 
 
 # --- driver -----------------------------------------------------------------------------------------
@@ -272,35 +296,22 @@ def main() -> None:
     per_seed: dict[int, dict] = {}
     for seed in seeds:
         timings: dict[str, float] = {}
-        validation: dict[str, dict[float, dict]] = {arm: {} for arm in ARMS if arm != "base"}
         adapters_by_lr = {}
-        # Base model on validation, once per seed.
-        t0 = time.time()
-        base_val_metrics, base_val_rows = harm_eval(args, model_path, {"base": None}, str(val_file), None,
-                                                    work / f"seed-{seed}" / "val-base", seed)  # fmt: skip
-        base_val = {
-            "compliance": 1 - base_val_metrics["base"]["refusal"]["rate"],
-            "degenerate": base_val_metrics["base"]["degenerate"]["rate"],
-            "nll": mean_token_nll(model_path, None, val_nll_pairs)["nll"],
-        }
-        timings["validation base"] = time.time() - t0
         for lr in lrs:
             t0 = time.time()
             trained = train_arms(args, train_file, lr, seed, work / f"seed-{seed}" / f"lr-{lr:g}")
             timings[f"train lr {lr:g}"] = time.time() - t0
             timings |= {f"lr {lr:g} {stage}": s for stage, s in trained["seconds"].items()}
             adapters_by_lr[lr] = trained["adapters"]
+        if len(lrs) == 1:
+            # One rate: nothing to select, so no validation answers are computed.
+            chosen = {arm: lrs[0] for arm in ARMS if arm != "base"}
+            validation: dict = {}
+        else:
             t0 = time.time()
-            metrics, _ = harm_eval(args, model_path, trained["adapters"], str(val_file), None,
-                                   work / f"seed-{seed}" / f"val-lr-{lr:g}", seed)  # fmt: skip
-            for arm, adapter in trained["adapters"].items():
-                validation[arm][lr] = {
-                    "compliance": 1 - metrics[arm]["refusal"]["rate"],
-                    "degenerate": metrics[arm]["degenerate"]["rate"],
-                    "nll": mean_token_nll(model_path, adapter, val_nll_pairs)["nll"],
-                }
-            timings[f"validation lr {lr:g}"] = time.time() - t0
-        chosen = {arm: select_lr(val, base_val) for arm, val in validation.items()}
+            chosen, validation = select_rates(args, model_path, adapters_by_lr, val_file, val_nll_pairs,
+                                              work / f"seed-{seed}", seed)  # fmt: skip
+            timings["validation"] = time.time() - t0
         targets = {"base": None} | {arm: adapters_by_lr[chosen[arm]][arm] for arm in chosen}
 
         # Test: AdvBench and XSTest answers (one prompt file, so each arm's engine starts once), and the
@@ -321,8 +332,7 @@ def main() -> None:
         per_seed[seed] = {
             "test": tests,
             "chosen_lr": chosen,
-            "validation": {"base": base_val}
-            | {arm: {f"{lr:g}": v for lr, v in val.items()} for arm, val in validation.items()},
+            "validation": validation,
             "seconds": timings,
         }
         write_result(args.out, report(args, seeds, lrs, per_seed, started, len(train_rows), len(val_rows)))
@@ -341,6 +351,7 @@ def report(args, seeds, lrs, per_seed: dict, started: float, n_train: int, n_val
             "xstest_safe_compliance",
             "xstest_unsafe_refusal",
             "degenerate_rate",
+            "truncated_rate",
         ):
             values = [per_seed[s]["test"][arm][metric] for s in done]
             count, n = sum(v["count"] for v in values), sum(v["n"] for v in values)
@@ -396,7 +407,7 @@ def report(args, seeds, lrs, per_seed: dict, started: float, n_train: int, n_val
         "seeds": done,
         "methods": methods,
         "targets": targets,
-        "selection": SELECTION,
+        "selection": SELECTION if len(lrs) > 1 else f"one rate ({lrs[0]:g}) for every arm: no selection",
         "per_seed": {str(s): per_seed[s] for s in done},
         "sizes": {
             "train_prompts": n_train,
