@@ -190,14 +190,15 @@ def held_out_problems(
 ) -> PromptSet | None:
     """Greedy answers to held-out problems, as SFT and per-step RL evaluate; None when there are none.
 
-    On a toy model the toy world's oracle scores `n_rows` (default `toy.n_test`) rows of its `split`
-    (every metric it gives; its validation split is there to choose settings on); otherwise
+    On the toy world's problems (a toy model, or any model trained on `data.dataset: toy`) the world's
+    oracle scores `n_rows` (default `toy.n_test`) rows of its `split` (every metric it gives; its
+    validation split is there to choose settings on); otherwise
     `eval.reasoning` names a problem set, asked bare (as the SFT data asks) and graded by
     nega.rewards.math (or the toy world's verifier for the toy set): `accuracy` and `n`. Answers get
     `eval.reasoning.max_tokens` tokens when that section is set, else `sampling.max_tokens`.
     """
     max_tokens = recipe.eval.reasoning.max_tokens if recipe.eval.reasoning is not None else None
-    if recipe.toy is not None and recipe.model.name == "toy":
+    if recipe.toy is not None and (recipe.model.name == "toy" or recipe.data.dataset == "toy"):
         from nega.toy import make_world
 
         world = make_world(recipe.toy.world, seed=recipe.seed, **recipe.toy.options)

@@ -182,3 +182,20 @@ def test_targets_on_one_model_share_a_stage_and_each_other_model_gets_its_own(
     evaluate(Run(recipe, run_dir / "full"), [other, full], [PromptSet("eval", prompts, score)])
     stages = sorted(p.name for p in (run_dir / "full").iterdir() if p.is_dir())
     assert stages == ["01-eval-start", "02-eval-sft"] and made == [other.model, str(tiny_model_dir)]
+
+
+def test_a_pretrained_model_on_toy_problems_is_graded_by_the_worlds_oracle():
+    """A model other than the toy one, trained on `data.dataset: toy`, is evaluated on the toy world's
+    held-out problems by its oracle (not on nothing: such a recipe has no eval.reasoning)."""
+    from nega.eval.stage import held_out_problems
+    from nega.toy import make_world
+
+    recipe = load_recipe("toy-sft", ["model.name=someone/some-chat-model", "toy.n_test=6"])
+    assert recipe.eval.reasoning is None
+    problems = held_out_problems(recipe, split="validation", n_rows=6)
+    assert problems is not None and len(problems.prompts) == 6
+    world = make_world("reasoning", seed=recipe.seed, **recipe.toy.options)
+    rows = world.rows("validation", 6)
+    assert [p[0]["content"] for p in problems.prompts] == [r["question"] for r in rows]
+    scores = problems.score([r["solution"] for r in rows])
+    assert scores["accuracy"] == 1.0 and "all_steps_right" in scores
