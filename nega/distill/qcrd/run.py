@@ -45,6 +45,7 @@ Deviations from the paper:
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 from nega.distill.qcrd import data
@@ -78,7 +79,17 @@ def run(recipe, run: Run) -> dict[str, dict[str, float]]:
         targets.append(trained_target(objective, model_path, student, recipe.lora))
         if objective == recipe.qcrd.objective:
             run.record_result(objective, model_path, student)
-    table = evaluate(run, targets, [student_set(recipe)])
+    held_out = student_set(recipe)
+    if held_out is None:
+        warnings.warn(
+            f"{recipe.data.path} has no test split (a distilling step-by-step file or the toy world has one): "
+            "the trained students are not evaluated; evaluate them with `nega eval` on questions they did "
+            "not train on",
+            stacklevel=2,
+        )
+        table = {t.label: {"trained": 1.0} for t in targets if t.label != START_LABEL}
+    else:
+        table = evaluate(run, targets, [held_out])
     write_report(run, table, title=f"{recipe.name} (qcrd, {epochs} epochs)")
     return table
 
@@ -220,15 +231,24 @@ def discriminator_stage(
     return stage.finish(counts={"examples": len(examples)}, fit=fits)
 
 
-def student_set(recipe, *, split: str = "test", name: str = "eval") -> PromptSet:
-    """accuracy of greedy `predict:` answers on `qcrd.eval_limit` questions of `split`; on a toy world
-    also the oracle's rationale_quality (and rationale_accuracy: the stated answer is right) of greedy
-    `explain:` rationales."""
-    records, _ = data.load_teacher_records(recipe.data, toy_cfg=recipe.toy, seed=recipe.seed, split=split)
+def student_set(
+    recipe, *, split: str = "test", name: str = "eval", records: list[dict] | None = None
+) -> PromptSet | None:
+    """accuracy of greedy `predict:` answers on `qcrd.eval_limit` questions of `split` (or of `records`,
+    teacher-rationale records from elsewhere); on a toy world also the oracle's rationale_quality (and
+    rationale_accuracy: the stated answer is right) of greedy `explain:` rationales. None when the data
+    has no such split: a rationale file other than a distilling step-by-step one is all training data."""
+    toy_data = recipe.toy is not None and recipe.data.dataset == "toy"
+    if records is None:
+        if not toy_data and (recipe.data.path is None or data.step_by_step_name(recipe.data.path) is None):
+            return None
+        # data.limit counts training rows; the test split's size is qcrd.eval_limit.
+        data_cfg = recipe.data if toy_data else recipe.data.model_copy(update={"limit": None})
+        records, _ = data.load_teacher_records(data_cfg, toy_cfg=recipe.toy, seed=recipe.seed, split=split)
     records = records[: recipe.qcrd.eval_limit]
     questions, labels = [r["question"] for r in records], [r["label"] for r in records]
     world = None
-    if recipe.toy is not None and recipe.data.dataset == "toy":
+    if toy_data:
         from nega.toy import make_world
 
         world = make_world(recipe.toy.world, seed=recipe.seed, **recipe.toy.options)

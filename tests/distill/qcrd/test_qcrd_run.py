@@ -159,3 +159,24 @@ def test_toy_qcrd_runs_every_objective_and_draws_negatives_from_the_lagged_stude
         assert any(not torch.equal(weights[k], start_weights[k]) for k in start_weights), objective
         loss = label_loss(final, None, examples)
         assert loss < 0.997 * start_loss, (objective, start_loss, loss)
+
+
+def test_the_students_are_evaluated_on_the_test_split_never_on_their_training_rows(tmp_path):
+    """A distilling step-by-step file's test split is read whole (data.limit counts training rows, the
+    test size is qcrd.eval_limit); a rationale file with no test split is not evaluated at all, rather than
+    on the rows the students trained on."""
+    from nega.distill.qcrd.data import PREDICT_PREFIX
+    from nega.distill.qcrd.run import student_set
+
+    path = shared_data("distill_step_by_step", "svamp", "svamp_train.json")
+    recipe = load_recipe("qcrd-svamp", [f"data.path={path}", "data.limit=3", "qcrd.eval_limit=20"])
+    held_out = student_set(recipe)
+    test_questions = [json.loads(line)["input"] for line in (path.parent / "svamp_test.json").open()]
+    assert [p[0]["content"].removeprefix(PREDICT_PREFIX) for p in held_out.prompts] == test_questions[:20]
+
+    own = tmp_path / "rationales.jsonl"
+    own.write_text(json.dumps({"question": "2 + 2?", "label": "4", "rationale": "2 and 2 make 4."}) + "\n")
+    assert student_set(load_recipe("qcrd-svamp", [f"data.path={own}", "data.format=rationales"])) is None
+    records = [{"question": "3 + 1?", "label": "4", "rationales": []}]
+    given = student_set(load_recipe("qcrd-svamp", [f"data.path={own}"]), records=records, name="validation")
+    assert len(given.prompts) == 1 and given.score(["4"])["accuracy"] == 1.0
