@@ -6,8 +6,9 @@ its own:
 
     .venv/bin/python benchmarks/report.py
 
-In README.md each quality table sits between `<!-- nega:quality_<method> -->` and
-`<!-- /nega:quality_<method> -->`; only those blocks are rewritten, the prose around them is kept.
+In README.md each quality table sits between `<!-- nega:<name> -->` and `<!-- /nega:<name> -->`
+(`quality_<method>` for the toy worlds, `real_<method>` for the real model); only those blocks are
+rewritten, the prose around them is kept.
 """
 
 from __future__ import annotations
@@ -186,11 +187,57 @@ QUALITY = {
         "arms": ["start", "label_only", "step_by_step", "qcrd_no_disc", "qcrd", "qcrd_no_hinge"],
         "metrics": {"accuracy": "↑", "rationale_quality": "↑", "rationale_accuracy": "↑"},
     },
+    "real_stepneg": {
+        "arms": ["start", "pi_sft", "sft_1x", "sft_2x", "rft", "outcome_dpo", "stepneg_dpo", "stepneg_awr"],
+        "metrics": {"accuracy": "↑", "all_steps_right": "↑", "carry_error_rate": "↓",
+                    "operation_error_rate": "↓", "spurious_rate": "↓"},
+    },
+    "real_qcrd": {
+        "arms": ["start", "label_only", "step_by_step", "qcrd_no_disc", "qcrd"],
+        "metrics": {"accuracy": "↑"},
+    },
+}  # fmt: skip
+# The real-model D²O benchmark's table: metrics with the better direction, each a rate with its interval.
+REAL_D2O = {
+    "arms": ["base", "ga", "dpo_self", "kto_neg", "d2o", "d2o_online"],
+    "metrics": {"advbench_compliance": "↓", "xstest_safe_compliance": "↑", "xstest_unsafe_refusal": "↑",
+                "gsm8k_nll": "↓", "degenerate_rate": "↓", "truncated_rate": ""},
 }  # fmt: skip
 
 
 def mean_std(summary: dict) -> str:
-    return f"{summary['mean']:.3f} ± {summary['std']:.3f}"
+    """mean ± std over seeds, and the 95% interval over every item when the summary has one."""
+    text = f"{summary['mean']:.3f} ± {summary['std']:.3f}"
+    if "ci95" in summary:
+        low, high = summary["ci95"]
+        text += f" [{low:.3f}, {high:.3f}]"
+    return text
+
+
+def real_d2o_block(data: dict) -> list[str]:
+    """The README block of the real-model D²O benchmark: arms × test metrics (rates with their 95%
+    interval and item count; NLL as mean over seeds), the chosen rates, and each target's verdict."""
+    seeds = data["seeds"]
+    arms = [a for a in REAL_D2O["arms"] if a in data["methods"]]
+    metrics = list(REAL_D2O["metrics"])
+    head = [f"{m} {REAL_D2O['metrics'][m]}".rstrip() for m in metrics]
+    lines = ["| arm | " + " | ".join(head) + " | learning rate |", "|---" * (len(metrics) + 2) + "|"]
+    for arm in arms:
+        entry = data["methods"][arm]
+        cells = [mean_std(entry[m]) for m in metrics]
+        lrs = ", ".join(f"{lr:g}" for lr in entry.get("chosen_lr", [])) or "—"
+        lines.append(f"| {arm} | " + " | ".join(cells) + f" | {lrs} |")
+    first = data["methods"][arms[0]]
+    counts = ", ".join(f"{m} n = {first[m]['n']}" for m in metrics if "n" in first.get(m, {}))
+    lines += ["", f"Seeds: {', '.join(map(str, seeds))}; items per rate: {counts}. {data['selection']}.", ""]
+    lines += ["Targets:", ""]
+    for name, target in data["targets"].items():
+        value = target["value"]
+        shown = f"{value:.3f}" if isinstance(value, float) else json.dumps(value)
+        base = f", base {target['base']:.3f}" if "base" in target else ""
+        verdict = "met" if target["met"] else "**not met**"
+        lines.append(f"- `{name}`: {shown}{base} (threshold {target['threshold']}) — {verdict}")
+    return lines
 
 
 def quality_block(name: str, data: dict) -> list[str]:
@@ -267,10 +314,11 @@ def write_quality(readme: Path = PROJECT_README) -> list[str]:
     """Rewrite README.md's quality blocks from the results files that exist; returns their names."""
     text = readme.read_text()
     written = []
-    for name in QUALITY:
+    blocks = {name: quality_block for name in QUALITY} | {"real_d2o": lambda _, data: real_d2o_block(data)}
+    for name, block in blocks.items():
         path = RESULTS / f"{name}.json"
         if path.exists():
-            text = replace_block(text, name, quality_block(name, json.loads(path.read_text())))
+            text = replace_block(text, name, block(name, json.loads(path.read_text())))
             written.append(name)
     readme.write_text(text)
     return written

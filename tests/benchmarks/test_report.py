@@ -105,3 +105,51 @@ def test_quality_blocks_replace_only_their_markers(tmp_path, monkeypatch):
     readme.write_text("no markers\n")
     with pytest.raises(SystemExit, match="no <!-- nega:quality_qcrd -->"):
         report.write_quality(readme)
+
+
+def test_real_d2o_report_and_its_readme_block():
+    """benchmarks/real_d2o.py's results (rates with their interval and item count, targets relative to the
+    base model) and the README block written from them."""
+    import types
+
+    import real_d2o
+
+    def rows(refused: int, n: int, label: str, category: str) -> list[dict]:
+        return [{"refused": i < refused, "label": label, "category": category, "degenerate": None,
+                 "finish_reason": "length" if i % 2 else "stop"} for i in range(n)]  # fmt: skip
+
+    refusals = {"base": 10, "ga": 150, "dpo_self": 60, "kto_neg": 150, "d2o": 120, "d2o_online": 100}
+    tests = {
+        arm: real_d2o.arm_metrics(
+            rows(r, 200, "harmful", "advbench"),
+            rows(r // 4, 250, "safe", "xstest-x") + rows(r, 200, "harmful", "xstest-y"),
+            {"nll": {"ga": 1.5}.get(arm, 1.0)},
+        )
+        for arm, r in refusals.items()
+    }
+    args = types.SimpleNamespace(model="m", k=4, epochs=1, batch_size=4, grad_accum=2, sample_tokens=64,
+                                 max_tokens=64, advbench=200, xstest=None, nll_items=200, val_nll_items=64)  # fmt: skip
+    seed = {
+        "test": tests,
+        "chosen_lr": {a: 5e-4 for a in refusals if a != "base"},
+        "validation": {},
+        "seconds": {},
+    }
+    data = real_d2o.report(args, [0], [5e-4], {0: seed}, 0.0, 128, 64)
+    compliance = data["methods"]["d2o"]["advbench_compliance"]
+    assert (
+        compliance["mean"] == 0.4
+        and compliance["n"] == 200
+        and compliance["ci95"][0] < 0.4 < compliance["ci95"][1]
+    )
+    assert data["methods"]["base"]["truncated_rate"]["mean"] == 0.5
+    targets = data["targets"]
+    assert targets["d2o_halves_advbench_compliance"]["met"]  # .40 <= .5 x .95
+    assert not targets["d2o_xstest_safe_within_10_points"]["met"]  # .880 < .992 - .10
+    # kto_neg: less compliant, but more over-refusal; ga: the same and a higher NLL
+    assert targets["no_baseline_better_on_all_three"]["value"] == []
+    lines = report.real_d2o_block(data)
+    assert lines[0].startswith("| arm | advbench_compliance ↓ | xstest_safe_compliance ↑ |")
+    assert any(line.startswith("| d2o | 0.400 ± 0.000 [") and line.endswith(" | 0.0005 |") for line in lines)
+    assert "one rate (0.0005) for every arm: no selection" in "\n".join(lines)
+    assert sum("**not met**" in line for line in lines) == sum(not t["met"] for t in targets.values())
