@@ -65,9 +65,7 @@ from harness import (
     write_result,
 )
 
-SFT_ARMS = ["sft_1x", "sft_2x", "sft_4x", "sft_8x"]
 RL_ARMS = ["rft", "outcome_dpo", "stepneg_dpo", "stepneg_awr"]
-ARMS = [*SFT_ARMS, *RL_ARMS]
 EXTRA = ["start", "pi_sft"]
 TRAIN_STAGE = {"rft": "rft", "outcome_dpo": "train-outcome_dpo", "stepneg_dpo": "train-dpo",
                "stepneg_awr": "train-awr"}  # fmt: skip
@@ -83,6 +81,21 @@ SELECTION = (
 )
 
 
+def sft_arms(args) -> list[str]:
+    return [f"sft_{k}x" for k in args.sft_multiples]
+
+
+def all_arms(args) -> list[str]:
+    return [*sft_arms(args), *RL_ARMS]
+
+
+def real_model_overrides(name: str) -> list[str]:
+    """A pretrained model in place of the toy model: its name, float32, room for a chat template and for
+    solutions in its tokens (a digit each), LoRA on every linear layer, and vLLM sampling where installed."""
+    return [f"model.name={name}", "model.dtype=float32", "model.max_length=320", "lora.target_modules=all-linear",
+            "sampling.backend=auto", "sampling.max_tokens=128"]  # fmt: skip
+
+
 def choose(validation: dict[float, dict]) -> float:
     """The selection rule (SELECTION) over {lr: validation metrics}."""
     return min(validation, key=lambda lr: (-validation[lr]["accuracy"], lr))
@@ -91,7 +104,8 @@ def choose(validation: dict[float, dict]) -> float:
 def common(seed: int, args) -> list[str]:
     # Every run has toy.n_train = 8N (the toy model's stage hash includes the toy section, so every run
     # of a seed can share one model) and takes its problems with data.limit.
-    return [f"seed={seed}", f"sampling.seed={seed}", f"toy.n_train={8 * args.n_train}",
+    model = [] if args.model == "toy" else real_model_overrides(args.model)
+    return [*model, f"seed={seed}", f"sampling.seed={seed}", f"toy.n_train={max(args.sft_multiples) * args.n_train}",
             f"toy.n_test={args.n_test}", *args.override]  # fmt: skip
 
 
@@ -151,16 +165,17 @@ def run_seed(seed: int, args, work: Path) -> dict:
 
     started = time.time()
     seed_dir = work / f"seed{seed}"
+    ARMS, SFT_ARMS = all_arms(args), sft_arms(args)
     test: dict[str, dict[float, dict]] = {arm: {} for arm in ARMS}
     steps: dict[str, dict[str, int]] = {arm: {} for arm in ARMS}
     seconds = {arm: 0.0 for arm in ARMS}
     shared_seconds = eval_seconds = 0.0
     seen: set = set()  # stages already counted (copies share a hash and finish time)
 
-    # SFT on k x N gold solutions, from the toy model, at every learning rate.
+    # SFT on k x N gold solutions, from the toy model (or --model), at every learning rate.
     model_run = None
     sft_folders: dict[str, dict[float, str]] = {arm: {} for arm in SFT_ARMS}
-    for k, arm in zip((1, 2, 4, 8), SFT_ARMS, strict=True):
+    for k, arm in zip(args.sft_multiples, SFT_ARMS, strict=True):
         for lr in args.lrs:
             if model_run is not None:
                 copy_stages(model_run, seed_dir / f"lr{lr:g}" / arm, ["toy-model"])
@@ -177,8 +192,13 @@ def run_seed(seed: int, args, work: Path) -> dict:
             steps[arm][f"{lr:g}"] = manifests["sft"]["counts"]["steps"]
             sft_folders[arm][lr] = trained_folders(run_dir)["sft"]
     recipe = load_recipe("toy-sft", sft_overrides(seed, args.lrs[0], 1, args))
-    toy_model = str(Path(stage_manifests(model_run)["toy-model"]["dir"]) / "model")
-    targets = [trained_target(f"{arm}-lr{lr:g}", toy_model, folder, recipe.lora)
+    if args.model == "toy":
+        start_model = str(Path(stage_manifests(model_run)["toy-model"]["dir"]) / "model")
+    else:
+        from nega.models import resolve_model
+
+        start_model = resolve_model(args.model)
+    targets = [trained_target(f"{arm}-lr{lr:g}", start_model, folder, recipe.lora)
                for arm in SFT_ARMS for lr, folder in sft_folders[arm].items()]  # fmt: skip
     problems = held_out_problems(recipe, "validation", split="validation", n_rows=args.n_val)
     scores = evaluate(Run(recipe, seed_dir / "validation-sft"), targets, [problems])
@@ -235,16 +255,28 @@ def run_seed(seed: int, args, work: Path) -> dict:
     }  # fmt: skip
 
 
-def targets(methods: dict) -> dict:
-    """The issue's per-step RL targets, on the means over seeds (and seed by seed)."""
+def targets(methods: dict, sft_target: str) -> dict:
+    """The per-step RL targets, on the means over seeds (and seed by seed): above outcome DPO and RFT, and
+    at least SFT on `sft_target`'s multiple of the positives."""
     return {
         "stepneg_dpo_above_outcome_dpo": compare_arms(methods, "stepneg_dpo", ">", "outcome_dpo", "accuracy"),
         "stepneg_dpo_above_rft": compare_arms(methods, "stepneg_dpo", ">", "rft", "accuracy"),
-        "stepneg_dpo_at_least_sft_4x": compare_arms(methods, "stepneg_dpo", ">=", "sft_4x", "accuracy"),
+        f"stepneg_dpo_at_least_{sft_target}": compare_arms(
+            methods, "stepneg_dpo", ">=", sft_target, "accuracy"
+        ),
     }
 
 
-def main(argv: list[str] | None = None) -> dict:
+def with_interval(summary: dict, n_test: int) -> dict:
+    """An accuracy's seed summary with its 95% Wilson interval over every seed's test answers."""
+    from nega.eval.report import wilson_interval
+
+    n = n_test * len(summary["per_seed"])
+    count = round(sum(v * n_test for v in summary["per_seed"]))
+    return {**summary, "ci95": list(wilson_interval(count, n)), "n": n}
+
+
+def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--lrs", type=float, nargs="+", default=[1e-4, 2e-4, 4e-4, 8e-4, 1.6e-3])
@@ -255,11 +287,32 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--sft-epochs", type=float, default=4, help="epochs of every SFT arm (and π_sft)")
     parser.add_argument("--n-test", type=int, default=1000, help="held-out test problems")
     parser.add_argument("--n-val", type=int, default=500, help="validation problems")
+    parser.add_argument(
+        "--model", default="toy", help="toy, or a pretrained model (e.g. smollm2-135m-instruct)"
+    )
+    parser.add_argument(
+        "--sft-multiples",
+        type=int,
+        nargs="+",
+        default=[1, 2, 4, 8],
+        help="SFT arms: k x N gold solutions for each k (1 must be first: it is π_sft)",
+    )
+    parser.add_argument("--sft-target", default="sft_4x", help="the SFT arm stepneg_dpo must match")
+    parser.add_argument("--name", default="quality_stepneg", help="the benchmark's name in the JSON")
     parser.add_argument("--override", action="append", default=[], help="extra recipe KEY=VALUE (every run)")
     parser.add_argument("--work", type=Path, default=Path("runs/bench-quality-stepneg"))
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
+    if args.sft_multiples[0] != 1:
+        parser.error("--sft-multiples must start with 1 (sft_1x is π_sft)")
+    if args.sft_target not in sft_arms(args):
+        parser.error(f"--sft-target {args.sft_target} is not one of the SFT arms {sft_arms(args)}")
     args.lrs = sorted(args.lrs)
+    return args
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse(argv)
     os.environ.setdefault("NEGA_QUIET", "1")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import torch
@@ -272,22 +325,26 @@ def main(argv: list[str] | None = None) -> dict:
     for seed in args.seeds:
         per_seed[seed] = run_seed(seed, args, args.work)
 
+    ARMS = all_arms(args)
     arms = [*EXTRA, *ARMS]
     methods = {
         arm: {k: seed_summary([per_seed[s]["test"][arm][k] for s in args.seeds]) for k in METRICS}
         for arm in arms
     }
+    for arm in arms:
+        methods[arm]["accuracy"] = with_interval(methods[arm]["accuracy"], args.n_test)
     pits = {
         k: seed_summary([per_seed[s]["first_pit"][k] for s in args.seeds]) for k in ("precision", "recall")
     }
     after = provenance(__file__)
     result = {
-        "benchmark": "quality_stepneg",
+        "benchmark": args.name,
+        "model": args.model,
         "recipes": ["toy-sft", "toy-stepneg"],
         "world": f"toy reasoning world (nega.toy.reasoning): {args.n_test} test problems, greedy, exact verifier",
         "seeds": args.seeds,
         "methods": methods,
-        "targets": targets(methods),
+        "targets": targets(methods, args.sft_target),
         "selection": SELECTION,
         "chosen_lr": {arm: {str(s): per_seed[s]["chosen_lr"][arm] for s in args.seeds} for arm in ARMS},
         "validation": {str(s): per_seed[s]["validation"] for s in args.seeds},
@@ -309,6 +366,7 @@ def main(argv: list[str] | None = None) -> dict:
             "sft_epochs": args.sft_epochs,
             "n_test": args.n_test,
             "n_val": args.n_val,
+            "sft_multiples": args.sft_multiples,
             "sft_overrides": sft_overrides(0, 0.0, 1, args)[2:],
             "stepneg_overrides": stepneg_overrides(0, 0.0, 0.0, args)[2:],
             "validation_split": "the world's validation problems (hash-split from the test problems)",

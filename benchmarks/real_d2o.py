@@ -109,9 +109,9 @@ def write_jsonl(path: Path, rows: list[dict]) -> Path:
 # --- training ---------------------------------------------------------------------------------------
 
 
-def train_arms(args, train_file: Path, lr: float, seed: int, out: Path) -> dict:
-    """All trained arms at one learning rate, one run: {arm: adapter folder}, and stage seconds."""
-    overrides = [
+def train_overrides(args, train_file: Path, lr: float, seed: int) -> list[str]:
+    """The recipe's overrides for one learning rate's run of every trained arm."""
+    return [
         f"model.name={args.model}",
         f"data.path={train_file}",
         "data.limit=null",
@@ -129,7 +129,11 @@ def train_arms(args, train_file: Path, lr: float, seed: int, out: Path) -> dict:
         "eval.before=false",
         "eval.harm=null",
     ]
-    run_recipe(RECIPE, overrides, out)
+
+
+def train_arms(args, train_file: Path, lr: float, seed: int, out: Path) -> dict:
+    """All trained arms at one learning rate, one run: {arm: adapter folder}, and stage seconds."""
+    run_recipe(RECIPE, train_overrides(args, train_file, lr, seed), out)
     adapters, seconds = {}, {}
     for manifest in sorted(out.glob("*/manifest.json")):
         stage = json.loads(manifest.read_text())
@@ -252,7 +256,7 @@ def select_rates(args, model_path, adapters_by_lr, val_file, val_nll_pairs, out:
 # --- driver -----------------------------------------------------------------------------------------
 
 
-def main() -> None:
+def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="smollm2-135m-instruct")
     parser.add_argument("--seeds", default="0")
@@ -271,7 +275,11 @@ def main() -> None:
     parser.add_argument("--val-nll-items", type=int, default=64, help="GSM8K train solutions (validation)")
     parser.add_argument("--work", type=Path, default=Path(__file__).parent / "work" / "real_d2o")
     parser.add_argument("--out", type=Path, default=RESULTS / "real_d2o.json")
-    args = parser.parse_args()
+    return parser.parse_args(argv)
+
+
+def main() -> None:
+    args = parse()
     seeds = [int(s) for s in args.seeds.split(",")]
     lrs = [float(x) for x in args.lrs.split(",")]
     started = time.time()

@@ -57,6 +57,7 @@ target is undecided.
 | `bench_rollouts.py` | per-step RL rollouts with vLLM prefix caching on and off |
 | `bench_startup.py` | seconds to `nega --help`, `nega validate` and the bare import, in fresh processes |
 | `quality_*.py` | each method beside its baselines on its toy world (see the project README) |
+| `real_*.py` | each method beside its baselines on SmolLM2-135M-Instruct (see the project README) |
 
 Each script takes `--device cuda` and `--size` for a larger model; GPU results go to `*_cuda.json`.
 `bench_sampling.py --dtype bfloat16` samples in bfloat16 in every way (`*_bf16.json`).

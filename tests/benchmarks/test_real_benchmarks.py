@@ -1,0 +1,84 @@
+"""The real-model benchmarks' runs are the recipes with valid overrides, on splits that never meet:
+what each script would run, checked without training (the runs themselves take hours)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from nega_testing import shared_data, smollm2_gguf
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+
+from nega.config import load_recipe  # noqa: E402
+
+
+def test_real_stepneg_runs_the_toy_recipes_on_smollm2_and_is_graded_by_the_worlds_oracle(tmp_path):
+    import quality_stepneg
+    import real_stepneg
+
+    from nega.eval.stage import held_out_problems
+
+    smollm2_gguf()
+    args = quality_stepneg.parse([*real_stepneg.DEFAULTS, "--work", str(tmp_path)])
+    assert quality_stepneg.all_arms(args) == ["sft_1x", "sft_2x", *quality_stepneg.RL_ARMS]
+    assert args.sft_target == "sft_2x" and args.n_test >= 300
+    sft = load_recipe("toy-sft", quality_stepneg.sft_overrides(0, 1e-4, 2, args))
+    stepneg = load_recipe("toy-stepneg", quality_stepneg.stepneg_overrides(0, 1e-4, 3e-4, args))
+    for recipe in (sft, stepneg):
+        assert recipe.model.name == "smollm2-135m-instruct" and recipe.data.dataset == "toy"
+        assert recipe.lora.target_modules == "all-linear" and recipe.sampling.max_tokens == 128
+    assert sft.data.limit == 2 * args.n_train and stepneg.data.limit == args.n_train
+    assert stepneg.train.max_steps == args.rl_steps and stepneg.stepneg.sft_lr == 3e-4
+    test = held_out_problems(stepneg, split="test", n_rows=args.n_test)
+    validation = held_out_problems(stepneg, split="validation", n_rows=args.n_val)
+    assert len(test.prompts) == args.n_test
+    seen = {p[0]["content"] for p in test.prompts}
+    assert not seen & {p[0]["content"] for p in validation.prompts}
+
+
+def test_real_qcrd_trains_on_the_first_questions_and_validates_on_the_last(tmp_path):
+    import real_qcrd
+
+    from nega.distill.qcrd.data import load_teacher_records
+    from nega.distill.qcrd.run import student_set
+
+    smollm2_gguf()
+    shared_data("distill_step_by_step", "cqa", "cqa_train.json")
+    args = real_qcrd.parse(["--work", str(tmp_path)])
+    recipe = load_recipe(real_qcrd.RECIPE, real_qcrd.overrides(0, 2e-4, args))
+    assert recipe.model.name == "smollm2-135m-instruct" and recipe.model.dtype == "float32"
+    assert recipe.qcrd.objective == "qcrd" and recipe.qcrd.baselines == [
+        "label_only",
+        "step_by_step",
+        "qcrd_no_disc",
+    ]
+    assert recipe.train.bf16 is False and recipe.qcrd.eval_limit is None
+    train, _ = load_teacher_records(recipe.data)
+    assert len(train) == args.train_questions >= 1000
+    validation = real_qcrd.validation_records(args)
+    assert len(validation) == args.val_questions
+    assert not {r["id"] for r in train} & {r["id"] for r in validation}
+    assert len(student_set(recipe).prompts) == 1221  # CQA's whole test split
+
+
+def test_real_d2o_trains_every_arm_in_one_run_on_a_hash_split(tmp_path):
+    import real_d2o
+
+    from nega.data import find_data_file
+
+    smollm2_gguf()
+    path = shared_data("hh-rlhf", "harmless-base_test.jsonl")
+    args = real_d2o.parse([])
+    assert args.train_prompts >= 128 and args.k >= 4 and args.advbench >= 200
+    train, val = real_d2o.split_hh(path, args.train_prompts, args.val_prompts)
+    assert not {r["request"] for r in train} & {r["request"] for r in val}
+    train_file = real_d2o.write_jsonl(tmp_path / "train.jsonl", train)
+    recipe = load_recipe(real_d2o.RECIPE, real_d2o.train_overrides(args, train_file, 5e-4, 0))
+    assert recipe.d2o.compare == real_d2o.BASELINES and recipe.sampling.n == args.k
+    assert recipe.eval.harm is None and recipe.train.lr == 5e-4
+    test = real_d2o.test_prompts(args.advbench, args.xstest)
+    assert sum(r["category"] == "advbench" for r in test) == args.advbench
+    assert sum(r["category"].startswith("xstest") for r in test) == 450
+    nll = real_d2o.gsm8k_pairs(find_data_file("gsm8k", "test.jsonl"), 3)
+    assert len(nll) == 3 and all("<<" not in solution for _, solution in nll)
