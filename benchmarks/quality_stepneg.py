@@ -119,7 +119,7 @@ def sft_overrides(seed: int, lr: float, k: int, args) -> list[str]:
 def stepneg_overrides(seed: int, lr: float, sft_lr: float, args) -> list[str]:
     return [*common(seed, args), f"data.limit={args.n_train}", f"train.lr={lr}",
             f"stepneg.sft_lr={sft_lr}", f"stepneg.sft_epochs={args.sft_epochs}",
-            f"train.max_steps={args.rl_steps}"]  # fmt: skip
+            f"train.max_steps={args.rl_steps}", *args.rl_override]  # fmt: skip
 
 
 def first_pit(run_dir: Path, seed: int, args) -> dict:
@@ -300,6 +300,12 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--sft-target", default="sft_4x", help="the SFT arm stepneg_dpo must match")
     parser.add_argument("--name", default="quality_stepneg", help="the benchmark's name in the JSON")
     parser.add_argument("--override", action="append", default=[], help="extra recipe KEY=VALUE (every run)")
+    parser.add_argument(
+        "--rl-override",
+        action="append",
+        default=[],
+        help="extra KEY=VALUE for the toy-stepneg runs only (e.g. stepneg.negatives=4)",
+    )
     parser.add_argument("--work", type=Path, default=Path("runs/bench-quality-stepneg"))
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
