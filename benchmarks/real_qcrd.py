@@ -78,6 +78,7 @@ def overrides(seed: int, lr: float, args) -> list[str]:
         f"sampling.max_tokens={args.max_tokens}",
         f"qcrd.lag={args.lag}",
         f"qcrd.disc_steps={args.disc_steps}",
+        f"qcrd.disc_backbone={args.disc_backbone}",
         f"qcrd.baselines=[{','.join(a for a in ARMS if a != 'qcrd')}]",
         f"qcrd.eval_limit={'null' if args.test_questions is None else args.test_questions}",
         f"seed={seed}",
@@ -194,7 +195,12 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
         "--lag", type=int, default=1, help="negatives come from the student this many epochs back"
     )
     parser.add_argument("--disc-steps", type=int, default=200, help="steps per discriminator fit")
-    parser.add_argument("--max-tokens", type=int, default=96, help="tokens of a self-adversarial rationale")
+    parser.add_argument(
+        "--disc-backbone", default="encoder", choices=["encoder", "student"],
+        help="the discriminator: a tiny encoder trained from scratch (default: a CPU affords it), or the "
+        "student's base model with LoRA (the recipe's; ~10 s a step on a 2-core CPU)",
+    )  # fmt: skip
+    parser.add_argument("--max-tokens", type=int, default=64, help="tokens of a self-adversarial rationale")
     parser.add_argument("--max-length", type=int, default=320)
     parser.add_argument("--override", action="append", default=[], help="extra recipe KEY=VALUE (every run)")
     parser.add_argument("--work", type=Path, default=Path(__file__).parent / "work" / "real_qcrd")
@@ -244,6 +250,7 @@ def main(argv: list[str] | None = None) -> dict:
             "batch_size": args.batch_size,
             "lag": args.lag,
             "disc_steps": args.disc_steps,
+            "disc_backbone": args.disc_backbone,
             "rationale_tokens": args.max_tokens,
             "lrs": args.lrs,
             "overrides": overrides(0, 0.0, args),
