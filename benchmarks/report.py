@@ -208,7 +208,8 @@ REAL_D2O = {
 
 def mean_std(summary: dict) -> str:
     """mean ± std over seeds, and the 95% interval over every item when the summary has one."""
-    text = f"{summary['mean']:.3f} ± {summary['std']:.3f}"
+    one_seed = len(summary.get("per_seed", [])) == 1
+    text = f"{summary['mean']:.3f}" if one_seed else f"{summary['mean']:.3f} ± {summary['std']:.3f}"
     if "ci95" in summary:
         low, high = summary["ci95"]
         text += f" [{low:.3f}, {high:.3f}]"
@@ -230,7 +231,11 @@ def real_d2o_block(data: dict) -> list[str]:
         lines.append(f"| {arm} | " + " | ".join(cells) + f" | {lrs} |")
     first = data["methods"][arms[0]]
     counts = ", ".join(f"{m} n = {first[m]['n']}" for m in metrics if "n" in first.get(m, {}))
-    lines += ["", f"Seeds: {', '.join(map(str, seeds))}; items per rate: {counts}. {data['selection']}.", ""]
+    lines += [
+        "",
+        f"Seeds: {', '.join(map(str, seeds))}. Items per rate: {counts}. Learning rate: {data['selection']}.",
+        "",
+    ]
     lines += ["Targets:", ""]
     for name, target in data["targets"].items():
         value = target["value"]

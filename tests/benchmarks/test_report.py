@@ -150,6 +150,6 @@ def test_real_d2o_report_and_its_readme_block():
     assert targets["no_baseline_better_on_all_three"]["value"] == []
     lines = report.real_d2o_block(data)
     assert lines[0].startswith("| arm | advbench_compliance ↓ | xstest_safe_compliance ↑ |")
-    assert any(line.startswith("| d2o | 0.400 ± 0.000 [") and line.endswith(" | 0.0005 |") for line in lines)
+    assert any(line.startswith("| d2o | 0.400 [") and line.endswith(" | 0.0005 |") for line in lines)
     assert "one rate (0.0005) for every arm: no selection" in "\n".join(lines)
     assert sum("**not met**" in line for line in lines) == sum(not t["met"] for t in targets.values())
