@@ -200,12 +200,15 @@ def _forwarding_bar(advance):
     """A tqdm factory for `LLM.generate(use_tqdm=...)` that forwards progress to nega's bar.
 
     vLLM's loop reads the bar's elapsed time, so it gets a real tqdm, drawn into a buffer nobody reads.
+    vLLM also wraps the prompts it renders in a bar from the same factory; only the bar of finished
+    requests (the one without an iterable) is forwarded, or the count would pass the total.
     """
     from tqdm import tqdm
 
     class ForwardingBar(tqdm):
         def update(self, n=1):
-            advance(n)
+            if self.iterable is None:
+                advance(n)
             return super().update(n)
 
     return functools.partial(ForwardingBar, file=io.StringIO())
