@@ -390,9 +390,21 @@ def cross_fitted_scores(
         fitting = [e for e, f in zip(examples, assignment, strict=True) if f != k or folds == 1]
         fit = {}
         if train:
-            fit = disc.fit(
+            positives, negatives = (
                 rationale_pairs(fitting, "positives"),
                 rationale_pairs(fitting, "negatives"),
+            )
+            if folds > 1 and not (positives and negatives):
+                from nega.data import DataError
+
+                raise DataError(
+                    f"qcrd discriminator, fold {k + 1}/{folds}: the {len(fitting)} inputs it trains on hold "
+                    f"{len(positives)} positive and {len(negatives)} negative rationales, and it needs both; "
+                    "train on more inputs (data.limit) or set qcrd.disc_folds: 1"
+                )
+            fit = disc.fit(
+                positives,
+                negatives,
                 steps=steps,
                 batch_size=batch_size,
                 seed=seed + k,

@@ -154,6 +154,24 @@ def test_cross_fitted_scores_come_from_a_discriminator_that_never_saw_the_input(
     assert all(s == 1.0 for e in in_sample for s in e["pos_scores"] + e["neg_scores"])
 
 
+def test_a_fold_with_one_class_stops_with_what_to_change():
+    """Few inputs can leave a fold's training part without a positive: one clear error naming the fold
+    and the fix, before any discriminator trains."""
+    import pytest
+
+    from nega.data import DataError
+    from nega.distill.qcrd.discriminator import cross_fitted_scores, fold_of
+
+    examples = qcrd_examples(8)
+    for e in examples:  # positives only in fold 1: fold 1's discriminator trains on fold 0 alone
+        if fold_of(e, 2, 0) == 0:
+            e["positives"] = []
+    discs = [RecordingDiscriminator() for _ in range(2)]
+    with pytest.raises(DataError, match=r"fold 2/2: .* 0 positive .* qcrd.disc_folds: 1"):
+        cross_fitted_scores(discs, examples, train=True, steps=1)
+    assert not discs[1].trained
+
+
 def test_cross_fitting_removes_what_the_discriminator_memorised(tokenizer):
     """Labels at random on distinct rationales: nothing to learn, everything to memorise. Scored in
     sample, the discriminator looks accurate; cross-fitted, it is at chance, as it should be."""
