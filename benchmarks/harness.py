@@ -117,6 +117,36 @@ def arm_of(stage: str, arms) -> str | None:
     return None
 
 
+def last_epoch(folders: dict[str, str], objective: str) -> str:
+    """The folder a QCRD objective's last epoch trained (`<objective>-e<k>-train`), from `trained_folders`."""
+    epochs = [k for k in folders if k.startswith(f"{objective}-e") and k.endswith("-train")]
+    return folders[max(epochs, key=lambda k: int(k.removeprefix(f"{objective}-e").removesuffix("-train")))]
+
+
+def split_seconds(ran: dict[str, float], arms) -> tuple[float, dict[str, float], float]:
+    """(shared, {arm: seconds}, evaluation) of `own_seconds`' {stage: seconds}: a stage named `eval...` is
+    evaluation, a stage of an arm (`arm_of`) is that arm's, any other is shared by every arm."""
+    shared, evaluation, per_arm = 0.0, 0.0, dict.fromkeys(arms, 0.0)
+    for stage, spent in ran.items():
+        if stage.startswith("eval"):
+            evaluation += spent
+        elif arm_of(stage, arms):
+            per_arm[arm_of(stage, arms)] += spent
+        else:
+            shared += spent
+    return shared, per_arm, evaluation
+
+
+def with_interval(summary: dict, n_items: int) -> dict:
+    """A rate's seed summary (`seed_summary`) with its 95% Wilson interval over every seed's `n_items`
+    items, and their number."""
+    from nega.eval.report import wilson_interval
+
+    n = n_items * len(summary["per_seed"])
+    count = round(sum(v * n_items for v in summary["per_seed"]))
+    return {**summary, "ci95": list(wilson_interval(count, n)), "n": n}
+
+
 def seed_seconds(shared: float, arms: dict[str, float], evaluation: float, started: float) -> dict:
     """A seed's seconds: the shared stages', each arm's and the evaluation's own (wherever they were
     spent: a rerun skips finished stages), their sum, and the wall time of this invocation since

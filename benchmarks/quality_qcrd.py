@@ -53,6 +53,7 @@ from harness import (
     arm_of,
     compare_arms,
     copy_stages,
+    last_epoch,
     machine,
     own_seconds,
     provenance,
@@ -60,6 +61,7 @@ from harness import (
     run_recipe,
     seed_seconds,
     seed_summary,
+    split_seconds,
     stage_manifests,
     trained_folders,
     write_result,
@@ -101,12 +103,6 @@ def overrides(seed: int, lr: float, args) -> list[str]:
 
 def ablation_overrides(seed: int, lr: float, args) -> list[str]:
     return [*overrides(seed, lr, args), "qcrd.alpha3=0", "qcrd.baselines=[]", "eval.before=false"]
-
-
-def last_epoch(folders: dict[str, str], objective: str) -> str:
-    """The folder an objective's last epoch trained."""
-    epochs = [k for k in folders if k.startswith(f"{objective}-e") and k.endswith("-train")]
-    return folders[max(epochs, key=lambda k: int(k.removeprefix(f"{objective}-e").removesuffix("-train")))]
 
 
 def run_seed(seed: int, args, work: Path) -> dict:
@@ -159,20 +155,16 @@ def run_seed(seed: int, args, work: Path) -> dict:
             for n, m in ablation_manifests.items()
             if n.startswith("qcrd-e") and n.endswith("-train")
         )
-        for name, spent in own_seconds(manifests, seen).items():
-            if name.startswith("eval"):
-                eval_seconds += spent
-            elif arm_of(name, MAIN_ARMS):
-                seconds[arm_of(name, MAIN_ARMS)] += spent
-            else:
-                shared_seconds += spent
-        for name, spent in own_seconds(ablation_manifests, seen).items():
-            if name.startswith("eval"):
-                eval_seconds += spent
-            elif name.startswith("qcrd-"):
-                seconds[ABLATION] += spent
-            else:
-                shared_seconds += spent
+        shared, per_arm, evaluation = split_seconds(own_seconds(manifests, seen), MAIN_ARMS)
+        for arm in MAIN_ARMS:
+            seconds[arm] += per_arm[arm]
+        # The ablation run trains one objective, `qcrd`: its stages are the ablation arm's.
+        shared_ablation, per_objective, eval_ablation = split_seconds(
+            own_seconds(ablation_manifests, seen), ["qcrd"]
+        )
+        seconds[ABLATION] += per_objective["qcrd"]
+        shared_seconds += shared + shared_ablation
+        eval_seconds += evaluation + eval_ablation
         eval_seconds += sum(own_seconds(stage_manifests(where / "validation"), seen).values())
         print(f"[quality_qcrd] seed {seed} lr {lr:g}: " + ", ".join(
             f"{arm} val {score(validation[arm][lr]):.3f}" for arm in ARMS

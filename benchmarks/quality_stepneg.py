@@ -62,6 +62,7 @@ from harness import (
     seed_summary,
     stage_manifests,
     trained_folders,
+    with_interval,
     write_result,
 )
 
@@ -265,15 +266,6 @@ def targets(methods: dict, sft_target: str) -> dict:
             methods, "stepneg_dpo", ">=", sft_target, "accuracy"
         ),
     }
-
-
-def with_interval(summary: dict, n_test: int) -> dict:
-    """An accuracy's seed summary with its 95% Wilson interval over every seed's test answers."""
-    from nega.eval.report import wilson_interval
-
-    n = n_test * len(summary["per_seed"])
-    count = round(sum(v * n_test for v in summary["per_seed"]))
-    return {**summary, "ci95": list(wilson_interval(count, n)), "n": n}
 
 
 def parse(argv: list[str] | None = None) -> argparse.Namespace:

@@ -350,6 +350,8 @@ def main() -> None:
 
 
 def report(args, seeds, lrs, per_seed: dict, started: float, n_train: int, n_val: int) -> dict:
+    from nega.eval.report import wilson_interval
+
     done = sorted(per_seed)
     methods: dict[str, dict] = {}
     for arm in ARMS:
@@ -363,8 +365,6 @@ def report(args, seeds, lrs, per_seed: dict, started: float, n_train: int, n_val
         ):
             values = [per_seed[s]["test"][arm][metric] for s in done]
             count, n = sum(v["count"] for v in values), sum(v["n"] for v in values)
-            from nega.eval.report import wilson_interval
-
             entry[metric] = {
                 **seed_summary([v["rate"] for v in values]),
                 "ci95": list(wilson_interval(count, n)),

@@ -41,6 +41,7 @@ from harness import (
     arm_of,
     compare_arms,
     copy_stages,
+    last_epoch,
     machine,
     own_seconds,
     provenance,
@@ -48,8 +49,10 @@ from harness import (
     run_recipe,
     seed_seconds,
     seed_summary,
+    split_seconds,
     stage_manifests,
     trained_folders,
+    with_interval,
     write_result,
 )
 
@@ -102,13 +105,6 @@ def validation_records(args) -> list[dict]:
     return records[len(records) - args.val_questions :]
 
 
-def last_epoch(folders: dict[str, str], objective: str) -> str:
-    """The adapter of an objective's last epoch (`<objective>-e<k>-train`)."""
-    epochs = sorted((int(n.split("-e")[1].split("-")[0]), f) for n, f in folders.items()
-                    if n.startswith(f"{objective}-e") and n.endswith("-train"))  # fmt: skip
-    return epochs[-1][1]
-
-
 def run_seed(seed: int, args, work: Path, val_records: list[dict]) -> dict:
     from nega.config import load_recipe
     from nega.distill.qcrd.run import student_set
@@ -147,13 +143,10 @@ def run_seed(seed: int, args, work: Path, val_records: list[dict]) -> dict:
                 for n, m in manifests.items()
                 if arm_of(n, ARMS) == arm and n.endswith("-train")
             )
-        for name, spent in own_seconds(manifests, seen).items():
-            if name.startswith("eval"):
-                eval_seconds += spent
-            elif arm_of(name, ARMS):
-                seconds[arm_of(name, ARMS)] += spent
-            else:
-                shared_seconds += spent
+        shared, per_arm, evaluation = split_seconds(own_seconds(manifests, seen), ARMS)
+        shared_seconds, eval_seconds = shared_seconds + shared, eval_seconds + evaluation
+        for arm in ARMS:
+            seconds[arm] += per_arm[arm]
         eval_seconds += sum(own_seconds(stage_manifests(where / "validation"), seen).values())
         print(f"[real_qcrd] seed {seed} lr {lr:g}: " + ", ".join(
             f"{arm} val {validation[arm][lr]['accuracy']:.3f} test {test[arm][lr]['accuracy']:.3f}" for arm in ARMS
@@ -219,14 +212,15 @@ def main(argv: list[str] | None = None) -> dict:
     val_records = validation_records(args)
     per_seed = {seed: run_seed(seed, args, args.work, val_records) for seed in args.seeds}
 
-    from nega.eval.report import wilson_interval
-
-    methods = {}
-    for arm in ["start", *ARMS]:
-        values = [per_seed[s]["test"][arm]["accuracy"] for s in args.seeds]
-        n_test = per_seed[args.seeds[0]]["test"][arm].get("n") or args.test_questions or 1221
-        count, n = round(sum(v * n_test for v in values)), n_test * len(values)
-        methods[arm] = {"accuracy": {**seed_summary(values), "ci95": list(wilson_interval(count, n)), "n": n}}
+    n_test = args.test_questions or 1221
+    methods = {
+        arm: {
+            "accuracy": with_interval(
+                seed_summary([per_seed[s]["test"][arm]["accuracy"] for s in args.seeds]), n_test
+            )
+        }
+        for arm in ["start", *ARMS]
+    }
     result = {
         "benchmark": "real_qcrd",
         "model": args.model,

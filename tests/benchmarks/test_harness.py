@@ -40,3 +40,18 @@ def test_run_recipe_runs_what_nega_run_runs(tiny_model_dir, tmp_path):
     manifests = [(run_dir / s / "manifest.json").read_text() for s in stages]
     assert harness.run_recipe("d2o-hh-harmless", overrides, tmp_path / "run")[0] == table
     assert [(run_dir / s / "manifest.json").read_text() for s in stages] == manifests
+
+
+def test_stage_seconds_split_into_shared_arms_and_evaluation_and_the_last_epoch():
+    ran = {"teacher": 5.0, "qcrd-e0-negatives": 2.0, "qcrd-e1-train": 3.0, "qcrd_no_disc-e0-train": 4.0,
+           "label_only-e0-train": 1.0, "eval": 6.0, "eval-start": 0.5}  # fmt: skip
+    shared, per_arm, evaluation = harness.split_seconds(
+        ran, ["label_only", "qcrd", "qcrd_no_disc", "step_by_step"]
+    )
+    assert (shared, evaluation) == (5.0, 6.5)
+    assert per_arm == {"label_only": 1.0, "qcrd": 5.0, "qcrd_no_disc": 4.0, "step_by_step": 0.0}
+    folders = {"qcrd-e2-train": "c", "qcrd-e10-train": "d", "qcrd-e1-train": "b", "qcrd_no_disc-e11-train": "x",
+               "qcrd-e1-negatives": "n"}  # fmt: skip
+    assert harness.last_epoch(folders, "qcrd") == "d"
+    summary = harness.with_interval(harness.seed_summary([0.5, 0.25]), 100)
+    assert summary["n"] == 200 and summary["ci95"][0] < 0.375 < summary["ci95"][1]
