@@ -297,7 +297,7 @@ def quality_block(name: str, data: dict) -> list[str]:
 
 def spec_lines(name: str, data: dict) -> list[str]:
     """A method's extra lines under its table."""
-    if name == "quality_stepneg" and "first_pit_precision" in data:
+    if name in ("quality_stepneg", "real_stepneg") and "first_pit_precision" in data:
         return [
             f"First pits found by rollouts that are the world's true first wrong step: precision "
             f"{mean_std(data['first_pit_precision'])}, recall {mean_std(data['first_pit_recall'])}."
