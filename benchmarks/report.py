@@ -263,21 +263,22 @@ def quality_block(name: str, data: dict) -> list[str]:
         cells = [mean_std(data["methods"][arm][m]) for m in metrics]
         lines.append(f"| {arm} | " + " | ".join(cells) + f" | {lrs} |")
     n = len(seeds)
-    lines += ["", f"Targets, on the means over {n} seeds (and seed by seed):", ""]
+    heading = f"on the means over {n} seeds (and seed by seed)" if n > 1 else f"on seed {seeds[0]}"
+    lines += ["", f"Targets, {heading}:", ""]
     for target in data.get("targets", {}).values():
         measured = ", ".join(
             f"{arm} {value:.3f}" for arm, value in target["measured"].items() if value is not None
         )
         verdict = "met" if target["met"] else "**not met**"
         per_seed = ", ".join("yes" if ok else "no" for ok in target["per_seed"])
+        holds = f"; holds on seeds: {per_seed}" if n > 1 else ""
         lines.append(
-            f"- `{target['statement']}`: {measured} (threshold {target['threshold']:.3f}) — {verdict}; "
-            f"holds on seeds: {per_seed}"
+            f"- `{target['statement']}`: {measured} (threshold {target['threshold']:.3f}) — {verdict}{holds}"
         )
     for extra in spec_lines(name, data):
         lines += ["", extra]
     unmet = [t for t in data.get("targets", {}).values() if not t["met"]]
-    if unmet:
+    if unmet and n > 1:
         lines += ["", "Per seed, for the targets not met:", ""]
         lines += [
             "| metric | arm | " + " | ".join(f"seed {s}" for s in seeds) + " |",

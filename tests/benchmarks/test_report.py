@@ -89,6 +89,21 @@ def test_quality_block_shows_every_arm_target_and_the_seeds_behind_a_target_not_
     assert not any(line.startswith("| accuracy |") for line in lines)
 
 
+def test_quality_block_of_one_seed_names_the_seed_and_has_no_per_seed_rows():
+    data = quality_result()
+    data["seeds"] = [0]
+    for arm in data["methods"].values():
+        for summary in arm.values():
+            summary["per_seed"] = summary["per_seed"][:1]
+    for target in data["targets"].values():
+        target["per_seed"] = target["per_seed"][:1]
+    text = "\n".join(report.quality_block("quality_qcrd", data))
+    assert "Targets, on seed 0:" in text
+    assert "— **not met**\n" in text + "\n"
+    assert "holds on seeds" not in text
+    assert "Per seed, for the targets not met" not in text
+
+
 def test_quality_blocks_replace_only_their_markers(tmp_path, monkeypatch):
     readme = tmp_path / "README.md"
     readme.write_text(
