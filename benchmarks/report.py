@@ -275,7 +275,7 @@ def quality_block(name: str, data: dict) -> list[str]:
         lines.append(
             f"- `{target['statement']}`: {measured} (threshold {target['threshold']:.3f}) — {verdict}{holds}"
         )
-    for extra in spec_lines(name, data):
+    for extra in spec_lines(data):
         lines += ["", extra]
     unmet = [t for t in data.get("targets", {}).values() if not t["met"]]
     if unmet and n > 1:
@@ -296,9 +296,10 @@ def quality_block(name: str, data: dict) -> list[str]:
     return lines
 
 
-def spec_lines(name: str, data: dict) -> list[str]:
-    """A method's extra lines under its table."""
-    if name in ("quality_stepneg", "real_stepneg") and "first_pit_precision" in data:
+def spec_lines(data: dict) -> list[str]:
+    """The extra lines under a quality table: the rollouts' first-pit precision and recall, which the
+    per-step benchmarks (toy and real model) report."""
+    if "first_pit_precision" in data:
         return [
             f"First pits found by rollouts that are the world's true first wrong step: precision "
             f"{mean_std(data['first_pit_precision'])}, recall {mean_std(data['first_pit_recall'])}."
