@@ -16,14 +16,13 @@ SFT arms are sft_1x (π_sft) and sft_2x, and the target is stepneg_dpo >= sft_2x
 
 Writes benchmarks/results/real_stepneg.json (accuracy with a 95% Wilson interval over the test answers,
 the first-pit precision and recall against the world's true first wrong step, seconds per arm).
-Sized for a 2-core CPU, where SFT runs at ~17 s per optimizer step of 16 solutions: one learning rate
-(3e-4: SFT at 1e-4 leaves π_sft at 0.10, below the 15% at which negatives carry signal; 3e-4 reached 0.19
-of the 300 test problems), 4 negatives per problem and one rollout group: ~1.6 h measured. A second rate
-(`--lrs 1e-4 3e-4`) makes the rate a choice on validation for every arm (π_sft stays at the rate sft_1x
-chooses) and adds about 1.5 h. Arguments after the script's name go to quality_stepneg.py
-and replace these defaults (`--rl-override` adds to them):
+Sized for a 2-core CPU, where SFT runs at ~17 s per optimizer step of 16 solutions: two learning rates,
+1e-4 and 3e-4, each arm keeping the one with the better validation accuracy (π_sft is sft_1x at its
+chosen rate; SFT at 1e-4 leaves it at 0.10 of the test problems, 3e-4 at 0.19), 4 negatives per problem
+and one rollout group: about 1.6 h per rate measured. Arguments after the script's name go to
+quality_stepneg.py and replace these defaults (`--rl-override` adds to them):
 
-    .venv/bin/python benchmarks/real_stepneg.py [--seeds 0] [--lrs 3e-4] [--n-train 128]
+    .venv/bin/python benchmarks/real_stepneg.py [--seeds 0] [--lrs 1e-4 3e-4] [--n-train 128]
     # quick check: --n-train 8 --n-test 8 --n-val 8 --lrs 3e-4 --rl-steps 2 --work /tmp/real_stepneg_quick
 """
 
@@ -38,7 +37,7 @@ DEFAULTS = [
     "--model", "smollm2-135m-instruct",
     "--name", "real_stepneg",
     "--seeds", "0",
-    "--lrs", "3e-4",
+    "--lrs", "1e-4", "3e-4",
     "--rl-override", "stepneg.negatives=4",
     "--rl-override", "stepneg.rollout_groups=1",
     "--n-train", "128",
