@@ -154,7 +154,7 @@ def train_student(
             disc = discriminator_stage(run, recipe, epoch, model_path, epoch_examples, disc, inputs)
             epoch_examples = read_jsonl(disc.dir / "examples.jsonl")
             inputs.append(disc)
-        config = {"objective": objective, "epoch": epoch, "epochs": epochs, "train": recipe.train.model_dump(),
+        config = {"objective": objective, "epoch": epoch, "epochs": epochs, "train": recipe.train.stage_key(),
                   "lora": recipe.lora.model_dump(), "qcrd": recipe.qcrd.model_dump(include=LOSS_FIELDS)}  # fmt: skip
         last_train, adapter = train_stage(
             run, f"{objective}-e{epoch}-train", "nega.distill.qcrd.trainer:train_epoch", model_path=model_path,
