@@ -315,7 +315,10 @@ def main(argv: list[str] | None = None) -> dict:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import torch
 
-    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+    # One thread for the toy model (a 28M model gains nothing from more on a busy machine); every core
+    # for a pretrained one.
+    default_threads = 1 if args.model == "toy" else os.cpu_count() or 1
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", default_threads)))
     made_by = provenance(__file__)
     described = machine("cpu", ("torch", "transformers"))
     started = time.time()

@@ -77,7 +77,7 @@ def overrides(seed: int, lr: float, args) -> list[str]:
         f"train.epochs={args.epochs}",
         f"train.batch_size={args.batch_size}",
         "train.grad_accum=1",
-        "train.save_steps=100000",
+        "train.save_steps=25",  # a killed run resumes inside a 125-step epoch, not from its start
         f"sampling.max_tokens={args.max_tokens}",
         f"qcrd.lag={args.lag}",
         f"qcrd.disc_steps={args.disc_steps}",

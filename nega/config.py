@@ -172,6 +172,10 @@ class DeepSpeedConfig(Strict):
 TRACKER_PACKAGES = {"tensorboard": "tensorboard", "wandb": "wandb", "trackio": "trackio"}
 
 
+# TrainConfig fields that leave the trained weights unchanged: not part of a training stage's hash.
+BOOKKEEPING_FIELDS = frozenset({"save_steps", "logging_steps", "report_to"})
+
+
 class TrainConfig(Strict):
     lr: float = Field(5e-6, gt=0)
     epochs: float = Field(1.0, gt=0)
@@ -212,6 +216,14 @@ class TrainConfig(Strict):
                 f"pip install 'nega[{extras}]'"
             )
         return list(dict.fromkeys(v))
+
+    def stage_key(self) -> dict:
+        """The fields a training stage's hash covers: everything that changes the trained weights.
+
+        How often a stage checkpoints or logs and where it reports are left out, so changing them reuses
+        a finished stage and resumes a killed one from its checkpoints instead of training it again.
+        """
+        return self.model_dump(exclude=BOOKKEEPING_FIELDS)
 
 
 class HarmEvalConfig(Strict):

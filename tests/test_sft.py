@@ -112,6 +112,33 @@ def test_two_sft_steps_change_lora_weights_and_not_the_base(tiny_model_dir, tmp_
     assert all(torch.equal(again[k], weights[k]) for k in weights)
 
 
+def test_checkpoint_and_logging_frequency_leave_a_finished_training_stage_reused(tiny_model_dir, tmp_path):
+    """A training stage's hash covers what changes the weights (here the rate), not how often it saves
+    checkpoints or logs: a user who only changes those gets the finished stage back, not a retrain."""
+    from nega.config import load_recipe
+    from nega.pipeline import Run
+    from nega.sft import sft_stage
+
+    path = tmp_path / "r.yaml"
+    path.write_text(f"name: demo\nmethod: sft\nmodel: {{name: {tiny_model_dir}}}\ndata: {{dataset: d}}\n")
+    pairs = [("<|user|>\nname a color.\n<|assistant|>\n", "green")] * 2
+    launches = []
+
+    def train(*overrides):
+        recipe = load_recipe(str(path), ["train.max_steps=1", "train.batch_size=2", *overrides])
+        run = Run(recipe, tmp_path / "out")
+        launch = run.launcher.run
+        run.launcher.run = lambda *a, **k: (launches.append(overrides), launch(*a, **k))
+        return sft_stage(run, "sft", str(tiny_model_dir), pairs)[0]
+
+    first = train("train.save_steps=1", "train.logging_steps=1")
+    again = train("train.save_steps=7", "train.logging_steps=3")
+    assert launches == [("train.save_steps=1", "train.logging_steps=1")]
+    assert again.hash == first.hash and again.done
+    changed = train("train.save_steps=7", "train.lr=1e-3")
+    assert changed.hash != first.hash and len(launches) == 2
+
+
 @pytest.mark.slow
 def test_toy_sft_recipe_runs_and_reports_oracle_metrics(tmp_path, monkeypatch):
     from nega.config import load_recipe

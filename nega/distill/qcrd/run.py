@@ -154,7 +154,7 @@ def train_student(
             disc = discriminator_stage(run, recipe, epoch, model_path, epoch_examples, disc, inputs)
             epoch_examples = read_jsonl(disc.dir / "examples.jsonl")
             inputs.append(disc)
-        config = {"objective": objective, "epoch": epoch, "epochs": epochs, "train": recipe.train.model_dump(),
+        config = {"objective": objective, "epoch": epoch, "epochs": epochs, "train": recipe.train.stage_key(),
                   "lora": recipe.lora.model_dump(), "qcrd": recipe.qcrd.model_dump(include=LOSS_FIELDS)}  # fmt: skip
         last_train, adapter = train_stage(
             run, f"{objective}-e{epoch}-train", "nega.distill.qcrd.trainer:train_epoch", model_path=model_path,
@@ -234,8 +234,8 @@ def discriminator_stage(
 def student_set(
     recipe, *, split: str = "test", name: str = "eval", records: list[dict] | None = None
 ) -> PromptSet | None:
-    """accuracy of greedy `predict:` answers on `qcrd.eval_limit` questions of `split` (or of `records`,
-    teacher-rationale records from elsewhere); on a toy world also the oracle's rationale_quality (and
+    """accuracy of greedy `predict:` answers on `qcrd.eval_limit` questions of `split` (or on every one
+    of `records`, teacher-rationale records from elsewhere, e.g. a validation set); on a toy world also the oracle's rationale_quality (and
     rationale_accuracy: the stated answer is right) of greedy `explain:` rationales. None when the data
     has no such split: a rationale file other than a distilling step-by-step one is all training data."""
     toy_data = recipe.toy is not None and recipe.data.dataset == "toy"
@@ -245,7 +245,7 @@ def student_set(
         # data.limit counts training rows; the test split's size is qcrd.eval_limit.
         data_cfg = recipe.data if toy_data else recipe.data.model_copy(update={"limit": None})
         records, _ = data.load_teacher_records(data_cfg, toy_cfg=recipe.toy, seed=recipe.seed, split=split)
-    records = records[: recipe.qcrd.eval_limit]
+        records = records[: recipe.qcrd.eval_limit]
     questions, labels = [r["question"] for r in records], [r["label"] for r in records]
     world = None
     if toy_data:

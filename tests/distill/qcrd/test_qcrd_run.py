@@ -180,3 +180,8 @@ def test_the_students_are_evaluated_on_the_test_split_never_on_their_training_ro
     records = [{"question": "3 + 1?", "label": "4", "rationales": []}]
     given = student_set(load_recipe("qcrd-svamp", [f"data.path={own}"]), records=records, name="validation")
     assert len(given.prompts) == 1 and given.score(["4"])["accuracy"] == 1.0
+    # Records given by the caller (a benchmark's validation set) are used whole: qcrd.eval_limit sizes
+    # the test split only.
+    five = records * 5
+    limited = load_recipe("qcrd-svamp", [f"data.path={own}", "qcrd.eval_limit=2"])
+    assert len(student_set(limited, records=five, name="validation").prompts) == 5
