@@ -30,7 +30,7 @@ def test_real_stepneg_runs_the_toy_recipes_on_smollm2_and_is_graded_by_the_world
         assert recipe.lora.target_modules == "all-linear" and recipe.sampling.max_tokens == 128
     assert sft.data.limit == 2 * args.n_train and stepneg.data.limit == args.n_train
     assert stepneg.train.max_steps == args.rl_steps and stepneg.stepneg.sft_lr == 3e-4
-    assert stepneg.stepneg.negatives == 4 and stepneg.stepneg.rollout_groups == 1 and args.lrs == [3e-4]
+    assert stepneg.stepneg.negatives == 4 and stepneg.stepneg.rollout_groups == 1 and args.lrs == [1e-4, 3e-4]
     test = held_out_problems(stepneg, split="test", n_rows=args.n_test)
     validation = held_out_problems(stepneg, split="validation", n_rows=args.n_val)
     assert len(test.prompts) == args.n_test
