@@ -154,8 +154,6 @@ def sft_stage(run, name: str, model_path: str, pairs: list[tuple[str, str]], *, 
 
     recipe = run.recipe
     config = {
-        "train": recipe.train.stage_key(),
-        "lora": recipe.lora.model_dump(),
         "model": recipe.model.model_dump(),
         "overrides": overrides or {},
         "pairs": len(pairs),

@@ -58,11 +58,14 @@ def train_stage(
 
     `examples` are rows, written to `<stage>/examples.jsonl` so that launched ranks read them from disk,
     or the path of a JSONL file of them that an upstream stage wrote. `config` and `inputs` make the
-    stage's hash; `arguments` (JSON-able) go to the training function; `counts` join the manifest's.
+    stage's hash, together with the recipe's `lora` section and its `train` section less the fields that
+    leave the weights unchanged (`TrainConfig.stage_key`); `arguments` (JSON-able) go to the training
+    function; `counts` join the manifest's.
     """
     from nega.pipeline import read_json, read_jsonl, write_jsonl
 
     recipe = run.recipe
+    config = {"train": recipe.train.stage_key(), "lora": recipe.lora.model_dump(), **config}
     stage = run.stage(name, config=config, inputs=inputs)
     if not stage.done:
         if isinstance(examples, str | Path):

@@ -412,8 +412,6 @@ def train_objective(run: Run, loss: str, pi_sft: str, examples: list[dict], inpu
     config = {
         "loss": loss,
         "stepneg": recipe.stepneg.model_dump(),
-        "train": recipe.train.stage_key(),
-        "lora": recipe.lora.model_dump(),
         "examples": hash_value(examples),
         "seed": recipe.seed,
     }

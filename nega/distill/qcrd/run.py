@@ -154,8 +154,8 @@ def train_student(
             disc = discriminator_stage(run, recipe, epoch, model_path, epoch_examples, disc, inputs)
             epoch_examples = read_jsonl(disc.dir / "examples.jsonl")
             inputs.append(disc)
-        config = {"objective": objective, "epoch": epoch, "epochs": epochs, "train": recipe.train.stage_key(),
-                  "lora": recipe.lora.model_dump(), "qcrd": recipe.qcrd.model_dump(include=LOSS_FIELDS)}  # fmt: skip
+        config = {"objective": objective, "epoch": epoch, "epochs": epochs,
+                  "qcrd": recipe.qcrd.model_dump(include=LOSS_FIELDS)}  # fmt: skip
         last_train, adapter = train_stage(
             run, f"{objective}-e{epoch}-train", "nega.distill.qcrd.trainer:train_epoch", model_path=model_path,
             examples=epoch_examples, config=config, inputs=inputs, counts={"epoch": epoch},
@@ -235,9 +235,10 @@ def student_set(
     recipe, *, split: str = "test", name: str = "eval", records: list[dict] | None = None
 ) -> PromptSet | None:
     """accuracy of greedy `predict:` answers on `qcrd.eval_limit` questions of `split` (or on every one
-    of `records`, teacher-rationale records from elsewhere, e.g. a validation set); on a toy world also the oracle's rationale_quality (and
-    rationale_accuracy: the stated answer is right) of greedy `explain:` rationales. None when the data
-    has no such split: a rationale file other than a distilling step-by-step one is all training data."""
+    of `records`, teacher-rationale records from elsewhere, e.g. a validation set); on a toy world also
+    the oracle's rationale_quality (and rationale_accuracy: the stated answer is right) of greedy
+    `explain:` rationales. None when the data has no such split: a rationale file other than a distilling
+    step-by-step one is all training data."""
     toy_data = recipe.toy is not None and recipe.data.dataset == "toy"
     if records is None:
         if not toy_data and (recipe.data.path is None or data.step_by_step_name(recipe.data.path) is None):
