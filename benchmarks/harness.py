@@ -17,6 +17,8 @@ import shutil
 import statistics
 from pathlib import Path
 
+from nega.training import trained_folder
+
 
 def machine(device: str, packages: tuple[str, ...] = ("torch", "transformers", "vllm")) -> dict:
     """Platform, CPUs, threads, load at start, the device, and the versions of `packages` (None when absent)."""
@@ -102,9 +104,8 @@ def trained_folders(run_dir: Path) -> dict[str, str]:
     """{stage name: the folder it trained} for every finished training stage of a run folder."""
     out = {}
     for name, manifest in stage_manifests(run_dir).items():
-        log = Path(manifest["dir"]) / "train_log.json"
-        if log.is_file():
-            out[name] = json.loads(log.read_text())["folder"]
+        if (Path(manifest["dir"]) / "train_log.json").is_file():
+            out[name] = str(trained_folder(manifest["dir"]))
     return out
 
 

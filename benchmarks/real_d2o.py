@@ -43,6 +43,8 @@ import json
 import time
 from pathlib import Path
 
+from nega.training import trained_folder
+
 from harness import machine, run_recipe, seed_summary, write_result
 
 RESULTS = Path(__file__).parent / "results"
@@ -141,7 +143,7 @@ def train_arms(args, train_file: Path, lr: float, seed: int, out: Path) -> dict:
         name = stage["stage"]
         if name.endswith("-train") or "-train-r" in name:
             arm = name.split("-train")[0]
-            adapters[arm] = json.loads((manifest.parent / "train_log.json").read_text())["folder"]
+            adapters[arm] = str(trained_folder(manifest.parent))
     return {"adapters": {arm: adapters[arm] for arm in ARMS if arm in adapters}, "seconds": seconds}
 
 

@@ -8,6 +8,13 @@ reruns the others. A stage's folder also remembers the input hash it started wit
 interrupted stage with unchanged inputs keeps its partial work (training checkpoints, log-prob caches)
 while one whose inputs changed starts clean.
 
+A run folder can be moved or copied and resumed from anywhere: every path a stage hashes or stores is
+kept relative to the run folder (a path outside it, such as a data file or a cached model, is hashed by
+content alone). A finished stage that must rerun is rebuilt beside the old result, in
+`.partial/<stage>`, and swapped in only when its manifest is written: a kill or crash during the rerun
+leaves the old result whole. Each stage says on stderr whether it is skipped, resumed, run or rerun, and
+for a rerun which config key or input changed.
+
 Files are written to a temporary name and renamed, so a kill never leaves a half file that looks whole.
 """
 
@@ -18,14 +25,16 @@ import hashlib
 import json
 import os
 import shutil
+import sys
 import time
-import warnings
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 MANIFEST = "manifest.json"
+PARTIAL = ".partial"  # where a finished stage is rebuilt before it is swapped in
+RUN_PREFIX = "@run/"  # a stored path inside the run folder
 STAGE_INFO = "stage.json"
 RESULT = "result.json"  # the run's own trained folder (Run.record_result)
 
@@ -123,19 +132,27 @@ class Stage:
     done: bool = False
     manifest: dict = field(default_factory=dict)
     started: float = field(default_factory=time.time)
+    inputs: list = field(default_factory=list)
+    # Where the finished result lives. While a finished stage is rebuilt, `dir` is a folder beside it
+    # (`<run>/.partial/<stage>`) and `finish` swaps it in; paths taken from `dir` before then go stale.
+    final: Path | None = None
 
     def finish(self, counts: dict | None = None, **extra: Any) -> Stage:
         manifest = {
             "stage": self.name,
             "hash": self.hash,
             "config": self.config,
+            "inputs": self.inputs,
             "counts": counts or {},
             "files": file_hashes(self.dir),
             "seconds": round(time.time() - self.started, 3),
             "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
-            **extra,
+            **(portable(extra, self.final.parent) if self.final is not None else extra),
         }
         write_json(self.dir / MANIFEST, manifest)
+        if self.final is not None and self.dir != self.final:
+            _swap_in(self.dir, self.final)
+            self.dir = self.final
         self.manifest = manifest
         self.done = True
         return self
@@ -214,32 +231,77 @@ class Run:
         """Open stage `name` (numbered in call order); `done` tells whether it can be skipped.
 
         The stage hash covers its name, its `config` (anything JSON-able) and its inputs: upstream
-        stages by their own hash, files by their content hash, other values as given.
+        stages by their own hash, files and folders by their content, other values as given. A path in
+        `config` that lies inside the run folder counts by its place in the run (`@run/<stage>/...`), so
+        a moved or copied run keeps its hashes.
         """
         self._count += 1
         folder = self.dir / f"{self._count:02d}-{name}"
-        config = json.loads(canonical_json(config)) if config is not None else {}
-        stage_hash = hash_value({"name": name, "config": config, "inputs": [_input_key(i) for i in inputs]})
-        stage = Stage(name=name, dir=folder, hash=stage_hash, config=config)
+        config = self.portable(json.loads(canonical_json(config))) if config is not None else {}
+        keys = [self._input_key(i) for i in inputs]
+        stage_hash = hash_value({"name": name, "config": config, "inputs": keys})
+        stage = Stage(name=name, dir=folder, hash=stage_hash, config=config, inputs=keys, final=folder)
+        if self.is_main_process:
+            _recover_swap(folder, self._partial(folder))
         manifest_path = folder / MANIFEST
         if manifest_path.exists():
-            problem = _manifest_problem(folder, stage_hash)
+            problem = _manifest_problem(folder, stage_hash, config, keys)
             if problem is None:
                 stage.done = True
                 stage.manifest = read_json(manifest_path)
+                say(f"stage {folder.name}: finished, skipped")
                 return stage
-            warnings.warn(f"stage {folder.name} reruns: {problem}", stacklevel=2)
-            if self.is_main_process:
-                manifest_path.unlink()
-        info = folder / STAGE_INFO
-        if folder.exists() and (not info.exists() or read_json(info).get("hash") != stage_hash):
-            if self.is_main_process:
-                shutil.rmtree(folder)
+            # The finished result stays where it is until its replacement is complete.
+            stage.dir = self._partial(folder)
+            say(f"stage {folder.name}: reruns, {problem}")
+        work = stage.dir
+        info = work / STAGE_INFO
+        resumed = work.exists() and info.exists() and read_json(info).get("hash") == stage_hash
+        if work.exists() and not resumed and self.is_main_process:
+            shutil.rmtree(work)
+        if work == folder:
+            say(f"stage {folder.name}: " + ("resumes its unfinished work" if resumed else "runs"))
+        elif resumed:
+            say(f"stage {folder.name}: resumes the unfinished rerun in {work.relative_to(self.dir)}")
         if self.is_main_process:
-            folder.mkdir(parents=True, exist_ok=True)
+            work.mkdir(parents=True, exist_ok=True)
             if not info.exists():
                 write_json(info, {"hash": stage_hash, "started_at": time.strftime("%Y-%m-%dT%H:%M:%S")})
         return stage
+
+    def _partial(self, folder: Path) -> Path:
+        return self.dir / PARTIAL / folder.name
+
+    def portable(self, value: Any) -> Any:
+        """`value` (JSON-like) with every path that lies inside the run folder written `@run/<relative>`."""
+        return portable(value, self.dir)
+
+    def relative(self, path: str | Path) -> str | None:
+        """`path` relative to the run folder when it lies inside it, else None."""
+        return relative_to_folder(path, self.dir)
+
+    def resolve(self, stored: str | Path) -> Path:
+        """A path a stage stored: relative ones and `@run/...` are read against this run folder."""
+        text = str(stored)
+        if text.startswith(RUN_PREFIX):
+            return self.dir / text[len(RUN_PREFIX) :]
+        path = Path(text)
+        return path if path.is_absolute() else self.dir / path
+
+    def _input_key(self, item: Stage | str | Path) -> Any:
+        if isinstance(item, Stage):
+            # Upstream outputs, not just upstream inputs: a rerun that writes different files reruns us too.
+            return {"stage": item.final.name if item.final else item.name, "hash": item.hash,
+                    "files": item.manifest.get("files")}  # fmt: skip
+        path = Path(item)
+        inside = self.relative(path) if path.exists() else None
+        # Inside the run, a path counts by its place in it; outside, by its content alone, so a run
+        # moved to another folder or machine, or a model cache elsewhere, keeps its hash.
+        if path.is_file():
+            return {"file": inside, "sha256": hash_file(path)} if inside else {"sha256": hash_file(path)}
+        if path.is_dir():
+            return {"dir": inside, "files": file_hashes(path)} if inside else {"files": file_hashes(path)}
+        return str(item)
 
     def record_result(self, label: str, base_model: str | Path, trained: str | Path | None) -> None:
         """Name the run's own result in `result.json`: the folder its method trained (`label`) and the
@@ -276,26 +338,75 @@ class Run:
             yield manifest.parent.name, read_json(manifest)
 
 
-def _input_key(item: Stage | str | Path) -> Any:
-    if isinstance(item, Stage):
-        # Upstream outputs, not just upstream inputs: a rerun that writes different files reruns us too.
-        return {"stage": item.name, "hash": item.hash, "files": item.manifest.get("files")}
-    path = Path(item)
-    if path.is_file():
-        return {"file": str(path), "sha256": hash_file(path)}
-    if path.is_dir():
-        return {"dir": str(path), "files": file_hashes(path)}
-    return str(item)
+def portable(value: Any, root: Path) -> Any:
+    """`value` (JSON-like) with every path that lies inside `root` written `@run/<relative>`."""
+    if isinstance(value, dict):
+        return {k: portable(v, root) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [portable(v, root) for v in value]
+    if isinstance(value, Path) or (isinstance(value, str) and os.sep in value and _path_like(value)):
+        inside = relative_to_folder(value, root)
+        if inside is not None:
+            return RUN_PREFIX + inside if inside != "." else RUN_PREFIX.rstrip("/")
+        return str(value)
+    return value
 
 
-def _manifest_problem(folder: Path, stage_hash: str) -> str | None:
-    """Why a finished stage cannot be reused, or None when it can."""
+def relative_to_folder(path: str | Path, folder: Path) -> str | None:
+    """`path` relative to `folder` when it lies inside it, else None."""
+    try:
+        target, root = Path(path).resolve(), Path(folder).resolve()
+    except (OSError, ValueError):
+        return None
+    return target.relative_to(root).as_posix() if _inside(target, root) else None
+
+
+def say(line: str) -> None:
+    """One line of a run's account of itself, on stderr, on a line of its own."""
+    print(f"[nega] {line}", file=sys.stderr, flush=True)
+
+
+def _path_like(text: str) -> bool:
+    return len(text) < 4096 and "\n" not in text
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    return path == folder or folder in path.parents
+
+
+def _swap_in(new: Path, final: Path) -> None:
+    """Put the finished `new` folder at `final`; the old result is moved aside first and removed last,
+    so a kill at any point leaves one whole result that `_recover_swap` puts back in place."""
+    old = new.with_name(new.name + ".old")
+    if old.exists():
+        shutil.rmtree(old)
+    if final.exists():
+        os.replace(final, old)
+    os.replace(new, final)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _recover_swap(final: Path, partial: Path) -> None:
+    """Finish a swap a kill interrupted: a complete rebuild goes in, else the old result comes back."""
+    old = partial.with_name(partial.name + ".old")
+    if final.exists():
+        if old.exists():
+            shutil.rmtree(old)
+        return
+    if (partial / MANIFEST).exists():
+        os.replace(partial, final)
+    elif old.exists():
+        os.replace(old, final)
+
+
+def _manifest_problem(folder: Path, stage_hash: str, config: dict, inputs: list) -> str | None:
+    """Why a finished stage cannot be reused (which key or input changed), or None when it can."""
     try:
         manifest = read_json(folder / MANIFEST)
     except (OSError, json.JSONDecodeError):
         return "its manifest is unreadable"
     if manifest.get("hash") != stage_hash:
-        return "its inputs or config changed"
+        return _what_changed(manifest, config, inputs)
     recorded = manifest.get("files", {})
     actual = file_hashes(folder)
     for name, digest in recorded.items():
@@ -304,3 +415,48 @@ def _manifest_problem(folder: Path, stage_hash: str) -> str | None:
         if actual[name] != digest:
             return f"{name} does not match its recorded hash (truncated or edited)"
     return None
+
+
+def _what_changed(manifest: dict, config: dict, inputs: list) -> str:
+    """The config keys (dotted, with old and new values) and inputs that differ from a manifest's."""
+    old, new = _flatten(manifest.get("config", {})), _flatten(config)
+    keys = sorted(k for k in old.keys() | new.keys() if old.get(k, _MISSING) != new.get(k, _MISSING))
+    parts = []
+    if keys:
+        shown = [f"{k} {_short(old.get(k, _MISSING))} -> {_short(new.get(k, _MISSING))}" for k in keys[:4]]
+        parts.append("config changed: " + "; ".join(shown) + (f" (+{len(keys) - 4} more)" if len(keys) > 4 else ""))
+    old_inputs = manifest.get("inputs")
+    if old_inputs is None:
+        parts.append("its inputs are not recorded (a manifest from an older nega)")
+    elif old_inputs != inputs:
+        changed = [_input_name(n) for o, n in zip(old_inputs, inputs, strict=False) if o != n]
+        if len(old_inputs) != len(inputs):
+            changed.append(f"{len(old_inputs)} inputs before, {len(inputs)} now")
+        parts.append("input changed: " + ", ".join(changed))
+    return "; ".join(parts) or "its hash changed"
+
+
+_MISSING = "<absent>"
+
+
+def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(value, dict) and value:
+        out = {}
+        for k, v in value.items():
+            out.update(_flatten(v, f"{prefix}{k}."))
+        return out
+    return {prefix.rstrip("."): canonical_json(value)}
+
+
+def _short(text: str, width: int = 40) -> str:
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def _input_name(key: Any) -> str:
+    if isinstance(key, dict):
+        if "stage" in key:
+            return f"stage {key['stage']}"
+        if key.get("file") or key.get("dir"):
+            return key.get("file") or key.get("dir")
+        return "a file or folder's content"
+    return str(key)

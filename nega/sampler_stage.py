@@ -83,4 +83,4 @@ def sample_prompts(run: Run, adapter: str | None = None) -> Path:
     stage.finish(
         counts={"prompts": len(prompts), "completions": sum(len(g) for g in groups), "bad_rows": skipped}
     )
-    return out
+    return stage.dir / "samples.jsonl"  # `out` was in the rebuild folder that finish swapped in

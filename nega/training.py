@@ -85,7 +85,16 @@ def train_stage(
 
         training_curve(stage.dir / CURVE, history, f"{run.recipe.name}: {name}")
         stage.finish(counts={"examples": n_examples, "steps": steps, "final_loss": final, **(counts or {})})
-    return stage, read_json(stage.dir / TRAIN_LOG)["folder"]
+    return stage, str(trained_folder(stage.dir))
+
+
+def trained_folder(stage_dir: Path) -> Path:
+    """The folder a finished training stage trained (`adapter/` or `model/`, directly inside the stage),
+    named in its train_log.json. Logs of older runs hold the path the stage then had; its last part
+    names the same folder."""
+    from nega.pipeline import read_json
+
+    return Path(stage_dir) / Path(read_json(Path(stage_dir) / TRAIN_LOG)["folder"]).name
 
 
 def train_on_rank(
@@ -106,7 +115,8 @@ def train_on_rank(
         validate_recipe(recipe), model_path, read_jsonl(Path(examples)), output, **arguments
     )
     if is_main_process():
-        write_json(output / TRAIN_LOG, {"folder": str(folder), "history": history})
+        # The trained folder's name inside the stage, not its path: the run folder may move.
+        write_json(output / TRAIN_LOG, {"folder": Path(folder).name, "history": history})
 
 
 def training_arguments(train_cfg, output_dir: Path, *, seed: int = 0, **overrides):
