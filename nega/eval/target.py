@@ -97,7 +97,8 @@ def final_adapter(run_dir: Path) -> Path | None:
     result = run_result(run_dir)
     if result is not None:
         return Path(result["adapter"]) if result["adapter"] else None
-    found = [p.parent for p in run_dir.glob("*/**/adapter/adapter_config.json")]
+    # Stage folders only: `.partial/` holds unfinished rebuilds.
+    found = [p.parent for p in run_dir.glob("[0-9]*/**/adapter/adapter_config.json")]
     if not found:
         return None
     return max(found, key=lambda p: ((p / "adapter_config.json").stat().st_mtime, str(p)))

@@ -3,7 +3,10 @@ resumes; online rounds resample from the adapter; the toy recipe (slow) beats SF
 
 from __future__ import annotations
 
+import hashlib
 import json
+import shutil
+from pathlib import Path
 
 import pytest
 from nega_testing import shared_data
@@ -181,7 +184,47 @@ def test_online_rounds_resample_from_the_adapter(tiny_model_dir, tmp_path, monke
     round1 = read_jsonl(target.dir / "02-reflogps" / "examples.jsonl")
     assert [e["ref_rejected"] for e in round1] == pytest.approx(without, abs=1e-4)
     round2 = read_json(target.dir / "06-d2o_online-train-r2" / "manifest.json")["config"]
-    assert round2["adapter"] == first_adapter and round2["overrides"] == {"max_steps": 1}
+    # Stored inside the run folder's terms, so that a moved run keeps its hashes.
+    assert round2["adapter"] == "@run/03-d2o_online-train-r1/adapter" and round2["overrides"] == {"max_steps": 1}
+
+
+def test_a_copied_online_run_resumes_from_another_directory_with_no_file_changed(
+    tiny_model_dir, tmp_path, monkeypatch
+):
+    """A run started from one directory with a relative folder, copied elsewhere (the original deleted) and
+    resumed from a third directory: every stage is skipped, nothing samples or trains, and no file of the
+    copy changes. Online rounds store the previous round's adapter in their config, the case that once
+    emptied a finished stage."""
+    data_path = tmp_path / "negatives.jsonl"
+    rows = [{"prompt": f"what is {a} plus {a}?", "rejected": f"{a} plus {a} is {a + 3}."} for a in range(4)]
+    data_path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    overrides = _tiny_overrides(tiny_model_dir, tmp_path, data_path, **{"d2o.rounds": 2})
+    recipe = load_recipe("d2o-hh-harmless", [*overrides, "data.format=auto", "eval.harm=null"])
+    (tmp_path / "start").mkdir()
+    monkeypatch.chdir(tmp_path / "start")
+    table = run(recipe, Run(recipe, Path("runs/first")))
+    copy = tmp_path / "moved" / "copy"
+    shutil.copytree(tmp_path / "start" / "runs" / "first", copy)
+    shutil.rmtree(tmp_path / "start")
+    before = _file_hashes(copy)
+    assert len(before) > 20
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a finished stage ran again")
+
+    monkeypatch.setattr("nega.sampling.make_sampler", refuse)
+    monkeypatch.setattr("nega.launch.Launcher.run", refuse)
+    monkeypatch.chdir(tmp_path / "moved")
+    assert run(recipe, Run(recipe, copy)) == table
+    assert _file_hashes(copy) == before
+
+
+def _file_hashes(folder: Path) -> dict[str, str]:
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file() and p.name != ".lock"
+    }
 
 
 @pytest.mark.slow
