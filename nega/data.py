@@ -24,15 +24,13 @@ DATA_PREFIX = "data:"  # `data.path: data:hh-rlhf/harmless-base_test.jsonl` name
 
 def data_roots() -> list[Path]:
     """Folders holding nega's public datasets (advbench/, xstest/, gsm8k/, hh-rlhf/, ...), in search order:
-    `$NEGA_DATA` when set; else `../shared/data` from the current directory, then from the repository
-    holding the nega package."""
+    `$NEGA_DATA` when set; else `shared/data` beside the repository holding the nega package. Never the
+    current directory: a recipe reads the same files wherever it is started from."""
     import os
 
     if os.environ.get("NEGA_DATA"):
         return [Path(os.path.expanduser(os.environ["NEGA_DATA"]))]
-    repo = Path(__file__).resolve().parents[1]
-    roots = [Path.cwd() / ".." / "shared" / "data", repo / ".." / "shared" / "data"]
-    return [r.resolve() for r in roots]
+    return [(Path(__file__).resolve().parents[1] / ".." / "shared" / "data").resolve()]
 
 
 def find_data_file(*parts: str) -> Path:

