@@ -490,7 +490,7 @@ def resolve_recipe_path(name_or_path: str) -> Path:
         raise RecipeFileError(
             str(path), "is a folder, not a recipe file; give a YAML file or a built-in name (`nega recipes`)"
         )
-    if is_file_name or path.exists():
+    if is_file_name or (path.exists() and not path.is_dir()):
         if not path.exists():
             raise RecipeFileError(str(path), f"file not found (looked in {os.getcwd()})")
         return path

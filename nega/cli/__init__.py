@@ -40,7 +40,22 @@ def _options(
     pass
 
 
-RecipeArg = typer.Argument(..., help="built-in recipe name (see `nega recipes`) or path to a YAML file")
+def _complete_recipe(incomplete: str) -> list[str]:
+    """Shell completion of RECIPE: built-in names and YAML files; none left, the shell lists files."""
+    import glob
+
+    from nega.config import builtin_recipes
+
+    names = [name for name in builtin_recipes() if name.startswith(incomplete)]
+    files = glob.glob(glob.escape(incomplete) + "*.y*ml")
+    return names + sorted(f for f in files if f.endswith((".yaml", ".yml")))
+
+
+RecipeArg = typer.Argument(
+    ...,
+    help="built-in recipe name (see `nega recipes`) or path to a YAML file",
+    autocompletion=_complete_recipe,
+)
 OverridesArg = typer.Argument(None, help="KEY=VALUE overrides, e.g. train.lr=1e-5 sampling.n=4")
 
 
