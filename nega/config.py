@@ -2,9 +2,10 @@
 method table `METHODS` from which the union, `nega run`'s dispatch and the model card derive.
 
 A recipe is one YAML file, validated whole before anything runs. `load_recipe` collects every problem
-(unknown keys, bad values, missing files, unknown method, keys the method never reads) into one
-`RecipeError` naming the file and each key path. Only pydantic and yaml are imported here (and each
-method's `config.py`, which imports only pydantic), so validation is instant.
+(unknown keys, keys given twice, bad values, missing files, unknown method, keys the method never
+reads) into one `RecipeError` naming the file and each key path. Numbers are finite and counts bounded
+(`nega.bounds`). Only pydantic and yaml are imported here (and each method's `config.py`, which
+imports only pydantic and `nega.bounds`), so validation is instant.
 """
 
 from __future__ import annotations
