@@ -2,9 +2,10 @@
 method table `METHODS` from which the union, `nega run`'s dispatch and the model card derive.
 
 A recipe is one YAML file, validated whole before anything runs. `load_recipe` collects every problem
-(unknown keys, bad values, missing files, unknown method, keys the method never reads) into one
-`RecipeError` naming the file and each key path. Only pydantic and yaml are imported here (and each
-method's `config.py`, which imports only pydantic), so validation is instant.
+(unknown keys, keys given twice, bad values, missing files, unknown method, keys the method never
+reads) into one `RecipeError` naming the file and each key path. Numbers are finite and counts bounded
+(`nega.bounds`). Only pydantic and yaml are imported here (and each method's `config.py`, which
+imports only pydantic and `nega.bounds`), so validation is instant.
 """
 
 from __future__ import annotations
@@ -30,13 +31,24 @@ from pydantic import (
 
 from nega.align.d2o.config import D2OConfig
 from nega.align.stepneg.config import StepNegConfig
+from nega.bounds import (
+    MAX_TOKENS,
+    SECTION_CONFIG,
+    Count,
+    Epochs,
+    LearningRate,
+    Rows,
+    Seed,
+    Steps,
+    Tokens,
+)
 from nega.distill.qcrd.config import QCRDConfig
 
 RECIPES_DIR = Path(__file__).parent / "recipes"
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(**SECTION_CONFIG, validate_assignment=True)
 
 
 def _existing_path(value: str | None) -> str | None:
@@ -73,7 +85,9 @@ class ModelConfig(Strict):
         False, description="run code shipped with the model; only for models you trust"
     )
     revision: str | None = None
-    max_length: int = Field(1024, ge=8, description="prompt + response tokens kept for training and scoring")
+    max_length: int = Field(
+        1024, ge=8, le=MAX_TOKENS, description="prompt + response tokens kept for training and scoring"
+    )
 
     @field_validator("name")
     @classmethod
@@ -91,8 +105,8 @@ class ModelConfig(Strict):
 
 class LoraConfig(Strict):
     enabled: bool = True
-    r: int = Field(16, ge=1)
-    alpha: int = Field(32, ge=1)
+    r: Count = 16
+    alpha: Count = 32
     dropout: float = Field(0.05, ge=0, lt=1)
     target_modules: str | list[str] = "all-linear"
 
@@ -116,7 +130,7 @@ class DataConfig(Strict):
     split: str = "train"
     format: DataFormat = "auto"
     fields: dict[str, str] = Field(default_factory=dict, description="renames {nega_name: column_name}")
-    limit: int | None = Field(None, ge=1, description="use the first N rows")
+    limit: Rows | None = Field(None, description="use the first N rows")
     eval_fraction: float = Field(0.0, ge=0, lt=1, description="rows held out for validation")
     on_bad_row: Literal["error", "skip"] = "error"
 
@@ -131,15 +145,15 @@ class DataConfig(Strict):
 
 class SamplingConfig(Strict):
     backend: Literal["auto", "vllm", "hf", "server"] = "auto"
-    n: int = Field(8, ge=1, description="completions per prompt")
+    n: Count = Field(8, description="completions per prompt")
     temperature: float = Field(1.0, ge=0)
     top_p: float = Field(1.0, gt=0, le=1)
-    max_tokens: int = Field(256, ge=1)
-    seed: int = 0
-    batch_size: int = Field(64, ge=1, description="prompts per generate call (HF backend)")
-    tensor_parallel_size: int | None = Field(None, ge=1, description="vLLM; default: all local GPUs")
+    max_tokens: Tokens = 256
+    seed: Seed = 0
+    batch_size: Count = Field(64, description="prompts per generate call (HF backend)")
+    tensor_parallel_size: Count | None = Field(None, description="vLLM; default: all local GPUs")
     gpu_memory_utilization: float = Field(0.85, gt=0, le=1)
-    kv_cache_gib: int = Field(1, ge=1, description="vLLM CPU KV cache (VLLM_CPU_KVCACHE_SPACE)")
+    kv_cache_gib: Count = Field(1, description="vLLM CPU KV cache (VLLM_CPU_KVCACHE_SPACE)")
     enable_prefix_caching: bool = True
     adapter_mode: Literal["auto", "lora", "merged"] = Field(
         "auto",
@@ -147,14 +161,13 @@ class SamplingConfig(Strict):
         "every adapter) or merged (folded into a copy of the weights, an engine per adapter); auto = merged "
         "on a CPU, where vLLM's LoRA kernels run at about a third of its plain speed, lora on GPUs",
     )
-    block_size: int | None = Field(
+    block_size: Count | None = Field(
         None,
-        ge=1,
         description="vLLM KV block tokens; default: vLLM's on GPU, 32 on CPU (prefix caching reuses whole blocks)",
     )
     server_url: str | None = Field(None, description="OpenAI-compatible endpoint for backend: server")
     server_timeout: float = Field(120.0, gt=0)
-    server_retries: int = Field(3, ge=0)
+    server_retries: int = Field(3, ge=0, le=1000)
 
     @model_validator(mode="after")
     def _server_needs_url(self) -> SamplingConfig:
@@ -177,17 +190,17 @@ BOOKKEEPING_FIELDS = frozenset({"save_steps", "logging_steps", "report_to"})
 
 
 class TrainConfig(Strict):
-    lr: float = Field(5e-6, gt=0)
-    epochs: float = Field(1.0, gt=0)
-    max_steps: int | None = Field(None, ge=1, description="overrides epochs when set")
-    batch_size: int = Field(8, ge=1, description="prompts per device per step")
-    grad_accum: int = Field(1, ge=1)
+    lr: LearningRate = 5e-6
+    epochs: Epochs = 1.0
+    max_steps: Steps | None = Field(None, description="overrides epochs when set")
+    batch_size: Count = Field(8, description="prompts per device per step")
+    grad_accum: Count = 1
     warmup_ratio: float = Field(0.1, ge=0, lt=1)
     weight_decay: float = Field(0.0, ge=0)
     lr_scheduler: Literal["cosine", "linear", "constant", "constant_with_warmup"] = "cosine"
     max_grad_norm: float = Field(1.0, gt=0)
-    save_steps: int = Field(50, ge=1)
-    logging_steps: int = Field(10, ge=1)
+    save_steps: Steps = 50
+    logging_steps: Steps = 10
     gradient_checkpointing: bool = False
     bf16: bool = False
     prefix_sharing: bool = Field(
@@ -237,8 +250,8 @@ class HarmEvalConfig(Strict):
         description="refusal | toy | classifier:<model> | judge:<model> | module:function "
         "(your own `(prompts, completions, **columns) -> list[float]`; nega imports and runs that code)",
     )
-    limit: int | None = Field(100, ge=1)
-    max_tokens: int = Field(128, ge=1)
+    limit: Rows | None = 100
+    max_tokens: Tokens = 128
 
     @field_validator("prompts")
     @classmethod
@@ -264,9 +277,9 @@ class HarmEvalConfig(Strict):
 
 class ReasoningEvalConfig(Strict):
     data: str = Field("gsm8k", description="gsm8k | math500 | svamp | toy | path to jsonl")
-    samples: int = Field(1, ge=1)
-    limit: int | None = Field(100, ge=1)
-    max_tokens: int = Field(256, ge=1)
+    samples: Count = 1
+    limit: Rows | None = 100
+    max_tokens: Tokens = 256
     temperature: float = Field(0.7, ge=0, description="for the k samples; accuracy is always greedy")
 
 
@@ -285,18 +298,18 @@ class HubConfig(Strict):
 class ToyConfig(Strict):
     world: Literal["harm", "reasoning", "rationale"]
     size: Literal["tiny", "small", "base", "25m", "125m", "350m"] = "tiny"
-    steps: int = Field(600, ge=1, description="training steps of the toy model on the world's SFT corpus")
-    lr: float = Field(3e-3, gt=0)
-    batch_size: int = Field(32, ge=1)
-    n_train: int = Field(400, ge=1, description="rows of the method's dataset")
-    n_test: int = Field(200, ge=1)
+    steps: Steps = Field(600, description="training steps of the toy model on the world's SFT corpus")
+    lr: LearningRate = 3e-3
+    batch_size: Count = 32
+    n_train: Rows = Field(400, description="rows of the method's dataset")
+    n_test: Rows = 200
     options: dict[str, Any] = Field(default_factory=dict, description="world parameters, e.g. harm_rate")
 
 
 class RecipeBase(Strict):
     name: str = Field(description="run name; the run directory is <output_dir>/<name>")
     description: str = ""
-    seed: int = 0
+    seed: Seed = 0
     output_dir: str = "runs"
     model: ModelConfig
     lora: LoraConfig = Field(default_factory=LoraConfig)
@@ -454,24 +467,112 @@ class RecipeError(Exception):
         )
 
 
+class RecipeFileError(RecipeError):
+    """No recipe to read at all (missing, a folder, unreadable): one line, since no key can fix it."""
+
+    def __init__(self, source: str, problem: str):
+        self.source = source
+        self.problems = [problem]
+        Exception.__init__(self, f"recipe {source}: {problem}")
+
+
 def builtin_recipes() -> dict[str, Path]:
     """Built-in recipe name -> file, from every YAML under nega/recipes/."""
     return {p.stem: p for p in sorted(RECIPES_DIR.rglob("*.yaml"))}
 
 
 def resolve_recipe_path(name_or_path: str) -> Path:
+    """A YAML file, or a built-in recipe's file; a RecipeFileError (one line) when there is neither."""
     path = Path(name_or_path)
-    if path.suffix in (".yaml", ".yml") or path.exists():
-        if not path.exists():
-            raise RecipeError(str(path), [f"file not found (looked in {os.getcwd()})"])
-        return path
     builtins = builtin_recipes()
+    is_file_name = path.suffix in (".yaml", ".yml")
+    # A folder that happens to share a built-in's name (say, a run folder -o toy-d2o) does not hide it.
+    if path.is_dir() and (is_file_name or name_or_path not in builtins):
+        raise RecipeFileError(
+            str(path), "is a folder, not a recipe file; give a YAML file or a built-in name (`nega recipes`)"
+        )
+    if is_file_name or (path.exists() and not path.is_dir()):
+        if not path.exists():
+            raise RecipeFileError(str(path), f"file not found (looked in {os.getcwd()})")
+        return path
     if name_or_path in builtins:
         return builtins[name_or_path]
-    raise RecipeError(
+    raise RecipeFileError(
         name_or_path,
-        [f"no such file and no built-in recipe of that name; built-ins: {', '.join(builtins) or 'none'}"],
+        f"no such file and no built-in recipe of that name; built-ins: {', '.join(builtins) or 'none'}",
     )
+
+
+class _RecipeLoader(yaml.SafeLoader):
+    """YAML's safe loader, also noting every key given twice in one mapping: YAML keeps the last one
+    silently, so a recipe that sets `lr` twice trains with whichever comes second."""
+
+    def __init__(self, stream: str):
+        super().__init__(stream)
+        self.duplicates: list[str] = []
+
+    def construct_document(self, node: yaml.Node) -> Any:
+        self.duplicates.extend(duplicate_keys(node))
+        return super().construct_document(node)
+
+    @classmethod
+    def parse(cls, text: str) -> tuple[Any, list[str]]:
+        """The document in `text` and its duplicate-key problems; raises yaml.YAMLError."""
+        loader = cls(text)
+        try:
+            return loader.get_single_data(), loader.duplicates
+        finally:
+            loader.dispose()
+
+
+_MERGE_TAG = "tag:yaml.org,2002:merge"
+
+
+def duplicate_keys(node: yaml.Node, path: str = "", seen_nodes: set[int] | None = None) -> list[str]:
+    """One problem per key repeated in a mapping of the composed YAML `node`, with its dotted key path
+    and both lines."""
+    seen_nodes = set() if seen_nodes is None else seen_nodes
+    if id(node) in seen_nodes:  # an alias met again (anchors can even make a node contain itself)
+        return []
+    seen_nodes.add(id(node))
+    problems = []
+    if isinstance(node, yaml.MappingNode):
+        first_line: dict[tuple[str, str], int] = {}
+        for key_node, value_node in node.value:
+            key = str(key_node.value) if isinstance(key_node, yaml.ScalarNode) else "?"
+            dotted = f"{path}.{key}" if path else key
+            line = key_node.start_mark.line + 1
+            if isinstance(key_node, yaml.ScalarNode) and key_node.tag != _MERGE_TAG:
+                ident = (key_node.tag, key_node.value)
+                if ident in first_line:
+                    problems.append(
+                        f"{dotted}: key given twice in one section (line {first_line[ident]} and line "
+                        f"{line}); YAML would keep the last silently, so remove one"
+                    )
+                else:
+                    first_line[ident] = line
+            problems += duplicate_keys(value_node, dotted, seen_nodes)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            problems += duplicate_keys(item, f"{path}[{i}]", seen_nodes)
+    return problems
+
+
+def read_recipe_yaml(path: Path) -> tuple[Any, list[str]]:
+    """The parsed YAML of a recipe file and a problem per duplicated key; RecipeError when unreadable."""
+    source = str(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise RecipeError(source, [f"not UTF-8 text ({exc.reason} at byte {exc.start})"]) from None
+    except OSError as exc:
+        raise RecipeFileError(source, f"cannot read it: {exc.strerror or exc}") from None
+    try:
+        return _RecipeLoader.parse(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        raise RecipeError(source, [f"YAML syntax error: {where}{getattr(exc, 'problem', exc)}"]) from None
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
@@ -559,19 +660,12 @@ def load_recipe(name_or_path: str, overrides: list[str] | None = None) -> Recipe
     """Read, override and validate a recipe; raises one RecipeError listing every problem."""
     path = resolve_recipe_path(name_or_path)
     source = str(path)
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except UnicodeDecodeError as exc:
-        raise RecipeError(source, [f"not UTF-8 text ({exc.reason} at byte {exc.start})"]) from None
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
-        raise RecipeError(source, [f"YAML syntax error: {where}{getattr(exc, 'problem', exc)}"]) from None
+    data, duplicates = read_recipe_yaml(path)
     if data is None:
         data = {}
     if not isinstance(data, dict):
         raise RecipeError(source, [f"top level must be a mapping of sections, got {type(data).__name__}"])
-    problems = apply_overrides(data, overrides or [])
+    problems = duplicates + apply_overrides(data, overrides or [])
     method = data.get("method") if isinstance(data.get("method"), str) else None
     ignored = ignored_keys(data, method)
     try:

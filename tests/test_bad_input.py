@@ -255,3 +255,94 @@ def test_qcrd_loader_on_random_rows(tmp_path, rows, suffix, skip):
         for consistency in ("majority", "gold"):
             examples = [split_by_consistency(r, consistency) for r in records]
             assert all(isinstance(t, str) for e in examples for t in e["positives"] + e["negatives"])
+
+
+# ---------------------------------------------------------------------------------------------------
+# Numbers across the whole schema: every float finite, every integer under a ceiling. Walked from the
+# recipe classes, so a field added later without bounds fails here.
+
+TOY_RECIPES = {"sft": "toy-sft", "d2o": "toy-d2o", "stepneg": "toy-stepneg", "qcrd": "toy-qcrd"}
+
+
+def numeric_keys(model, prefix: str = "") -> dict[str, type]:
+    """Dotted key -> float or int, for every number field reachable from the pydantic `model`."""
+    import types
+    import typing
+
+    from pydantic import BaseModel
+
+    found = {}
+    for name, info in model.model_fields.items():
+        key = f"{prefix}{name}"
+        kinds = [info.annotation]
+        if typing.get_origin(info.annotation) in (typing.Union, types.UnionType):
+            kinds = [a for a in typing.get_args(info.annotation) if a is not type(None)]
+        for kind in kinds:
+            if typing.get_origin(kind) is typing.Annotated:
+                kind = typing.get_args(kind)[0]
+            if isinstance(kind, type) and issubclass(kind, BaseModel):
+                found.update(numeric_keys(kind, key + "."))
+            elif kind in (int, float):
+                found[key] = kind
+    return found
+
+
+def test_every_number_in_the_schema_is_bounded():
+    from nega.config import METHODS, recipe_class
+
+    for method in METHODS:
+        keys = numeric_keys(recipe_class(method))
+        assert {"train.lr", "train.batch_size", "sampling.max_tokens", "seed"} <= set(keys)
+        floats = [k for k, kind in keys.items() if kind is float]
+        ints = [k for k, kind in keys.items() if kind is int]
+        overrides = [f"{k}=.inf" for k in floats] + [f"{k}={10**30}" for k in ints]
+        try:
+            load_recipe(TOY_RECIPES[method], overrides)
+        except RecipeError as exc:
+            # A key may also draw "method X does not use this key": keep every problem of each key.
+            problems: dict[str, str] = {}
+            for p in exc.problems:
+                problems[p.split(":")[0]] = problems.get(p.split(":")[0], "") + p + "\n"
+        else:
+            raise AssertionError(f"{method}: inf and 10**30 everywhere validated")
+        for key in floats:
+            assert "finite number" in problems.get(key, ""), (method, key, problems.get(key))
+        for key in ints:
+            assert "less than or equal" in problems.get(key, ""), (method, key, problems.get(key))
+
+
+numbers = st.one_of(
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.integers(-(10**30), 10**30),
+    st.sampled_from(["1e400", "-1e400", ".nan", ".inf", "1e-5", "100000000000000000000000"]),
+)
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    method=st.sampled_from(sorted(TOY_RECIPES)),
+    picks=st.lists(st.tuples(st.integers(0, 10**6), numbers), min_size=1, max_size=4),
+)
+def test_random_numbers_validate_finite_or_raise_naming_the_key(method, picks):
+    import math
+
+    from nega.bounds import MAX_ROWS, MAX_SEED
+    from nega.config import recipe_class
+
+    keys = sorted(numeric_keys(recipe_class(method)))
+    chosen = {keys[i % len(keys)]: value for i, value in picks}
+    overrides = [f"{k}={v!r}" if isinstance(v, float) else f"{k}={v}" for k, v in chosen.items()]
+    try:
+        recipe = load_recipe(TOY_RECIPES[method], overrides)
+    except RecipeError as exc:
+        named = {p.split(":")[0] for p in exc.problems}
+        # Every problem is about a key that was set (or a section an override created).
+        assert all(any(k.startswith(n) for k in chosen) for n in named), (exc.problems, chosen)
+        return
+    for key in chosen:
+        node = recipe
+        for part in key.split("."):
+            node = getattr(node, part)
+        assert node is None or math.isfinite(node), (key, node)
+        if isinstance(node, int):
+            assert abs(node) <= max(MAX_ROWS, MAX_SEED), (key, node)

@@ -113,3 +113,96 @@ def test_sample_command_reports_malformed_messages(tiny_model_dir, tmp_path, mon
     assert result.exit_code == 2, result.output
     assert "row 1" in result.output and "'messages' must be a list of" in result.output
     assert "Traceback" not in result.output
+
+
+def test_validate_rejects_infinite_learning_rate():
+    result = runner.invoke(app, ["validate", "toy-d2o", "train.lr=1e400"])
+    assert result.exit_code == 2, result.output
+    assert "recipe" in result.output and "has 1 problem" in result.output
+    assert "train.lr: Input should be a finite number (got '1e400')" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_validate_folder_missing_or_repeated_keys_exit_2(tmp_path):
+    result = runner.invoke(app, ["validate", str(tmp_path)])
+    assert result.exit_code == 2, result.output
+    assert result.output.strip() == (
+        f"recipe {tmp_path}: is a folder, not a recipe file; give a YAML file or a built-in name (`nega recipes`)"
+    )
+    result = runner.invoke(app, ["validate", str(tmp_path / "missing.yaml")])
+    assert result.exit_code == 2 and len(result.output.strip().splitlines()) == 1
+    (tmp_path / "r.yaml").write_text(GOOD + "d2o: {alpha: 0.2}\ntrain: {lr: 1.0e-5}\nd2o: {alpha: 0.3}\n")
+    result = runner.invoke(app, ["validate", str(tmp_path / "r.yaml")])
+    assert result.exit_code == 2
+    assert "d2o: key given twice in one section (line 5 and line 7)" in result.output
+
+
+def test_version_prints_the_package_version():
+    import tomllib
+    from pathlib import Path
+
+    import nega
+
+    result = runner.invoke(app, ["--version"])
+    assert result.exit_code == 0 and result.output == f"nega {nega.__version__}\n"
+    pyproject = Path(nega.__file__).parent.parent / "pyproject.toml"
+    assert tomllib.loads(pyproject.read_text())["project"]["version"] == nega.__version__
+
+
+def command_paths(command, prefix=()) -> list[tuple[str, ...]]:
+    """Every command and group of the CLI as argument lists, from the command tree typer builds."""
+    paths = [prefix]
+    for name, sub in getattr(command, "commands", {}).items():
+        paths += command_paths(sub, (*prefix, name))
+    return paths
+
+
+def test_short_and_long_help_on_every_command():
+    import typer
+
+    paths = command_paths(typer.main.get_command(app))
+    assert ("validate",) in paths and ("eval", "harm") in paths and ("eval", "reasoning") in paths
+    for path in paths:
+        short = runner.invoke(app, [*path, "-h"])
+        assert short.exit_code == 0 and "Usage:" in short.output, (path, short.output)
+        assert short.output == runner.invoke(app, [*path, "--help"]).output, path
+
+
+def complete(words: str) -> list[str]:
+    """What bash completion offers for the command line `words` (the last word being typed)."""
+    env = {"_NEGA_COMPLETE": "complete_bash", "COMP_WORDS": words, "COMP_CWORD": str(len(words.split()) - 1)}
+    result = runner.invoke(app, [], env=env, prog_name="nega")
+    assert result.exit_code == 0, result.output
+    return result.output.split()
+
+
+def test_shell_completion(tmp_path, monkeypatch):
+    script = runner.invoke(app, ["--show-completion", "bash"], prog_name="nega")
+    assert script.exit_code == 0 and "_NEGA_COMPLETE=complete_bash" in script.output
+    assert "--install-completion" in runner.invoke(app, ["--help"]).output
+    assert complete("nega val") == ["validate"]
+    assert complete("nega eval re") == ["reasoning"]
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "toy-mine.yaml").write_text(GOOD)
+    assert complete("nega run toy-") == ["toy-d2o", "toy-qcrd", "toy-sft", "toy-stepneg", "toy-mine.yaml"]
+
+
+def test_both_eval_commands_take_data(tmp_path, monkeypatch):
+    # No data folder: the error names the set asked for, so it shows which value reached the evaluation.
+    monkeypatch.setenv("NEGA_DATA", str(tmp_path / "none"))
+    for args in (["harm", "org/model", "--data", "xstest"], ["harm", "org/model", "--prompts", "xstest"]):
+        result = runner.invoke(app, ["eval", *args])
+        assert result.exit_code == 2 and "xstest/xstest_prompts.csv" in result.output, (args, result.output)
+    result = runner.invoke(app, ["eval", "reasoning", "org/model", "--data", "svamp"])
+    assert result.exit_code == 2 and "svamp" in result.output, result.output
+    both = runner.invoke(app, ["eval", "harm", "org/model", "--data", "xstest", "--prompts", "advbench"])
+    assert both.exit_code == 2 and "give only --data" in both.output
+    shown = runner.invoke(app, ["eval", "harm", "-h"]).output
+    assert "--data" in shown and "--prompts" not in shown
+
+
+def test_eval_numbers_are_bounded_like_the_recipe():
+    result = runner.invoke(app, ["eval", "reasoning", "org/model", "--temperature", "inf"])
+    assert result.exit_code == 2 and "--temperature inf: give a finite number" in result.output
+    result = runner.invoke(app, ["eval", "harm", "org/model", "--max-tokens", str(10**7)])
+    assert result.exit_code == 2 and "--max-tokens 10000000: at most 1000000" in result.output

@@ -8,7 +8,14 @@ from pathlib import Path
 import pytest
 from nega_testing import shared_data
 
-from nega.config import RecipeError, builtin_recipes, load_recipe, parse_override, recipe_class
+from nega.config import (
+    RecipeError,
+    RecipeFileError,
+    builtin_recipes,
+    load_recipe,
+    parse_override,
+    recipe_class,
+)
 
 GOOD = textwrap.dedent(
     """
@@ -172,3 +179,154 @@ def test_builtins_found():
         "toy-sft",
         "toy-stepneg",
     ]
+
+
+# ---------------------------------------------------------------------------------------------------
+# Numbers: finite, and counts under a ceiling (nega/bounds.py).
+
+
+def test_learning_rate_is_finite_and_at_most_one(tmp_path):
+    path = write(tmp_path, GOOD)
+    assert problems_of(path, ["train.lr=1e400"]) == [
+        "train.lr: Input should be a finite number (got '1e400')"
+    ]
+    assert problems_of(path, ["train.lr=2"]) == ["train.lr: Input should be less than or equal to 1 (got 2)"]
+    assert load_recipe(str(path), ["train.lr=1"]).train.lr == 1.0
+    problems = problems_of(path, ["train.epochs=1e400", "train.batch_size=100000000000000000000000"])
+    assert [p.split(":")[0] for p in problems] == ["train.epochs", "train.batch_size"], problems
+    assert "less than or equal to 65536" in problems[1]
+
+
+def test_ceilings_leave_large_real_settings_alone(tmp_path):
+    recipe = load_recipe(
+        str(write(tmp_path, GOOD)),
+        [
+            "train.batch_size=65536",
+            "train.epochs=10000",
+            "sampling.max_tokens=1000000",
+            "data.limit=1000000000",
+        ],
+    )
+    assert (recipe.train.batch_size, recipe.train.epochs) == (65536, 10000)
+    assert (recipe.sampling.max_tokens, recipe.data.limit) == (1_000_000, 1_000_000_000)
+
+
+# ---------------------------------------------------------------------------------------------------
+# The recipe file itself: folders, unreadable and missing files, repeated keys.
+
+
+def test_folder_as_recipe_is_one_line(tmp_path):
+    with pytest.raises(RecipeFileError) as info:
+        load_recipe(str(tmp_path))
+    assert str(info.value) == (
+        f"recipe {tmp_path}: is a folder, not a recipe file; give a YAML file or a built-in name (`nega recipes`)"
+    )
+    (tmp_path / "r.yaml").mkdir()
+    with pytest.raises(RecipeFileError, match="is a folder"):
+        load_recipe(str(tmp_path / "r.yaml"))
+
+
+def test_folder_named_like_a_builtin_does_not_hide_it(tmp_path, monkeypatch):
+    # e.g. a run folder made with `-o toy-d2o` in the working directory
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "toy-d2o").mkdir()
+    assert load_recipe("toy-d2o").method == "d2o"
+
+
+def test_unreadable_and_missing_recipe_are_one_line(tmp_path, monkeypatch):
+    path = write(tmp_path, GOOD)
+    real_read_text = Path.read_text
+
+    def denied(self, *args, **kwargs):
+        if self == path:
+            raise PermissionError(13, "Permission denied", str(self))
+        return real_read_text(self, *args, **kwargs)
+
+    # Root (as in CI containers) reads any file whatever its mode, so the denial is simulated.
+    monkeypatch.setattr(Path, "read_text", denied)
+    with pytest.raises(RecipeFileError) as info:
+        load_recipe(str(path))
+    assert str(info.value) == f"recipe {path}: cannot read it: Permission denied"
+    with pytest.raises(RecipeFileError) as info:
+        load_recipe(str(tmp_path / "nope.yaml"))
+    assert "\n" not in str(info.value) and "file not found" in str(info.value)
+
+
+def test_repeated_keys_are_errors_with_key_and_lines(tmp_path):
+    path = write(
+        tmp_path,
+        """
+        name: demo
+        method: d2o
+        model: {name: some-org/some-model}
+        data: {dataset: some-org/negatives}
+        train:
+          lr: 1.0e-5
+          epochs: 2
+          lr: 1.0e-3
+        d2o: {alpha: 0.2, alpha: 0.3}
+        name: demo
+        """,
+    )
+    # textwrap.dedent keeps the leading blank line: `name` is on line 2.
+    assert problems_of(path) == [
+        "train.lr: key given twice in one section (line 7 and line 9); YAML would keep the last "
+        "silently, so remove one",
+        "d2o.alpha: key given twice in one section (line 10 and line 10); YAML would keep the last "
+        "silently, so remove one",
+        "name: key given twice in one section (line 2 and line 11); YAML would keep the last "
+        "silently, so remove one",
+    ]
+
+
+def test_same_key_in_different_sections_or_merged_is_fine(tmp_path):
+    path = write(
+        tmp_path,
+        """
+        name: demo
+        method: d2o
+        model: {name: some-org/some-model, max_length: 512}
+        data: {dataset: some-org/negatives, limit: 512}
+        sampling: &s {max_tokens: 64}
+        eval:
+          harm: {<<: *s, max_tokens: 32, limit: 8}
+          reasoning: {max_tokens: 32, limit: 8}
+        d2o: {alpha: 0.2, beta: 0.2}
+        """,
+    )
+    recipe = load_recipe(str(path))
+    assert recipe.eval.harm.max_tokens == 32 and recipe.sampling.max_tokens == 64
+
+
+# ---------------------------------------------------------------------------------------------------
+# Built-in recipes as text.
+
+
+def description_cut_by_comment(text: str) -> str | None:
+    """The comment that ends a recipe's `description:` value early, if one does: YAML ends a plain
+    scalar at ` #`, so `graded by the #### answer` unquoted keeps only `graded by the`."""
+    import yaml
+
+    root = yaml.compose(text)
+    for key, value in root.value:
+        if key.value == "description":
+            line = text.splitlines()[value.end_mark.line]
+            rest = line[value.end_mark.column :].strip()
+            return rest if rest.startswith("#") else None
+    return None
+
+
+@pytest.mark.parametrize("path", sorted(builtin_recipes().values()), ids=lambda p: p.stem)
+def test_builtin_description_is_whole(path):
+    assert description_cut_by_comment(path.read_text()) is None, f"quote the description in {path}"
+
+
+def test_cut_description_is_detected():
+    cut = "name: x\ndescription: graded by the #### answer\nmethod: sft\n"
+    assert description_cut_by_comment(cut) == "#### answer"
+    assert (
+        description_cut_by_comment(
+            cut.replace("description: graded by the #### answer", 'description: "graded by the #### answer"')
+        )
+        is None
+    )

@@ -16,11 +16,46 @@ app = typer.Typer(
     name="nega",
     help="Align and distill language models by learning from negatives (D²O, per-step negative RL, QCRD).",
     no_args_is_help=True,
-    add_completion=False,
+    # -h as well as --help, on every command: click hands the names down to each sub-command.
+    context_settings={"help_option_names": ["-h", "--help"]},
     pretty_exceptions_enable=False,
 )
 
-RecipeArg = typer.Argument(..., help="built-in recipe name (see `nega recipes`) or path to a YAML file")
+
+def _print_version(value: bool) -> None:
+    if value:
+        from nega import __version__
+
+        typer.echo(f"nega {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    version: bool = typer.Option(
+        False, "--version", is_eager=True, callback=_print_version, help="Print nega's version and exit."
+    ),
+) -> None:
+    # The app's help (typer.Typer(help=...)) describes nega; this only holds the top-level options.
+    pass
+
+
+def _complete_recipe(incomplete: str) -> list[str]:
+    """Shell completion of RECIPE: built-in names and YAML files; none left, the shell lists files."""
+    import glob
+
+    from nega.config import builtin_recipes
+
+    names = [name for name in builtin_recipes() if name.startswith(incomplete)]
+    files = glob.glob(glob.escape(incomplete) + "*.y*ml")
+    return names + sorted(f for f in files if f.endswith((".yaml", ".yml")))
+
+
+RecipeArg = typer.Argument(
+    ...,
+    help="built-in recipe name (see `nega recipes`) or path to a YAML file",
+    autocompletion=_complete_recipe,
+)
 OverridesArg = typer.Argument(None, help="KEY=VALUE overrides, e.g. train.lr=1e-5 sampling.n=4")
 
 

@@ -34,6 +34,23 @@ def _check_backend(backend: str | None) -> None:
         _fail(f"--backend {backend!r}: choose one of {', '.join(BACKENDS)}")
 
 
+def _check_numbers(max_tokens: int, limit: int | None, samples: int = 1, temperature: float = 0.0) -> None:
+    """The bounds a recipe's eval section has (nega/bounds.py), so the command and the recipe agree."""
+    import math
+
+    from nega.bounds import MAX_COUNT, MAX_ROWS, MAX_TOKENS
+
+    for option, value, ceiling in (
+        ("--max-tokens", max_tokens, MAX_TOKENS),
+        ("--limit", limit, MAX_ROWS),
+        ("--samples", samples, MAX_COUNT),
+    ):
+        if value is not None and value > ceiling:
+            _fail(f"{option} {value}: at most {ceiling}")
+    if not math.isfinite(temperature):
+        _fail(f"--temperature {temperature}: give a finite number (e.g. 0.7)")
+
+
 def _errors():
     from nega.eval.sets import EvalDataError
     from nega.eval.target import TargetError
@@ -45,9 +62,14 @@ def _errors():
 @eval_app.command("harm")
 def harm(
     target: str = TargetArg,
-    prompts: str = typer.Option(
-        "advbench", "--prompts", help="advbench | hh-harmless | xstest | toy | path to jsonl/csv"
+    data: str | None = typer.Option(
+        None,
+        "--data",
+        show_default="advbench",
+        help="prompt set: advbench | hh-harmless | xstest | toy | path to jsonl/csv",
     ),
+    # The option's first name; kept working, out of the help, so scripts written for it still run.
+    old_prompts: str | None = typer.Option(None, "--prompts", hidden=True),
     scorer: str = typer.Option(
         "refusal",
         "--scorer",
@@ -64,10 +86,13 @@ def harm(
     from nega.eval.report import fmt_rate
 
     _check_backend(backend)
+    _check_numbers(max_tokens, limit)
+    if data is not None and old_prompts is not None:
+        _fail("--prompts is the old name of --data: give only --data")
     try:
         metrics, out_dir = evaluate_harm(
             target,
-            prompts=prompts,
+            prompts=data or old_prompts or "advbench",
             scorer=scorer,
             limit=limit,
             max_tokens=max_tokens,
@@ -106,6 +131,7 @@ def reasoning(
     from nega.eval.report import fmt_rate
 
     _check_backend(backend)
+    _check_numbers(max_tokens, limit, samples, temperature)
     try:
         metrics, out_dir = evaluate_reasoning(
             target,

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, Field, field_validator
+
+from nega.bounds import MAX_COUNT, SECTION_CONFIG, Count
 
 Objective = Literal["d2o", "ga", "dpo_self", "kto_neg"]
 
 
 class D2OConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = SECTION_CONFIG
 
     objective: Objective = Field(
         "d2o", description="d2o, or a baseline on the same data: ga, dpo_self, kto_neg"
@@ -19,10 +21,10 @@ class D2OConfig(BaseModel):
     beta: float = Field(
         0.1, gt=0, description="weight of the K self-samples' mean log-ratio (also β of dpo_self and kto_neg)"
     )
-    k: int | None = Field(
-        None, ge=1, description="self-samples per prompt used in the loss (default: sampling.n)"
+    k: Count | None = Field(
+        None, description="self-samples per prompt used in the loss (default: sampling.n)"
     )
-    rounds: int = Field(1, ge=1, description="1 = offline; >1 resamples from the trained adapter each round")
+    rounds: Count = Field(1, description="1 = offline; >1 resamples from the trained adapter each round")
     refresh_reference: bool = Field(
         False, description="online: move the references to the last round's policy"
     )
@@ -36,8 +38,8 @@ class D2OConfig(BaseModel):
         description="also train these on the same samples, references and steps, and report them side by side; "
         "d2o_online = d2o over compare_rounds rounds",
     )
-    compare_rounds: int = Field(2, ge=2, description="rounds of the d2o_online comparison")
-    eval_samples: int = Field(4, ge=1, description="toy worlds: completions per test prompt")
+    compare_rounds: int = Field(2, ge=2, le=MAX_COUNT, description="rounds of the d2o_online comparison")
+    eval_samples: Count = Field(4, description="toy worlds: completions per test prompt")
     eval_temperature: float = Field(
         1.0, ge=0, description="toy worlds: sampling temperature of the evaluation (0 = greedy)"
     )

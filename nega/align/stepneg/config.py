@@ -5,13 +5,15 @@ from __future__ import annotations
 import re
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, Field, field_validator
+
+from nega.bounds import SECTION_CONFIG, Count, Epochs, LearningRate
 
 Loss = Literal["dpo", "awr", "outcome_dpo"]
 
 
 class StepNegConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = SECTION_CONFIG
 
     loss: Loss = Field("dpo", description="per-step DPO, AWR, or the outcome-DPO baseline")
     compare: list[Loss] = Field(
@@ -19,19 +21,19 @@ class StepNegConfig(BaseModel):
         description="more objectives trained on the same data and evaluated beside `loss`",
     )
     beta: float = Field(0.1, gt=0)
-    sft_epochs: float = Field(
-        3.0, gt=0, description="epochs of the SFT stage that makes π_sft, whatever train.max_steps says"
+    sft_epochs: Epochs = Field(
+        3.0, description="epochs of the SFT stage that makes π_sft, whatever train.max_steps says"
     )
-    sft_lr: float | None = Field(None, gt=0, description="learning rate of the SFT stage (default train.lr)")
-    rft_samples: int = Field(4, ge=1, description="solutions sampled per problem for RFT")
+    sft_lr: LearningRate | None = Field(None, description="learning rate of the SFT stage (default train.lr)")
+    rft_samples: Count = Field(4, description="solutions sampled per problem for RFT")
     rft: bool = Field(
         True,
         description="run the RFT stage (and use its data for pairs); RFT trains as the objectives do "
         "(train.lr, train.max_steps or train.epochs), so it is compared with them at the same budget",
     )
-    negatives: int = Field(8, ge=1, description="M: solutions sampled per problem for negatives")
-    best_of: int = Field(5, ge=1, description="K of BoK(π_sft) in the Q estimate")
-    rollout_groups: int = Field(2, ge=1, description="R: groups of best_of continuations per prefix")
+    negatives: Count = Field(8, description="M: solutions sampled per problem for negatives")
+    best_of: Count = Field(5, description="K of BoK(π_sft) in the Q estimate")
+    rollout_groups: Count = Field(2, description="R: groups of best_of continuations per prefix")
     skip_after_pit: bool = Field(
         True, description="no rollouts past a prefix whose value estimate is 0 (cannot move the first pit)"
     )

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field
+
+from nega.bounds import SECTION_CONFIG, Count, LearningRate, Rows, Steps
 
 Objective = Literal["qcrd", "qcrd_no_disc", "step_by_step", "label_only"]
 
 
 class QCRDConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = SECTION_CONFIG
 
     objective: Objective = "qcrd"
     baselines: list[Objective] = Field(
@@ -27,7 +29,7 @@ class QCRDConfig(BaseModel):
         r"(?i)\banswer(?: is|:)\s*([^\n]+?)\.?[ \t]*(?:\n|$)",
         description="regex whose first group (last match) is a rationale's answer, for self-consistency",
     )
-    teacher_samples: int = Field(5, ge=1)
+    teacher_samples: Count = 5
     teacher_temperature: float = Field(0.7, ge=0)
     consistency: Literal["majority", "gold"] = "majority"
     alpha1: float = Field(0.5, ge=0)
@@ -35,20 +37,19 @@ class QCRDConfig(BaseModel):
     alpha3: float = Field(0.5, ge=0)
     alpha3_decay: float = Field(0.9, gt=0, le=1)
     delta: float = Field(3.0, gt=0, description="hinge margin on the negative's CE")
-    lag: int = Field(5, ge=1, description="negatives come from the student this many epochs back")
+    lag: Count = Field(5, description="negatives come from the student this many epochs back")
     negative_temperature: float = Field(1.5, gt=0)
-    disc_steps: int = Field(500, ge=1, description="steps per discriminator fit (METHODS.md: ~500)")
-    disc_folds: int = Field(
+    disc_steps: Steps = Field(500, description="steps per discriminator fit (METHODS.md: ~500)")
+    disc_folds: Count = Field(
         2,
-        ge=1,
         description="cross-fitting folds: each input is scored by a discriminator that did not train on it",
     )
-    disc_every: int = Field(1, ge=1)
+    disc_every: Count = 1
     disc_backbone: Literal["student", "encoder"] = "student"
-    disc_lr: float = Field(1e-3, gt=0)
-    disc_batch_size: int = Field(32, ge=1)
+    disc_lr: LearningRate = 1e-3
+    disc_batch_size: Count = 32
     disc_augment_rate: float = Field(0.15, gt=0, le=1, description="word-mask / word-replace rate")
-    eval_limit: int | None = Field(500, ge=1, description="test questions evaluated (null = all)")
+    eval_limit: Rows | None = Field(500, description="test questions evaluated (null = all)")
     step_by_step_alpha: float = Field(
         0.5, ge=0, le=1, description="label weight of the step-by-step baseline"
     )

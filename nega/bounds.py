@@ -1,0 +1,35 @@
+"""The number types of the recipe schema, shared by the common sections and every method's section.
+
+Every float is finite (`SECTION_CONFIG` sets `allow_inf_nan=False`), and every count is a positive
+integer under a ceiling far above any real run. YAML reads `1e400` as text and pydantic turns that text
+into inf, so without these a typo in a learning rate or a count passes `nega validate` and fails minutes
+into a run, or never ends. Only pydantic is imported here: the schema stays instant to load.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from pydantic import ConfigDict, Field
+
+# Every section model uses this (plus validate_assignment for the common sections): unknown keys are
+# errors, and inf/nan are rejected in every float field, including `float | None` ones.
+SECTION_CONFIG = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+# Ceilings: generous, so no real recipe meets them, but finite, so a slip of the exponent is caught.
+MAX_COUNT = 65_536  # batch sizes, samples per prompt, K, rounds, folds, ranks
+MAX_ROWS = 1_000_000_000  # rows or questions read from a data set
+MAX_STEPS = 10_000_000  # optimizer steps and step intervals
+MAX_TOKENS = 1_000_000  # tokens per answer or per sequence
+MAX_EPOCHS = 10_000
+MAX_SEED = 2**32 - 1  # numpy's seeds stop here
+
+# A constraint given again in `Field(...)` replaces the one of the same kind here (ge replaces ge), so
+# a field with another floor spells out both bounds, e.g. `Field(2, ge=2, le=MAX_COUNT)`.
+LearningRate = Annotated[float, Field(gt=0, le=1)]
+Count = Annotated[int, Field(ge=1, le=MAX_COUNT)]
+Rows = Annotated[int, Field(ge=1, le=MAX_ROWS)]
+Steps = Annotated[int, Field(ge=1, le=MAX_STEPS)]
+Tokens = Annotated[int, Field(ge=1, le=MAX_TOKENS)]
+Epochs = Annotated[float, Field(gt=0, le=MAX_EPOCHS)]
+Seed = Annotated[int, Field(ge=0, le=MAX_SEED)]
