@@ -711,6 +711,18 @@ def _training_fixes(facts: ModelFacts, shape: TrainShape, devices: DeviceFacts, 
                 {"zero_stage": stage, "offload_optimizer": True},
             )  # fmt: skip
         )
+    if not shape.offload_params:
+        # ZeRO-3 keeps the weights in CPU memory and streams them to the GPU layer by layer.
+        candidates.append(
+            (
+                {
+                    "train.deepspeed.stage": 3,
+                    "train.deepspeed.offload_params": True,
+                    "train.deepspeed.offload_optimizer": True,
+                },
+                {"zero_stage": 3, "offload_params": True, "offload_optimizer": True},
+            )  # fmt: skip
+        )
     if not shape.lora:
         candidates.append(({"lora.enabled": True}, {"lora": True}))
     quantization = type(recipe.model).model_fields.get("quantization")
