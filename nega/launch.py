@@ -275,6 +275,30 @@ def prepare_distributed_state(*, deepspeed: bool) -> bool:
     return True
 
 
+def trainer_gpu_count(world_size: int, visible_gpus: int) -> int | None:
+    """The GPU count a Trainer in one of `world_size` processes must use, where it would otherwise pick
+    its own: 1 for a lone process on a host with several GPUs, else None (leave it as it is).
+
+    Left alone, a lone transformers Trainer counts every visible GPU, wraps the model in
+    nn.DataParallel and multiplies the batch by that count: a different run, and a slow one. Several
+    GPUs train through the launcher, one process each (DDP or DeepSpeed), never DataParallel."""
+    return 1 if world_size == 1 and visible_gpus > 1 else None
+
+
+def keep_to_one_device(args, processes: int | None = None):
+    """Make TrainingArguments `args` of a lone process use one GPU (`trainer_gpu_count`); returns args.
+
+    `processes` defaults to this run's training processes (`world_size()`). The Trainer reads
+    `args.n_gpu`, which TrainingArguments sets from the visible GPUs when it first resolves its device
+    (reading `n_gpu` resolves it), so pinning it afterwards sticks."""
+    processes = processes or world_size()
+    if processes == 1:  # a launched rank's arguments already see one GPU: leave its state untouched
+        count = trainer_gpu_count(processes, args.n_gpu)
+        if count is not None:
+            args._n_gpu = count
+    return args
+
+
 def is_main_process() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 

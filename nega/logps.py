@@ -320,15 +320,17 @@ def reference_logps(
     batch_size: int = 16,
     chunk: int = 512,
     description: str = "reference log-probs",
+    device: str | None = None,
 ) -> list[float]:
     """Summed response log-probs of (rendered prompt, response) pairs under frozen reference weights.
 
     The reference is a plain model folder (`adapter=None`: the starting model, or a merged π_sft) or that
     model with a finished adapter on top (e.g. online D²O with `refresh_reference`). It is loaded here,
     frozen and used under no_grad, never the live policy. Values go through `cache` (a `LogpCache`)
-    chunk by chunk, so a killed stage resumes where it stopped.
+    chunk by chunk, so a killed stage resumes where it stopped. The reference runs on `device` (default
+    the plan's reference device, `nega.models.default_device()`: the first GPU, else the CPU).
     """
-    from nega.models import load_base_model, load_tokenizer
+    from nega.models import default_device, free_device_memory, load_base_model, load_tokenizer
 
     identity = f"{model_path}|{adapter}"
     keys = [content_key(identity, p, r, e) for (p, r), e in zip(pairs, eos, strict=True)]
@@ -336,7 +338,8 @@ def reference_logps(
     todo = [i for i, k in enumerate(keys) if k not in known]
     if todo:
         tokenizer = load_tokenizer(model_path, model_cfg)
-        model = load_base_model(model_path, model_cfg)
+        device = device or default_device()
+        model = load_base_model(model_path, model_cfg, device=device)
         if adapter is not None:
             from peft import PeftModel
 
@@ -357,6 +360,8 @@ def reference_logps(
             known.update(new)
             if cache is not None:
                 cache.add(new)
+        del model
+        free_device_memory(device)
     return [known[k] for k in keys]
 
 

@@ -264,8 +264,30 @@ def load_tokenizer(model_path: str | Path, model_cfg=None):
     return tokenizer
 
 
-def load_base_model(model_path: str | Path, model_cfg=None, *, dtype: str | None = None):
-    """The model at `model_path` in `dtype` (else the recipe's `model.dtype`, else the checkpoint's)."""
+def default_device() -> str:
+    """`nega.plan.work_device` for this machine: the first GPU when one is visible, else the CPU."""
+    import torch
+
+    return "cuda:0" if torch.cuda.is_available() and torch.cuda.device_count() > 0 else "cpu"
+
+
+def free_device_memory(device: str | None) -> None:
+    """Hand a GPU's cached blocks back after a frozen model is dropped, so the next engine or trainer
+    finds the memory free (vLLM sizes its KV cache from the free memory at start)."""
+    if device is not None and device.startswith("cuda"):
+        import gc
+
+        import torch
+
+        gc.collect()
+        torch.cuda.empty_cache()
+
+
+def load_base_model(
+    model_path: str | Path, model_cfg=None, *, dtype: str | None = None, device: str | None = None
+):
+    """The model at `model_path` in `dtype` (else the recipe's `model.dtype`, else the checkpoint's), on
+    `device` (None or "cpu": where transformers loads it, the CPU)."""
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(
@@ -275,6 +297,8 @@ def load_base_model(model_path: str | Path, model_cfg=None, *, dtype: str | None
         revision=getattr(model_cfg, "revision", None),
         use_safetensors=True,
     )
+    if device not in (None, "cpu"):
+        model = model.to(device)
     return model
 
 
@@ -322,16 +346,26 @@ def save_adapter(model, tokenizer, path: Path) -> Path:
 
 
 def merge_adapter(
-    base_path: str | Path, adapter: str | Path, out: Path, model_cfg=None, *, dtype: str | None = None
+    base_path: str | Path,
+    adapter: str | Path,
+    out: Path,
+    model_cfg=None,
+    *,
+    dtype: str | None = None,
+    device: str | None = None,
 ) -> Path:
     """Merge a LoRA adapter into its base weights and save the full model (for `nega push --merge`, and
-    merged-adapter sampling)."""
+    merged-adapter sampling). The merge runs on `device` (default `default_device()`, the plan's
+    `merge_device`: the first GPU, else the CPU)."""
     from peft import PeftModel
 
-    base = load_base_model(base_path, model_cfg, dtype=dtype)
+    device = device or default_device()
+    base = load_base_model(base_path, model_cfg, dtype=dtype, device=device)
     merged = PeftModel.from_pretrained(base, str(adapter)).merge_and_unload()
     merged.save_pretrained(str(out), safe_serialization=True)
     load_tokenizer(base_path, model_cfg).save_pretrained(str(out))
+    del base, merged
+    free_device_memory(device)
     return Path(out)
 
 

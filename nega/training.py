@@ -124,7 +124,7 @@ def training_arguments(train_cfg, output_dir: Path, *, seed: int = 0, **override
     import torch
     from transformers import TrainingArguments
 
-    from nega.launch import deepspeed_config, prepare_distributed_state
+    from nega.launch import deepspeed_config, keep_to_one_device, prepare_distributed_state
 
     bf16 = train_cfg.bf16
     if bf16 and train_cfg.deepspeed.stage > 0 and not torch.cuda.is_available():
@@ -162,7 +162,7 @@ def training_arguments(train_cfg, output_dir: Path, *, seed: int = 0, **override
     if prepare_distributed_state(deepspeed=kwargs["deepspeed"] is not None):
         kwargs["accelerator_config"] = {"use_configured_state": True}
     kwargs.update(overrides)
-    return TrainingArguments(**kwargs)
+    return keep_to_one_device(TrainingArguments(**kwargs))
 
 
 def tracking_arguments(train_cfg, output_dir: Path) -> dict:

@@ -254,6 +254,7 @@ def sample(
 # They import their heavy dependencies inside the commands, so start-up stays instant.
 for _module in ("nega.cli.eval", "nega.cli.push"):
     importlib.import_module(_module).register(app)
+importlib.import_module("nega.cli.plan").register(app)
 
 
 def main() -> None:

@@ -141,6 +141,7 @@ class ClassifierScorer:
         input: str = "response",
         batch_size: int = 16,
         max_length: int = 512,
+        device: str | None = None,
     ):
         if input not in ("response", "pair"):
             raise ValueError(f"classifier option input={input!r}: use input=response or input=pair")
@@ -152,6 +153,7 @@ class ClassifierScorer:
         self.input = input
         self.batch_size = int(batch_size)
         self.max_length = int(max_length)
+        self.device = device  # None: the plan's classifier device, the first GPU else the CPU
         self._model = self._tokenizer = None
         self.label_index: int | None = None
         self.last_details: list[dict] = []
@@ -159,8 +161,13 @@ class ClassifierScorer:
     def _load(self) -> None:
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
+        from nega.models import default_device
+
+        self.device = self.device or default_device()
         self._tokenizer = AutoTokenizer.from_pretrained(self.model_name)
         self._model = AutoModelForSequenceClassification.from_pretrained(self.model_name).eval()
+        if self.device != "cpu":
+            self._model = self._model.to(self.device)
         self.label_index = self.resolve_label(self._model.config.id2label)
 
     def resolve_label(self, id2label: dict) -> int:
@@ -201,6 +208,8 @@ class ClassifierScorer:
             enc = self._tokenizer(
                 *args, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt"
             )
+            if self.device != "cpu":
+                enc = enc.to(self.device)
             with torch.no_grad():
                 logits = self._model(**enc).logits.float()
             if logits.shape[-1] == 1 or self._model.config.problem_type == "multi_label_classification":
@@ -216,7 +225,10 @@ class ClassifierScorer:
         return [1.0 if p >= self.threshold else 0.0 for p in probs]
 
     def close(self) -> None:
+        from nega.models import free_device_memory
+
         self._model = self._tokenizer = None
+        free_device_memory(self.device)
 
 
 JUDGE_RUBRIC = """You are reviewing an AI assistant's answer for harm.

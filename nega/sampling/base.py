@@ -79,6 +79,7 @@ def make_sampler(
     max_lora_rank: int = 16,
     dtype: str | None = None,
     adapters: bool = True,
+    devices=None,
 ) -> Sampler:
     """A sampler for `model_path` as `cfg` (a SamplingConfig) asks; `auto` = vLLM when installed.
 
@@ -86,23 +87,36 @@ def make_sampler(
     layers, which cost about 13% of sampling throughput even when no adapter is active (the 25m toy on
     a CPU, benchmarks/bench_sampling.py). With adapters, vLLM applies them as LoRA or samples merged
     copies (`sampling.adapter_mode`, nega.sampling.merged). The other backends load adapters on demand.
+
+    The vLLM engine's dtype and tensor-parallel size come from the plan (`nega.plan.sampling_layout`)
+    for `devices` (default: this machine's, `nega.plan.DeviceFacts.detect()`); `dtype` overrides the
+    planned dtype.
     """
     backend = cfg.backend
     if backend == "auto":
         backend = "vllm" if vllm_available() else "hf"
     if backend == "vllm":
+        from nega.plan import DeviceFacts, model_facts, sampling_layout
         from nega.sampling.vllm import VLLMSampler, checkpoint_dtype
 
-        if adapters and adapter_mode(cfg) == "merged":
+        devices = devices or DeviceFacts.detect()
+        facts = model_facts(str(model_path), fetch=devices.gpus > 0)
+        layout = sampling_layout(facts, devices, cfg, adapters=adapters, backend="vllm")
+        if adapters and layout.adapter_mode == "merged":
             from nega.sampling.merged import MergedAdapterSampler
 
             # Merged copies keep the base checkpoint's dtype, so base and adapters sample alike.
             return MergedAdapterSampler(
                 model_path,
-                lambda folder: VLLMSampler(folder, cfg, dtype=dtype, adapters=False),
+                # On a CPU each merged copy's engine reads its own folder's dtype, as before plans.
+                lambda folder: VLLMSampler(
+                    folder, cfg, dtype=dtype, adapters=False, layout=layout if layout.gpus else None
+                ),
                 dtype=checkpoint_dtype(str(model_path)),
             )
-        return VLLMSampler(model_path, cfg, max_lora_rank=max_lora_rank, dtype=dtype, adapters=adapters)
+        return VLLMSampler(
+            model_path, cfg, max_lora_rank=max_lora_rank, dtype=dtype, adapters=adapters, layout=layout
+        )
     if backend == "server":
         from nega.sampling.server import ServerSampler
 
@@ -112,14 +126,15 @@ def make_sampler(
     return HFSampler(model_path, cfg, dtype=dtype)
 
 
-def adapter_mode(cfg) -> str:
-    """`sampling.adapter_mode` resolved: `auto` is merged without a GPU, lora with one."""
+def adapter_mode(cfg, devices=None) -> str:
+    """`sampling.adapter_mode` resolved for `devices` (default: this machine's): `auto` is merged without
+    a GPU, lora with one (`nega.plan.resolve_adapter_mode`)."""
+    from nega.plan import DeviceFacts, resolve_adapter_mode
+
     mode = getattr(cfg, "adapter_mode", "lora")
     if mode != "auto":
         return mode
-    import torch
-
-    return "lora" if torch.cuda.is_available() else "merged"
+    return resolve_adapter_mode(mode, devices or DeviceFacts.detect())
 
 
 def adapter_version(adapter: str | Path) -> tuple[Path, int]:

