@@ -333,9 +333,3 @@ def merge_adapter(
     merged.save_pretrained(str(out), safe_serialization=True)
     load_tokenizer(base_path, model_cfg).save_pretrained(str(out))
     return Path(out)
-
-
-def trainable_parameter_count(model) -> tuple[int, int]:
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    total = sum(p.numel() for p in model.parameters())
-    return trainable, total
