@@ -1,4 +1,4 @@
-"""QCRD recipe section (METHODS.md §3)."""
+"""QCRD recipe section (docs/methods.md#qcrd)."""
 
 from __future__ import annotations
 
@@ -37,7 +37,7 @@ class QCRDConfig(BaseModel):
     delta: float = Field(3.0, gt=0, description="hinge margin on the negative's CE")
     lag: int = Field(5, ge=1, description="negatives come from the student this many epochs back")
     negative_temperature: float = Field(1.5, gt=0)
-    disc_steps: int = Field(500, ge=1, description="steps per discriminator fit (METHODS.md: ~500)")
+    disc_steps: int = Field(500, ge=1, description="steps per discriminator fit (docs/methods.md#qcrd)")
     disc_folds: int = Field(
         2,
         ge=1,
