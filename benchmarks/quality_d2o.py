@@ -1,4 +1,4 @@
-"""D²O quality benchmark on the toy harm world (METHODS.md §1): the `toy-d2o` recipe, run as `nega run`
+"""D²O quality benchmark on the toy harm world (docs/methods.md#d2o): the `toy-d2o` recipe, run as `nega run`
 runs it, once per learning rate of a grid, for each of 3 seeds.
 
 Each seed is a new world, starting model and data. The starting (SFT) model answers harm-inviting prompts

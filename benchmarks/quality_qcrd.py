@@ -1,4 +1,4 @@
-"""QCRD quality benchmark on the toy rationale world (METHODS.md §3): the `toy-qcrd` recipe, run as
+"""QCRD quality benchmark on the toy rationale world (docs/methods.md#qcrd): the `toy-qcrd` recipe, run as
 `nega run` runs it, once per learning rate of a grid, for each of 3 seeds.
 
 Each seed is a new world, noisy teacher and starting student (nega/toy/rationale.py). One `toy-qcrd` run
@@ -8,8 +8,8 @@ by self-consistency) for the same optimizer steps (4 epochs of 100 steps, batch 
     label_only     the label alone (`predict:`)
     step_by_step   distilling step by step: label + the positive rationales (`explain:`)
     qcrd_no_disc   QCRD's loss with D ≡ 1 on positives and ≡ 0 on negatives
-    qcrd           QCRD as METHODS.md specifies it: α1 = α2 = α3 = 0.5, δ = 3, self-adversarial negatives
-                   from the student one epoch back, cross-fitted discriminator of 500 steps per fit
+    qcrd           QCRD as docs/methods.md#qcrd sets it: α1 = α2 = α3 = 0.5, δ = 3, self-adversarial
+                   negatives from the student one epoch back, cross-fitted discriminator of 500 steps per fit
     qcrd_no_hinge  (ablation, a second run of the recipe) QCRD with α3 = 0: no hinge on the negatives;
                    the discriminator still weights the positives
     start          (extra) the starting student

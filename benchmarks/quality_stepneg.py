@@ -1,5 +1,6 @@
-"""Per-step negative RL quality benchmark on the toy reasoning world (METHODS.md §2): the `toy-sft` and
-`toy-stepneg` recipes, run as `nega run` runs them, once per learning rate of a grid, for each of 3 seeds.
+"""Per-step negative RL quality benchmark on the toy reasoning world (docs/methods.md#per-step-negative-rl):
+the `toy-sft` and `toy-stepneg` recipes, run as `nega run` runs them, once per learning rate of a grid,
+for each of 3 seeds.
 
 Each seed is a new world, toy model and data, with N = 128 training problems (the first N of the same
 8N training rows every arm draws from). Arms:

@@ -12,7 +12,7 @@ reference log-probs and the number of optimizer steps:
     ga           gradient ascent on the negatives
     dpo_self     DPO, one self-sample as chosen, the negative as rejected
     kto_neg      KTO with the negative as the only (undesirable) example
-    d2o          D²O (METHODS.md §1)
+    d2o          D²O (docs/methods.md#d2o)
     d2o_online   D²O over 2 rounds, resampling from the round-1 adapter (same total steps)
 
 Learning rates: every arm trains at every rate of `--lrs`; the rate is chosen per arm on the validation

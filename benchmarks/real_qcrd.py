@@ -11,8 +11,9 @@ rate in one run, so they share the teacher split, the optimizer steps and the sc
     label_only     the label alone (`predict:`)
     step_by_step   distilling step by step: label + the positive rationale (`explain:`)
     qcrd_no_disc   QCRD's loss with D = 1 on positives and 0 on negatives
-    qcrd           QCRD (METHODS.md §3): self-adversarial negatives from the student `qcrd.lag` epochs back,
-                   a cross-fitted discriminator on the student's backbone, the hinge on the hardest negative
+    qcrd           QCRD (docs/methods.md#qcrd): self-adversarial negatives from the student `qcrd.lag`
+                   epochs back, a cross-fitted discriminator on the student's backbone, the hinge on the
+                   hardest negative
 
 Training questions: the first `--train-questions` of the CQA training file. Validation: the last
 `--val-questions` of the same file (disjoint from the training ones), on which each arm's learning rate

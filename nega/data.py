@@ -9,10 +9,8 @@ from __future__ import annotations
 
 import csv
 import json
-import random
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 
 class DataError(Exception):
@@ -190,14 +188,3 @@ def require_text(row: dict, key: str, *, max_chars: int = 200_000) -> str:
     if len(value) > max_chars:
         raise ValueError(f"field {key!r} has {len(value)} characters (limit {max_chars})")
     return value
-
-
-def split_rows(rows: list[Any], fraction: float, seed: int) -> tuple[list[Any], list[Any]]:
-    """Deterministic (train, held-out) split; held-out gets round(fraction * n) rows."""
-    if fraction <= 0:
-        return rows, []
-    order = list(range(len(rows)))
-    random.Random(seed).shuffle(order)
-    cut = round(fraction * len(rows))
-    held = set(order[:cut])
-    return [r for i, r in enumerate(rows) if i not in held], [r for i, r in enumerate(rows) if i in held]

@@ -367,9 +367,3 @@ def merge_adapter(
     del base, merged
     free_device_memory(device)
     return Path(out)
-
-
-def trainable_parameter_count(model) -> tuple[int, int]:
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    total = sum(p.numel() for p in model.parameters())
-    return trainable, total

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from nega.config import DataConfig
-from nega.data import DataError, convert_rows, load_rows, read_table, require_text, split_rows
+from nega.data import DataError, convert_rows, load_rows, read_table, require_text
 
 
 def test_read_each_file_type(tmp_path):
@@ -73,11 +73,3 @@ def test_bad_rows_skipped_and_counted_when_asked():
     rows = [{"prompt": "p", "rejected": "r"}, {"prompt": "p"}, {"prompt": "x" * 300_000, "rejected": "r"}]
     good, bad = convert_rows(rows, convert, source="f", on_bad_row="skip")
     assert good == [{"prompt": "p", "rejected": "r"}] and bad == 2
-
-
-def test_split_is_deterministic_and_disjoint():
-    rows = list(range(100))
-    train, held = split_rows(rows, 0.2, seed=3)
-    assert len(held) == 20 and sorted(train + held) == rows
-    assert split_rows(rows, 0.2, seed=3) == (train, held)
-    assert split_rows(rows, 0.0, seed=3) == (rows, [])

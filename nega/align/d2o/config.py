@@ -1,4 +1,4 @@
-"""D²O recipe section (METHODS.md §1)."""
+"""D²O recipe section (docs/methods.md#d2o)."""
 
 from __future__ import annotations
 

@@ -3,6 +3,8 @@
 Every log-prob argument is a **summed** response log-prob (prompt and padding masked), one number per
 sequence. Policy log-probs carry gradients; reference log-probs are constants computed once from frozen
 weights. Each function returns `(loss, metrics)`: a scalar to minimise and detached scalar tensors to log.
+The `dpo_self` baseline trains with the one DPO of `nega.losses`, shared with per-step negative RL.
+Equations and decisions: docs/methods.md#d2o.
 """
 
 from __future__ import annotations
@@ -50,36 +52,6 @@ def d2o_loss(
             "logit": logits.mean(),
             "self_logratio": self_ratio.sum() / real,
             "neg_logratio": neg_ratio.mean(),
-            "reward_accuracy": (logits > 0).float().mean(),
-        }
-    return loss, metrics
-
-
-def dpo_loss(
-    *,
-    policy_chosen: torch.Tensor,
-    policy_rejected: torch.Tensor,
-    ref_chosen: torch.Tensor,
-    ref_rejected: torch.Tensor,
-    beta: float,
-) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """DPO (Rafailov et al. 2023), all arguments [B] summed log-probs, passed by keyword::
-
-        z = β [log π_θ(y_w|x) - log π_ref(y_w|x)] - β [log π_θ(y_l|x) - log π_ref(y_l|x)]
-        L = mean -log σ(z)
-
-    The `dpo_self` baseline passes one self-sample as y_w and the human negative as y_l. Same signature
-    as per-step RL's `dpo_loss`; the metrics are named like D²O's, so the two compare in one log.
-    """
-    chosen = policy_chosen - ref_chosen
-    rejected = policy_rejected - ref_rejected
-    logits = beta * (chosen - rejected)
-    loss = -F.logsigmoid(logits).mean()
-    with torch.no_grad():
-        metrics = {
-            "logit": logits.mean(),
-            "self_logratio": chosen.mean(),
-            "neg_logratio": rejected.mean(),
             "reward_accuracy": (logits > 0).float().mean(),
         }
     return loss, metrics

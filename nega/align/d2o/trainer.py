@@ -13,8 +13,9 @@ from pathlib import Path
 
 import torch
 
-from nega.align.d2o.loss import d2o_loss, dpo_loss, ga_loss, kto_undesirable_loss
+from nega.align.d2o.loss import d2o_loss, ga_loss, kto_undesirable_loss
 from nega.logps import packed_sequence_logps, sequence_logps, supports_packing
+from nega.losses import dpo_loss
 from nega.trainer import MethodTrainer
 
 
@@ -35,13 +36,18 @@ def dpo_self_objective(logps: torch.Tensor, batch: dict, alpha: float, beta: flo
     has_chosen = batch["self_mask"][:, 0]
     if not has_chosen.any():
         return logps.sum() * 0.0, {}
-    return dpo_loss(
+    loss, metrics = dpo_loss(
         policy_chosen=logps[batch["self_index"][:, 0]][has_chosen],
         policy_rejected=logps[batch["neg_index"]][has_chosen],
         ref_chosen=batch["ref_self_logps"][:, 0][has_chosen],
         ref_rejected=batch["ref_neg_logps"][has_chosen],
         beta=beta,
     )
+    # Chosen is a self-sample and rejected the negative: log them under D²O's names so the baseline and
+    # the method read side by side in one log.
+    metrics["self_logratio"] = metrics.pop("chosen_logratio")
+    metrics["neg_logratio"] = metrics.pop("rejected_logratio")
+    return loss, metrics
 
 
 def ga_objective(logps: torch.Tensor, batch: dict, alpha: float, beta: float):

@@ -1,4 +1,7 @@
-"""Per-step negative RL recipe section (METHODS.md §2). Defaults follow the paper where it fixes them."""
+"""Per-step negative RL recipe section (docs/methods.md#per-step-negative-rl).
+
+Defaults follow the paper where it fixes them.
+"""
 
 from __future__ import annotations
 

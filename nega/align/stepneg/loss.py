@@ -1,4 +1,6 @@
-"""Per-step negative RL losses (METHODS.md §2; Setlur et al. 2024, arXiv 2406.14532). Pure torch.
+"""Per-step negative RL losses as pure torch functions (Setlur et al. 2024, arXiv 2406.14532).
+
+Specification: docs/methods.md#per-step-negative-rl.
 
 Log-probs are sums over response tokens given the prompt. The reference is π_sft, scored once
 before training and never refreshed.
@@ -8,7 +10,8 @@ first pit c (no EOS, so the model is not taught that a solution ends there):
 
     L = -log σ( β[log π_θ(y⁺|x) − log π_sft(y⁺|x)] − β[log π_θ(ŷ_1..c|x) − log π_sft(ŷ_1..c|x)] )
 
-The outcome-DPO baseline is the same function on a full incorrect solution (with EOS) as rejected.
+Both DPO variants train with `nega.losses.dpo_loss`, the one DPO that D²O's `dpo_self` baseline uses too.
+The outcome-DPO baseline passes a full incorrect solution (with EOS) as rejected.
 
 Advantage-weighted per-step likelihood (the variant `stepneg.loss: awr`; the paper shows per-step DPO
 optimises the same objective):
@@ -24,36 +27,6 @@ the pit (advantage near −1, weight near 0). Over wrong samples alone it would 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
-
-
-def dpo_loss(
-    *,
-    policy_chosen: torch.Tensor,
-    policy_rejected: torch.Tensor,
-    ref_chosen: torch.Tensor,
-    ref_rejected: torch.Tensor,
-    beta: float,
-) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """DPO over a batch of pairs; every argument is [B] summed log-probs, passed by keyword. Returns
-    (mean loss, metrics).
-
-    Per-step DPO passes the first-pit prefix as rejected; outcome DPO the full incorrect solution. Same
-    signature as D²O's `dpo_loss` (its `dpo_self` baseline).
-    """
-    chosen_reward = beta * (policy_chosen - ref_chosen)
-    rejected_reward = beta * (policy_rejected - ref_rejected)
-    margin = chosen_reward - rejected_reward
-    loss = -F.logsigmoid(margin).mean()
-    metrics = {
-        "rewards/chosen": chosen_reward.detach().mean(),
-        "rewards/rejected": rejected_reward.detach().mean(),
-        "rewards/margin": margin.detach().mean(),
-        "rewards/accuracy": (margin.detach() > 0).float().mean(),
-        "logps/chosen": policy_chosen.detach().mean(),
-        "logps/rejected": policy_rejected.detach().mean(),
-    }
-    return loss, metrics
 
 
 def awr_weights(advantages: torch.Tensor, mask: torch.Tensor, beta: float, clip: float) -> torch.Tensor:

@@ -1,7 +1,7 @@
 """Per-step values of π_sft's solutions by rollouts from π_sft, advantages, and the first pit.
 
 For a solution ŷ = ŷ_1..ŷ_L of problem x, the value of the prefix ŷ_1..i is the chance that
-BoK(π_sft) — best of K samples — completes it correctly (METHODS.md §2, K = 5):
+BoK(π_sft) — best of K samples — completes it correctly (docs/methods.md#per-step-negative-rl, K = 5):
 
     Q_i ≈ (1/R) Σ_r max_{k ≤ K} correct(ŷ_1..i ⊕ z_rk),   z_rk ~ π_sft(· | x, ŷ_1..i)
 

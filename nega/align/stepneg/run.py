@@ -1,7 +1,8 @@
 """Per-step negative RL: learn from π_sft's own wrong solutions, blaming the first step that ruins them.
 
 Paper: Setlur, Garg, Geng, Garg, Smith, Kumar, "RL on Incorrect Synthetic Data Scales the Efficiency
-of LLM Math Reasoning by Eight-Fold", NeurIPS 2024, arXiv 2406.14532. Spec: METHODS.md §2.
+of LLM Math Reasoning by Eight-Fold", NeurIPS 2024, arXiv 2406.14532.
+Specification: docs/methods.md#per-step-negative-rl.
 
 Stages, top to bottom:
 
@@ -34,7 +35,7 @@ Deviations and choices where the paper is silent (each a config field):
   negatives stage of a problem with a right sample, right samples included (Q_L = 1), each weighted
   by exp(A_i/β) normalised over the batch and clipped at `awr_clip`; finished samples keep their EOS.
   It needs every step's value, so with AWR among the objectives the advantages stage rolls out every
-  prefix (no skip) and values the right samples too. METHODS.md §2 writes the sum over ŷ's steps.
+  prefix (no skip) and values the right samples too.
 - `stepneg.compare` trains more objectives on the same pairs for a side-by-side table.
 """
 

@@ -3,7 +3,7 @@
 π_sft is a plain model folder (the SFT adapter merged into its base), so "adapter disabled" is exactly
 π_sft. Reference log-probs are computed once from those frozen weights before training
 (`reference_logps`, cached by content) and travel in the batch; the policy never scores its own
-reference, and the reference is never refreshed (METHODS.md §2).
+reference, and the reference is never refreshed (docs/methods.md#per-step-negative-rl).
 """
 
 from __future__ import annotations
@@ -13,8 +13,9 @@ from pathlib import Path
 import torch
 
 from nega.align.stepneg.data import PairCollator, StepCollator
-from nega.align.stepneg.loss import awr_loss, dpo_loss
+from nega.align.stepneg.loss import awr_loss
 from nega.logps import packed_sequence_logps, reference_logps, sequence_logps, supports_packing, token_logps
+from nega.losses import dpo_loss
 from nega.trainer import MethodTrainer
 
 

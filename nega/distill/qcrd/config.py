@@ -1,4 +1,4 @@
-"""QCRD recipe section (METHODS.md §3)."""
+"""QCRD recipe section (docs/methods.md#qcrd)."""
 
 from __future__ import annotations
 
@@ -39,7 +39,7 @@ class QCRDConfig(BaseModel):
     delta: float = Field(3.0, gt=0, description="hinge margin on the negative's CE")
     lag: Count = Field(5, description="negatives come from the student this many epochs back")
     negative_temperature: float = Field(1.5, gt=0)
-    disc_steps: Steps = Field(500, description="steps per discriminator fit (METHODS.md: ~500)")
+    disc_steps: Steps = Field(500, description="steps per discriminator fit (docs/methods.md#qcrd)")
     disc_folds: Count = Field(
         2,
         description="cross-fitting folds: each input is scored by a discriminator that did not train on it",

@@ -9,7 +9,7 @@ Two backbones (`qcrd.disc_backbone`), both built locally, nothing downloaded:
   pooled, with a linear head. Cheap; enough for short rationales.
 
 Training (`fit`): binary cross-entropy, S_pos labelled 1 and S_neg labelled 0, for `steps` batches
-(METHODS.md: about 500). The minority class is first topped up to the majority's size with copies
+(default 500, docs/methods.md#qcrd). The minority class is first topped up to the majority's size with copies
 whose words are masked or replaced at random (word-mask / word-replace augmentation), so D is not
 merely the class prior. Re-training every `qcrd.disc_every` epochs continues from the current weights
 on that epoch's data.

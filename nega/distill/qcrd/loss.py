@@ -1,4 +1,4 @@
-"""QCRD loss and its baselines, as pure torch functions (METHODS.md §3, arXiv 2405.13014).
+"""QCRD loss and its baselines, as pure torch functions (docs/methods.md#qcrd, arXiv 2405.13014).
 
 Every objective takes per-sequence **mean token cross-entropies** (not summed log-probs: QCRD's margin
 δ is on the per-token scale) and returns `(loss, metrics)`:

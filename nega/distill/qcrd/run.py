@@ -1,6 +1,6 @@
 """QCRD: quality-guided contrastive rationale distillation (Wang et al., arXiv 2405.13014).
 
-Stages, top to bottom (METHODS.md §3):
+Stages, top to bottom (docs/methods.md#qcrd):
 
     toy-model        the starting student (toy recipes only; else the hub id / folder)
     teacher          teacher rationales (sampled 5× at T=0.7, or read from data) -> S_pos / S_neg
@@ -36,7 +36,7 @@ Deviations from the paper:
 - Scores are cross-fitted (the paper does not say): the inputs are split into `qcrd.disc_folds`
   folds (default 2), and each rationale is scored by a discriminator trained on the other folds, so
   D's score is its judgement of an unseen rationale, not a memory of its self-consistency label.
-  Each fold's discriminator trains `disc_steps` steps (default 500, as METHODS.md).
+  Each fold's discriminator trains `disc_steps` steps (default 500, docs/methods.md#qcrd).
 - Self-adversarial negatives (and teacher rationales) cut at `sampling.max_tokens` are scored without
   EOS; the others with it.
 - With rationale files holding one teacher rationale per input (the PaLM files), self-consistency has

@@ -8,7 +8,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from nega.align.d2o.loss import d2o_loss, dpo_loss, ga_loss, kto_undesirable_loss
+from nega.align.d2o.loss import d2o_loss, ga_loss, kto_undesirable_loss
+from nega.losses import dpo_loss
 
 
 def _leaf(values) -> torch.Tensor:

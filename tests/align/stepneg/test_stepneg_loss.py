@@ -1,78 +1,11 @@
-"""Per-step DPO and AWR losses: hand-computed values and gradient signs."""
+"""The AWR loss: hand-computed values and gradient signs (per-step DPO's loss is tested in test_losses.py)."""
 
 from __future__ import annotations
-
-import math
 
 import pytest
 import torch
 
-from nega.align.stepneg.loss import awr_loss, awr_weights, dpo_loss
-
-
-def test_both_dpo_losses_take_the_same_keywords_only():
-    """D²O's dpo_self baseline and per-step DPO: one signature, and a positional call is refused, so
-    chosen and rejected can never be swapped by argument order."""
-    import inspect
-
-    from nega.align.d2o.loss import dpo_loss as d2o_dpo_loss
-
-    assert inspect.signature(dpo_loss) == inspect.signature(d2o_dpo_loss)
-    params = inspect.signature(dpo_loss).parameters.values()
-    assert [p.name for p in params] == [
-        "policy_chosen",
-        "policy_rejected",
-        "ref_chosen",
-        "ref_rejected",
-        "beta",
-    ]
-    assert all(p.kind is inspect.Parameter.KEYWORD_ONLY for p in params)
-    x = torch.zeros(1)
-    for loss in (dpo_loss, d2o_dpo_loss):
-        with pytest.raises(TypeError):
-            loss(x, x, x, x, 0.1)
-        same = loss(policy_chosen=x - 1, policy_rejected=x, ref_chosen=x, ref_rejected=x, beta=1.0)[0]
-        assert same.item() == pytest.approx(math.log(1 + math.e))  # z = -1: chosen fell, rejected did not
-
-
-def test_dpo_is_log2_when_policy_equals_reference():
-    logps = torch.tensor([-3.0, -7.5])
-    loss, metrics = dpo_loss(
-        policy_chosen=logps, policy_rejected=logps + 1, ref_chosen=logps, ref_rejected=logps + 1, beta=0.1
-    )
-    assert loss.item() == pytest.approx(math.log(2))
-    assert metrics["rewards/margin"].item() == pytest.approx(0.0)
-
-
-def test_dpo_value_by_hand():
-    # margin = 0.5 * [(-1 - -2) - (-4 - -3)] = 0.5 * (1 + 1) = 1
-    loss, metrics = dpo_loss(
-        policy_chosen=torch.tensor([-1.0]),
-        policy_rejected=torch.tensor([-4.0]),
-        ref_chosen=torch.tensor([-2.0]),
-        ref_rejected=torch.tensor([-3.0]),
-        beta=0.5,
-    )
-    assert loss.item() == pytest.approx(-math.log(1 / (1 + math.exp(-1.0))))
-    assert metrics["rewards/chosen"].item() == pytest.approx(0.5)
-    assert metrics["rewards/rejected"].item() == pytest.approx(-0.5)
-    assert metrics["rewards/accuracy"].item() == 1.0
-
-
-def test_dpo_gradient_raises_chosen_and_lowers_the_rejected_prefix():
-    chosen = torch.tensor([-5.0, -6.0], requires_grad=True)
-    rejected = torch.tensor([-4.0, -2.0], requires_grad=True)
-    loss, _ = dpo_loss(
-        policy_chosen=chosen,
-        policy_rejected=rejected,
-        ref_chosen=torch.tensor([-5.0, -6.0]),
-        ref_rejected=torch.tensor([-4.0, -2.0]),
-        beta=0.1,
-    )
-    loss.backward()
-    # Descending the loss moves along -grad: chosen up, rejected down, both by β/2 per pair / B.
-    assert torch.all(chosen.grad < 0) and torch.all(rejected.grad > 0)
-    assert chosen.grad[0].item() == pytest.approx(-0.1 * 0.5 / 2)
+from nega.align.stepneg.loss import awr_loss, awr_weights
 
 
 def test_awr_weights_are_normalised_and_clipped():
