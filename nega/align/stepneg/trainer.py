@@ -88,13 +88,16 @@ def chosen_response(example: dict) -> str | list[int]:
     return example["chosen"] if ids is None else ids
 
 
-def attach_reference_logps(examples: list[dict], model_path: str, model_cfg, cache=None) -> list[dict]:
-    """DPO examples with `ref_chosen` and `ref_rejected` filled from π_sft."""
+def attach_reference_logps(
+    examples: list[dict], model_path: str, model_cfg, cache=None, description: str = "pi_sft"
+) -> list[dict]:
+    """DPO examples with `ref_chosen` and `ref_rejected` filled from π_sft; `description` names the
+    stage in the progress output."""
     pairs = [(e["prompt"], chosen_response(e)) for e in examples]
     pairs += [(e["prompt"], e["rejected"]) for e in examples]
     eos = [True] * len(examples) + [bool(e["rejected_eos"]) for e in examples]
     values = reference_logps(
-        model_path, model_cfg, pairs, eos, cache=cache, description="reference log-probs (pi_sft)"
+        model_path, model_cfg, pairs, eos, cache=cache, description=f"reference log-probs ({description})"
     )
     n = len(examples)
     return [{**e, "ref_chosen": values[i], "ref_rejected": values[n + i]} for i, e in enumerate(examples)]
