@@ -3,11 +3,11 @@
 `print_table` lays a table out for the terminal's width (`COLUMNS` when set, as in a log or CI), in
 the first of these that fits:
 
-1. every cell on one line;
+1. every cell on one line, the table as given, else transposed (the columns as rows, which suits a
+   results table with more metrics than arms), so that every name is shown whole where possible;
 2. long cells wrapped: at spaces, and after `_`, `/` and `-` inside names, so `degenerate_rate`
    becomes `degenerate_` over `rate` and is never cut to `degener…`;
-3. transposed (the columns as rows), which suits a results table with more metrics than arms;
-4. the narrowest of those, with words folded where they must be.
+3. the shape that needs least folding (words split where they must be, every character kept).
 
 Progress bars (nega's own, and the tqdm bars of transformers and datasets) hold the last line of the
 terminal open. `install_message_hooks` makes warnings clear the bars before they print and redraw them
@@ -93,19 +93,24 @@ def table_overhead(n_columns: int) -> int:
     return 3 * n_columns + 1
 
 
-def layout(columns: Sequence[Sequence[str]], width: int) -> tuple[list[int], bool]:
-    """(column widths, whether any cell still needs folding) for columns given as [header, *cells]
-    that must fit in `width` characters with the table's borders."""
+WHOLE, WRAPPED, FOLDED = 0, 1, 2  # how a layout treats its cells, best first
+
+
+def layout(columns: Sequence[Sequence[str]], width: int) -> tuple[list[int], int]:
+    """(column widths, WHOLE / WRAPPED / FOLDED) for columns given as [header, *cells] that must fit
+    in `width` characters with the table's borders: every cell on one line if that fits, else cells
+    wrapped at word and name boundaries, else folded where they must be."""
     room = width - table_overhead(len(columns))
     natural = [_natural(c) for c in columns]
     if sum(natural) <= room:
-        return natural, False
+        return natural, WHOLE
     soft = [_soft(c) for c in columns]
     if sum(soft) <= room:
         widths = list(soft)
-        # Spend the spare room first on columns it makes whole (fewest characters first), then on the
-        # columns still wrapped, in proportion to what they lack.
-        for i in sorted(range(len(widths)), key=lambda i: natural[i] - widths[i]):
+        # Spend the spare room first on columns it makes whole (the first column, which names each row,
+        # then the others by fewest characters lacking), then on the columns still wrapped, in
+        # proportion to what they lack.
+        for i in sorted(range(len(widths)), key=lambda i: (i > 0, natural[i] - widths[i])):
             spare = room - sum(widths)
             if natural[i] - widths[i] <= spare:
                 widths[i] = natural[i]
@@ -113,14 +118,14 @@ def layout(columns: Sequence[Sequence[str]], width: int) -> tuple[list[int], boo
         spare = room - sum(widths)
         for i, short in lacking.items():
             widths[i] += min(short, spare * short // sum(lacking.values()))
-        return widths, False
+        return widths, WRAPPED
     # Folding: each column keeps at least MIN_FOLD_WIDTH (or its natural width, if smaller), and
     # the rest is shared in proportion to the soft widths.
     floor = [min(n, MIN_FOLD_WIDTH) for n in natural]
     spare = max(0, room - sum(floor))
     extra = [max(0, s - f) for s, f in zip(soft, floor, strict=True)]
     total = sum(extra) or 1
-    return [f + spare * e // total for f, e in zip(floor, extra, strict=True)], True
+    return [f + spare * e // total for f, e in zip(floor, extra, strict=True)], FOLDED
 
 
 def transpose(header: Sequence[str], rows: Sequence[Sequence[str]]) -> tuple[list[str], list[list[str]]]:
@@ -141,9 +146,9 @@ def print_table(
 ) -> None:
     """Print a table that fits the terminal (see the module docstring); cells are strings.
 
-    `right` lists the columns aligned right (numbers). With `transposable`, a table too wide even with
-    its cells wrapped is printed with rows and columns swapped (then every column but the first is
-    right-aligned, and `header[0]` labels the first column)."""
+    `right` lists the columns aligned right (numbers). With `transposable`, a table that fits whole
+    only with rows and columns swapped is printed so (then every column but the first is
+    right-aligned, and `header[0]` heads the first column)."""
     from rich import box
     from rich.console import Console
     from rich.table import Table
@@ -152,15 +157,20 @@ def print_table(
     stream = stream if stream is not None else sys.stdout
     width = width or terminal_width(stream)
     header, rows = list(header), [list(map(str, r)) for r in rows]
-    columns = [[h, *(r[i] for r in rows)] for i, h in enumerate(header)]
-    widths, folded = layout(columns, width)
-    if folded and transposable:
+    shapes = [(header, rows, right)]
+    if transposable:
         t_header, t_rows = transpose(header, rows)
-        t_columns = [[h, *(r[i] for r in t_rows)] for i, h in enumerate(t_header)]
-        t_widths, t_folded = layout(t_columns, width)
-        if not t_folded or _folded_size(t_columns) < _folded_size(columns):
-            header, rows, widths = t_header, t_rows, t_widths
-            right = range(1, len(header))
+        shapes.append((t_header, t_rows, range(1, len(t_header))))
+    # The shape that shows the most names whole: the table as given, then transposed; among shapes
+    # that must fold, the one folding least.
+    best = None
+    for shape in shapes:
+        columns = [[h, *(r[i] for r in shape[1])] for i, h in enumerate(shape[0])]
+        widths, how = layout(columns, width)
+        rank = (how, _folded_size(columns) if how == FOLDED else 0)
+        if best is None or rank < best[0]:
+            best = (rank, shape, widths)
+    _, (header, rows, right), widths = best
     table = Table(title=title or None, box=box.HEAVY_HEAD, title_justify="left")
     for i, (name, w) in enumerate(zip(header, widths, strict=True)):
         table.add_column(
