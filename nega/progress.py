@@ -49,12 +49,16 @@ class LogProgress:
         total: int | None,
         stream: TextIO,
         clock: Callable[[], float] = time.monotonic,
+        initial: int = 0,
     ):
         self.description, self.total, self.stream, self.clock = description, total, stream, clock
-        self.done = 0
+        # A resumed loop starts at `initial`; its rate counts only what this process did.
+        self.done = self.initial = initial
         self.fields: dict = {}
         self.start = self.last_line = clock()
         self.next_count = self._step()
+        while self.next_count <= self.done:
+            self.next_count += self._step()
         self._print(f"{description} ...")
 
     def _step(self) -> float:
@@ -65,7 +69,7 @@ class LogProgress:
 
     def status(self) -> str:
         elapsed = self.clock() - self.start
-        rate = self.done / elapsed if elapsed > 0 else 0.0
+        rate = (self.done - self.initial) / elapsed if elapsed > 0 else 0.0
         count = (
             f"{self.done}/{self.total} ({100 * self.done / self.total:.0f}%)"
             if self.total
@@ -96,7 +100,7 @@ class LogProgress:
 
     def finish(self) -> None:
         elapsed = self.clock() - self.start
-        rate = f", {self.done / elapsed:.3g}/s" if elapsed > 0 else ""
+        rate = f", {(self.done - self.initial) / elapsed:.3g}/s" if elapsed > 0 else ""
         total = self.total or self.done
         suffix = f", {format_fields(self.fields)}" if self.fields else ""
         self._print(

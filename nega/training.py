@@ -26,6 +26,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import sys
 from pathlib import Path
 
 TRAIN_LOG = "train_log.json"
@@ -149,7 +150,8 @@ def training_arguments(train_cfg, output_dir: Path, *, seed: int = 0, **override
         bf16=bf16,
         gradient_checkpointing=train_cfg.gradient_checkpointing,
         dataloader_num_workers=0,
-        disable_tqdm=os.environ.get("NEGA_QUIET") == "1",
+        # Off a terminal the step count goes to the log as lines (`log_progress_callback`), not a bar.
+        disable_tqdm=os.environ.get("NEGA_QUIET") == "1" or not sys.stderr.isatty(),
         deepspeed=deepspeed_config(train_cfg),
     )
     if prepare_distributed_state(deepspeed=kwargs["deepspeed"] is not None):
@@ -184,6 +186,43 @@ def dense_logging_callback():
                 state.logging_steps = logging_interval(args.logging_steps, state.max_steps)
 
     return DenseLogging()
+
+
+def log_progress_callback(description: str, stream=None, clock=None):
+    """A TrainerCallback writing a training run's progress as `nega.progress.LogProgress` lines (steps
+    done, rate, time left, last loss) when stderr is not a terminal and NEGA_QUIET is unset; rank 0
+    only. A resumed run counts from its checkpoint's step."""
+    import time
+
+    from transformers import TrainerCallback
+
+    from nega.progress import LogProgress
+
+    stream = stream if stream is not None else sys.stderr
+
+    class LogLines(TrainerCallback):
+        progress = None
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            if state.is_world_process_zero and os.environ.get("NEGA_QUIET") != "1" and not stream.isatty():
+                self.progress = LogProgress(
+                    description, state.max_steps, stream, clock or time.monotonic, initial=state.global_step
+                )
+
+        def on_step_end(self, args, state, control, **kwargs):
+            if self.progress is not None:
+                self.progress.advance(state.global_step - self.progress.done)
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if self.progress is not None and logs and "loss" in logs:
+                self.progress.fields["loss"] = float(logs["loss"])
+
+        def on_train_end(self, args, state, control, **kwargs):
+            if self.progress is not None:
+                self.progress.finish()
+                self.progress = None
+
+    return LogLines()
 
 
 def tracking_arguments(train_cfg, output_dir: Path) -> dict:
@@ -257,14 +296,19 @@ def train_with_resume(trainer, output_dir: Path):
             with (Path(output_dir) / "starts.jsonl").open("a") as f:
                 f.write(json.dumps(start) + "\n")
 
-    dense = dense_logging_callback()
-    trainer.add_callback(RecordStart)
-    trainer.add_callback(dense)
+    # `output_dir` is <run>/<stage>/checkpoints: the stage names the lines in a log.
+    added = [
+        RecordStart,
+        dense_logging_callback(),
+        log_progress_callback(f"training {Path(output_dir).parent.name}"),
+    ]
+    for callback in added:
+        trainer.add_callback(callback)
     try:
         return trainer.train(resume_from_checkpoint=checkpoint)
     finally:
-        trainer.remove_callback(RecordStart)
-        trainer.remove_callback(dense)
+        for callback in added:
+            trainer.remove_callback(callback)
 
 
 def save_trained(trainer, tokenizer, path: Path) -> Path:

@@ -53,7 +53,7 @@ class _Rows(torch.utils.data.Dataset):
         return {"x": torch.tensor([float(i)])}
 
 
-def test_a_30_step_run_logs_loss_lr_and_grad_norm_every_step(tmp_path):
+def test_a_30_step_run_logs_loss_lr_and_grad_norm_every_step(tmp_path, monkeypatch, capsys):
     """train.logging_steps 10 over 30 steps would draw 3 points; the Trainer logs all 30, and the
     recipe's value (bookkeeping, outside the stage hash) is left as it was."""
     from nega.trainer import MethodTrainer
@@ -70,7 +70,9 @@ def test_a_30_step_run_logs_loss_lr_and_grad_norm_every_step(tmp_path):
     cfg = TrainConfig(lr=0.01, batch_size=2, max_steps=30, logging_steps=10, save_steps=100)
     model = torch.nn.Linear(1, 1)
     model.save_pretrained = lambda path, **kwargs: Path(path).mkdir(parents=True, exist_ok=True)
-    args = training_arguments(cfg, tmp_path / "ckpt")
+    monkeypatch.delenv("NEGA_QUIET", raising=False)
+    args = training_arguments(cfg, tmp_path / "sq-train" / "checkpoints")
+    assert args.disable_tqdm  # stderr is not a terminal here: lines, not a bar
     trainer = Square(
         model=model,
         args=args,
@@ -85,6 +87,9 @@ def test_a_30_step_run_logs_loss_lr_and_grad_norm_every_step(tmp_path):
     assert len(series["grad_norm"][0]) == 30 and len(series["square/mean_output"][0]) == 30
     assert args.logging_steps == 10 and cfg.logging_steps == 10
     assert "logging_steps" not in cfg.stage_key()
+    log = capsys.readouterr().err.splitlines()
+    assert "[nega] training sq-train ..." in log, log
+    assert any(line.startswith("[nega] training sq-train: 30/30 done in ") for line in log), log
     path = training_curve(tmp_path / "training_curve.png", history, "square")
     assert 900 <= png_size(path)[0] <= 1300
 
@@ -206,3 +211,29 @@ def test_the_direction_table_covers_the_harm_and_reasoning_evaluations():
     assert all(metric_direction(n) is not None for n in names), [
         n for n in names if metric_direction(n) is None
     ]
+
+
+def test_training_progress_in_a_log_names_the_stage_and_counts_from_a_resumed_step(monkeypatch):
+    import io
+    from types import SimpleNamespace
+
+    from nega.training import log_progress_callback
+
+    monkeypatch.delenv("NEGA_QUIET", raising=False)
+    now = [0.0]
+    stream = io.StringIO()
+    callback = log_progress_callback("training d2o-train", stream=stream, clock=lambda: now[0])
+    state = SimpleNamespace(is_world_process_zero=True, max_steps=100, global_step=40)  # resumed at 40
+    callback.on_train_begin(None, state, None)
+    for step in range(41, 101):
+        now[0] += 0.5  # two steps a second
+        state.global_step = step
+        callback.on_step_end(None, state, None)
+        callback.on_log(None, state, None, logs={"loss": 1.0 / step, "learning_rate": 1e-4})
+    callback.on_train_end(None, state, None)
+    lines = stream.getvalue().splitlines()
+    assert lines[0] == "[nega] training d2o-train ..."
+    # A step's line comes before the Trainer logs that step: the loss shown is the last one logged.
+    assert lines[1] == "[nega] training d2o-train: 50/100 (50%), 2/s, 25s left, loss=0.02041", lines
+    assert len(lines) == 2 + 5, lines  # 50% .. 90%, then the end line
+    assert lines[-1] == "[nega] training d2o-train: 100/100 done in 30s, 2/s, loss=0.01", lines
