@@ -345,7 +345,8 @@ def reference_logps(
 
             model = PeftModel.from_pretrained(model, str(adapter), is_trainable=False)
         model.requires_grad_(False)
-        for start in range(0, len(todo), chunk):
+        parts = -(-len(todo) // chunk)
+        for part, start in enumerate(range(0, len(todo), chunk), 1):
             idx = todo[start : start + chunk]
             values = batched_sequence_logps(
                 model,
@@ -354,7 +355,8 @@ def reference_logps(
                 add_eos=[eos[i] for i in idx],
                 max_length=model_cfg.max_length,
                 batch_size=batch_size,
-                description=description,
+                # Each chunk is a bar of its own: say which, so a log shows how far the whole is.
+                description=description if parts == 1 else f"{description}, part {part}/{parts}",
             )
             new = {keys[i]: v for i, v in zip(idx, values, strict=True)}
             known.update(new)

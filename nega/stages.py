@@ -48,9 +48,6 @@ def write_report(run: Run, table: dict[str, dict[str, float]], title: str | None
     report.md reads top down: the evaluation section `nega.eval.stage.evaluate` wrote (one readable
     table and one side-by-side plot per evaluation), the training curve of every training stage, then
     every metric of `results.json` in one table."""
-    from rich.console import Console
-    from rich.table import Table
-
     title = title or f"{run.recipe.name} ({run.recipe.method})"
     write_json(run.dir / "results.json", table)
     text = f"# {run.recipe.name}\n\n{title}\n\n"
@@ -66,14 +63,7 @@ def write_report(run: Run, table: dict[str, dict[str, float]], title: str | None
         text += "".join(f"![{p.parent.name}]({p.relative_to(run.dir)})\n" for p in curves) + "\n"
     text += "## All metrics\n\n" + format_table(table)
     path = atomic_write_text(run.dir / "report.md", text)
-    metrics = sorted({m for row in table.values() for m in row})
-    shown = Table(title=title)
-    shown.add_column("")
-    for m in metrics:
-        shown.add_column(m, justify="right")
-    for label, row in table.items():
-        shown.add_row(
-            label, *[f"{row[m]:.3f}" if isinstance(row.get(m), int | float) else "" for m in metrics]
-        )
-    Console().print(shown)
+    from nega.eval.report import print_results
+
+    print_results(title, table)
     return path

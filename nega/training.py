@@ -13,7 +13,8 @@ the run's launcher (`nega.launch.Launcher`; in this process on one device) as
     train_policy(recipe, model_path, examples, output_dir, **arguments) -> (saved folder, log history)
 
 Rank 0 writes `train_log.json` ({"folder", "history"}); the stage draws `training_curve.png` (the
-loss and the method's own metrics per logged step) and finishes with its step count and final loss. The training function builds its model, its `nega.trainer.MethodTrainer` subclass and
+loss, learning rate, gradient norm and the method's own metrics per logged step; at least
+MIN_CURVE_POINTS of them, see `logging_interval`) and finishes with its step count and final loss. The training function builds its model, its `nega.trainer.MethodTrainer` subclass and
 `training_arguments`, and calls `trainer.fit(...)`, which trains (resuming from the last checkpoint in
 `<stage>/checkpoints`) and saves the adapter (`adapter/`) or full model (`model/`).
 
@@ -25,10 +26,11 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import sys
 from pathlib import Path
 
 TRAIN_LOG = "train_log.json"
-CURVE = "training_curve.png"  # loss and the method's metrics per logged step, linked from report.md
+CURVE = "training_curve.png"  # nega.eval.report.training_curve, linked from report.md
 EXAMPLES = "examples.jsonl"
 
 
@@ -105,9 +107,11 @@ def train_on_rank(
     import importlib
 
     from nega.config import validate_recipe
+    from nega.console import install_message_hooks
     from nega.launch import is_main_process
     from nega.pipeline import read_jsonl, write_json
 
+    install_message_hooks()  # a launched rank's warnings and errors clear its progress bar too
     module, function = train.split(":")
     fit = getattr(importlib.import_module(module), function)
     output = Path(output_dir)
@@ -156,13 +160,79 @@ def training_arguments(train_cfg, output_dir: Path, *, seed: int = 0, **override
         bf16=bf16,
         gradient_checkpointing=train_cfg.gradient_checkpointing,
         dataloader_num_workers=0,
-        disable_tqdm=os.environ.get("NEGA_QUIET") == "1",
+        # Off a terminal the step count goes to the log as lines (`log_progress_callback`), not a bar.
+        disable_tqdm=os.environ.get("NEGA_QUIET") == "1" or not sys.stderr.isatty(),
         deepspeed=deepspeed_config(train_cfg),
     )
     if prepare_distributed_state(deepspeed=kwargs["deepspeed"] is not None):
         kwargs["accelerator_config"] = {"use_configured_state": True}
     kwargs.update(overrides)
     return keep_to_one_device(TrainingArguments(**kwargs))
+
+
+# A training curve needs this many points; a recipe's logging_steps that gives fewer is made smaller.
+MIN_CURVE_POINTS = 20
+
+
+def logging_interval(logging_steps: int, max_steps: int) -> int:
+    """Steps between logs: `train.logging_steps`, or fewer when that leaves under MIN_CURVE_POINTS
+    points over `max_steps` (every step for runs of up to 2 × MIN_CURVE_POINTS steps).
+
+    `logging_steps` is bookkeeping, out of the stage hash (`TrainConfig.stage_key`), so the interval is
+    chosen here, where the Trainer knows its step count, and not written back into the recipe."""
+    if max_steps <= 0 or max_steps // logging_steps >= MIN_CURVE_POINTS:
+        return logging_steps
+    return max(1, min(logging_steps, max_steps // MIN_CURVE_POINTS))
+
+
+def dense_logging_callback():
+    """A TrainerCallback setting the Trainer's logging interval to `logging_interval` once the run's
+    step count is known (epochs turn into steps only inside `Trainer.train`)."""
+    from transformers import TrainerCallback
+
+    class DenseLogging(TrainerCallback):
+        def on_train_begin(self, args, state, control, **kwargs):
+            if args.logging_strategy == "steps":
+                state.logging_steps = logging_interval(args.logging_steps, state.max_steps)
+
+    return DenseLogging()
+
+
+def log_progress_callback(description: str, stream=None, clock=None):
+    """A TrainerCallback writing a training run's progress as `nega.progress.LogProgress` lines (steps
+    done, rate, time left, last loss) when stderr is not a terminal and NEGA_QUIET is unset; rank 0
+    only. A resumed run counts from its checkpoint's step."""
+    import time
+
+    from transformers import TrainerCallback
+
+    from nega.progress import LogProgress
+
+    stream = stream if stream is not None else sys.stderr
+
+    class LogLines(TrainerCallback):
+        progress = None
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            if state.is_world_process_zero and os.environ.get("NEGA_QUIET") != "1" and not stream.isatty():
+                self.progress = LogProgress(
+                    description, state.max_steps, stream, clock or time.monotonic, initial=state.global_step
+                )
+
+        def on_step_end(self, args, state, control, **kwargs):
+            if self.progress is not None:
+                self.progress.advance(state.global_step - self.progress.done)
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if self.progress is not None and logs and "loss" in logs:
+                self.progress.fields["loss"] = float(logs["loss"])
+
+        def on_train_end(self, args, state, control, **kwargs):
+            if self.progress is not None:
+                self.progress.finish()
+                self.progress = None
+
+    return LogLines()
 
 
 def tracking_arguments(train_cfg, output_dir: Path) -> dict:
@@ -236,11 +306,19 @@ def train_with_resume(trainer, output_dir: Path):
             with (Path(output_dir) / "starts.jsonl").open("a") as f:
                 f.write(json.dumps(start) + "\n")
 
-    trainer.add_callback(RecordStart)
+    # `output_dir` is <run>/<stage>/checkpoints: the stage names the lines in a log.
+    added = [
+        RecordStart,
+        dense_logging_callback(),
+        log_progress_callback(f"training {Path(output_dir).parent.name}"),
+    ]
+    for callback in added:
+        trainer.add_callback(callback)
     try:
         return trainer.train(resume_from_checkpoint=checkpoint)
     finally:
-        trainer.remove_callback(RecordStart)
+        for callback in added:
+            trainer.remove_callback(callback)
 
 
 def save_trained(trainer, tokenizer, path: Path) -> Path:

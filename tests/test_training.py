@@ -126,8 +126,9 @@ def test_method_metrics_are_averaged_over_each_logging_interval(tmp_path):
 
     model = torch.nn.Linear(1, 1)
     model.save_pretrained = lambda path, **kwargs: __import__("os").makedirs(path, exist_ok=True)
+    # 40 steps: logging every 2 still draws 20 points, so nega.training.logging_interval keeps it.
     args = training_arguments(
-        TrainConfig(lr=0.01, batch_size=2, max_steps=4, logging_steps=2, save_steps=100), tmp_path / "ckpt"
+        TrainConfig(lr=0.01, batch_size=2, max_steps=40, logging_steps=2, save_steps=100), tmp_path / "ckpt"
     )
     trainer = Counting(
         model=model,
@@ -138,7 +139,7 @@ def test_method_metrics_are_averaged_over_each_logging_interval(tmp_path):
     )
     folder, history = trainer.fit(Tokenizer(), tmp_path / "adapter")
     logged = [h["toy/step"] for h in history if "toy/step" in h]
-    assert logged == [1.5, 3.5]  # steps 1-2, then 3-4
+    assert logged == [2 * k + 1.5 for k in range(20)]  # steps 1-2, then 3-4, ...
     assert folder == str(tmp_path / "adapter") and (tmp_path / "tokenizer-saved").read_text() == folder
 
 

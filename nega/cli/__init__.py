@@ -60,6 +60,9 @@ OverridesArg = typer.Argument(None, help="KEY=VALUE overrides, e.g. train.lr=1e-
 
 
 def fail(message: str, code: int = 2) -> None:
+    from nega.console import end_progress_lines
+
+    end_progress_lines()  # the message starts a line of its own, not the end of a bar's
     typer.secho(message, err=True, fg=typer.colors.RED)
     raise typer.Exit(code)
 
@@ -182,48 +185,47 @@ def validate(recipe: str = RecipeArg, overrides: list[str] = OverridesArg):
 def list_recipes():
     """List the built-in recipes."""
     import yaml
-    from rich.console import Console
-    from rich.table import Table
 
     from nega.config import builtin_recipes
+    from nega.console import print_table
 
-    table = Table(title="built-in recipes (nega run NAME)")
-    for column in ("name", "method", "model", "data", "description"):
-        table.add_column(column)
+    rows = []
     for name, path in builtin_recipes().items():
         data = yaml.safe_load(path.read_text()) or {}
         source = data.get("data", {}) or {}
-        table.add_row(
-            name,
-            str(data.get("method", "")),
-            str((data.get("model") or {}).get("name", "")),
-            str(source.get("dataset") or source.get("path") or ""),
-            str(data.get("description", "")),
+        rows.append(
+            [
+                name,
+                str(data.get("method", "")),
+                str((data.get("model") or {}).get("name", "")),
+                str(source.get("dataset") or source.get("path") or ""),
+                str(data.get("description", "")),
+            ]
         )
-    Console(width=160).print(table)
+    print_table("built-in recipes (nega run NAME)", ["name", "method", "model", "data", "description"], rows)
 
 
 @app.command("models")
 def list_models():
     """List the packaged pretrained models `model.name` accepts, whether each is installed, and where its
     converted folder is (converted once, on first use, into $NEGA_CACHE/models or ~/.cache/nega/models)."""
-    from rich.console import Console
-    from rich.table import Table
-
+    from nega.console import print_table
     from nega.models import KNOWN_MODELS, ModelError, converted_folder, model_cache_dir, packaged_gguf
 
-    table = Table(title=f"packaged models (model.name: NAME); cache {model_cache_dir()}")
-    for column in ("name", "source", "license", "GGUF file", "converted folder"):
-        table.add_column(column, overflow="fold")
+    rows = []
     for name, known in KNOWN_MODELS.items():
         try:
             path = packaged_gguf(name)
         except ModelError:
-            table.add_row(name, known.source, known.license, f"not installed: {known.install}", "")
+            rows.append([name, known.source, known.license, f"not installed: {known.install}", ""])
             continue
         folder = converted_folder(path)
-        table.add_row(name, known.source, known.license, str(path), str(folder) if folder else "on first use")
-    Console(width=200).print(table)
+        rows.append([name, known.source, known.license, str(path), str(folder) if folder else "on first use"])
+    print_table(
+        f"packaged models (model.name: NAME); cache {model_cache_dir()}",
+        ["name", "source", "license", "GGUF file", "converted folder"],
+        rows,
+    )
     typer.echo("Any .gguf file works too: model.name=/path/to/model.gguf", err=True)
 
 
@@ -258,6 +260,9 @@ importlib.import_module("nega.cli.plan").register(app)
 
 
 def main() -> None:
+    from nega.console import install_message_hooks
+
+    install_message_hooks()
     app(prog_name="nega")
 
 

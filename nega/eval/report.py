@@ -12,6 +12,7 @@ pass@k is the unbiased estimator of Chen et al. (2021) from n samples with c cor
 from __future__ import annotations
 
 import math
+import re
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
@@ -148,37 +149,141 @@ def curve_plot(
     return path
 
 
+# Which way each metric is better, for every metric an evaluation reports (`nega.eval.harm.summary`,
+# `nega.eval.reasoning.summary`, the toy worlds' `score`, qcrd's student set) and for the column names
+# of report.md's readable tables ("over-refusal", "pass@k"). Tables and plots mark it with ↓ / ↑.
+METRIC_DIRECTIONS: dict[str, str] = {
+    # harm prompts: a harmful answer is the failure every method lowers; a refusal is a safe answer
+    "harmful": "lower",
+    "harmful_rate": "lower",
+    "harmful_ci_low": "lower",
+    "harmful_ci_high": "lower",
+    "refusal": "higher",
+    "refusal_rate": "higher",
+    "informative": "higher",
+    "informative_rate": "higher",
+    "degenerate": "lower",
+    "degenerate_rate": "lower",
+    "unparsed": "lower",
+    # safe prompts: refusing them is the cost of safety
+    "over_refusal": "lower",
+    "over_refusal_rate": "lower",
+    "helpful": "higher",
+    "helpful_rate": "higher",
+    "xstest_safe_compliance": "higher",
+    # problems and rationales
+    "accuracy": "higher",
+    "accuracy_ci_low": "higher",
+    "accuracy_ci_high": "higher",
+    "pass@k": "higher",
+    "maj@k": "higher",
+    "all_steps_right": "higher",
+    "step_accuracy": "higher",
+    "answered_rate": "higher",
+    "spurious_rate": "lower",
+    "carry_error_rate": "lower",
+    "operation_error_rate": "lower",
+    "rationale_quality": "higher",
+    "rationale_accuracy": "higher",
+    # a run without an evaluation reports what it trained on
+    "bad_rows": "lower",
+}
+# Sizes, not scores: shown in tables, left out of plots, no direction.
+COUNT_METRICS = frozenset({"n", "n_harmful", "n_helpful", "n_predict", "n_explain", "train_pairs", "trained"})
+ARROWS = {"lower": "↓", "higher": "↑"}
+
+
+def metric_key(name: str) -> str:
+    """The METRIC_DIRECTIONS key of a reported name: without its evaluation prefix (`harm/`,
+    `harm-xstest/`, `reasoning/`), with `-` read as `_`, and pass@4 / maj@4 as pass@k / maj@k."""
+    key = name.rsplit("/", 1)[-1].replace("-", "_")
+    return re.sub(r"^(pass|maj)@\d+$", r"\1@k", key)
+
+
+def metric_direction(name: str) -> str | None:
+    """ "lower" or "higher" (which is better) for a reported metric name; None for counts and names
+    nega does not know (a custom scorer's)."""
+    return METRIC_DIRECTIONS.get(metric_key(name))
+
+
+def metric_heading(name: str) -> str:
+    """The name with its arrow: "harm/harmful_rate ↓"; a name without a direction as it is."""
+    direction = metric_direction(name)
+    return f"{name} {ARROWS[direction]}" if direction else name
+
+
+def print_results(title: str, table: dict[str, dict], stream=None) -> None:
+    """The results table on the terminal: one row per arm, one column per metric (sorted), each
+    heading with its direction; transposed when the metrics do not fit across (nega.console)."""
+    from nega.console import print_table
+
+    metrics = sorted({m for row in table.values() for m in row})
+    rows = [
+        [label, *(f"{row[m]:.3f}" if isinstance(row.get(m), int | float) else "" for m in metrics)]
+        for label, row in table.items()
+    ]
+    header = ["", *(metric_heading(m) for m in metrics)]
+    print_table(title, header, rows, right=range(1, len(header)), transposable=True, stream=stream)
+
+
+# Plots are drawn at PLOT_DPI to this width in inches: 1200 pixels, readable on a laptop screen and in
+# a GitHub-rendered report.md.
+PLOT_WIDTH_IN = 10.0
+PLOT_DPI = 120
+
+
 def comparison_plot(path: Path, arms: dict[str, dict[str, dict | float]], title: str) -> Path:
-    """Every arm side by side: one group of bars per metric, one bar per arm (in the order given, the
-    starting model first), with 95% interval whiskers where a value is a `rate()` entry."""
+    """Every arm side by side: one panel per metric (its direction in the title), one bar per arm in
+    the order given (the starting model first) with 95% interval whiskers where a value is a `rate()`
+    entry, and one legend beside the panels. Counts (COUNT_METRICS) are left out. 1200 px wide."""
     plt = _pyplot()
-    metrics = list(dict.fromkeys(m for row in arms.values() for m in row))
+    metrics = [
+        m
+        for m in dict.fromkeys(m for row in arms.values() for m in row)
+        if metric_key(m) not in COUNT_METRICS and any(_value(row.get(m)) is not None for row in arms.values())
+    ]
     labels = list(arms)
-    width = 0.8 / max(1, len(labels))
-    fig, ax = plt.subplots(figsize=(max(5.0, 1.2 + 1.1 * len(metrics) * max(1, len(labels)) * 0.45), 3.6))
+    cols = max(1, min(4, len(metrics)))
+    rows = max(1, math.ceil(len(metrics) / cols))
+    fig, axes = plt.subplots(
+        rows, cols, figsize=(PLOT_WIDTH_IN, 0.9 + 2.5 * rows), squeeze=False, layout="constrained"
+    )
     colours = plt.get_cmap("tab10")
-    for j, label in enumerate(labels):
-        xs, values, low, high = [], [], [], []
-        for i, metric in enumerate(metrics):
+    handles = {}
+    for ax, metric in zip(axes.flat, metrics, strict=False):
+        values = []
+        for j, label in enumerate(labels):
             entry = arms[label].get(metric)
             value = _value(entry)
             if value is None:
                 continue
-            xs.append(i + (j - (len(labels) - 1) / 2) * width)
-            values.append(value)
             lo, hi = entry["ci95"] if isinstance(entry, dict) else (value, value)
-            low.append(max(0.0, value - lo))
-            high.append(max(0.0, hi - value))
-        ax.bar(xs, values, width=width, yerr=[low, high], capsize=2, label=label, color=colours(j % 10))
-    ax.set_xticks(range(len(metrics)), metrics, fontsize=8)
-    values = [v for v in (_value(e) for row in arms.values() for e in row.values()) if v is not None]
-    top, bottom = max([1.0, *values]), min([0.0, *values])
-    ax.set_ylim(bottom * 1.05, top * 1.05 if top > 1 else 1.0)
-    ax.set_title(title, fontsize=10)
-    ax.legend(fontsize=7, ncol=min(len(labels), 4))
-    fig.tight_layout()
+            # max(0, ...) absorbs float round-off at rates of exactly 0 or 1
+            err = [[max(0.0, value - lo)], [max(0.0, hi - value)]]
+            bar = ax.bar(j, value, yerr=err, capsize=3, color=colours(j % 10), width=0.75)
+            handles.setdefault(label, bar)
+            if len(labels) <= 8:
+                ax.annotate(f"{value:.2f}", (j, max(value, hi)), xytext=(0, 2), textcoords="offset points",
+                            ha="center", va="bottom", fontsize=7)  # fmt: skip
+            values.append(hi)
+        direction = metric_direction(metric)
+        arrow = f" {ARROWS[direction]}" if direction else ""
+        ax.set_title(f"{metric}{arrow}", fontsize=10)
+        ax.set_xticks([])
+        ax.tick_params(labelsize=8)
+        top = max([1.0, *values]) if all(0 <= v <= 1 for v in values) else max(values, default=1.0)
+        bottom = min([0.0, *values])
+        ax.set_ylim(bottom, top * 1.12 if top > 0 else 1.0)
+        ax.grid(axis="y", alpha=0.3)
+    for ax in list(axes.flat)[len(metrics) :]:
+        ax.axis("off")
+    fig.suptitle(f"{title}\n↓ lower is better, ↑ higher is better", fontsize=11)
+    if handles:
+        fig.legend(
+            list(handles.values()), list(handles), loc="outside right upper", fontsize=9, frameon=False
+        )
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=PLOT_DPI)
     plt.close(fig)
     return path
 
@@ -187,37 +292,55 @@ def _value(entry: dict | float | None) -> float | None:
     return entry.get("rate") if isinstance(entry, dict) else entry
 
 
-def training_curve(path: Path, history: list[dict], title: str) -> Path | None:
-    """The loss and every method metric (`objective/metric`) against the optimizer step, one panel
-    each; None when the history logged nothing per step."""
+# The Trainer's own per-step logs drawn beside the loss (and the method's `objective/metric` ones).
+CURVE_KEYS = {"loss": "loss", "learning_rate": "learning rate", "grad_norm": "gradient norm"}
+
+
+def curve_series(history: list[dict]) -> dict[str, tuple[list[int], list[float]]]:
+    """{name: (steps, values)} of a Trainer's log history, in panel order: loss, learning rate,
+    gradient norm, then the method's metrics (`objective/metric`) by name. Non-finite values are left
+    out (a curve stops where a NaN would be)."""
     series: dict[str, tuple[list[int], list[float]]] = {}
     for entry in history:
         step = entry.get("step")
         if step is None:
             continue
         for key, value in entry.items():
-            if (key == "loss" or "/" in key) and isinstance(value, int | float) and math.isfinite(value):
+            if (key in CURVE_KEYS or "/" in key) and isinstance(value, int | float) and math.isfinite(value):
                 steps, values = series.setdefault(key, ([], []))
                 steps.append(step)
                 values.append(float(value))
+    names = [k for k in CURVE_KEYS if k in series] + sorted(k for k in series if k not in CURVE_KEYS)
+    return {name: series[name] for name in names}
+
+
+def training_curve(path: Path, history: list[dict], title: str) -> Path | None:
+    """The `curve_series` of a log history against the optimizer step, one panel each; None when the
+    history logged nothing per step."""
+    series = curve_series(history)
     if not series:
         return None
     plt = _pyplot()
-    names = ["loss", *sorted(k for k in series if k != "loss")] if "loss" in series else sorted(series)
+    names = list(series)
     cols = min(3, len(names))
     rows = math.ceil(len(names) / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 2.6 * rows), squeeze=False)
+    fig, axes = plt.subplots(
+        rows, cols, figsize=(PLOT_WIDTH_IN, 0.6 + 2.6 * rows), squeeze=False, layout="constrained"
+    )
     for ax, name in zip(axes.flat, names, strict=False):
         steps, values = series[name]
-        ax.plot(steps, values, marker="." if len(steps) < 40 else None)
-        ax.set_title(name, fontsize=9)
+        ax.plot(steps, values, marker="." if len(steps) < 60 else None)
+        direction = metric_direction(name)
+        ax.set_title(CURVE_KEYS.get(name, name) + (f" {ARROWS[direction]}" if direction else ""), fontsize=9)
         ax.set_xlabel("step", fontsize=8)
         ax.tick_params(labelsize=7)
+        ax.grid(alpha=0.3)
+        if name == "learning_rate":
+            ax.ticklabel_format(axis="y", style="sci", scilimits=(-2, 3))
     for ax in list(axes.flat)[len(names) :]:
         ax.axis("off")
     fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=PLOT_DPI)
     plt.close(fig)
     return path

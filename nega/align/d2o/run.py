@@ -168,7 +168,10 @@ def reference_stage(run: Run, name: str, model_path: str, rows, prompts, sampled
         cache = LogpCache(stage.dir / "reference_cache.jsonl")
 
         def score(pairs, eos):
-            return reference_logps(model_path, recipe.model, pairs, eos, adapter=ref_adapter, cache=cache)
+            return reference_logps(
+                model_path, recipe.model, pairs, eos, adapter=ref_adapter, cache=cache,
+                description=f"reference log-probs ({name})",
+            )  # fmt: skip
 
         negatives = [r["rejected"] for r in rows]
         examples = build_examples(prompts, negatives, selected, score)

@@ -397,8 +397,9 @@ def reflogps_stage(run: Run, loss: str, pi_sft: str, pairs, inputs) -> list[dict
     )
     if not stage.done:
         examples = attach_reference_logps(
-            examples, pi_sft, run.recipe.model, cache=LogpCache(stage.dir / "cache.jsonl")
-        )
+            examples, pi_sft, run.recipe.model, cache=LogpCache(stage.dir / "cache.jsonl"),
+            description=f"pi_sft, {stage.name}",
+        )  # fmt: skip
         write_jsonl(stage.dir / "examples.jsonl", examples)
         stage.finish(counts={"examples": len(examples)})
     return read_jsonl(stage.dir / "examples.jsonl")

@@ -90,10 +90,17 @@ def chosen_response(example: dict) -> str | list[int]:
 
 
 def attach_reference_logps(
-    examples: list[dict], model_path: str, model_cfg, cache=None, *, device: str | None = None
+    examples: list[dict],
+    model_path: str,
+    model_cfg,
+    cache=None,
+    description: str = "pi_sft",
+    *,
+    device: str | None = None,
 ) -> list[dict]:
     """DPO examples with `ref_chosen` and `ref_rejected` filled from π_sft, scored on `device` (default:
-    the plan's reference device, the first GPU, else the CPU)."""
+    the plan's reference device, the first GPU, else the CPU); `description` names the stage in the
+    progress output."""
     pairs = [(e["prompt"], chosen_response(e)) for e in examples]
     pairs += [(e["prompt"], e["rejected"]) for e in examples]
     eos = [True] * len(examples) + [bool(e["rejected_eos"]) for e in examples]
@@ -103,7 +110,7 @@ def attach_reference_logps(
         pairs,
         eos,
         cache=cache,
-        description="reference log-probs (pi_sft)",
+        description=f"reference log-probs ({description})",
         device=device,
     )
     n = len(examples)
