@@ -43,9 +43,9 @@ import json
 import time
 from pathlib import Path
 
-from nega.training import trained_folder
-
 from harness import machine, run_recipe, seed_summary, write_result
+
+from nega.training import trained_folder
 
 RESULTS = Path(__file__).parent / "results"
 RECIPE = "d2o-smollm2-harmless"

@@ -424,7 +424,9 @@ def _what_changed(manifest: dict, config: dict, inputs: list) -> str:
     parts = []
     if keys:
         shown = [f"{k} {_short(old.get(k, _MISSING))} -> {_short(new.get(k, _MISSING))}" for k in keys[:4]]
-        parts.append("config changed: " + "; ".join(shown) + (f" (+{len(keys) - 4} more)" if len(keys) > 4 else ""))
+        parts.append(
+            "config changed: " + "; ".join(shown) + (f" (+{len(keys) - 4} more)" if len(keys) > 4 else "")
+        )
     old_inputs = manifest.get("inputs")
     if old_inputs is None:
         parts.append("its inputs are not recorded (a manifest from an older nega)")

@@ -156,7 +156,9 @@ def test_builtin_recipe_validates(path, tmp_path, monkeypatch):
         shared_data(*Path(local.removeprefix("data:")).parts)
         monkeypatch.setenv("NEGA_DATA", str(shared_data()))
     # No recipe reads a path relative to where it is started.
-    assert not local.startswith((".", "/")), f"{path.name}: data.path {local} depends on the current directory"
+    assert not local.startswith((".", "/")), (
+        f"{path.name}: data.path {local} depends on the current directory"
+    )
     monkeypatch.chdir(tmp_path)
     recipe = load_recipe(str(path))
     assert recipe.name

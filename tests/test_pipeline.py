@@ -147,7 +147,9 @@ def test_a_moved_run_resumes_from_another_directory_with_every_stage_skipped(tmp
     # A later stage that names an upstream file in its config and as an input, as training stages do.
     use = run.stage("use", config={"model": str(model)}, inputs=[stage, model])
     use.finish()
-    assert json.loads((use.dir / "manifest.json").read_text())["config"] == {"model": "@run/01-make/rows.jsonl"}
+    assert json.loads((use.dir / "manifest.json").read_text())["config"] == {
+        "model": "@run/01-make/rows.jsonl"
+    }
     assert json.loads((stage.dir / "manifest.json").read_text())["made_from"] == "@run/01-make/rows.jsonl"
 
     copy = tmp_path / "elsewhere" / "copy"
@@ -160,7 +162,9 @@ def test_a_moved_run_resumes_from_another_directory_with_every_stage_skipped(tmp
         capsys.readouterr()
         run = Run(recipe, copy.relative_to(tmp_path))
         stage = run.stage("make", config={"n": 3})
-        use = run.stage("use", config={"model": str(stage.dir / "rows.jsonl")}, inputs=[stage, stage.dir / "rows.jsonl"])
+        use = run.stage(
+            "use", config={"model": str(stage.dir / "rows.jsonl")}, inputs=[stage, stage.dir / "rows.jsonl"]
+        )
     finally:
         os.chdir(cwd)
     assert stage.done and use.done and calls == []

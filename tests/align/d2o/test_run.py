@@ -185,7 +185,9 @@ def test_online_rounds_resample_from_the_adapter(tiny_model_dir, tmp_path, monke
     assert [e["ref_rejected"] for e in round1] == pytest.approx(without, abs=1e-4)
     round2 = read_json(target.dir / "06-d2o_online-train-r2" / "manifest.json")["config"]
     # Stored inside the run folder's terms, so that a moved run keeps its hashes.
-    assert round2["adapter"] == "@run/03-d2o_online-train-r1/adapter" and round2["overrides"] == {"max_steps": 1}
+    assert round2["adapter"] == "@run/03-d2o_online-train-r1/adapter" and round2["overrides"] == {
+        "max_steps": 1
+    }
 
 
 def test_a_copied_online_run_resumes_from_another_directory_with_no_file_changed(
