@@ -1,14 +1,15 @@
-"""Write benchmarks/README.md from the speed results under benchmarks/results/, and the tables of the
-project README's "Results on the toy worlds" from the quality results.
+"""Write the tables of benchmarks/README.md from the results under benchmarks/results/, and the project
+README's summary of them.
 
 `make bench` and `make bench-quality` run their benchmarks and then this script; it can also run on
 its own:
 
     .venv/bin/python benchmarks/report.py
 
-In README.md each quality table sits between `<!-- nega:<name> -->` and `<!-- /nega:<name> -->`
-(`quality_<method>` for the toy worlds, `real_<method>` for the real model); only those blocks are
-rewritten, the prose around them is kept.
+Each generated table sits between `<!-- nega:<name> -->` and `<!-- /nega:<name> -->`: in
+benchmarks/README.md the speed tables (`speed`) and one block per quality benchmark (`quality_<method>`
+for the toy worlds, `real_<method>` for the real model); in README.md the summary (`summary`). Only
+those blocks are rewritten; the prose around them is kept.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from pathlib import Path
 HERE = Path(__file__).parent
 RESULTS = HERE / "results"
 PROJECT_README = HERE.parent / "README.md"
+BENCH_README = HERE / "README.md"
 
 # Top-level ratios each speed benchmark reports: the target it is held to, and the two arms it divides
 # with the per-repetition field they are measured by (for the run-to-run spread of the ratio).
@@ -39,29 +41,6 @@ RATIOS = {
         "rollouts_prefix_cache_speedup": ("> 1.0", "on", "off", "rollouts_per_s"),
     },
 }
-
-INTRO = """# Benchmarks
-
-Speed and memory of nega's sampling and training beside what a user would otherwise run, each measured
-side by side in one run (medians over repetitions; the JSON files in `results/` hold every repetition,
-the exact settings and the machine). Regenerate with `make bench` (speed, minutes) or
-`make bench-quality` (method quality on the toy worlds, hours on a CPU); this page is rewritten from
-the JSON each time. A ratio's spread runs from the worst to the best pairing of its two sides'
-repetitions; a target counts as met only when the whole spread meets it, and a spread across the
-target is undecided.
-
-| script | compares |
-|---|---|
-| `bench_sampling.py` | nega's vLLM backend, nega's HF backend, a plain `transformers.generate` loop |
-| `bench_train.py` | one D²O step (K = 8 self-samples + 1 negative) vs TRL's `DPOTrainer` on the same response tokens |
-| `bench_rollouts.py` | per-step RL rollouts with vLLM prefix caching on and off |
-| `bench_startup.py` | seconds to `nega --help`, `nega validate` and the bare import, in fresh processes |
-| `quality_*.py` | each method beside its baselines on its toy world (see the project README) |
-| `real_*.py` | each method beside its baselines on SmolLM2-135M-Instruct (see the project README) |
-
-Each script takes `--device cuda` and `--size` for a larger model; GPU results go to `*_cuda.json`.
-`bench_sampling.py --dtype bfloat16` samples in bfloat16 in every way (`*_bf16.json`).
-"""
 
 
 def rep_values(arm: dict, field: str) -> list[float]:
@@ -307,44 +286,85 @@ def spec_lines(data: dict) -> list[str]:
     return []
 
 
-def replace_block(text: str, name: str, block: list[str]) -> str:
+def replace_block(text: str, name: str, block: list[str], where: str = "README.md") -> str:
     start, end = f"<!-- nega:{name} -->", f"<!-- /nega:{name} -->"
     if start not in text or end not in text:
         raise SystemExit(
-            f"README.md has no {start} ... {end} block for {name}; add the two markers where it goes"
+            f"{where} has no {start} ... {end} block for {name}; add the two markers where it goes"
         )
     before, rest = text.split(start, 1)
     _, after = rest.split(end, 1)
     return before + start + "\n" + "\n".join(block) + "\n" + end + after
 
 
-def write_quality(readme: Path = PROJECT_README) -> list[str]:
-    """Rewrite README.md's quality blocks from the results files that exist; returns their names."""
+def write_quality(readme: Path = BENCH_README) -> list[str]:
+    """Rewrite benchmarks/README.md's quality blocks from the results files that exist; their names."""
     text = readme.read_text()
     written = []
-    blocks = {name: quality_block for name in QUALITY} | {"real_d2o": lambda _, data: real_d2o_block(data)}
-    for name, block in blocks.items():
-        path = RESULTS / f"{name}.json"
-        if path.exists():
-            text = replace_block(text, name, block(name, json.loads(path.read_text())))
-            written.append(name)
+    for name, data in quality_results().items():
+        block = real_d2o_block(data) if name == "real_d2o" else quality_block(name, data)
+        text = replace_block(text, name, block, readme.name)
+        written.append(name)
     readme.write_text(text)
     return written
 
 
-def main() -> None:
-    lines = [INTRO]
+def quality_results() -> dict[str, dict]:
+    """{name: results} of the quality and real-model benchmarks that have a results file."""
+    names = [*QUALITY, "real_d2o"]
+    return {
+        n: json.loads((RESULTS / f"{n}.json").read_text()) for n in names if (RESULTS / f"{n}.json").exists()
+    }
+
+
+METHOD_NAMES = {"d2o": "D²O", "stepneg": "per-step negative RL", "qcrd": "QCRD"}
+
+
+def summary_block(results: dict[str, dict]) -> list[str]:
+    """README's summary: per method and test bed, the seeds and how many targets the results file met,
+    with a link to the full block in benchmarks/README.md."""
+    lines = ["| method | test bed | seeds | targets met | details |", "|---|---|---|---|---|"]
+    order = ["quality_d2o", "real_d2o", "quality_stepneg", "real_stepneg", "quality_qcrd", "real_qcrd"]
+    for name in order:
+        if name not in results:
+            continue
+        data = results[name]
+        kind, method = name.split("_", 1)
+        bed = "toy world" if kind == "quality" else "SmolLM2-135M-Instruct"
+        targets = list(data.get("targets", {}).values())
+        met = sum(1 for t in targets if t.get("met"))
+        unmet = [t.get("statement", key) for key, t in data.get("targets", {}).items() if not t.get("met")]
+        note = f"{met} of {len(targets)}" + (
+            f" (not met: {'; '.join(f'`{u}`' for u in unmet)})" if unmet else ""
+        )
+        anchor = "results-on-the-toy-worlds" if kind == "quality" else "results-on-a-real-model"
+        seeds = ", ".join(map(str, data.get("seeds", []))) or "—"
+        lines.append(
+            f"| {METHOD_NAMES[method]} | {bed} | {seeds} | {note} | "
+            f"[`{name}.json`](benchmarks/README.md#{anchor}) |"
+        )
+    return lines
+
+
+def write_summary(readme: Path = PROJECT_README) -> None:
+    readme.write_text(replace_block(readme.read_text(), "summary", summary_block(quality_results())))
+
+
+def speed_block() -> list[str]:
     files = sorted(RESULTS.glob("bench_*.json"))
-    if not files:
-        lines.append("No speed results yet: run `make bench`.\n")
+    lines = [] if files else ["No speed results yet: run `make bench`.", ""]
     for path in files:
         lines += section(path)
-    out = HERE / "README.md"
-    out.write_text("\n".join(lines).rstrip() + "\n")
-    print(f"wrote {out}")
+    return lines
+
+
+def main() -> None:
+    text = replace_block(BENCH_README.read_text(), "speed", speed_block(), BENCH_README.name)
+    BENCH_README.write_text(text)
     written = write_quality()
-    if written:
-        print(f"wrote the {', '.join(written)} tables of {PROJECT_README}")
+    print(f"wrote the speed tables and the {', '.join(written) or 'no'} quality tables of {BENCH_README}")
+    write_summary()
+    print(f"wrote the summary of {PROJECT_README}")
 
 
 if __name__ == "__main__":

@@ -168,3 +168,26 @@ def test_real_d2o_report_and_its_readme_block():
     assert any(line.startswith("| d2o | 0.400 [") and line.endswith(" | 0.0005 |") for line in lines)
     assert "one rate (0.0005) for every arm: no selection" in "\n".join(lines)
     assert sum("**not met**" in line for line in lines) == sum(not t["met"] for t in targets.values())
+
+
+def test_the_readme_summary_counts_each_results_file_s_targets(tmp_path, monkeypatch):
+    results = tmp_path / "results"
+    results.mkdir()
+    data = quality_result()
+    (results / "quality_qcrd.json").write_text(json.dumps(data))
+    monkeypatch.setattr(report, "RESULTS", results)
+    (row,) = report.summary_block(report.quality_results())[2:]
+    met = sum(1 for t in data["targets"].values() if t["met"])
+    assert row.startswith("| QCRD | toy world |") and f"| {met} of {len(data['targets'])}" in row
+    assert "(benchmarks/README.md#results-on-the-toy-worlds)" in row
+
+
+def test_the_committed_readmes_match_the_committed_results():
+    """README.md's summary and benchmarks/README.md's quality tables are what report.py writes from the
+    JSON files: a results file changed without rerunning report.py fails here."""
+    text = report.PROJECT_README.read_text()
+    assert report.replace_block(text, "summary", report.summary_block(report.quality_results())) == text
+    bench = report.BENCH_README.read_text()
+    for name, data in report.quality_results().items():
+        block = report.real_d2o_block(data) if name == "real_d2o" else report.quality_block(name, data)
+        assert report.replace_block(bench, name, block) == bench, name
