@@ -233,7 +233,8 @@ def render_report(results: dict) -> str:
                 said.append("lower is better for " + ", ".join(lower))
             if higher:
                 said.append("higher is better for " + ", ".join(higher))
-            lines += ["; ".join(said).capitalize() + ".", ""]
+            sentence = "; ".join(said)
+            lines += [sentence[0].upper() + sentence[1:] + ".", ""]
     stages = results.get("stages") or {}
     if stages:
         lines += ["## Stages", "", "| stage | seconds |", "|---|---:|"]
