@@ -116,7 +116,8 @@ def resolve_repo_id(run_dir: Path, repo_id: str | None, *, dry_run: bool) -> str
     if configured:
         return check_repo_id(str(configured), f"{Path(run_dir) / 'recipe.yaml'}: hub.repo_id")
     if dry_run:
-        return check_repo_id(f"{PLACEHOLDER_OWNER}/{Path(run_dir).name}", "the run folder's name")
+        name = re.sub(r"[^A-Za-z0-9._-]+", "-", Path(run_dir).resolve().name).strip("-._") or "model"
+        return f"{PLACEHOLDER_OWNER}/{name}"
     raise HubError(
         f"no --repo-id given and {Path(run_dir) / 'recipe.yaml'} sets no hub.repo_id: "
         "pass --repo-id ORG/NAME (or --dry-run to stage the folder only)"
@@ -277,6 +278,7 @@ class CardFacts:
     derived_base: bool = False  # the adapter applies to a model this run made from base_hub_id (π_sft)
     license: str | None = None
     reproduce: list[str] = field(default_factory=list)
+    source_url: str | None = None  # where nega's source is cloned from, when its package metadata says
 
 
 def card_facts(
@@ -305,7 +307,21 @@ def card_facts(
         derived_base=inside and hub_id is not None and source is None,
         license=card_license(recipe, hub_id),
         reproduce=reproduce_command(recipe),
+        source_url=nega_source_url(),
     )
+
+
+def nega_source_url() -> str | None:
+    """The repository URL nega's installed metadata declares (a Project-URL or Home-page), if any."""
+    from importlib.metadata import PackageNotFoundError, metadata
+
+    try:
+        meta = metadata("nega")
+    except PackageNotFoundError:
+        return None
+    urls = [u.split(",", 1)[-1].strip() for u in meta.get_all("Project-URL") or []]
+    urls += [meta["Home-page"]] if meta.get("Home-page") else []
+    return next((u for u in urls if u.startswith("https://")), None)
 
 
 def _inside(run_dir: Path, path: str) -> bool:
@@ -604,7 +620,7 @@ def _reproduce(facts: CardFacts) -> list[str]:
         "nega is installed from its source repository (it is not on PyPI):",
         "",
         "```bash",
-        "git clone <the nega repository URL> nega && cd nega",
+        f"git clone {facts.source_url or '<the nega repository URL>'} nega && cd nega",
         "make venv",
     ]
     if facts.reproduce[:1] == ["nega_recipe.yaml"]:
@@ -660,7 +676,7 @@ def model_card(results: dict, recipe: dict, facts: CardFacts) -> str:
             "",
         ]
     lines += ["## Usage", "", "```python"]
-    base_ref = facts.base_hub_id or "PATH/TO/BASE_MODEL"
+    base_ref = facts.base_hub_id if facts.base_hub_id and not facts.derived_base else "PATH/TO/BASE_MODEL"
     if facts.merge:
         lines += [
             "from transformers import AutoModelForCausalLM, AutoTokenizer",

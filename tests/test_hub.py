@@ -356,6 +356,9 @@ def test_a_ga_adapter_push_is_titled_and_marked_as_ga(tiny_model_dir, tmp_path):
     assert runner.invoke(app, ["push", str(run.dir), "--repo-id", "me/smol-d2o", "--dry-run"]).exit_code == 0
     card = (run.dir / "push" / "me--smol-d2o" / "README.md").read_text()
     assert "# D²O LoRA adapter for SmolLM2-135M-Instruct" in card and "| **d2o** (this model) |" in card
+    # `nega report RUN --card` previews the card the run's own result would get.
+    preview = runner.invoke(app, ["report", str(run.dir), "--card"])
+    assert preview.exit_code == 0 and "# D²O LoRA adapter for SmolLM2-135M-Instruct" in preview.output
 
 
 def test_card_of_a_toy_run_has_no_local_base_model_and_the_toy_license(tiny_model_dir, tmp_path):
@@ -389,3 +392,27 @@ def test_reproduce_names_the_built_in_recipe_and_its_overrides():
         k: v for k, v in recipe.items() if k not in NOT_REPRODUCED
     }
     assert reproduce_command({**recipe, "name": "my-own"}) == ["nega_recipe.yaml"]
+
+
+def test_card_of_an_adapter_on_a_model_the_run_fine_tuned(tmp_path):
+    """Per-step RL's adapters sit on π_sft, a model the run made: the card names the Hub model it came
+    from as base_model, and does not tell users to load the adapter onto that model."""
+    from nega.hub import card_facts, model_card
+
+    pi_sft = tmp_path / "run" / "03-sft-merge" / "model"
+    pi_sft.mkdir(parents=True)
+    recipe = {"name": "my-stepneg", "method": "stepneg", "model": {"name": "Qwen/Qwen2.5-0.5B-Instruct"}}
+    results = {"schema": 1, "result": {"label": "stepneg_dpo", "adapter": "05-dpo-train/adapter"}}
+    adapter = tmp_path / "run" / "05-dpo-train" / "adapter"
+    facts = card_facts(tmp_path / "run", recipe, results, "me/x", str(pi_sft), adapter, merge=False)
+    assert (facts.arm, facts.base_hub_id, facts.derived_base) == (
+        "stepneg_dpo",
+        recipe["model"]["name"],
+        True,
+    )
+    card = model_card(results, recipe, facts)
+    data = front_matter(card)
+    assert data.base_model == "Qwen/Qwen2.5-0.5B-Instruct" and "base_model_relation" not in card
+    assert 'from_pretrained("PATH/TO/BASE_MODEL")' in card and "(π_sft)" in card
+    assert "# per-step DPO LoRA adapter for Qwen2.5-0.5B-Instruct" in card
+    assert "nega run nega_recipe.yaml" in card  # not a built-in recipe: the pushed file reproduces it
