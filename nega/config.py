@@ -293,6 +293,11 @@ class HubConfig(Strict):
     repo_id: str | None = None
     private: bool = True
     merge: bool = False
+    license: str | None = Field(
+        None,
+        description="license id on the model card (e.g. apache-2.0); default: the base model's when nega "
+        "knows it (`nega models`), apache-2.0 for the toy model",
+    )
 
 
 class ToyConfig(Strict):

@@ -36,7 +36,8 @@ MANIFEST = "manifest.json"
 PARTIAL = ".partial"  # where a finished stage is rebuilt before it is swapped in
 RUN_PREFIX = "@run/"  # a stored path inside the run folder
 STAGE_INFO = "stage.json"
-RESULT = "result.json"  # the run's own trained folder (Run.record_result)
+RESULT = "results.json"  # what the run found (nega.results); Run.record_result names its own result there
+RESULTS_SCHEMA = 1  # the layout of results.json; readers refuse another
 
 
 def canonical_json(value: Any) -> str:
@@ -304,24 +305,30 @@ class Run:
         return str(item)
 
     def record_result(self, label: str, base_model: str | Path, trained: str | Path | None) -> None:
-        """Name the run's own result in `result.json`: the folder its method trained (`label`) and the
-        model that folder applies to. `nega eval RUN` and `nega push RUN` act on it, not on baselines
-        trained beside the method. A LoRA folder (adapter_config.json) is recorded as an adapter over
-        `base_model`; a full fine-tune's model folder is recorded as the model itself. Paths inside the
-        run directory are kept relative to it, so a copied run still resolves."""
+        """Name the run's own result in results.json (`result`): the folder its method trained (`label`)
+        and the model that folder applies to. `nega eval RUN` and `nega push RUN` act on it, not on
+        baselines trained beside the method. A LoRA folder (adapter_config.json) is recorded as an
+        adapter over `base_model`; a full fine-tune's model folder is recorded as the model itself.
+        Paths inside the run directory are kept relative to it, so a copied run still resolves. The
+        other keys of results.json (nega.results) are kept as they are."""
         if not self.is_main_process or trained is None:
             return
         trained = Path(trained)
         adapter = trained if (trained / "adapter_config.json").is_file() else None
         model = base_model if adapter is not None else trained
-        write_json(
-            self.dir / RESULT,
-            {
-                "label": label,
-                "base_model": self._portable(model),
-                "adapter": adapter and self._portable(adapter),
-            },
-        )
+        path = self.dir / RESULT
+        try:
+            results = read_json(path)
+        except (OSError, json.JSONDecodeError):
+            results = None
+        if not isinstance(results, dict) or results.get("schema") != RESULTS_SCHEMA:
+            results = {"schema": RESULTS_SCHEMA}
+        results["result"] = {
+            "label": label,
+            "base_model": self._portable(model),
+            "adapter": adapter and self._portable(adapter),
+        }
+        write_json(path, results)
 
     def _portable(self, path: str | Path) -> str:
         """`path` relative to the run directory when it lies inside it; else as given (e.g. a hub id)."""

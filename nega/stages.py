@@ -6,7 +6,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from nega.pipeline import Run, Stage, atomic_write_text, write_json
+from nega.pipeline import Run, Stage
+from nega.results import format_table  # noqa: F401  (the report's table, importable from here too)
 
 
 def base_model(run: Run) -> tuple[str, Stage | None]:
@@ -26,44 +27,29 @@ def base_model(run: Run) -> tuple[str, Stage | None]:
     return str(stage.dir / "model"), stage
 
 
-def format_table(table: dict[str, dict[str, float]], title: str = "", *, sort: bool = True) -> str:
-    """A markdown table: one row per label, one column per metric (sorted, or in first-seen order)."""
-    metrics = list(dict.fromkeys(m for row in table.values() for m in row))
-    if sort:
-        metrics.sort()
-    lines = [f"### {title}", ""] if title else []
-    lines.append("| | " + " | ".join(metrics) + " |")
-    lines.append("|---|" + "---:|" * len(metrics))
-    for label, row in table.items():
-        cells = [
-            f"{row[m]:.3f}" if isinstance(row.get(m), int | float) else str(row.get(m, "")) for m in metrics
-        ]
-        lines.append(f"| {label} | " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
-
-
 def write_report(run: Run, table: dict[str, dict[str, float]], title: str | None = None) -> Path:
-    """`report.md` + `results.json` in the run directory, and the table printed to the terminal.
+    """Fill in results.json (the arms table, title, metric directions, training curves and stage
+    timings; `finished`), render report.md from it, and print the table to the terminal.
 
-    report.md reads top down: the evaluation section `nega.eval.stage.evaluate` wrote (one readable
-    table and one side-by-side plot per evaluation), the training curve of every training stage, then
-    every metric of `results.json` in one table."""
-    title = title or f"{run.recipe.name} ({run.recipe.method})"
-    write_json(run.dir / "results.json", table)
-    text = f"# {run.recipe.name}\n\n{title}\n\n"
-    previous = run.dir / "report.md"
-    if previous.exists():  # keep the before/after section nega.eval.stage.evaluate wrote
-        old = previous.read_text(encoding="utf-8")
-        start, end = old.find("<!-- nega:eval -->"), old.find("<!-- /nega:eval -->")
-        if 0 <= start < end:
-            text += old[start : end + len("<!-- /nega:eval -->")] + "\n\n"
-    curves = sorted(run.dir.glob("*/training_curve.png"))
-    if curves:
-        text += "## Training curves\n\n"
-        text += "".join(f"![{p.parent.name}]({p.relative_to(run.dir)})\n" for p in curves) + "\n"
-    text += "## All metrics\n\n" + format_table(table)
-    path = atomic_write_text(run.dir / "report.md", text)
+    report.md reads top down: the evaluations `nega.eval.stage.evaluate` recorded (one readable table
+    and one side-by-side plot each), the training curve of every training stage, then every metric of
+    every arm in one table (see `nega.results.render_report`)."""
     from nega.eval.report import print_results
+    from nega.results import metric_direction, stage_seconds, update_results, write_report_file
 
+    title = title or f"{run.recipe.name} ({run.recipe.method})"
+    metrics = sorted({m for row in table.values() for m in row})
+    results = update_results(
+        run.dir,
+        recipe=run.recipe.name,
+        method=run.recipe.method,
+        title=title,
+        arms=table,
+        directions={m: metric_direction(m) for m in metrics if metric_direction(m) is not None},
+        curves=[str(p.relative_to(run.dir)) for p in sorted(run.dir.glob("*/training_curve.png"))],
+        stages=stage_seconds(run.dir),
+        finished=True,
+    )
+    path = write_report_file(run.dir, results)
     print_results(title, table)
     return path

@@ -162,13 +162,14 @@ def test_a_fourth_method_validates_runs_and_publishes(fourth_method, tiny_model_
     done = runner.invoke(app, ["run", "fourth.yaml"])
     assert done.exit_code == 0, done.output
     run_dir = tmp_path / "runs" / "fourth-demo"
-    table = json.loads((run_dir / "results.json").read_text())
+    results = json.loads((run_dir / "results.json").read_text())
+    table = results["arms"]
     assert list(table) == ["start", "fourth"] and table["fourth"]["n"] == len(problems)
     (train,) = run_dir.glob("*-fourth-train")
     log = json.loads((train / "train_log.json").read_text())
     assert lora_b_moved(train / "adapter") and log["folder"] == "adapter"
     assert len([h for h in log["history"] if "fourth/nll" in h]) == 2  # the base averaged its metric
-    assert json.loads((run_dir / "result.json").read_text())["label"] == "fourth"
+    assert results["result"]["label"] == "fourth" and results["method"] == "fourth"
 
     pushed = runner.invoke(app, ["push", str(run_dir), "--repo-id", "me/fourth", "--dry-run"])
     assert pushed.exit_code == 0, pushed.output

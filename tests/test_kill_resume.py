@@ -108,7 +108,8 @@ def evaluation(run_dir: Path) -> dict:
         ]
         for label in ("start", "d2o")
     }
-    return {"metrics": json.loads((run_dir / "eval.json").read_text()), "completions": completions}
+    metrics = json.loads((run_dir / "results.json").read_text())["arms"]
+    return {"metrics": metrics, "completions": completions}
 
 
 def assert_same_result(run_dir: Path, reference: Path) -> None:
@@ -193,7 +194,8 @@ def test_sigkill_during_eval_reruns_only_the_eval(tiny_model_dir, tmp_path, refe
     out = tmp_path / "killed"
     run_dir = out / NAME
     run_until(command(tiny_model_dir, out), lambda: bool(list(run_dir.glob("*-eval-harm"))))
-    assert not list(run_dir.glob("*-eval-harm/manifest.json")) and not (run_dir / "eval.json").exists()
+    assert not list(run_dir.glob("*-eval-harm/manifest.json"))
+    assert "evaluations" not in json.loads((run_dir / "results.json").read_text())
     before = manifests(run_dir, "sample", "reflogps", "d2o-train")
 
     finish(tiny_model_dir, out)

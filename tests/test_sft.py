@@ -163,7 +163,7 @@ def test_toy_sft_recipe_runs_and_reports_oracle_metrics(tmp_path, monkeypatch):
     run_dir = tmp_path / "runs" / recipe.name
     assert (run_dir / "report.md").exists()
     # The SFT adapter lowers the loss on the pairs it trained on below the starting model's.
-    result = read_json(run_dir / "result.json")
+    result = read_json(run_dir / "results.json")["result"]
     (stage,) = run_dir.glob("*-sft")
     pairs = read_jsonl(stage / "examples.jsonl")
     start = response_loss(run_dir / result["base_model"], None, pairs)

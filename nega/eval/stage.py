@@ -10,8 +10,8 @@ is what the targets answer and how it is scored:
 - `recipe_sets(recipe)`: the recipe's `eval:` section. `eval-harm` (one `eval-harm-<set>` per set when
   `eval.harm.prompts` lists several, metrics `harm-<set>/...`) and `eval-reasoning`, with each label's
   full outputs (harm.json/.md/.png, reasoning.json/..., samples.jsonl) in `<stage>/<label>/` and all
-  labels' in `metrics.json`; a before/after table goes into the run's `report.md` between
-  `<!-- nega:eval -->` markers (replaced on every call, appended when absent) and into `eval.json`.
+  labels' in `metrics.json`; each set's before/after table, plot and dataset go into the run's
+  results.json (`evaluations`, replaced on every call), and report.md is rendered from it.
   Metrics `harm/harmful_rate`, `reasoning/accuracy`, ...
 - `PromptSet`: prompts and a function scoring the completions, e.g. a toy world's oracle
   (`held_out_problems` for SFT and per-step RL; d2o's and qcrd's run.py build their own). Writes
@@ -32,11 +32,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from nega.pipeline import Run, atomic_write_text, read_json, write_json, write_jsonl
+from nega.pipeline import Run, read_json, write_json, write_jsonl
 
 START_LABEL = "start"
-SECTION_START = "<!-- nega:eval -->"
-SECTION_END = "<!-- /nega:eval -->"
 
 
 @dataclass(frozen=True)
@@ -74,17 +72,32 @@ def evaluate(run: Run, targets: list[EvalTarget], sets: list, *, inputs=()) -> d
         finally:
             sampler.close()
     table: dict[str, dict[str, float]] = {t.label: {} for t in targets}
-    sections = []
+    entries = []
     for eval_set, metrics in zip(sets, per_set, strict=True):
+        names: dict[str, None] = {}
         for label in table:
             if label in metrics:
-                table[label].update(eval_set.summary(metrics[label]))
-        section = eval_set.section(run, {label: metrics[label] for label in table if label in metrics})
-        if section:
-            sections.append(section)
-    if sections:
-        write_json(run.dir / "eval.json", table)
-        write_report_section(run.dir / "report.md", run.recipe.name, "\n".join(sections))
+                summary = eval_set.summary(metrics[label])
+                table[label].update(summary)
+                names.update(dict.fromkeys(summary))
+        entry = eval_set.section(run, {label: metrics[label] for label in table if label in metrics})
+        if entry:
+            entries.append({**entry, "metrics": list(names)})
+    if entries and run.is_main_process:
+        from nega.results import relative_to_run, update_results, write_report_file
+
+        arms = {
+            t.label: {
+                "model": relative_to_run(run.dir, t.model),
+                "adapter": relative_to_run(run.dir, t.adapter),
+            }
+            for t in targets
+        }
+        recipe = run.recipe
+        results = update_results(
+            run.dir, recipe=recipe.name, method=recipe.method, evaluations=entries, targets=arms
+        )
+        write_report_file(run.dir, results)
     return table
 
 
@@ -129,6 +142,7 @@ class PromptSet:
     temperature: float = 0.0
     max_tokens: int | None = None
     config: dict = field(default_factory=dict)
+    dataset: str = ""  # what the prompts are, for the report and the model card (default: `name`)
 
     def evaluate(self, run: Run, model: str, labels: dict, sampler: SharedSampler, name: str, inputs):
         recipe = run.recipe
@@ -178,11 +192,11 @@ class PromptSet:
     def summary(self, metrics: dict) -> dict[str, float]:
         return metrics
 
-    def section(self, run: Run, metrics: dict[str, dict]) -> str | None:
+    def section(self, run: Run, metrics: dict[str, dict]) -> dict | None:
         if not metrics:
             return None
         title = f"{self.name}: {len(self.prompts)} prompts, {self.n} sample(s) each"
-        return readable_section(run, self.name, title, metrics)
+        return readable_section(run, self.name, title, metrics, self.dataset or self.name)
 
 
 def held_out_problems(
@@ -210,8 +224,9 @@ def held_out_problems(
             return world.score(prompts, completions, **columns)
 
         return PromptSet(
-            name, prompts, score_world, columns=rows, max_tokens=max_tokens, config={"split": split}
-        )
+            name, prompts, score_world, columns=rows, max_tokens=max_tokens, config={"split": split},
+            dataset=f"nega toy {recipe.toy.world} world, {split} split",
+        )  # fmt: skip
     if recipe.eval.reasoning is None:
         return None
     from nega.eval.sets import load_problem_set
@@ -232,7 +247,9 @@ def held_out_problems(
             rewards = math_reward(prompts, completions, answer=[r["answer"] for r in expanded])
         return {"accuracy": sum(rewards) / max(1, len(rewards)), "n": float(len(rewards))}
 
-    return PromptSet(name, prompts, score_accuracy, columns=rows, max_tokens=max_tokens)
+    return PromptSet(
+        name, prompts, score_accuracy, columns=rows, max_tokens=max_tokens, dataset=set_slug(cfg.data)
+    )
 
 
 def _question(row: dict) -> str:
@@ -338,7 +355,7 @@ class HarmEval:
 
         return {f"{self.prefix}/{k}": v for k, v in summary(metrics).items()}
 
-    def section(self, run: Run, metrics: dict[str, dict]) -> str:
+    def section(self, run: Run, metrics: dict[str, dict]) -> dict:
         rates = {}
         for label, m in metrics.items():
             row = {"harmful": m["harmful"]}
@@ -355,7 +372,7 @@ class HarmEval:
             rates[label] = row
         n = next(iter(metrics.values()))["n_prompts"] if metrics else 0
         title = f"Harm: {self.prompts} ({n} prompts), scorer {run.recipe.eval.harm.scorer}; rate [95% CI]"
-        return readable_section(run, self.name, title, rates)
+        return readable_section(run, self.name, title, rates, set_slug(self.prompts))
 
 
 @dataclass
@@ -396,7 +413,7 @@ class ReasoningEval:
 
         return {f"reasoning/{k}": v for k, v in summary(metrics).items()}
 
-    def section(self, run: Run, metrics: dict[str, dict]) -> str:
+    def section(self, run: Run, metrics: dict[str, dict]) -> dict:
         table = {}
         for label, m in metrics.items():
             row = {"accuracy": m["accuracy"]}
@@ -406,15 +423,14 @@ class ReasoningEval:
         cfg = run.recipe.eval.reasoning
         n = next(iter(metrics.values()))["n_problems"] if metrics else 0
         title = f"Reasoning: {cfg.data} ({n} problems, {cfg.samples} samples); rate [95% CI]"
-        return readable_section(run, self.name, title, table)
+        return readable_section(run, self.name, title, table, set_slug(cfg.data))
 
 
-def readable_section(run: Run, name: str, title: str, arms: dict[str, dict]) -> str:
-    """One evaluation as a table (arms as rows in the targets' order, the starting model first; a rate
-    with its 95% interval in one cell) and a plot of every arm side by side, `<name>.png` beside the
-    run's report.md."""
+def readable_section(run: Run, name: str, title: str, arms: dict[str, dict], dataset: str) -> dict:
+    """One evaluation as data for results.json: its table (arms as rows in the targets' order, the
+    starting model first; a rate keeps its 95% interval, rendered in one cell) and a plot of every arm
+    side by side, `<name>.png` beside the run's report.md."""
     from nega.eval.report import comparison_plot
-    from nega.stages import format_table
 
     plotted = {
         label: {k: v for k, v in row.items() if isinstance(v, dict | float | int)}
@@ -422,26 +438,20 @@ def readable_section(run: Run, name: str, title: str, arms: dict[str, dict]) -> 
     }
     plot = comparison_plot(run.dir / f"{name}.png", plotted, title)
     table = {
-        label: {k: _ci_cell(v) if isinstance(v, dict) else v for k, v in row.items()}
+        label: {k: _rate_entry(v) if isinstance(v, dict) else v for k, v in row.items()}
         for label, row in arms.items()
     }
-    return format_table(table, title, sort=False) + f"\n![{name}]({plot.relative_to(run.dir)})\n"
+    return {
+        "name": name,
+        "title": title,
+        "dataset": dataset,
+        "plot": str(plot.relative_to(run.dir)),
+        "table": table,
+    }
 
 
-def _ci_cell(entry: dict | None) -> str:
+def _rate_entry(entry: dict | None) -> dict:
+    """The part of a `rate()` entry a report shows: the rate and its interval (None: no such prompts)."""
     if not entry or entry.get("rate") is None:
-        return "—"
-    lo, hi = entry["ci95"]
-    return f"{entry['rate']:.3f} [{lo:.3f}, {hi:.3f}]"
-
-
-def write_report_section(path: Path, name: str, body: str) -> Path:
-    """Replace (or append) the evaluation section of report.md, leaving the rest of the file as it is."""
-    block = f"{SECTION_START}\n## Evaluation\n\n{body}{SECTION_END}\n"
-    text = path.read_text(encoding="utf-8") if path.exists() else f"# {name}\n\n"
-    start, end = text.find(SECTION_START), text.find(SECTION_END)
-    if start >= 0 and end > start:
-        text = text[:start] + block + text[end + len(SECTION_END) :].lstrip("\n")
-    else:
-        text = text.rstrip("\n") + "\n\n" + block
-    return atomic_write_text(path, text)
+        return {"rate": None, "ci95": None}
+    return {"rate": entry["rate"], "ci95": list(entry["ci95"])}

@@ -1,12 +1,13 @@
 """What `nega eval` and `nega push` act on: a run directory, an adapter, a model folder or a hub id.
 
-- **run directory** (has `recipe.yaml`): what its method trained, as the run's `result.json` names it
+- **run directory** (has `recipe.yaml`): what its method trained, as the run's `results.json` names it
   (written when training ends): the method's adapter over the model it was trained on (per-step RL's
   adapters sit on the merged π_sft folder, not on the recipe's model), or the trained model folder of
   a full fine-tune. Baselines trained beside the method (`d2o.compare`, `stepneg.compare`,
   `qcrd.baselines`) are never picked: give their adapter folder itself as TARGET (or `nega push
-  --adapter`). A run without `result.json` (not finished training) falls back to its newest `adapter/`
-  folder over the recipe's `model.name` (for `model.name: toy`, its `NN-toy-model` stage's folder).
+  --adapter`). A run whose results.json names no result yet (training not finished) falls back to
+  its newest `adapter/` folder over the recipe's `model.name` (for `model.name: toy`, its
+  `NN-toy-model` stage's folder).
 - **adapter folder** (has `adapter_config.json`): the base model is its `base_model_name_or_path`.
 - **model folder** (has `config.json`) or **hub id**: evaluated as is, without an adapter.
 - **`.gguf` file** or a **known model name** (`nega models`): its converted folder, without an adapter.
@@ -67,14 +68,20 @@ def read_adapter_config(folder: Path) -> dict:
 
 
 def run_result(run_dir: Path) -> dict | None:
-    """The run's `result.json` (see `nega.pipeline.Run.record_result`), paths made absolute; None if absent."""
-    from nega.pipeline import RESULT
+    """The run's own result (`result` in its results.json, see `nega.pipeline.Run.record_result`),
+    paths made absolute; None before training has ended."""
+    from nega.pipeline import RESULT, RESULTS_SCHEMA
 
     path = run_dir / RESULT
     if not path.is_file():
         return None
     try:
-        result = json.loads(path.read_text(encoding="utf-8"))
+        results = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(results, dict) or results.get("schema") != RESULTS_SCHEMA:
+            return None  # another layout names no result nega can trust; the run rewrites it
+        result = results.get("result")
+        if result is None:
+            return None
         base, adapter = str(result["base_model"]), result.get("adapter")
     except (OSError, json.JSONDecodeError, KeyError, TypeError) as exc:
         raise TargetError(
@@ -93,7 +100,8 @@ def run_result(run_dir: Path) -> dict | None:
 
 
 def final_adapter(run_dir: Path) -> Path | None:
-    """The run's own adapter (`result.json`), else the newest `adapter/` folder under its stage folders."""
+    """The run's own adapter (results.json's `result`), else the newest `adapter/` folder under its
+    stage folders."""
     result = run_result(run_dir)
     if result is not None:
         return Path(result["adapter"]) if result["adapter"] else None

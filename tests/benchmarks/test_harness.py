@@ -34,7 +34,7 @@ def test_run_recipe_runs_what_nega_run_runs(tiny_model_dir, tmp_path):
     ]  # fmt: skip
     table, run_dir = harness.run_recipe("d2o-hh-harmless", overrides, tmp_path / "run")
     assert table == {"d2o": {"trained": 1.0}} and run_dir == tmp_path / "run"
-    assert json.loads((run_dir / "result.json").read_text())["label"] == "d2o"
+    assert json.loads((run_dir / "results.json").read_text())["result"]["label"] == "d2o"
     stages = sorted(p.name for p in run_dir.iterdir() if p.is_dir())
     assert stages == ["01-sample", "02-reflogps", "03-d2o-train"]
     manifests = [(run_dir / s / "manifest.json").read_text() for s in stages]

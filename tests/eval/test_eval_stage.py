@@ -9,8 +9,9 @@ import pytest
 
 import nega.sampling
 from nega.config import load_recipe
-from nega.eval.stage import SECTION_START, EvalTarget, PromptSet, evaluate, recipe_sets, trained_target
+from nega.eval.stage import EvalTarget, PromptSet, evaluate, recipe_sets, trained_target
 from nega.pipeline import Run
+from nega.results import render_report
 from nega.stages import write_report
 
 
@@ -55,7 +56,6 @@ def run_evals(run, model, adapter):
 def test_run_evals_before_and_after(eval_run, tiny_model_dir, monkeypatch):
     recipe, run_dir, adapter = eval_run
     run = Run(recipe, run_dir)
-    (run_dir / "report.md").write_text("# evals\n\nthe method's own table\n")
     results = run_evals(run, str(tiny_model_dir), adapter)
     assert list(results) == ["start", "sft"]
     for label in results:
@@ -77,8 +77,17 @@ def test_run_evals_before_and_after(eval_run, tiny_model_dir, monkeypatch):
     start_rows = (run_dir / "01-eval-harm" / "start" / "samples.jsonl").read_text()
     after_rows = (run_dir / "01-eval-harm" / "sft" / "samples.jsonl").read_text()
     assert start_rows != after_rows  # the adapter really was applied
+    # results.json holds each evaluation as data; report.md is rendered from it.
+    recorded = json.loads((run_dir / "results.json").read_text())
     report = (run_dir / "report.md").read_text()
-    assert report.startswith("# evals\n\nthe method's own table") and report.count(SECTION_START) == 1
+    assert report == render_report(recorded) and report.startswith("# evals\n")
+    assert [e["name"] for e in recorded["evaluations"]] == ["eval-harm", "eval-reasoning"]
+    assert recorded["evaluations"][0]["dataset"] == "prompts" and recorded["evaluations"][1]["plot"] == (
+        "eval-reasoning.png"
+    )
+    assert "harm/harmful_rate" in recorded["evaluations"][0]["metrics"]
+    assert recorded["targets"]["sft"] == {"model": str(tiny_model_dir.resolve()), "adapter": "train/adapter"}
+    assert report.count("## Evaluation") == 1
     assert "| start |" in report and "| sft |" in report and "pass@2" in report
     # One readable table per evaluation: rates with their interval in one cell, the start row first.
     harm_rows = [
@@ -91,12 +100,12 @@ def test_run_evals_before_and_after(eval_run, tiny_model_dir, monkeypatch):
     # ... and one plot per evaluation with every arm side by side.
     for name in ("eval-harm", "eval-reasoning"):
         assert f"![{name}]({name}.png)" in report and (run_dir / f"{name}.png").stat().st_size > 1000
-    assert json.loads((run_dir / "eval.json").read_text()) == results
-    # the method's own report, written afterwards, keeps the evaluation section first
+    # the method's report, written afterwards, keeps the evaluations first
     write_report(run, {"sft": {"loss": 0.5}})
     report = (run_dir / "report.md").read_text()
-    assert "| sft | 0.500 |" in report and report.count(SECTION_START) == 1 and "| start |" in report
-    assert report.index(SECTION_START) < report.index("## All metrics") < report.index("| sft | 0.500 |")
+    assert "| sft | 0.500 |" in report and report.count("## Evaluation") == 1 and "| start |" in report
+    assert report.index("## Evaluation") < report.index("## All metrics") < report.index("| sft | 0.500 |")
+    assert json.loads((run_dir / "results.json").read_text())["directions"] == {"loss": "lower"}
 
     # A re-run skips both stages (no sampler is made) and replaces the report section in place.
     def no_sampler(*args, **kwargs):
@@ -105,7 +114,7 @@ def test_run_evals_before_and_after(eval_run, tiny_model_dir, monkeypatch):
     monkeypatch.setattr(nega.sampling, "make_sampler", no_sampler)
     again = run_evals(Run(recipe, run_dir), str(tiny_model_dir), adapter)
     assert again == results
-    assert (run_dir / "report.md").read_text().count(SECTION_START) == 1
+    assert (run_dir / "report.md").read_text().count("## Evaluation") == 1
 
 
 def test_several_harm_sets_are_stages_of_their_own_with_one_sampler(eval_run, tiny_model_dir, monkeypatch):

@@ -61,8 +61,8 @@ def test_run_result_names_the_method_not_the_newest_baseline(tmp_path):
     assert final_adapter(run.dir) == baseline  # no result yet: the newest
 
     run.record_result("stepneg_dpo", pi_sft, main)
-    recorded = json.loads((run.dir / "result.json").read_text())
-    assert recorded == {
+    recorded = json.loads((run.dir / "results.json").read_text())
+    assert recorded["result"] == {
         "label": "stepneg_dpo",
         "base_model": "03-sft-merge/model",
         "adapter": "05-dpo-train/adapter",
@@ -88,12 +88,13 @@ def test_run_result_names_the_method_not_the_newest_baseline(tmp_path):
 
     # Reopening the run (a rerun, maybe of a changed recipe) forgets the result until training ends.
     Run(load_recipe(str(recipe_file)), run.dir)
-    assert not (run.dir / "result.json").exists()
+    assert not (run.dir / "results.json").exists()
 
-    (run.dir / "result.json").write_text("{not json")
-    with pytest.raises(TargetError, match="result.json: cannot be read"):
+    (run.dir / "results.json").write_text("{not json")
+    with pytest.raises(TargetError, match="results.json: cannot be read"):
         resolve_target(run.dir)
-    (run.dir / "result.json").write_text(json.dumps({"label": "x", "base_model": "org/m", "adapter": "gone"}))
+    result = {"label": "x", "base_model": "org/m", "adapter": "gone"}
+    (run.dir / "results.json").write_text(json.dumps({"schema": 1, "result": result}))
     with pytest.raises(TargetError, match="no adapter_config.json"):
         resolve_target(run.dir)
 

@@ -175,7 +175,7 @@ def test_real_recipe_runs_and_trains_a_loadable_adapter(recipe, smollm2, tmp_pat
     )
     assert done.returncode == 0, done.stderr[-4000:]
     run_dir = out / recipe
-    result = json.loads((run_dir / "result.json").read_text())
+    result = json.loads((run_dir / "results.json").read_text())["result"]
     adapter = run_dir / result["adapter"]
     weights = load_file(str(adapter / "adapter_model.safetensors"))
     lora_b = [w for name, w in weights.items() if "lora_B" in name]

@@ -117,7 +117,7 @@ def test_hh_harmless_recipe_trains_two_steps_and_resumes(tiny_model_dir, tmp_pat
     assert max(h.get("step", 0) for h in history) == 2
     assert (folders["d2o-train"] / "adapter" / "adapter_config.json").exists()
     # The run names its own result: `nega eval RUN` / `nega push RUN` act on this adapter.
-    assert read_json(target.dir / "result.json") == {
+    assert read_json(target.dir / "results.json")["result"] == {
         "label": "d2o",
         "base_model": str(tiny_model_dir.resolve()),
         "adapter": f"{folders['d2o-train'].name}/adapter",

@@ -122,7 +122,7 @@ def test_toy_qcrd_runs_every_objective_and_draws_negatives_from_the_lagged_stude
     ]  # fmt: skip
     result = CliRunner().invoke(app, ["run", "toy-qcrd", *overrides, "-o", str(tmp_path / "run")])
     assert result.exit_code == 0, result.output
-    table = read_json(tmp_path / "run" / "results.json")
+    table = read_json(tmp_path / "run" / "results.json")["arms"]
     assert set(table) == {"start", "qcrd", "label_only", "step_by_step", "qcrd_no_disc"}
     for row in table.values():
         assert set(row) == {"accuracy", "rationale_quality", "rationale_accuracy"}
