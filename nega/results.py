@@ -21,7 +21,6 @@ ever read as this one's.
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 from typing import Any
 
