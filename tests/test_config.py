@@ -332,3 +332,14 @@ def test_cut_description_is_detected():
         )
         is None
     )
+
+
+def test_the_readme_recipe_is_the_built_in_one_as_shipped():
+    """README shows a built-in recipe between markers; it must be that file, byte for byte."""
+    import re
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    found = re.findall(r"<!-- nega:recipe (\S+) -->\n```yaml\n(.*?)```\n<!-- /nega:recipe -->", readme, re.S)
+    assert found, "README.md shows no built-in recipe between <!-- nega:recipe NAME --> markers"
+    for name, text in found:
+        assert text == builtin_recipes()[name].read_text(encoding="utf-8"), f"README's {name} differs"

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from nega_testing import shared_data
 
+import nega
 from nega.align.d2o.run import harm_flags, round_budget, run, training_plan
 from nega.config import RecipeError, TrainConfig, load_recipe
 from nega.pipeline import Run, read_json, read_jsonl
@@ -90,12 +91,10 @@ def _tiny_overrides(model_dir, tmp_path, data_path, **extra):
 def test_hh_harmless_recipe_trains_two_steps_and_resumes(tiny_model_dir, tmp_path, monkeypatch):
     data_path = shared_data("hh-rlhf", "harmless-base_test.jsonl")
     shared_data("advbench", "harmful_behaviors.csv")
-    recipe = load_recipe(
-        "d2o-hh-harmless",
-        _tiny_overrides(
-            tiny_model_dir, tmp_path, data_path, **{"eval.harm.limit": 2, "eval.harm.max_tokens": 8}
-        ),
+    overrides = _tiny_overrides(
+        tiny_model_dir, tmp_path, data_path, **{"eval.harm.limit": 2, "eval.harm.max_tokens": 8}
     )
+    recipe = load_recipe("d2o-hh-harmless", overrides)
     target = Run(recipe)
     table = run(recipe, target)
 
@@ -130,6 +129,8 @@ def test_hh_harmless_recipe_trains_two_steps_and_resumes(tiny_model_dir, tmp_pat
     monkeypatch.setattr("nega.sampling.make_sampler", refuse)
     monkeypatch.setattr("nega.launch.Launcher.run", refuse)
     assert run(recipe, Run(recipe)) == table
+    # The same through the Python API, from the recipe's name and overrides.
+    assert nega.run("d2o-hh-harmless", overrides) == table
 
 
 def test_online_rounds_resample_from_the_adapter(tiny_model_dir, tmp_path, monkeypatch):
