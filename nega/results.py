@@ -148,12 +148,15 @@ def headline(results: dict) -> tuple[str, str, float] | None:
 
 def format_table(table: dict[str, dict[str, Any]], title: str = "", *, sort: bool = True) -> str:
     """A markdown table: one row per label, one column per metric (sorted, or in first-seen order).
-    A rate entry ({"rate", "ci95"}) is shown with its 95% interval."""
+    A rate entry ({"rate", "ci95"}) is shown with its 95% interval; a heading carries its metric's
+    direction (↓ lower is better, ↑ higher)."""
+    from nega.eval.report import metric_heading
+
     metrics = list(dict.fromkeys(m for row in table.values() for m in row))
     if sort:
         metrics.sort()
     lines = [f"### {title}", ""] if title else []
-    lines.append("| | " + " | ".join(metrics) + " |")
+    lines.append("| | " + " | ".join(metric_heading(m) for m in metrics) + " |")
     lines.append("|---|" + "---:|" * len(metrics))
     for label, row in table.items():
         lines.append(f"| {label} | " + " | ".join(format_cell(row.get(m)) for m in metrics) + " |")

@@ -132,3 +132,9 @@ def test_metric_directions():
         metric_direction("harm/harmful_rate") == "lower" and metric_direction("reasoning/pass@8") == "higher"
     )
     assert metric_direction("accuracy") == "higher" and metric_direction("n") is None
+
+
+def test_report_md_headings_say_which_way_is_better():
+    results = {"recipe": "r", "arms": {"start": {"harmful_rate": 0.4, "helpful_rate": 0.5, "n": 10}}}
+    header = next(line for line in render_report(results).splitlines() if line.startswith("| |"))
+    assert header == "| | harmful_rate ↓ | helpful_rate ↑ | n |"
