@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -240,3 +241,26 @@ def test_toy_d2o_recipe_end_to_end(tmp_path):
     assert d2o["harmful_rate"] <= 0.5 * sft["harmful_rate"]
     assert d2o["helpful_rate"] >= sft["helpful_rate"] - 0.05
     assert (tmp_path / "toy-d2o" / "report.md").exists()
+
+    # Moved, then resumed by the CLI from another directory in an 80-column log: every stage is skipped,
+    # no file changes, and the table prints every metric name whole.
+    import subprocess
+    import sys
+
+    from nega.pipeline import unlock_run_folder
+
+    unlock_run_folder(tmp_path / "toy-d2o")
+    moved = tmp_path / "moved" / "copy"
+    shutil.move(tmp_path / "toy-d2o", moved)
+    before = _file_hashes(moved)
+    env = {**os.environ, "COLUMNS": "80", "NEGA_QUIET": "1"}
+    done = subprocess.run(
+        [sys.executable, "-m", "nega", "run", "toy-d2o", "-o", str(moved)],
+        cwd=tmp_path / "moved", env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert not any(word in done.stderr for word in (": runs", ": reruns", ": resumes")), done.stderr
+    assert done.stderr.count("finished, skipped") == len([p for p in moved.iterdir() if p.name[:2].isdigit()])
+    assert "harmful_rate" in done.stdout and "informative_rate" in done.stdout
+    assert max(len(line) for line in done.stdout.splitlines()) <= 80
+    assert _file_hashes(moved) == before
