@@ -256,7 +256,10 @@ def hub_push_stage(run) -> dict | None:
         config["license"] = cfg.license  # only when set, so earlier pushes keep their stage hash
     stage = run.stage("hub-push", config=config, inputs=[adapter])
     if stage.done:
-        return stage.manifest.get("push")
+        pushed = dict(stage.manifest.get("push") or {})
+        if pushed.get("folder"):  # stored inside the run's terms (`@run/...`); the run may have moved
+            pushed["folder"] = str(run.resolve(pushed["folder"]))
+        return pushed
     result = push(run.dir, cfg.repo_id, merge=cfg.merge, private=cfg.private, out=stage.dir / "upload")
     stage.finish(counts={"files": len(result["files"])}, push=result)
     return result

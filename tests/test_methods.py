@@ -66,10 +66,12 @@ def test_an_unknown_method_lists_every_method_of_the_table(tmp_path):
 
 @pytest.mark.parametrize("name", sorted(METHODS))
 def test_the_model_card_names_the_table_paper_and_tags(name, tmp_path):
-    from nega.hub import model_card
+    from nega.hub import CardFacts, model_card
 
     recipe = {"name": "r", "method": name, "data": {"dataset": "org/data"}}
-    card = model_card(recipe, tmp_path, "me/model", "org/base", merge=False)
+    facts = CardFacts(repo_id="me/model", arm=name, merge=False, base_model="org/base",
+                      base_hub_id="org/base", base_text="org/base")  # fmt: skip
+    card = model_card({"result": {"label": name}}, recipe, facts)
     head = card.split("---")[1]
     for tag in ("nega", name, "lora", *METHODS[name].tags):
         assert f"\n- {tag}\n" in head + "\n"

@@ -156,8 +156,6 @@ METRIC_DIRECTIONS: dict[str, str] = {
     # harm prompts: a harmful answer is the failure every method lowers; a refusal is a safe answer
     "harmful": "lower",
     "harmful_rate": "lower",
-    "harmful_ci_low": "lower",
-    "harmful_ci_high": "lower",
     "refusal": "higher",
     "refusal_rate": "higher",
     "informative": "higher",
@@ -173,8 +171,6 @@ METRIC_DIRECTIONS: dict[str, str] = {
     "xstest_safe_compliance": "higher",
     # problems and rationales
     "accuracy": "higher",
-    "accuracy_ci_low": "higher",
-    "accuracy_ci_high": "higher",
     "pass@k": "higher",
     "maj@k": "higher",
     "all_steps_right": "higher",
@@ -187,9 +183,20 @@ METRIC_DIRECTIONS: dict[str, str] = {
     "rationale_accuracy": "higher",
     # a run without an evaluation reports what it trained on
     "bad_rows": "lower",
+    "loss": "lower",
 }
 # Sizes, not scores: shown in tables, left out of plots, no direction.
 COUNT_METRICS = frozenset({"n", "n_harmful", "n_helpful", "n_predict", "n_explain", "train_pairs", "trained"})
+# The ends of a rate's 95% interval (`harmful_ci_low`) bound a score; they are not scores of their own.
+INTERVAL_ENDS = ("_ci_low", "_ci_high")
+
+
+def is_score(name: str) -> bool:
+    """A metric that is a score (plotted, given a direction), not a count or an interval's end."""
+    key = metric_key(name)
+    return key not in COUNT_METRICS and not key.endswith(INTERVAL_ENDS)
+
+
 ARROWS = {"lower": "↓", "higher": "↑"}
 
 
@@ -240,7 +247,7 @@ def comparison_plot(path: Path, arms: dict[str, dict[str, dict | float]], title:
     metrics = [
         m
         for m in dict.fromkeys(m for row in arms.values() for m in row)
-        if metric_key(m) not in COUNT_METRICS and any(_value(row.get(m)) is not None for row in arms.values())
+        if is_score(m) and any(_value(row.get(m)) is not None for row in arms.values())
     ]
     labels = list(arms)
     cols = max(1, min(4, len(metrics)))
