@@ -11,7 +11,7 @@ Stages, top to bottom:
                  (within a budget of samples per problem; problems left short are reported)
     advantages   Q_i of every prefix ŷ_1..i by R groups of K continuations of π_sft (BoK, K = 5),
                  A_i = Q_i − Q_{i−1}, first pit c = first step where Q reaches its minimum
-                 (for AWR: of every distinct π_sft sample, right ones included)
+                 (for AWR: of every distinct π_sft sample, right ones that ended included)
     pairs        chosen = a correct π_sft solution of the problem that ended on its own,
                  rejected = ŷ_1..c without EOS
     reflogps     log π_sft of every chosen and rejected response, once, from the frozen model
@@ -323,8 +323,9 @@ def no_positives_message(recipe, sample_sets: list[list[dict]]) -> str:
         f"cut off at sampling.max_tokens={recipe.sampling.max_tokens}{right}): per-step RL pairs a "
         "problem's wrong "
         "solutions with a right one, and values steps by rollouts that must sometimes succeed. Raise "
-        "sampling.max_tokens if most were cut off, else stepneg.rft_samples / stepneg.negatives, train the "
-        "SFT stage longer (stepneg.sft_epochs), use easier problems, or start from a stronger model."
+        "sampling.max_tokens if most were cut off, else stepneg.rft_samples (the negatives stage stops "
+        "sampling a problem once it has stepneg.negatives_per_problem wrong solutions), train the SFT stage "
+        "longer (stepneg.sft_epochs), use easier problems, or start from a stronger model."
     )
 
 
