@@ -321,8 +321,8 @@ def no_positives_message(recipe, sample_sets: list[list[dict]]) -> str:
     return (
         f"π_sft solved none of the {problems} training problems in {len(reasons)} samples ({cut} of them "
         f"cut off at sampling.max_tokens={recipe.sampling.max_tokens}{right}): per-step RL pairs a "
-        "problem's wrong "
-        "solutions with a right one, and values steps by rollouts that must sometimes succeed. Raise "
+        "problem's wrong solutions with a right one, and values steps by rollouts that must sometimes "
+        "succeed. Raise "
         "sampling.max_tokens if most were cut off, else stepneg.rft_samples (the negatives stage stops "
         "sampling a problem once it has stepneg.negatives_per_problem wrong solutions), train the SFT stage "
         "longer (stepneg.sft_epochs), use easier problems, or start from a stronger model."
@@ -422,7 +422,8 @@ def pairs_stage(run: Run, prompts, valued: list[dict], positives: dict, tokens: 
 
     cfg = run.recipe.stepneg
     # The chosen side is drawn from `positives` (with π_sft's ids): a new pool must make new pairs.
-    chosen = sorted((i, y, tokens.get((i, y))) for i, pool in positives.items() for y in pool)
+    # In pool order: the pairs' picker shuffles each pool as it stands.
+    chosen = [(i, y, tokens.get((i, y))) for i, pool in sorted(positives.items()) for y in pool]
     config = {"stepneg": cfg.stage_key(), "seed": run.recipe.seed, "positives": hash_value(chosen)}
     stage = run.stage("pairs", config=config, inputs=inputs)
     if not stage.done:

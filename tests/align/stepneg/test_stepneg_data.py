@@ -202,3 +202,16 @@ def test_chosen_solutions_are_scored_by_the_ids_pi_sft_sampled(tokenizer):
     prompt_len = len(tokenizer("Q:", add_special_tokens=False)["input_ids"])
     chosen = batch["input_ids"][0][batch["attention_mask"][0].bool()].tolist()
     assert chosen[prompt_len:] == sampled  # the sampled ids, then the end token, not re-tokenized text
+
+
+def test_the_no_positive_error_counts_the_right_samples_cut_at_max_tokens():
+    from nega.align.stepneg.run import no_positives_message, pool_positives
+    from nega.config import load_recipe
+
+    only_cut = [CUT_SAMPLES[1]]
+    assert pool_positives([only_cut]) == {}
+    message = no_positives_message(load_recipe("stepneg-gsm8k"), [only_cut])
+    assert (
+        "in 2 samples (1 of them cut off at sampling.max_tokens=400, 1 of those right but unfinished"
+        in message
+    )
