@@ -8,11 +8,15 @@ from __future__ import annotations
 import re
 from typing import Literal
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, Field, field_validator, model_validator
 
 from nega.bounds import SECTION_CONFIG, Count, Epochs, LearningRate
 
 Loss = Literal["dpo", "awr", "outcome_dpo"]
+
+# StepNegConfig fields that change no stage's output (a stage's hash leaves them out, as
+# `TrainConfig.stage_key` does for the train section). Every stepneg field changes some result today.
+BOOKKEEPING_FIELDS: frozenset[str] = frozenset()
 
 
 class StepNegConfig(BaseModel):
@@ -34,7 +38,19 @@ class StepNegConfig(BaseModel):
         description="run the RFT stage (and use its data for pairs); RFT trains as the objectives do "
         "(train.lr, train.max_steps or train.epochs), so it is compared with them at the same budget",
     )
-    negatives: Count = Field(8, description="M: solutions sampled per problem for negatives")
+    negatives: Count = Field(
+        8, description="M: solutions sampled per problem in each round of the negatives stage"
+    )
+    negatives_per_problem: Count = Field(
+        8,
+        description="distinct wrong solutions the negatives stage collects per problem (paper: about 8); "
+        "problems still short are sampled again, M at a time, up to max_samples_per_problem",
+    )
+    max_samples_per_problem: Count = Field(
+        64,
+        description="sampling budget of the negatives stage per problem; a problem that has fewer than "
+        "negatives_per_problem distinct wrong solutions by then is reported and kept as it is",
+    )
     best_of: Count = Field(5, description="K of BoK(π_sft) in the Q estimate")
     rollout_groups: Count = Field(2, description="R: groups of best_of continuations per prefix")
     skip_after_pit: bool = Field(
@@ -56,3 +72,17 @@ class StepNegConfig(BaseModel):
         if pattern.fullmatch(""):
             raise ValueError("matches the empty string; each step must hold at least one character")
         return v
+
+    @model_validator(mode="after")
+    def _budget_holds_the_negatives(self) -> StepNegConfig:
+        if self.max_samples_per_problem < self.negatives_per_problem:
+            raise ValueError(
+                f"stepneg.max_samples_per_problem={self.max_samples_per_problem} is below "
+                f"stepneg.negatives_per_problem={self.negatives_per_problem}: no problem could get that many "
+                "distinct wrong solutions; raise max_samples_per_problem or lower negatives_per_problem"
+            )
+        return self
+
+    def stage_key(self) -> dict:
+        """The fields a stage's hash covers: the whole section less `BOOKKEEPING_FIELDS`."""
+        return self.model_dump(exclude=BOOKKEEPING_FIELDS)

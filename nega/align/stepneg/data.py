@@ -7,7 +7,8 @@ A problem row, after `problem_of`::
 
 (GSM8K rows give `question` and an `answer` solution ending in `#### n`; MATH rows `problem`,
 `solution` and optionally `answer`.) Samples of π_sft are split per problem into verified-correct
-positives and incorrect negatives, each deduplicated. After the rollouts, a negative carries its steps,
+positives that ended on their own (`positive_texts`: one cut at max_tokens is neither) and incorrect
+negatives (`negative_texts`), each deduplicated. After the rollouts, a negative carries its steps,
 values, advantages and first pit c, and becomes one training example per objective::
 
     per-step DPO  {"prompt": <rendered>, "chosen": y⁺, "chosen_ids": [π_sft's sampled ids of y⁺],
@@ -50,17 +51,35 @@ def problem_of(row: dict) -> dict:
     return {"question": question, "solution": solution, "answer": reference_answer(answer)}
 
 
-def split_by_correctness(
-    texts: list[list[str]], correct: list[list[bool]]
-) -> tuple[list[list[str]], list[list[str]]]:
-    """Per problem: (deduplicated correct texts, deduplicated incorrect texts), first-seen order."""
-    positives, negatives = [], []
-    for group, marks in zip(texts, correct, strict=True):
-        positives.append(list(dict.fromkeys(t for t, ok in zip(group, marks, strict=True) if ok)))
-        negatives.append(
-            list(dict.fromkeys(t for t, ok in zip(group, marks, strict=True) if not ok and t.strip()))
-        )
-    return positives, negatives
+def positive_texts(row: dict) -> list[str]:
+    """A sample row's distinct right solutions that ended on their own (first-seen order).
+
+    A right solution cut at sampling.max_tokens (finish_reason "length") is not a positive: as an RFT
+    target or a DPO chosen response it would be trained to end with an end token π_sft never produced
+    there (docs/methods.md). Row keys: texts, correct, finish_reasons (one entry per sample).
+    """
+    marks = zip(row["texts"], row["correct"], row["finish_reasons"], strict=True)
+    return list(dict.fromkeys(t for t, ok, reason in marks if ok and reason != "length"))
+
+
+def cut_positive_count(row: dict) -> int:
+    """How many of a row's right samples were cut at max_tokens (and so are not positives)."""
+    return sum(
+        ok and reason == "length" for ok, reason in zip(row["correct"], row["finish_reasons"], strict=True)
+    )
+
+
+def negative_texts(row: dict) -> list[str]:
+    """A sample row's distinct non-empty wrong solutions, cut or not (first-seen order)."""
+    return list(
+        dict.fromkeys(t for t, ok in zip(row["texts"], row["correct"], strict=True) if not ok and t.strip())
+    )
+
+
+def rft_examples(prompts: list[str], samples: list[dict], tokens: dict) -> list[tuple[str, str | list[int]]]:
+    """RFT's (prompt, response) pairs: every positive of every problem, as the ids π_sft sampled for it
+    when known (`tokens`: (problem, text) -> ids), else its text."""
+    return [(prompts[i], tokens.get((i, y), y)) for i, row in enumerate(samples) for y in positive_texts(row)]
 
 
 class PositivePicker:

@@ -7,12 +7,14 @@ Specification: docs/methods.md#per-step-negative-rl.
 Stages, top to bottom:
 
     sft          NLL on the problems' reference solutions                     -> π_sft (LoRA, merged)
-    rft          N samples per problem from π_sft, keep verified-correct ones (dedupe), fine-tune
-    negatives    M samples per problem from π_sft, keep the incorrect ones
+    rft          N samples per problem from π_sft, keep verified-correct ones that ended (dedupe), fine-tune
+    negatives    rounds of M samples per problem from π_sft until each has N distinct incorrect ones
+                 (within a budget of samples per problem; problems left short are reported)
     advantages   Q_i of every prefix ŷ_1..i by R groups of K continuations of π_sft (BoK, K = 5),
                  A_i = Q_i − Q_{i−1}, first pit c = first step where Q reaches its minimum
-                 (for AWR: of every distinct π_sft sample, right ones included)
-    pairs        chosen = a correct π_sft solution of the problem, rejected = ŷ_1..c without EOS
+                 (for AWR: of every distinct π_sft sample, right ones that ended included)
+    pairs        chosen = a correct π_sft solution of the problem that ended on its own,
+                 rejected = ŷ_1..c without EOS
     reflogps     log π_sft of every chosen and rejected response, once, from the frozen model
     train        per-step DPO (or AWR / outcome DPO) on a LoRA adapter over π_sft:
                  −log σ(β[log π_θ(y⁺|x) − log π_sft(y⁺|x)] − β[log π_θ(ŷ_1..c|x) − log π_sft(ŷ_1..c|x)])
@@ -27,6 +29,12 @@ Deviations and choices where the paper is silent (each a config field):
   it is compared with them at the same learning rate and number of optimizer steps. Chosen responses
   come from π_sft's verified-correct samples (RFT and negatives stages); a problem that π_sft never
   solved gives no pairs and its negatives are not rolled out.
+- A positive is a right solution that ended on its own: one cut at sampling.max_tokens is neither an
+  RFT target, nor a chosen response, nor an AWR sample (trained as one, it would end in an end token
+  π_sft never produced there). The sampling stages count them (`correct_cut`).
+- The negatives stage samples `stepneg.negatives` (M) per problem per round, only for the problems
+  with fewer than `negatives_per_problem` distinct wrong solutions, within `max_samples_per_problem`
+  samples per problem (negatives.py); each problem keeps its first N distinct wrong ones.
 - A negative that ended on its own (EOS) is terminal and wrong, so Q_L = 0 without rollouts; one cut
   at sampling.max_tokens is not an outcome, and its last prefix is rolled out like the others. With
   `skip_after_pit` no prefix after the first zero estimate is rolled out (it cannot move the first
@@ -47,6 +55,7 @@ LABELS = {"dpo": "stepneg_dpo", "awr": "stepneg_awr", "outcome_dpo": "outcome_dp
 
 
 def run(recipe, run: Run) -> dict[str, dict[str, float]]:
+    from nega.align.stepneg.data import rft_examples
     from nega.chat import stop_ids
     from nega.data import DataError
     from nega.eval.stage import START_LABEL, EvalTarget, evaluate, held_out_problems, trained_target
@@ -66,14 +75,14 @@ def run(recipe, run: Run) -> dict[str, dict[str, float]]:
     pi_sft, merge = merged_model(run, model_path, sft_folder, sft)
 
     with LazySampler(pi_sft, recipe) as sampler:
-        # rft: N samples, verified-correct kept and deduplicated.
-        rft_samples = []
+        # rft: N samples, verified-correct ones that ended kept and deduplicated.
+        rft_sampled, rft_samples = None, []
         if cfg.rft:
-            rft_samples = sample_and_verify(
+            rft_sampled, rft_samples = sample_and_verify(
                 run, "rft-sample", sampler, prompts, verify, cfg.rft_samples, 0, [merge]
             )
-        # negatives: M samples, incorrect kept.
-        samples = sample_and_verify(run, "negatives", sampler, prompts, verify, cfg.negatives, 1, [merge])
+        # negatives: rounds of M samples until each problem has N distinct incorrect ones, in a budget.
+        negatives, samples = negatives_stage(run, sampler, prompts, verify, [merge])
         positives = pool_positives([rft_samples, samples])
         if not positives:
             raise DataError(no_positives_message(recipe, [rft_samples, samples]))
@@ -84,9 +93,7 @@ def run(recipe, run: Run) -> dict[str, dict[str, float]]:
 
     folders: dict[str, str | None] = {"sft": None}
     if cfg.rft:
-        rft_pairs = [
-            (prompts[i], tokens.get((i, y), y)) for i, ys in enumerate(positives_of(rft_samples)) for y in ys
-        ]
+        rft_pairs = rft_examples(prompts, rft_samples, tokens)
         if rft_pairs:
             # RFT is compared with the objectives trained on π_sft: the same train section, so the same steps.
             _, folders["rft"] = sft_stage(run, "rft", pi_sft, rft_pairs, inputs=[merge])
@@ -94,13 +101,16 @@ def run(recipe, run: Run) -> dict[str, dict[str, float]]:
             import warnings
 
             warnings.warn(
-                f"rft: none of π_sft's {cfg.rft_samples} samples per problem was right, so the RFT arm has "
-                "nothing to train on and is left out (raise stepneg.rft_samples to include it)",
+                f"rft: none of π_sft's {cfg.rft_samples} samples per problem was right and finished before "
+                "sampling.max_tokens, so the RFT arm has nothing to train on and is left out (raise "
+                "stepneg.rft_samples, or sampling.max_tokens if right samples were cut, to include it)",
                 stacklevel=1,
             )
 
     # pairs -> reflogps -> train, for the main objective and each one compared with it.
-    pairs = pairs_stage(run, prompts, valued, positives, tokens, inputs=[advantages])
+    # The pairs draw their chosen side from the positives: the sampling stages are inputs too.
+    sources = [advantages, negatives, *filter(None, [rft_sampled])]
+    pairs = pairs_stage(run, prompts, valued, positives, tokens, inputs=sources)
     for loss in dict.fromkeys([cfg.loss, *cfg.compare]):
         examples = reflogps_stage(run, loss, pi_sft, pairs, inputs=[merge])
         folders[LABELS[loss]] = train_objective(run, loss, pi_sft, examples, inputs=[merge, pairs])
@@ -198,7 +208,8 @@ class LazySampler:
 def sample_and_verify(
     run: Run, name: str, sampler: LazySampler, prompts, verify, n: int, seed_offset: int, inputs
 ):
-    """n samples per problem from π_sft, each marked correct or not; one row per problem."""
+    """(stage, one row per problem): n samples per problem from π_sft, each marked correct or not."""
+    from nega.align.stepneg.data import cut_positive_count, positive_texts
     from nega.pipeline import hash_value, read_jsonl, write_jsonl
 
     cfg = run.recipe.sampling
@@ -232,16 +243,55 @@ def sample_and_verify(
             counts={
                 "samples": len(flat),
                 "correct_rate": sum(flat) / len(flat),
-                "solved_problems": sum(any(r["correct"]) for r in rows),
+                # Problems with a positive; right samples cut at max_tokens are not positives.
+                "solved_problems": sum(bool(positive_texts(r)) for r in rows),
+                "correct_cut": sum(cut_positive_count(r) for r in rows),
             }
         )
-    return read_jsonl(stage.dir / "samples.jsonl")
+    return stage, read_jsonl(stage.dir / "samples.jsonl")
+
+
+def negatives_stage(run: Run, sampler: LazySampler, prompts, verify, inputs):
+    """(stage, one row per problem): π_sft's samples in rounds until each problem has
+    `negatives_per_problem` distinct wrong solutions or has spent `max_samples_per_problem` (negatives.py)."""
+    from nega.align.stepneg.negatives import sample_negatives
+    from nega.pipeline import hash_value, read_jsonl, say, write_jsonl
+
+    cfg, sampling = run.recipe.stepneg, run.recipe.sampling
+    settings = {
+        "temperature": sampling.temperature,
+        "top_p": sampling.top_p,
+        "max_tokens": sampling.max_tokens,
+    }
+    rounds = {
+        "per_round": cfg.negatives,
+        "target": cfg.negatives_per_problem,
+        "budget": cfg.max_samples_per_problem,
+        "seed": sampling.seed + 1,
+    }
+    config = {**settings, **rounds, "backend": sampling.backend, "prompts": hash_value(prompts)}
+    stage = run.stage("negatives", config=config, inputs=inputs)
+    if not stage.done:
+        rows, counts = sample_negatives(
+            sampler.get(), prompts, verify, **rounds, **settings, folder=stage.dir
+        )
+        write_jsonl(stage.dir / "samples.jsonl", rows)
+        stage.finish(counts=counts)
+    counts = stage.manifest["counts"]
+    if counts["short_problems"]:
+        say(
+            f"negatives: {counts['short_problems']} of {counts['problems']} problems have fewer than "
+            f"{cfg.negatives_per_problem} distinct wrong solutions after {cfg.max_samples_per_problem} "
+            "samples (stepneg.max_samples_per_problem); they keep the ones found"
+        )
+    return stage, read_jsonl(stage.dir / "samples.jsonl")
 
 
 def positives_of(samples: list[dict]) -> list[list[str]]:
-    return [
-        list(dict.fromkeys(t for t, ok in zip(r["texts"], r["correct"], strict=True) if ok)) for r in samples
-    ]
+    """Per problem, its distinct right solutions that ended on their own (`data.positive_texts`)."""
+    from nega.align.stepneg.data import positive_texts
+
+    return [positive_texts(row) for row in samples]
 
 
 def sampled_tokens(sample_sets: list[list[dict]], end_ids: set[int]) -> dict[tuple[int, str], list[int]]:
@@ -262,20 +312,26 @@ def sampled_tokens(sample_sets: list[list[dict]], end_ids: set[int]) -> dict[tup
 
 def no_positives_message(recipe, sample_sets: list[list[dict]]) -> str:
     """Why per-step RL cannot go on when π_sft solved no training problem, and what to change."""
+    from nega.align.stepneg.data import cut_positive_count
+
     reasons = [r for samples in sample_sets for row in samples for r in row["finish_reasons"]]
     cut = sum(r == "length" for r in reasons)
+    cut_right = sum(cut_positive_count(row) for samples in sample_sets for row in samples)
+    right = f", {cut_right} of those right but unfinished, which are no positives" if cut_right else ""
     problems = len(sample_sets[-1])
     return (
         f"π_sft solved none of the {problems} training problems in {len(reasons)} samples ({cut} of them "
-        f"cut off at sampling.max_tokens={recipe.sampling.max_tokens}): per-step RL pairs a problem's wrong "
-        "solutions with a right one, and values steps by rollouts that must sometimes succeed. Raise "
-        "sampling.max_tokens if most were cut off, else stepneg.rft_samples / stepneg.negatives, train the "
-        "SFT stage longer (stepneg.sft_epochs), use easier problems, or start from a stronger model."
+        f"cut off at sampling.max_tokens={recipe.sampling.max_tokens}{right}): per-step RL pairs a "
+        "problem's wrong solutions with a right one, and values steps by rollouts that must sometimes "
+        "succeed. Raise "
+        "sampling.max_tokens if most were cut off, else stepneg.rft_samples (the negatives stage stops "
+        "sampling a problem once it has stepneg.negatives_per_problem wrong solutions), train the SFT stage "
+        "longer (stepneg.sft_epochs), use easier problems, or start from a stronger model."
     )
 
 
 def pool_positives(sample_sets: list[list[dict]]) -> dict[int, list[str]]:
-    """Every problem's distinct correct π_sft solutions over the given sampling stages."""
+    """Every problem's distinct correct π_sft solutions that ended, over the given sampling stages."""
     pools: dict[int, list[str]] = {}
     for samples in sample_sets:
         for i, texts in enumerate(positives_of(samples)):
@@ -285,8 +341,9 @@ def pool_positives(sample_sets: list[list[dict]]) -> dict[int, list[str]]:
 
 def advantages_stage(run: Run, sampler: LazySampler, prompts, verify, samples: list[dict], positives: dict):
     """Rollout values, advantages and first pit of each distinct sample of a problem with a positive:
-    its wrong samples, and its right ones too when AWR is trained (its expectation is over all of
-    π_sft's samples). A wrong sample cut at max_tokens has its last prefix rolled out (no outcome)."""
+    its negatives (the negatives stage's first `negatives_per_problem` distinct wrong ones), and its
+    positives too when AWR is trained (its expectation is over π_sft's samples). A wrong sample cut at
+    max_tokens has its last prefix rolled out (no outcome); a right one cut there is not valued at all."""
     from nega.align.stepneg.rollouts import estimate_step_values
     from nega.align.stepneg.steps import split_steps
     from nega.pipeline import hash_value, read_jsonl, write_json, write_jsonl
@@ -297,9 +354,9 @@ def advantages_stage(run: Run, sampler: LazySampler, prompts, verify, samples: l
     for i, row in enumerate(samples):
         if i not in positives:
             continue
-        seen = set()
+        seen, wrong = set(), set(row["negatives"])
         for text, reason, ok in zip(row["texts"], row["finish_reasons"], row["correct"], strict=True):
-            if (ok and not awr) or not text.strip() or text in seen:
+            if (ok and (not awr or reason == "length")) or (not ok and text not in wrong) or text in seen:
                 continue
             seen.add(text)
             solutions.append(
@@ -311,7 +368,7 @@ def advantages_stage(run: Run, sampler: LazySampler, prompts, verify, samples: l
                     "steps": split_steps(text, cfg.step_regex),
                 }
             )
-    # A right sample's answer is stated, cut or not: its outcome is 1. A cut wrong one has none.
+    # A right sample (it ended: cut ones are left out above) has outcome 1. A cut wrong one has none.
     outcomes = [1.0 if s["correct"] else 0.0 if s["finish_reason"] == "stop" else None for s in solutions]
     skip = cfg.skip_after_pit and not awr
     keys = ("best_of", "rollout_groups", "step_regex")
@@ -362,10 +419,14 @@ def pairs_stage(run: Run, prompts, valued: list[dict], positives: dict, tokens: 
     text cut at step boundaries: the rollouts that valued them continued that same text, tokenized the
     same way, so the values and the trained tokens agree."""
     from nega.align.stepneg.data import awr_rows, outcome_pairs, step_pairs
-    from nega.pipeline import write_jsonl
+    from nega.pipeline import hash_value, write_jsonl
 
     cfg = run.recipe.stepneg
-    stage = run.stage("pairs", config={"seed": run.recipe.seed}, inputs=inputs)
+    # The chosen side is drawn from `positives` (with π_sft's ids): a new pool must make new pairs.
+    # In pool order: the pairs' picker shuffles each pool as it stands.
+    chosen = [(i, y, tokens.get((i, y))) for i, pool in sorted(positives.items()) for y in pool]
+    config = {"stepneg": cfg.stage_key(), "seed": run.recipe.seed, "positives": hash_value(chosen)}
+    stage = run.stage("pairs", config=config, inputs=inputs)
     if not stage.done:
         negatives = [s for s in valued if not s.get("correct", False)]
         files = {
@@ -379,7 +440,8 @@ def pairs_stage(run: Run, prompts, valued: list[dict], positives: dict, tokens: 
         for loss, rows in files.items():
             write_jsonl(stage.dir / f"{loss}.jsonl", rows)
         pits = [r["pit"] for r in files["dpo"]]
-        stage.finish(counts={"pairs": len(pits), "mean_pit": sum(pits) / max(1, len(pits))})
+        counts = {"pairs": len(pits), "mean_pit": sum(pits) / max(1, len(pits)), "positives": len(chosen)}
+        stage.finish(counts=counts)
     return stage
 
 
@@ -413,7 +475,7 @@ def train_objective(run: Run, loss: str, pi_sft: str, examples: list[dict], inpu
     recipe = run.recipe
     config = {
         "loss": loss,
-        "stepneg": recipe.stepneg.model_dump(),
+        "stepneg": recipe.stepneg.stage_key(),
         "examples": hash_value(examples),
         "seed": recipe.seed,
     }

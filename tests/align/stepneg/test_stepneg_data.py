@@ -8,9 +8,12 @@ from nega.align.stepneg.data import (
     PairCollator,
     StepCollator,
     awr_rows,
+    cut_positive_count,
+    negative_texts,
     outcome_pairs,
+    positive_texts,
     problem_of,
-    split_by_correctness,
+    rft_examples,
     step_pairs,
     step_token_index,
 )
@@ -61,9 +64,48 @@ def test_problem_of_reads_toy_gsm8k_and_math_rows():
         problem_of({"question": "q", "solution": "no box"})
 
 
-def test_split_by_correctness_dedupes_and_drops_empty():
-    pos, neg = split_by_correctness([["a", "b", "a", "c", " "]], [[True, False, True, False, False]])
-    assert pos == [["a"]] and neg == [["b", "c"]]
+def test_positives_and_negatives_dedupe_drop_empty_and_cut_positives():
+    row = {
+        "texts": ["a", "b", "a", "c", " ", "cut", "d"],
+        "correct": [True, False, True, False, False, True, False],
+        "finish_reasons": ["stop", "stop", "stop", "length", "stop", "length", "stop"],
+    }
+    assert positive_texts(row) == ["a"]  # "cut" is right but was cut at max_tokens: not a positive
+    assert negative_texts(row) == ["b", "c", "d"]  # a cut wrong solution is still a negative
+    assert cut_positive_count(row) == 1
+
+
+# A problem whose only right sample besides "right, ended" was cut at max_tokens mid-solution.
+CUT_SAMPLES = [
+    {
+        "texts": ["7 + 5 = 12\nanswer: 12", "7 + 5 = 12\nanswer: 12\n12 + 1", "7 + 5 = 13\nanswer: 13"],
+        "token_ids": [[1, 2], [1, 2, 3], [1, 4]],
+        "finish_reasons": ["stop", "length", "stop"],
+        "correct": [True, True, False],
+    },
+    {  # problem 1: right only when cut, so it has no positive at all
+        "texts": ["3 + 3 = 6\nanswer: 6\n6 +", "3 + 3 = 7\nanswer: 7"],
+        "token_ids": [[5, 6], [5, 7]],
+        "finish_reasons": ["length", "stop"],
+        "correct": [True, False],
+    },
+]
+
+
+def test_a_right_sample_cut_at_max_tokens_is_no_rft_target_and_no_chosen_response():
+    from nega.align.stepneg.run import pool_positives, sampled_tokens
+
+    ended, cut = CUT_SAMPLES[0]["texts"][:2]
+    tokens = sampled_tokens([CUT_SAMPLES], end_ids={0})
+    assert rft_examples(["P0", "P1"], CUT_SAMPLES, tokens) == [("P0", [1, 2])]
+    positives = pool_positives([CUT_SAMPLES, CUT_SAMPLES])
+    assert positives == {0: [ended]}  # and problem 1, solved only by a cut sample, is unsolved
+    negatives = [{**NEGATIVE, "problem": p, "pit": 1} for p in (0, 0, 0, 1)]
+    for rows in (
+        step_pairs(negatives, ["P0", "P1"], positives, 0),
+        outcome_pairs(negatives, ["P0", "P1"], positives, 0),
+    ):
+        assert [r["chosen"] for r in rows] == [ended] * 3
 
 
 def test_step_pair_rejects_the_prefix_up_to_the_pit_without_eos():
@@ -160,3 +202,16 @@ def test_chosen_solutions_are_scored_by_the_ids_pi_sft_sampled(tokenizer):
     prompt_len = len(tokenizer("Q:", add_special_tokens=False)["input_ids"])
     chosen = batch["input_ids"][0][batch["attention_mask"][0].bool()].tolist()
     assert chosen[prompt_len:] == sampled  # the sampled ids, then the end token, not re-tokenized text
+
+
+def test_the_no_positive_error_counts_the_right_samples_cut_at_max_tokens():
+    from nega.align.stepneg.run import no_positives_message, pool_positives
+    from nega.config import load_recipe
+
+    only_cut = [CUT_SAMPLES[1]]
+    assert pool_positives([only_cut]) == {}
+    message = no_positives_message(load_recipe("stepneg-gsm8k"), [only_cut])
+    assert (
+        "in 2 samples (1 of them cut off at sampling.max_tokens=400, 1 of those right but unfinished"
+        in message
+    )

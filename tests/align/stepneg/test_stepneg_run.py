@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 from nega_testing import CORPUS_PAIRS, lora_b_moved, require_module, response_loss
@@ -49,6 +50,8 @@ def _gsm8k_overrides(tiny_model_dir, data, backend="hf"):
         "stepneg.sft_lr=1e-3",
         "stepneg.rft_samples=2",
         "stepneg.negatives=4",
+        "stepneg.negatives_per_problem=4",
+        "stepneg.max_samples_per_problem=8",
         "stepneg.best_of=2",
         "stepneg.rollout_groups=1",
         "stepneg.answer_format=number",
@@ -67,6 +70,8 @@ def test_stepneg_gsm8k_recipe_validates_and_runs_on_the_tiny_model(tiny_model_di
     assert (shipped.data.dataset, shipped.data.config) == ("openai/gsm8k", "main")
     assert (
         shipped.stepneg.negatives == 8
+        and shipped.stepneg.negatives_per_problem == 8  # the paper's "about 8" per problem
+        and shipped.stepneg.max_samples_per_problem == 64
         and shipped.stepneg.best_of == 5
         and shipped.stepneg.rollout_groups == 2
     )
@@ -94,8 +99,25 @@ def test_stepneg_gsm8k_recipe_validates_and_runs_on_the_tiny_model(tiny_model_di
             assert values[-1] is not None or 0.0 in values[1:-1]
         assert 1 <= neg["pit"] <= len(neg["steps"])
         assert values[neg["pit"]] == min(v for v in values[1:] if v is not None)
+    # Each problem got its 4 distinct negatives, or spent its budget of 8 samples trying.
+    sampled = read_jsonl(_stage(run_dir, "negatives") / "samples.jsonl")
+    for row in sampled:
+        assert len(row["negatives"]) == 4 or (len(row["negatives"]) < 4 and row["samples"] == 8)
+    counts = read_json(_stage(run_dir, "negatives") / "manifest.json")["counts"]
+    assert counts["short_problems"] == sum(len(row["negatives"]) < 4 for row in sampled)
+    assert {(s["problem"], s["text"]) for s in valued} <= {
+        (i, t) for i, row in enumerate(sampled) for t in row["negatives"]
+    }
+    # Chosen responses are right samples that ended on their own.
+    ended = {
+        (i, t)
+        for name in ("rft-sample", "negatives")
+        for i, row in enumerate(read_jsonl(_stage(run_dir, name) / "samples.jsonl"))
+        for t, ok, reason in zip(row["texts"], row["correct"], row["finish_reasons"], strict=True)
+        if ok and reason == "stop"
+    }
     for pair in read_jsonl(_stage(run_dir, "pairs") / "dpo.jsonl"):
-        assert pair["rejected_eos"] is False
+        assert pair["rejected_eos"] is False and (pair["problem"], pair["chosen"]) in ended
     train = read_json(_stage(run_dir, "train-dpo") / "manifest.json")
     assert train["counts"]["steps"] == 2
     assert_trained_arms(run_dir, recipe, str(tiny_model_dir))
@@ -115,7 +137,11 @@ def test_a_pi_sft_that_solves_nothing_stops_with_what_to_change(tiny_model_dir, 
     with pytest.raises(DataError) as caught:
         run(recipe, Run(recipe))
     message = str(caught.value)
-    assert "π_sft solved none of the 8 training problems in 48 samples (48 of them cut off" in message
+    # 16 RFT samples, then rounds of 4 per problem until 4 distinct wrong ones or 8 samples.
+    said = re.search(
+        r"π_sft solved none of the 8 training problems in (\d+) samples \((\d+) of them cut off", message
+    )
+    assert said and said[1] == said[2] and 48 <= int(said[1]) <= 80, message
     assert "sampling.max_tokens=1" in message and "stepneg.rft_samples" in message
     # Nothing was trained after the sampling that found no positive.
     run_dir = tmp_path / "runs" / recipe.name
@@ -187,6 +213,8 @@ def test_toy_stepneg_recipe_compares_every_objective(tmp_path, monkeypatch):
     overrides = ["toy.steps=150", "toy.n_train=24", "toy.n_test=24", "toy.options.sft_problems=400"]
     overrides += [
         "stepneg.negatives=4",
+        "stepneg.negatives_per_problem=4",
+        "stepneg.max_samples_per_problem=8",
         "stepneg.rft_samples=2",
         "train.max_steps=3",
         "train.logging_steps=1",
