@@ -131,7 +131,6 @@ class DataConfig(Strict):
     format: DataFormat = "auto"
     fields: dict[str, str] = Field(default_factory=dict, description="renames {nega_name: column_name}")
     limit: Rows | None = Field(None, description="use the first N rows")
-    eval_fraction: float = Field(0.0, ge=0, lt=1, description="rows held out for validation")
     on_bad_row: Literal["error", "skip"] = "error"
 
     _check_path = field_validator("path")(classmethod(lambda cls, v: _existing_path(v)))
