@@ -213,7 +213,15 @@ class Run:
     default they run in this process.
     """
 
-    def __init__(self, recipe, root: Path | None = None, *, is_main_process: bool = True, launcher=None):
+    def __init__(
+        self,
+        recipe,
+        root: Path | None = None,
+        *,
+        is_main_process: bool = True,
+        launcher=None,
+        keep_results: bool = False,
+    ):
         from nega.launch import Launcher
 
         self.recipe = recipe
@@ -225,8 +233,10 @@ class Run:
         if is_main_process:
             lock_run_folder(self.dir)
             atomic_write_text(self.dir / "recipe.yaml", recipe.to_yaml())
-            # Named again when this recipe's training ends; until then nothing stale can be pushed.
-            (self.dir / RESULT).unlink(missing_ok=True)
+            # Written again when this recipe's run ends; until then nothing stale can be pushed. A
+            # command that runs one stage only (`nega sample`) keeps the finished run's results.
+            if not keep_results:
+                (self.dir / RESULT).unlink(missing_ok=True)
 
     def stage(self, name: str, *, config: Any = None, inputs: Iterable[Stage | str | Path] = ()) -> Stage:
         """Open stage `name` (numbered in call order); `done` tells whether it can be skipped.

@@ -88,8 +88,11 @@ def test_sample_command_writes_samples_and_skips_when_rerun(tiny_model_dir, tmp_
     ]
     assert [r["completions"] for r in rows] == [["2 plus 3 is 5."] * 2, ["blue"] * 2]
     manifest = (tmp_path / "runs/s/01-sample/manifest.json").read_text()
+    # Sampling alone leaves a run's results in place (only `nega run` writes them anew).
+    (tmp_path / "runs/s/results.json").write_text('{"schema": 1, "finished": true}')
     again = runner.invoke(app, ["sample", "r.yaml"])
     assert again.exit_code == 0 and (tmp_path / "runs/s/01-sample/manifest.json").read_text() == manifest
+    assert (tmp_path / "runs/s/results.json").read_text() == '{"schema": 1, "finished": true}'
 
 
 def test_sample_command_reports_bad_rows(tiny_model_dir, tmp_path, monkeypatch):

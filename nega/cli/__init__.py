@@ -76,12 +76,12 @@ def load(recipe: str, overrides: list[str] | None):
         fail(str(exc))
 
 
-def open_run(cfg, output_dir: Path | None, launcher=None):
+def open_run(cfg, output_dir: Path | None, launcher=None, *, keep_results: bool = False):
     """The run folder, locked for this process; another live `nega run` on it stops this one at once."""
     from nega.pipeline import Run, RunLockedError
 
     try:
-        return Run(cfg, output_dir, launcher=launcher)
+        return Run(cfg, output_dir, launcher=launcher, keep_results=keep_results)
     except RunLockedError as exc:
         fail(str(exc), code=1)
 
@@ -242,7 +242,7 @@ def sample(
     from nega.sampler_stage import sample_prompts
 
     cfg = load(recipe, overrides)
-    run_dir = open_run(cfg, output_dir)
+    run_dir = open_run(cfg, output_dir, keep_results=True)
     try:
         path = sample_prompts(run_dir, adapter=str(adapter) if adapter else None)
     except DataError as exc:
