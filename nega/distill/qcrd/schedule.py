@@ -122,9 +122,9 @@ def lag_warning(lag: int, negatives_every_steps: int | None, total_steps: int) -
     period = period_steps(negatives_every_steps, total_steps)
     if lag * period < total_steps:
         return None
-    shown = "null (an eighth of the run)" if negatives_every_steps is None else str(negatives_every_steps)
+    shown = " (null: an eighth of the run)" if negatives_every_steps is None else ""
     return (
-        f"qcrd.lag × qcrd.negatives_every_steps = {lag} × {period} ({shown}) ≥ the run's {total_steps} "
+        f"qcrd.lag × qcrd.negatives_every_steps = {lag} × {period}{shown} ≥ the run's {total_steps} "
         "optimizer steps: the lagged student is never a trained one, and every self-adversarial negative "
         "comes from the starting student. Lower qcrd.lag or qcrd.negatives_every_steps (e.g. a quarter "
         "of an epoch's steps with lag 1)."

@@ -82,7 +82,7 @@ def test_cqa_recipe_runs_a_few_steps_with_a_tiny_local_student(tmp_path):
         "train.grad_accum=1", "train.lr=1e-2", "train.warmup_ratio=0.0", "lora.r=4", "lora.alpha=8",
         "sampling.backend=hf", "sampling.max_tokens=8",
         "qcrd.disc_steps=3", "qcrd.disc_batch_size=8", "qcrd.eval_limit=6", "qcrd.baselines=[]",
-        "qcrd.negatives_every_steps=2",
+        "qcrd.negatives_every_steps=2", "qcrd.lag=1",
     ]  # fmt: skip
     recipe = load_recipe("qcrd-cqa", overrides)
     table = run(recipe, Run(recipe, tmp_path / "run"))
@@ -125,7 +125,7 @@ def test_negatives_of_the_second_epoch_come_from_the_student_lag_periods_back(tm
         f"data.path={path}", f"model.name={student}", "model.dtype=float32", "model.max_length=128",
         "train.bf16=false", "data.limit=8", "train.epochs=2", "train.batch_size=2", "train.grad_accum=1",
         "train.lr=1e-2", "train.warmup_ratio=0.0", "lora.r=4", "lora.alpha=8", "sampling.backend=hf",
-        "sampling.max_tokens=6", "qcrd.disc_backbone=encoder", "qcrd.disc_steps=2", "qcrd.disc_batch_size=8",
+        "sampling.max_tokens=6", "qcrd.disc_backbone=encoder", "qcrd.disc_folds=1", "qcrd.disc_steps=2",
         "qcrd.eval_limit=2", "qcrd.baselines=[]", "qcrd.negatives_every_steps=2", "qcrd.lag=1",
         "eval.before=false",
     ]  # fmt: skip
