@@ -14,7 +14,7 @@ the run's launcher (`nega.launch.Launcher`; in this process on one device) as
 
 or (saved folder, log history, counts): counts the training measured, for the stage's manifest.
 
-Rank 0 writes `train_log.json` ({"folder", "history"}); the stage draws `training_curve.png` (the
+Rank 0 writes `train_log.json` ({"folder", "history", "counts"}); the stage draws `training_curve.png` (the
 loss and the method's own metrics per logged step) and finishes with its step count and final loss. The training function builds its model, its `nega.trainer.MethodTrainer` subclass and
 `training_arguments`, and calls `trainer.fit(...)`, which trains (resuming from the last checkpoint in
 `<stage>/checkpoints`) and saves the adapter (`adapter/`) or full model (`model/`).

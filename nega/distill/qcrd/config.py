@@ -1,4 +1,4 @@
-"""QCRD recipe section (docs/methods.md, QCRD)."""
+"""QCRD recipe section (docs/methods.md#qcrd)."""
 
 from __future__ import annotations
 
@@ -49,7 +49,7 @@ class QCRDConfig(BaseModel):
         "lag × negatives_every_steps well under the run's steps keeps that student a trained one",
     )
     negative_temperature: float = Field(1.5, gt=0)
-    disc_steps: Steps = Field(500, description="steps per discriminator fit (METHODS.md: ~500)")
+    disc_steps: Steps = Field(500, description="steps per discriminator fit (docs/methods.md#qcrd)")
     disc_folds: Count = Field(
         2,
         description="cross-fitting folds: each input is scored by a discriminator that did not train on it",

@@ -9,11 +9,11 @@ Two backbones (`qcrd.disc_backbone`), both built locally, nothing downloaded:
   pooled, with a linear head. Cheap; enough for short rationales.
 
 Training (`fit`): binary cross-entropy, S_pos labelled 1 and S_neg labelled 0, for `steps` batches
-(docs/methods.md: about 500). Classes are balanced so that D is not merely the class prior, without
-teaching it that a corrupted rationale is good: copies of positives with words masked or replaced at
-random are negatives, made only while negatives are the fewer, and the loss weighs each class by the
-inverse of its count (`training_set`). Re-training every `qcrd.disc_every` epochs continues from the
-current weights on fresh data.
+(default 500, docs/methods.md#qcrd). Classes are balanced so that D is not merely the class prior,
+without teaching it that a corrupted rationale is good: copies of positives with words masked or
+replaced at random are negatives, made only while negatives are the fewer, and the loss weighs each
+class by the inverse of its count (`training_set`). Re-training every `qcrd.disc_every` epochs
+continues from the current weights on fresh data.
 
 Scores are cross-fitted (`cross_fitted_scores`): the inputs are split into `qcrd.disc_folds` folds
 by a hash of their id, fixed for the whole run; discriminator k trains on every fold but k and scores
@@ -75,7 +75,7 @@ def training_set(
     are the minority, corrupted copies of positives (alternately word-masked and word-replaced) top
     them up to the positives' count; when positives are the minority nothing is made up for them.
     What imbalance remains is evened out by the loss: each class's weight is total / (2 · its count),
-    so the positives and the negatives contribute equally (docs/methods.md, QCRD discriminator).
+    so the positives and the negatives contribute equally (docs/methods.md#qcrd).
 
     Returns ([((question, rationale), label)], {"positive": w1, "negative": w0}).
     """

@@ -1,6 +1,6 @@
 """QCRD: quality-guided contrastive rationale distillation (Wang et al., arXiv 2405.13014).
 
-Stages, top to bottom (docs/methods.md, QCRD):
+Stages, top to bottom (docs/methods.md#qcrd):
 
     toy-model        the starting student (toy recipes only; else the hub id / folder)
     teacher          teacher rationales (sampled 5× at T=0.7, or read from data) -> S_pos / S_neg
@@ -43,7 +43,7 @@ Deviations from the paper:
 - Scores are cross-fitted (the paper does not say): the inputs are split into `qcrd.disc_folds`
   folds (default 2), and each rationale is scored by a discriminator trained on the other folds, so
   D's score is its judgement of an unseen rationale, not a memory of its self-consistency label.
-  Each fold's discriminator trains `disc_steps` steps (default 500, as docs/methods.md).
+  Each fold's discriminator trains `disc_steps` steps (default 500, docs/methods.md#qcrd).
 - Self-adversarial negatives (and teacher rationales) cut at `sampling.max_tokens` are scored without
   EOS; the others with it.
 - With rationale files holding one teacher rationale per input (the PaLM files), self-consistency has
@@ -219,11 +219,12 @@ def negatives_stage(
 
     target, adapter = sampling_target(model_path, checkpoint, recipe.lora)
     sampler = make_sampler(target, recipe.sampling, max_lora_rank=recipe.lora.r, adapters=adapter is not None)
+    lagged = f"period {period}, the student of step {schedule.checkpoint_step(source)}"
     try:
         rows = data.sample_self_negatives(
             sampler, examples, adapter=adapter, temperature=recipe.qcrd.negative_temperature,
             top_p=recipe.sampling.top_p, max_tokens=recipe.sampling.max_tokens, seed=recipe.seed * 1000 + period,
-            description=f"self-adversarial negatives (period {period}, student of step {schedule.checkpoint_step(source)})",
+            description=f"self-adversarial negatives ({lagged})",
         )  # fmt: skip
     finally:
         sampler.close()

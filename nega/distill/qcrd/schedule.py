@@ -1,6 +1,6 @@
 """QCRD's step schedule: periods of optimizer steps, which rows each step trains on, and the lag.
 
-Training is cut into periods of `qcrd.negatives_every_steps` optimizer steps (docs/methods.md, QCRD).
+Training is cut into periods of `qcrd.negatives_every_steps` optimizer steps (docs/methods.md#qcrd).
 At the start of period p the student is checkpoint p (checkpoint 0 = the starting student, checkpoint
 p = the student after period p − 1). Period p's self-adversarial negatives are sampled from checkpoint
 max(p − `qcrd.lag`, 0): the student `lag` periods back, clipped to the oldest kept, the start. α3

@@ -162,6 +162,12 @@ def test_negatives_of_the_second_epoch_come_from_the_student_lag_periods_back(tm
             json.loads(line)["id"] for line in (stages[f"qcrd-p{p}-negatives"] / "negatives.jsonl").open()
         }
         assert len(rows) == 4 and {r["id"] for r in rows} == sampled
+    # Periods are stages: running again finds every one finished and redoes none.
+    run(recipe, Run(recipe, tmp_path / "run"))
+    again = {
+        name: read_json(folder / "manifest.json") for name, folder in stage_folders(tmp_path / "run").items()
+    }
+    assert again == manifest
 
 
 @pytest.mark.slow

@@ -39,7 +39,14 @@ def test_the_discriminator_refits_at_the_first_period_of_every_disc_every_th_epo
     # periods start at steps 0, 3, 6, 9, 12, 15: in epochs 0, 0, 1, 2, 3, 3
     s = schedule(steps_per_epoch=4, epochs=4, period=3)
     assert [s.refits_discriminator(p, 1) for p in range(s.periods)] == [True, False, True, True, True, False]
-    assert [s.refits_discriminator(p, 2) for p in range(s.periods)] == [True, False, False, True, False, False]
+    assert [s.refits_discriminator(p, 2) for p in range(s.periods)] == [
+        True,
+        False,
+        False,
+        True,
+        False,
+        False,
+    ]
 
 
 def test_a_null_period_is_an_eighth_of_the_run():
