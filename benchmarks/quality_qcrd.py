@@ -74,7 +74,7 @@ ARMS = [*MAIN_ARMS, ABLATION]
 METRICS = ["accuracy", "rationale_quality", "rationale_accuracy"]
 RESULTS = Path(__file__).parent / "results" / "quality_qcrd.json"
 # Stages a later run of the seed may reuse: nega reruns any whose hash differs.
-SHARED = ["toy-model", "teacher", "qcrd-e0-negatives", "qcrd-e0-discriminator", "qcrd_no_disc-e0-negatives"]
+SHARED = ["toy-model", "teacher", "qcrd-p0-negatives", "qcrd-p0-discriminator", "qcrd_no_disc-p0-negatives"]
 SELECTION = (
     "per arm and seed, the learning rate with the highest validation (accuracy + rationale_quality) / 2 "
     "(greedy; a garbled label is wrong and a missing claim of a rationale counts as false); ties go to the "
@@ -153,7 +153,7 @@ def run_seed(seed: int, args, work: Path) -> dict:
         steps[ABLATION][f"{lr:g}"] = sum(
             m["counts"]["steps"]
             for n, m in ablation_manifests.items()
-            if n.startswith("qcrd-e") and n.endswith("-train")
+            if n.startswith("qcrd-p") and n.endswith("-train")
         )
         shared, per_arm, evaluation = split_seconds(own_seconds(manifests, seen), MAIN_ARMS)
         for arm in MAIN_ARMS:

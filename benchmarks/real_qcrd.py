@@ -61,7 +61,7 @@ RECIPE = "qcrd-cqa"
 TRAIN_FILE = "data:distill_step_by_step/cqa/cqa_train.json"
 ARMS = ["label_only", "step_by_step", "qcrd_no_disc", "qcrd"]
 # Stages every learning rate's run may take from the first one (nega reruns any whose hash differs).
-SHARED = ["teacher", "qcrd-e0-negatives", "qcrd-e0-discriminator", "qcrd_no_disc-e0-negatives"]
+SHARED = ["teacher", "qcrd-p0-negatives", "qcrd-p0-discriminator", "qcrd_no_disc-p0-negatives"]
 SELECTION = "per arm, the highest validation accuracy (greedy `predict:` answers); ties go to the lower rate"
 RESULTS = Path(__file__).parent / "results" / "real_qcrd.json"
 

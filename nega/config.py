@@ -13,6 +13,8 @@ from __future__ import annotations
 import functools
 import os
 import re
+import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
@@ -43,6 +45,7 @@ from nega.bounds import (
     Tokens,
 )
 from nega.distill.qcrd.config import QCRDConfig
+from nega.distill.qcrd.config import recipe_warnings as qcrd_warnings
 
 RECIPES_DIR = Path(__file__).parent / "recipes"
 
@@ -366,7 +369,8 @@ class Method:
     recipe, "module:function" (imported only when a run starts, so `nega validate` stays instant):
     `function(recipe, run: nega.pipeline.Run) -> {label: {metric: value}}`. `paper` and `tags` go on
     the model card. `ignores` maps keys of the common sections that this method never reads to why: a
-    recipe setting one fails validation, like an unknown key.
+    recipe setting one fails validation, like an unknown key. `recipe_warnings(recipe) -> [message]`
+    names settings that are valid but likely not what the user meant; `load_recipe` warns each.
     """
 
     section: type[BaseModel] | None
@@ -374,6 +378,7 @@ class Method:
     paper: Paper | None = None
     tags: tuple[str, ...] = ()
     ignores: dict[str, str] = field(default_factory=dict)
+    recipe_warnings: Callable[[Any], list[str]] | None = None
 
 
 def _greedy_problems(method: str) -> dict[str, str]:
@@ -421,6 +426,7 @@ METHODS: dict[str, Method] = {
         ),
         tags=("distillation",),
         ignores={"eval.harm": _QCRD_EVAL, "eval.reasoning": _QCRD_EVAL},
+        recipe_warnings=qcrd_warnings,
     ),
 }
 
@@ -678,6 +684,9 @@ def load_recipe(name_or_path: str, overrides: list[str] | None = None) -> Recipe
         raise RecipeError(source, problems + format_validation_errors(exc, method) + ignored) from None
     if problems or ignored:
         raise RecipeError(source, problems + ignored)
+    check = METHODS[recipe.method].recipe_warnings
+    for message in check(recipe) if check else []:
+        warnings.warn(f"{source}: {message}", UserWarning, stacklevel=2)
     return recipe
 
 

@@ -12,9 +12,12 @@ the run's launcher (`nega.launch.Launcher`; in this process on one device) as
 
     train_policy(recipe, model_path, examples, output_dir, **arguments) -> (saved folder, log history)
 
-Rank 0 writes `train_log.json` ({"folder", "history"}); the stage draws `training_curve.png` (the
-loss, learning rate, gradient norm and the method's own metrics per logged step; at least
-MIN_CURVE_POINTS of them, see `logging_interval`) and finishes with its step count and final loss. The training function builds its model, its `nega.trainer.MethodTrainer` subclass and
+or (saved folder, log history, counts): counts the training measured, for the stage's manifest.
+
+Rank 0 writes `train_log.json` ({"folder", "history", "counts"}); the stage draws `training_curve.png`
+(the loss, learning rate, gradient norm and the method's own metrics per logged step; at least
+MIN_CURVE_POINTS of them, see `logging_interval`) and finishes with its step count and final loss. The
+training function builds its model, its `nega.trainer.MethodTrainer` subclass and
 `training_arguments`, and calls `trainer.fit(...)`, which trains (resuming from the last checkpoint in
 `<stage>/checkpoints`) and saves the adapter (`adapter/`) or full model (`model/`).
 
@@ -79,14 +82,16 @@ def train_stage(
         run.launcher.run(
             "nega.training:train_on_rank", kwargs, stage.dir, needs_launcher=recipe.train.deepspeed.stage > 0
         )
-        history = read_json(stage.dir / TRAIN_LOG)["history"]
+        log = read_json(stage.dir / TRAIN_LOG)
+        history = log["history"]
         losses = [h["loss"] for h in history if "loss" in h]
         steps = max((h.get("step", 0) for h in history), default=0)
         final = losses[-1] if losses else None
         from nega.eval.report import training_curve
 
         training_curve(stage.dir / CURVE, history, f"{run.recipe.name}: {name}")
-        stage.finish(counts={"examples": n_examples, "steps": steps, "final_loss": final, **(counts or {})})
+        counts = {**log.get("counts", {}), **(counts or {})}
+        stage.finish(counts={"examples": n_examples, "steps": steps, "final_loss": final, **counts})
     return stage, str(trained_folder(stage.dir))
 
 
@@ -115,12 +120,17 @@ def train_on_rank(
     module, function = train.split(":")
     fit = getattr(importlib.import_module(module), function)
     output = Path(output_dir)
-    folder, history = fit(
+    folder, history, *measured = fit(
         validate_recipe(recipe), model_path, read_jsonl(Path(examples)), output, **arguments
     )
     if is_main_process():
         # The trained folder's name inside the stage, not its path: the run folder may move.
-        write_json(output / TRAIN_LOG, {"folder": Path(folder).name, "history": history})
+        log = {
+            "folder": Path(folder).name,
+            "history": history,
+            **({"counts": measured[0]} if measured else {}),
+        }
+        write_json(output / TRAIN_LOG, log)
 
 
 def training_arguments(train_cfg, output_dir: Path, *, seed: int = 0, **overrides):

@@ -245,6 +245,22 @@ def sample_self_negatives(
     return rows
 
 
+def merge_sampled(batches: list[list[dict]]) -> list[dict]:
+    """Rows of several `sample_self_negatives` calls as one row per input id: its texts (with their
+    token ids and finish reasons) in call order; inputs in order of first appearance."""
+    merged: dict[str, dict] = {}
+    for rows in batches:
+        for row in rows:
+            into = merged.setdefault(
+                row["id"], {"id": row["id"], "texts": [], "token_ids": [], "finish_reasons": []}
+            )
+            n = len(row["texts"])
+            into["texts"] += row["texts"]
+            into["token_ids"] += row.get("token_ids") or [None] * n
+            into["finish_reasons"] += row.get("finish_reasons") or ["stop"] * n
+    return list(merged.values())
+
+
 def with_negatives(examples: list[dict], sampled: list[dict]) -> list[dict]:
     """Copies of `examples` whose S_neg also holds the sampled rationales (rows of `sample_self_negatives`),
     with `negatives_eos` saying which negatives ended on their own (a row without finish reasons:

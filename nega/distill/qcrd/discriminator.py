@@ -9,10 +9,11 @@ Two backbones (`qcrd.disc_backbone`), both built locally, nothing downloaded:
   pooled, with a linear head. Cheap; enough for short rationales.
 
 Training (`fit`): binary cross-entropy, S_pos labelled 1 and S_neg labelled 0, for `steps` batches
-(default 500, docs/methods.md#qcrd). The minority class is first topped up to the majority's size with copies
-whose words are masked or replaced at random (word-mask / word-replace augmentation), so D is not
-merely the class prior. Re-training every `qcrd.disc_every` epochs continues from the current weights
-on that epoch's data.
+(default 500, docs/methods.md#qcrd). Classes are balanced so that D is not merely the class prior,
+without teaching it that a corrupted rationale is good: copies of positives with words masked or
+replaced at random are negatives, made only while negatives are the fewer, and the loss weighs each
+class by the inverse of its count (`training_set`). Re-training every `qcrd.disc_every` epochs
+continues from the current weights on fresh data.
 
 Scores are cross-fitted (`cross_fitted_scores`): the inputs are split into `qcrd.disc_folds` folds
 by a hash of their id, fixed for the whole run; discriminator k trains on every fold but k and scores
@@ -59,31 +60,38 @@ def word_replace(text: str, rng: random.Random, rate: float, vocabulary: list[st
     return " ".join(words)
 
 
-def balance_classes(
+def training_set(
     positives: list[Pair],
     negatives: list[Pair],
     rng: random.Random,
     *,
     rate: float = 0.15,
     mask_token: str = "<mask>",
-) -> tuple[list[Pair], list[Pair]]:
-    """Both classes at the size of the larger one: the smaller gets augmented copies of its own pairs.
+) -> tuple[list[tuple[Pair, float]], dict[str, float]]:
+    """The discriminator's labelled pairs and the weight of each class, so both classes weigh alike.
 
-    Copies alternate word-mask and word-replace; replacement words come from all rationales given.
+    Augmentation only ever yields the label it is sure of: a positive with words masked or replaced is
+    no longer a rationale the teacher agreed on, so its copies are NEGATIVES (label 0). When negatives
+    are the minority, corrupted copies of positives (alternately word-masked and word-replaced) top
+    them up to the positives' count; when positives are the minority nothing is made up for them.
+    What imbalance remains is evened out by the loss: each class's weight is total / (2 · its count),
+    so the positives and the negatives contribute equally (docs/methods.md#qcrd).
+
+    Returns ([((question, rationale), label)], {"positive": w1, "negative": w0}).
     """
-    vocabulary = sorted({w for _, r in positives + negatives for w in r.split()})
-    small, large = (positives, negatives) if len(positives) < len(negatives) else (negatives, positives)
-    if not small:
-        return list(positives), list(negatives)
-    extra = []
-    for k in range(len(large) - len(small)):
-        question, rationale = small[rng.randrange(len(small))]
-        if k % 2 == 0:
-            extra.append((question, word_mask(rationale, rng, rate, mask_token)))
-        else:
-            extra.append((question, word_replace(rationale, rng, rate, vocabulary)))
-    topped = list(small) + extra
-    return (topped, list(large)) if small is positives else (list(large), topped)
+    data = [(p, 1.0) for p in positives] + [(n, 0.0) for n in negatives]
+    if positives and len(negatives) < len(positives):
+        vocabulary = sorted({w for _, r in positives + negatives for w in r.split()})
+        for k in range(len(positives) - len(negatives)):
+            question, rationale = positives[rng.randrange(len(positives))]
+            if k % 2 == 0:
+                corrupted = word_mask(rationale, rng, rate, mask_token)
+            else:
+                corrupted = word_replace(rationale, rng, rate, vocabulary)
+            data.append(((question, corrupted), 0.0))
+    counts = {"positive": sum(y == 1.0 for _, y in data), "negative": sum(y == 0.0 for _, y in data)}
+    weights = {c: len(data) / (2 * n) if n else 0.0 for c, n in counts.items()}
+    return data, weights
 
 
 # ---------------------------------------------------------------- backbones
@@ -249,8 +257,9 @@ class Discriminator:
         augment_rate: float = 0.15,
         description: str = "training the discriminator",
     ) -> dict[str, float]:
-        """`steps` BCE steps on balanced S_pos (1) vs S_neg (0); returns the loss and accuracy of the
-        last quarter of steps (accuracy on the batches as trained, before each step)."""
+        """`steps` class-weighted BCE steps on S_pos (1) vs S_neg and corrupted positives (0) (`training_set`);
+        returns the loss and accuracy of the last quarter of steps (accuracy on the batches as trained,
+        before each step), the class counts and the class weights."""
         from nega.progress import progress_bar
 
         if not positives or not negatives:
@@ -259,8 +268,9 @@ class Discriminator:
                 "negative rationales; check qcrd.consistency and the teacher's rationales"
             )
         rng = random.Random(seed)
-        pos, neg = balance_classes(positives, negatives, rng, rate=augment_rate, mask_token=self.mask_token)
-        data = [(p, 1.0) for p in pos] + [(n, 0.0) for n in neg]
+        data, class_weight = training_set(
+            positives, negatives, rng, rate=augment_rate, mask_token=self.mask_token
+        )
         order: list[int] = []
         tail = max(1, steps // 4)
         losses, correct, seen = [], 0, 0
@@ -275,8 +285,9 @@ class Discriminator:
                 del order[:batch_size]
                 ids, attention = self._batch([pair for pair, _ in chosen])
                 targets = torch.tensor([y for _, y in chosen], device=self.device)
+                weight = targets * class_weight["positive"] + (1 - targets) * class_weight["negative"]
                 logits = self.module(ids, attention).float()
-                loss = nn.functional.binary_cross_entropy_with_logits(logits, targets)
+                loss = nn.functional.binary_cross_entropy_with_logits(logits, targets, weight=weight)
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(self.module.parameters(), 1.0)
                 self.optimizer.step()
@@ -292,7 +303,10 @@ class Discriminator:
             "accuracy": correct / max(1, seen),
             "positives": float(len(positives)),
             "negatives": float(len(negatives)),
-            "augmented": float(len(pos) + len(neg) - len(positives) - len(negatives)),
+            # corrupted copies of positives, all labelled negative
+            "augmented": float(len(data) - len(positives) - len(negatives)),
+            "weight_positive": class_weight["positive"],
+            "weight_negative": class_weight["negative"],
         }
 
     @torch.no_grad()
@@ -369,6 +383,7 @@ def cross_fitted_scores(
     *,
     train: bool,
     steps: int,
+    fit_examples: list[dict] | None = None,
     batch_size: int = 32,
     seed: int = 0,
     fold_seed: int = 0,
@@ -376,18 +391,20 @@ def cross_fitted_scores(
     description: str = "training the discriminator",
 ) -> tuple[list[dict], list[dict]]:
     """`examples` with pos_scores / neg_scores, each input scored by the discriminator that did not
-    train on it (module docstring), and per discriminator its fit statistics (`train`: fit first).
+    train on it (module docstring), and per discriminator its fit statistics (`train`: fit first, on
+    `fit_examples`, default `examples`; discriminator k on those outside fold k).
 
-    Each fit's statistics gain `held_out_accuracy`: the share of its fold's rationales on the side
-    of 0.5 their self-consistency label puts them (positives above, negatives below).
+    Each fit's statistics gain `held_out_accuracy`: the share of its fold's rationales (of `examples`)
+    on the side of 0.5 their self-consistency label puts them (positives above, negatives below).
     """
     folds = len(discriminators)
+    fit_examples = examples if fit_examples is None else fit_examples
     assignment = [fold_of(e, folds, fold_seed) for e in examples]
     scored: list[dict | None] = [None] * len(examples)
     stats = []
     for k, disc in enumerate(discriminators):
         held = [i for i, f in enumerate(assignment) if f == k]
-        fitting = [e for e, f in zip(examples, assignment, strict=True) if f != k or folds == 1]
+        fitting = [e for e in fit_examples if folds == 1 or fold_of(e, folds, fold_seed) != k]
         fit = {}
         if train:
             positives, negatives = (

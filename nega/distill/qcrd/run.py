@@ -4,13 +4,15 @@ Stages, top to bottom (docs/methods.md#qcrd):
 
     toy-model        the starting student (toy recipes only; else the hub id / folder)
     teacher          teacher rationales (sampled 5× at T=0.7, or read from data) -> S_pos / S_neg
-    per objective, per epoch e:
-      e<k>-negatives       1 rationale per input at T=1.5 from the student `qcrd.lag` epochs back
-                           (the lag queue; epoch 0 = the starting student), added to S_neg
-      e<k>-discriminator   (qcrd only) pre-train D on S_pos vs S_neg at e=0, re-train every
-                           `disc_every` epochs, and score every rationale of the epoch with
-                           the D of the other folds (cross-fitted: `disc_folds` discriminators)
-      e<k>-train           one epoch of the loss below, α3 = α3·0.9^e
+    per objective, per period p (`qcrd.negatives_every_steps` optimizer steps; `schedule.py`):
+      p<k>-negatives       1 rationale per input the period trains on, at T=1.5, from the student
+                           `qcrd.lag` periods back (clipped to the starting student), added to S_neg
+      p<k>-discriminator   (qcrd only) pre-train D at p=0 and re-train it at the first period of every
+                           `disc_every`-th epoch, on every input's S_pos vs S_neg plus the negatives
+                           sampled since the last fit; score the period's rationales with the D of the
+                           other folds (cross-fitted: `disc_folds` discriminators)
+      p<k>-train           the period's optimizer steps of the loss below, α3 = α3·0.9^p, continuing
+                           the previous period's adapter and optimizer
     eval             label accuracy (`predict:` greedy) and, on toy worlds, rationale quality
                      (`explain:` greedy, the world's oracle) for the start and every objective
 
@@ -22,17 +24,22 @@ Loss (mean token CE of the response; r* the easiest positive, r⁻ the hardest n
 Baselines on the same data and optimizer steps (`qcrd.baselines`): label_only, step_by_step
 (α·label + (1−α)·mean positive CE), qcrd_no_disc (D ≡ 1 on positives, ≡ 0 on negatives).
 
+Each training stage records in its manifest counts and its training log the share of rows whose hinge
+was active (δ − CE(r⁻) > 0), the hardest negative's mean CE, and the step of the lagged checkpoint.
+
 Deviations from the paper:
 - The student is a causal LM with LoRA; `predict: ` / `explain: ` prefix the user turn of its chat
   template (the paper trains T5 encoder-decoders with input prefixes).
-- S_neg of epoch e = the teacher's inconsistent rationales + that epoch's self-adversarial sample;
-  samples of earlier epochs are not kept (the paper does not say).
-- Each epoch is a separate Trainer started from the previous adapter (sampling and training never share
-  a process): the LR schedule spans all epochs, the optimizer moments restart every epoch.
-  `train.max_steps` caps the steps of each epoch. With `lora.enabled: false` (the toy recipe) each
-  epoch's checkpoint is a full model folder, sampled and evaluated as a model of its own.
+- S_neg of a period = the teacher's inconsistent rationales + that period's self-adversarial sample;
+  samples of earlier periods are not kept for the student's loss (the paper does not say).
+- Each period is a separate Trainer started from the previous adapter and optimizer state (sampling
+  and training never share a process); the LR schedule spans all periods. `train.max_steps` caps the
+  steps of each epoch. Under DeepSpeed the optimizer's moments restart every period. With
+  `lora.enabled: false` (the toy recipe) each period's checkpoint is a full model folder, sampled and
+  evaluated as a model of its own.
 - The discriminator is the student's own base model with LoRA and a pooled head, or a tiny encoder
-  trained from scratch; re-training continues from the last weights for `disc_steps` steps.
+  trained from scratch; re-training continues from the last weights for `disc_steps` steps. Its classes
+  are balanced by class weights; corrupted (word-masked or word-replaced) positives are negatives.
 - Scores are cross-fitted (the paper does not say): the inputs are split into `qcrd.disc_folds`
   folds (default 2), and each rationale is scored by a discriminator trained on the other folds, so
   D's score is its judgement of an unseen rationale, not a memory of its self-consistency label.
@@ -49,7 +56,8 @@ import warnings
 from pathlib import Path
 
 from nega.distill.qcrd import data
-from nega.distill.qcrd.trainer import LagQueue, sampling_target, uses_negatives
+from nega.distill.qcrd.schedule import PeriodSchedule, lag_warning
+from nega.distill.qcrd.trainer import OPTIMIZER_STATE, sampling_target, uses_negatives
 from nega.eval.stage import START_LABEL, EvalTarget, PromptSet, evaluate, trained_target
 from nega.pipeline import Run, read_jsonl, write_jsonl
 from nega.stages import base_model, write_report
@@ -73,9 +81,13 @@ def run(recipe, run: Run) -> dict[str, dict[str, float]]:
     upstream = [model_stage] if model_stage is not None else []
     teacher = teacher_stage(run, recipe, upstream)
     examples = read_jsonl(teacher.dir / "examples.jsonl")
+    schedule = PeriodSchedule.of(recipe, len(examples), epochs, run.launcher.topology.world_size)
+    warning = lag_warning(recipe.qcrd.lag, recipe.qcrd.negatives_every_steps, schedule.total_steps)
+    if warning:
+        warnings.warn(warning, stacklevel=2)
     targets = [EvalTarget(START_LABEL, model_path)] if recipe.eval.before else []
     for objective in dict.fromkeys([recipe.qcrd.objective, *recipe.qcrd.baselines]):
-        student = train_student(run, recipe, objective, model_path, examples, epochs, [*upstream, teacher])
+        student = train_student(run, recipe, objective, model_path, examples, schedule, [*upstream, teacher])
         targets.append(trained_target(objective, model_path, student, recipe.lora))
         if objective == recipe.qcrd.objective:
             run.record_result(objective, model_path, student)
@@ -97,7 +109,7 @@ def run(recipe, run: Run) -> dict[str, dict[str, float]]:
 def whole_epochs(epochs: float) -> int:
     if epochs != int(epochs):
         raise ValueError(
-            f"train.epochs must be a whole number for qcrd (negatives are drawn per epoch), got {epochs}"
+            f"train.epochs must be a whole number for qcrd (each epoch trains on every input), got {epochs}"
         )
     return int(epochs)
 
@@ -134,85 +146,123 @@ def teacher_stage(run: Run, recipe, upstream: list):
 
 
 def train_student(
-    run: Run, recipe, objective: str, model_path: str, examples: list[dict], epochs: int, upstream: list
-):
-    """`epochs` epochs of `objective`, each with fresh negatives and scores; returns the last adapter folder."""
-    queue = LagQueue(recipe.qcrd.lag)
-    queue.push(0, None)  # index 0 = the starting student
-    adapter, last_train, disc = None, None, None
-    for epoch in range(epochs):
+    run: Run, recipe, objective: str, model_path: str, examples: list[dict], schedule: PeriodSchedule,
+    upstream: list,
+):  # fmt: skip
+    """`objective` trained period by period, each with fresh negatives from the lagged student and fresh
+    scores; returns the last adapter (or model) folder."""
+    checkpoints: list[str | None] = [None]  # checkpoint p: the student at the start of period p
+    last_train, disc_weights, unfitted = None, None, []
+    for period in range(schedule.periods):
+        steps = schedule.steps(period)
+        rows = [examples[i] for i in schedule.rows(period)]
+        period_examples = list({e["id"]: e for e in rows}.values())
         inputs = [*upstream, *filter(None, [last_train])]
-        epoch_examples = examples
+        source = schedule.source(period)
         if uses_negatives(objective):
-            _, source = queue.for_epoch(epoch)
-            negatives = negatives_stage(
-                run, recipe, f"{objective}-e{epoch}-negatives", model_path, source, examples, epoch, inputs
+            negatives = negatives_stage(run, recipe, f"{objective}-p{period}-negatives", model_path,
+                                        checkpoints[source], schedule, period, period_examples, inputs)  # fmt: skip
+            period_examples = data.with_negatives(
+                period_examples, read_jsonl(negatives.dir / "negatives.jsonl")
             )
-            epoch_examples = data.with_negatives(examples, read_jsonl(negatives.dir / "negatives.jsonl"))
             inputs.append(negatives)
+            unfitted.append(negatives)
         if objective == "qcrd":
-            disc = discriminator_stage(run, recipe, epoch, model_path, epoch_examples, disc, inputs)
-            epoch_examples = read_jsonl(disc.dir / "examples.jsonl")
+            refit = schedule.refits_discriminator(period, recipe.qcrd.disc_every)
+            disc = discriminator_stage(run, recipe, period, model_path, period_examples, examples,
+                                       unfitted if refit else None, disc_weights, inputs)  # fmt: skip
+            if refit:
+                disc_weights, unfitted = disc, []
+            period_examples = read_jsonl(disc.dir / "examples.jsonl")
             inputs.append(disc)
-        config = {"objective": objective, "epoch": epoch, "epochs": epochs,
+        by_id = {e["id"]: e for e in period_examples}
+        config = {"objective": objective, "seed": recipe.seed, "schedule": schedule_key(schedule, period),
                   "qcrd": recipe.qcrd.model_dump(include=LOSS_FIELDS)}  # fmt: skip
+        previous = checkpoints[-1]
+        optimizer = Path(last_train.dir) / OPTIMIZER_STATE if last_train is not None else None
         last_train, adapter = train_stage(
-            run, f"{objective}-e{epoch}-train", "nega.distill.qcrd.trainer:train_epoch", model_path=model_path,
-            examples=epoch_examples, config=config, inputs=inputs, counts={"epoch": epoch},
-            objective=objective, epoch=epoch, epochs=epochs, adapter=adapter,
+            run, f"{objective}-p{period}-train", "nega.distill.qcrd.trainer:train_period", model_path=model_path,
+            examples=[by_id[e["id"]] for e in rows], config=config, inputs=inputs, objective=objective,
+            period=period, steps=len(steps), first_step=steps.start, total_steps=schedule.total_steps,
+            source_step=schedule.checkpoint_step(source) if uses_negatives(objective) else None,
+            adapter=previous, optimizer_state=str(optimizer) if optimizer and optimizer.exists() else None,
         )  # fmt: skip
-        queue.push(epoch + 1, adapter)
-    return adapter
+        checkpoints.append(adapter)
+    return checkpoints[-1]
+
+
+def schedule_key(schedule: PeriodSchedule, period: int) -> dict:
+    """What fixes a period's rows and steps, for the hashes of its stages."""
+    steps = schedule.steps(period)
+    return {"period": period, "steps": [steps.start, steps.stop], "total_steps": schedule.total_steps,
+            "per_step": schedule.per_step, "steps_per_epoch": schedule.steps_per_epoch}  # fmt: skip
 
 
 def negatives_stage(
-    run: Run, recipe, name: str, model_path: str, source, examples: list[dict], epoch: int, inputs: list
-):
-    """One self-adversarial rationale per input at `negative_temperature` from the lagged student `source`."""
+    run: Run, recipe, name: str, model_path: str, checkpoint: str | None, schedule: PeriodSchedule,
+    period: int, examples: list[dict], inputs: list,
+):  # fmt: skip
+    """One self-adversarial rationale per input of `period` at `negative_temperature` from the lagged
+    student `checkpoint` (None = the starting student); the manifest records which and its step."""
+    source = schedule.source(period)
     config = {
         "temperature": recipe.qcrd.negative_temperature,
         "sampling": recipe.sampling.model_dump(),
-        "epoch": epoch,
+        "seed": recipe.seed,
+        "schedule": schedule_key(schedule, period),
+        "source_checkpoint": source,
     }
-    stage = run.stage(name, config=config, inputs=[*inputs, source or "starting student"])
+    stage = run.stage(name, config=config, inputs=[*inputs, checkpoint or "starting student"])
     if stage.done:
         return stage
     from nega.sampling import make_sampler
 
-    target, adapter = sampling_target(model_path, source, recipe.lora)
+    target, adapter = sampling_target(model_path, checkpoint, recipe.lora)
     sampler = make_sampler(target, recipe.sampling, max_lora_rank=recipe.lora.r, adapters=adapter is not None)
+    lagged = f"period {period}, the student of step {schedule.checkpoint_step(source)}"
     try:
         rows = data.sample_self_negatives(
             sampler, examples, adapter=adapter, temperature=recipe.qcrd.negative_temperature,
-            top_p=recipe.sampling.top_p, max_tokens=recipe.sampling.max_tokens, seed=recipe.seed * 1000 + epoch,
-            description=f"self-adversarial negatives (epoch {epoch})",
+            top_p=recipe.sampling.top_p, max_tokens=recipe.sampling.max_tokens, seed=recipe.seed * 1000 + period,
+            description=f"self-adversarial negatives ({lagged})",
         )  # fmt: skip
     finally:
         sampler.close()
     write_jsonl(stage.dir / "negatives.jsonl", rows)
-    return stage.finish(counts={"negatives": sum(len(r["texts"]) for r in rows)}, source=source or "start")
+    counts = {"negatives": sum(len(r["texts"]) for r in rows), "period": period,
+              "source_checkpoint": source, "source_step": schedule.checkpoint_step(source)}  # fmt: skip
+    return stage.finish(counts=counts, source=checkpoint or "start")
 
 
 def discriminator_stage(
-    run: Run, recipe, epoch: int, model_path: str, examples: list[dict], previous, inputs: list
-):
-    """Pre-train the discriminators (epoch 0) or re-train them (every `disc_every` epochs) on this
-    epoch's S_pos vs S_neg, one per fold, then score every rationale with the discriminator that did
-    not train on its input (cross-fitting): examples.jsonl gains pos_scores / neg_scores."""
+    run: Run, recipe, period: int, model_path: str, examples: list[dict], all_examples: list[dict],
+    fresh: list | None, previous, inputs: list,
+):  # fmt: skip
+    """Score the rationales of `period`'s inputs (`examples`), each with the discriminator of the other
+    folds (cross-fitting): examples.jsonl gains pos_scores / neg_scores. With `fresh` (the negatives
+    stages since the last fit) the discriminators are first pre-trained (period 0) or re-trained on every
+    input's S_pos vs S_neg (`all_examples`) plus those self-adversarial negatives, and saved here;
+    without, they are the ones `previous` saved."""
     from nega.distill.qcrd.discriminator import Discriminator, cross_fitted_scores
     from nega.models import load_tokenizer
 
     cfg = recipe.qcrd
-    due = epoch % cfg.disc_every == 0
+    trains = fresh is not None
     config = {
-        "epoch": epoch,
-        "trains": due,
+        "period": period,
+        "trains": trains,
         "weights": "safetensors",  # was a torch pickle: discriminator stages of older runs rerun
+        "balance": "class weights, corrupted positives negative",
         **cfg.model_dump(include={f for f in type(cfg).model_fields if f.startswith("disc_")}),
     }
-    stage = run.stage(f"qcrd-e{epoch}-discriminator", config=config, inputs=inputs)
+    stage = run.stage(f"qcrd-p{period}-discriminator", config=config,
+                      inputs=[*inputs, *(fresh or []), *filter(None, [previous])])  # fmt: skip
     if stage.done:
         return stage
+    fit_examples = None
+    if trains:
+        sampled = data.merge_sampled([read_jsonl(s.dir / "negatives.jsonl") for s in fresh])
+        fit_examples = data.with_negatives(all_examples, sampled)
     tokenizer = load_tokenizer(model_path, recipe.model)
     discriminators = []
     for k in range(cfg.disc_folds):
@@ -221,14 +271,16 @@ def discriminator_stage(
         if previous is not None:
             disc.load(Path(previous.dir) / f"discriminator-fold{k}.safetensors")
         discriminators.append(disc)
-    scored, fits = cross_fitted_scores(discriminators, examples, train=due, steps=cfg.disc_steps,
-                                       batch_size=cfg.disc_batch_size, seed=recipe.seed + epoch,
-                                       fold_seed=recipe.seed, augment_rate=cfg.disc_augment_rate,
-                                       description=f"discriminator (epoch {epoch})")  # fmt: skip
-    for k, disc in enumerate(discriminators):
-        disc.save(stage.dir / f"discriminator-fold{k}.safetensors")
+    scored, fits = cross_fitted_scores(discriminators, examples, train=trains, fit_examples=fit_examples,
+                                       steps=cfg.disc_steps, batch_size=cfg.disc_batch_size,
+                                       seed=recipe.seed + period, fold_seed=recipe.seed,
+                                       augment_rate=cfg.disc_augment_rate,
+                                       description=f"discriminator (period {period})")  # fmt: skip
+    if trains:
+        for k, disc in enumerate(discriminators):
+            disc.save(stage.dir / f"discriminator-fold{k}.safetensors")
     write_jsonl(stage.dir / "examples.jsonl", scored)
-    return stage.finish(counts={"examples": len(examples)}, fit=fits)
+    return stage.finish(counts={"examples": len(examples), "trained": int(trains)}, fit=fits)
 
 
 def student_set(

@@ -1,16 +1,19 @@
-"""QCRD training: one epoch per call, a Trainer whose loss is `loss.py`, and the lagged-checkpoint queue.
+"""QCRD training: one period of optimizer steps per call, a Trainer whose loss is `loss.py`.
 
-Each epoch is its own stage (its negatives and discriminator scores are made between epochs, by a
-sampler that never shares the training process), so every epoch starts a Trainer from the previous
-epoch's adapter. The learning-rate schedule still spans the whole run: epoch e's scheduler starts at
-global step e·steps_per_epoch of one warmup + decay over all epochs. The optimizer's moments restart
-each epoch.
+Each period is its own stage (its negatives and discriminator scores are made between periods, by a
+sampler that never shares the training process), so every period starts a Trainer from the previous
+period's adapter and optimizer state (`optimizer.pt`, saved at the end of each period; under DeepSpeed,
+whose optimizer is sharded, the moments restart each period). The learning-rate schedule spans the whole
+run: period p's scheduler starts at its first global step of one warmup + decay over all steps. The
+rows of each step come from the run's schedule (`nega.distill.qcrd.schedule`), in order: the Trainer
+does not shuffle them again.
 """
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
+
+import torch
 
 from nega.distill.qcrd.loss import (
     label_only_loss,
@@ -19,34 +22,12 @@ from nega.distill.qcrd.loss import (
     qcrd_no_disc_loss,
     step_by_step_loss,
 )
+from nega.distill.qcrd.schedule import steps_per_epoch
 from nega.trainer import MethodTrainer
 
+__all__ = ["OBJECTIVES", "QCRDTrainer", "loss_weights", "steps_per_epoch", "train_period", "uses_negatives"]
 
-class LagQueue:
-    """Student checkpoints by epoch index: index e = the student at the start of epoch e (0 = the start).
-
-    `for_epoch(e)` is the checkpoint `lag` epochs back, clipped to the oldest kept; only the newest
-    lag + 1 are kept, since nothing older can be asked for.
-    """
-
-    def __init__(self, lag: int):
-        if lag < 1:
-            raise ValueError(f"qcrd.lag must be >= 1, got {lag}")
-        self.lag = lag
-        self.items: dict[int, str | None] = {}
-
-    def push(self, index: int, checkpoint: str | None) -> None:
-        self.items[index] = checkpoint
-        for old in [i for i in self.items if i < index - self.lag]:
-            del self.items[old]
-
-    def for_epoch(self, epoch: int) -> tuple[int, str | None]:
-        """(index, checkpoint) of the student `lag` epochs before `epoch`, clipped to the oldest kept."""
-        if not self.items:
-            raise ValueError("the checkpoint queue is empty; push the starting student (index 0) first")
-        index = max(epoch - self.lag, min(self.items))
-        return index, self.items[index]
-
+OPTIMIZER_STATE = "optimizer.pt"  # a period's optimizer state, where the next period continues from
 
 QCRD_WEIGHTS = ("alpha1", "alpha2", "alpha3", "delta")
 
@@ -96,11 +77,14 @@ class QCRDTrainer(MethodTrainer):
     averaged per logging interval as `<objective>/<metric>`).
 
     One forward over every stacked sequence gives each one's mean token CE; `loss.py` does the rest.
-    `schedule_offset` / `schedule_total` place this epoch inside the run-wide LR schedule.
+    `schedule_offset` / `schedule_total` place this period inside the run-wide LR schedule;
+    `optimizer_state` (a previous period's `optimizer.pt`) is where the optimizer's moments continue
+    from. Rows are taken in the dataset's order. `negative_totals` sums, over the rows with negatives,
+    whether the hinge was active and the hardest negative's CE (`period_statistics`).
     """
 
     def __init__(self, *args, objective: str = "qcrd", weights: dict | None = None, schedule_offset: int = 0,
-                 schedule_total: int | None = None, **kwargs):  # fmt: skip
+                 schedule_total: int | None = None, optimizer_state: str | None = None, **kwargs):  # fmt: skip
         if objective not in OBJECTIVES:
             raise ValueError(
                 f"qcrd.objective {objective!r} is unknown; choose one of {', '.join(OBJECTIVES)}"
@@ -111,6 +95,8 @@ class QCRDTrainer(MethodTrainer):
         self.weights = dict(weights or {})
         self.schedule_offset = schedule_offset
         self.schedule_total = schedule_total
+        self.optimizer_state = optimizer_state
+        self.negative_totals = {"rows": 0.0, "hinge_active": 0.0, "hard_negative_ce": 0.0}
 
     def loss_and_metrics(self, model, inputs):
         logits = model(
@@ -118,9 +104,54 @@ class QCRDTrainer(MethodTrainer):
         ).logits
         ce = mean_token_ce(logits, inputs["input_ids"], inputs["response_mask"])
         n = int(inputs["n_labels"])
-        return self.objective_fn(
+        loss, metrics = self.objective_fn(
             inputs, ce[:n], ce[inputs["pos_index"]], ce[inputs["neg_index"]], self.weights
         )
+        if "hinge_active" in metrics and model.training:
+            # The loss reports means over the rows that have a negative; weigh them back into sums.
+            rows = float(inputs["neg_mask"].bool().any(dim=-1).sum())
+            self.negative_totals["rows"] += rows
+            self.negative_totals["hinge_active"] += rows * metrics["hinge_active"]
+            self.negative_totals["hard_negative_ce"] += rows * metrics["neg_ce"]
+        return loss, metrics
+
+    def period_statistics(self) -> dict[str, float]:
+        """Over every row with a negative trained on (all ranks): the share whose hinge was active
+        (δ − CE(r⁻) > 0) and the mean CE of its hardest negative r⁻. Empty for objectives without negatives."""
+        totals = torch.tensor(
+            [self.negative_totals[k] for k in ("rows", "hinge_active", "hard_negative_ce")],
+            dtype=torch.float64,
+            device=self.args.device,
+        )
+        totals = self.accelerator.reduce(totals, reduction="sum").tolist()
+        if totals[0] == 0:
+            return {}
+        return {"hinge_active": totals[1] / totals[0], "hard_negative_ce": totals[2] / totals[0]}
+
+    def _get_train_sampler(self, train_dataset=None):
+        # The run's schedule already shuffled the rows and cut them into steps.
+        return torch.utils.data.SequentialSampler(
+            train_dataset if train_dataset is not None else self.train_dataset
+        )
+
+    def create_optimizer(self, model=None):
+        fresh = self.optimizer is None
+        optimizer = super().create_optimizer(model)
+        if fresh and self.optimizer_state is not None and not self.is_deepspeed_enabled:
+            # Adam's moments carry over from the previous period; a checkpoint of this period, when
+            # resuming, overrides them afterwards.
+            optimizer.load_state_dict(torch.load(self.optimizer_state, map_location="cpu", weights_only=True))
+        return optimizer
+
+    def save_optimizer_state(self, folder: Path) -> Path | None:
+        """The optimizer's state as `<folder>/optimizer.pt` for the next period (rank 0; not under DeepSpeed)."""
+        if self.is_deepspeed_enabled or not self.is_world_process_zero():
+            return None
+        path = Path(folder) / OPTIMIZER_STATE
+        tmp = path.with_name(f".{path.name}.tmp")
+        torch.save(self.optimizer.state_dict(), tmp)
+        tmp.replace(path)
+        return path
 
     def create_scheduler(self, num_training_steps, optimizer=None):
         if self.lr_scheduler is None:
@@ -138,43 +169,41 @@ class QCRDTrainer(MethodTrainer):
         return self.lr_scheduler
 
 
-def steps_per_epoch(n_examples: int, train_cfg, world_size: int = 1) -> int:
-    """Optimizer steps that see every example once (train.max_steps caps it)."""
-    per_step = train_cfg.batch_size * train_cfg.grad_accum * world_size
-    steps = max(1, math.ceil(n_examples / per_step))
-    return min(steps, train_cfg.max_steps) if train_cfg.max_steps else steps
-
-
-def loss_weights(qcrd_cfg, epoch: int) -> dict:
-    """Every objective's weights for 0-based `epoch` (α3 decayed per epoch)."""
+def loss_weights(qcrd_cfg, period: int) -> dict:
+    """Every objective's weights for 0-based `period` (α3 ← decay·α3 once per period)."""
     from nega.distill.qcrd.loss import alpha3_at
 
     return {
         "alpha1": qcrd_cfg.alpha1,
         "alpha2": qcrd_cfg.alpha2,
-        "alpha3": alpha3_at(epoch, qcrd_cfg.alpha3, qcrd_cfg.alpha3_decay),
+        "alpha3": alpha3_at(period, qcrd_cfg.alpha3, qcrd_cfg.alpha3_decay),
         "delta": qcrd_cfg.delta,
         "step_by_step_alpha": qcrd_cfg.step_by_step_alpha,
     }
 
 
-def train_epoch(
+def train_period(
     recipe,
     model_path: str,
     examples: list[dict],
     output_dir,
     *,
     objective: str,
-    epoch: int,
-    epochs: int,
+    period: int,
+    steps: int,
+    first_step: int,
+    total_steps: int,
+    source_step: int | None = None,
     adapter: str | None = None,
-) -> tuple[str, list[dict]]:
-    """Train the student one epoch on `examples` from `adapter` (None = a fresh LoRA) and save it to
-    `<output_dir>/adapter`; returns (that folder, log history). With `lora.enabled: false`, `adapter` is
-    the previous epoch's full model folder and the result goes to `<output_dir>/model`. The training
-    function of the <objective>-e<k>-train stages (`nega.training.train_stage`)."""
+    optimizer_state: str | None = None,
+) -> tuple[str, list[dict], dict]:
+    """Train the student `steps` optimizer steps (global steps first_step.. of total_steps) on `examples`,
+    the period's rows in step order, from `adapter` (None = a fresh LoRA) and `optimizer_state` (None = a
+    fresh optimizer); save it to `<output_dir>/adapter` with `optimizer.pt` beside. With
+    `lora.enabled: false`, `adapter` is the previous period's full model folder and the result goes to
+    `<output_dir>/model`. Returns (that folder, log history, the period's counts for its manifest). The
+    training function of the <objective>-p<k>-train stages (`nega.training.train_stage`)."""
     from nega.distill.qcrd.data import MultiTaskCollator
-    from nega.launch import world_size
     from nega.models import load_policy
     from nega.training import trained_folder_name, training_arguments
 
@@ -185,11 +214,11 @@ def train_epoch(
         )
     else:
         model, tokenizer = load_policy(adapter or model_path, recipe.model, recipe.lora, seed=recipe.seed)
-    per_epoch = steps_per_epoch(len(examples), recipe.train, world_size())
     args = training_arguments(
-        recipe.train, output_dir / "checkpoints", seed=recipe.seed + epoch, max_steps=per_epoch
+        recipe.train, output_dir / "checkpoints", seed=recipe.seed + period, max_steps=steps
     )
     _, rationales, negatives = OBJECTIVES[objective]
+    weights = loss_weights(recipe.qcrd, period)
     trainer = QCRDTrainer(
         model=model,
         args=args,
@@ -198,11 +227,20 @@ def train_epoch(
             tokenizer, max_length=recipe.model.max_length, rationales=rationales, negatives=negatives
         ),
         objective=objective,
-        weights=loss_weights(recipe.qcrd, epoch),
-        schedule_offset=epoch * per_epoch,
-        schedule_total=epochs * per_epoch,
+        weights=weights,
+        schedule_offset=first_step,
+        schedule_total=total_steps,
+        optimizer_state=optimizer_state,
     )
-    return trainer.fit(tokenizer, output_dir / trained_folder_name(recipe.lora))
+    folder, _ = trainer.fit(tokenizer, output_dir / trained_folder_name(recipe.lora))
+    trainer.save_optimizer_state(output_dir)
+    counts = {"period": period, "first_step": first_step, "alpha3": weights["alpha3"],
+              **trainer.period_statistics()}  # fmt: skip
+    if source_step is not None:
+        counts["source_step"] = source_step
+    # No "/" in the keys: one value per period, not a curve to draw beside the per-step metrics.
+    trainer.log({f"period_{k}": float(v) for k, v in counts.items()})
+    return folder, [dict(entry) for entry in trainer.state.log_history], counts
 
 
 def sampling_target(model_path: str, checkpoint: str | None, lora_cfg) -> tuple[str, str | None]:

@@ -1,4 +1,4 @@
-"""QCRD discriminator: augmentation, class balance, and learning a separable toy set quickly."""
+"""QCRD discriminator: augmentation, class balance without false positives, learning a separable toy set."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import random
 import pytest
 import torch
 
-from nega.distill.qcrd.discriminator import Discriminator, balance_classes, word_mask, word_replace
+from nega.distill.qcrd.discriminator import Discriminator, training_set, word_mask, word_replace
 
 GOOD = "the weights are stated and the comparison holds so the answer follows".split()
 BAD = "banana purple sideways jumps over nothing while clocks melt quietly".split()
@@ -48,20 +48,59 @@ def test_word_mask_and_replace_change_words_but_keep_length():
     assert sum(a != b for a, b in zip(word_mask(text, rng, 0.0, "M").split(), text.split(), strict=True)) == 1
 
 
-def test_balance_classes_tops_up_the_minority_with_augmented_copies():
+def test_corrupted_positives_are_negatives_and_the_classes_weigh_alike():
+    # One rationale per input with 3 in 4 agreeing with gold (the PaLM files): positives are the majority.
     pos, neg = separable_pairs(40, 10)
-    bpos, bneg = balance_classes(pos, neg, random.Random(0), rate=0.2)
-    assert len(bpos) == len(bneg) == 40
-    assert bpos == pos and bneg[:10] == neg
-    originals = {r for _, r in neg}
-    assert all(r not in originals for _, r in bneg[10:])
-    # with an empty class there is nothing to copy: unchanged
-    assert balance_classes(pos, [], random.Random(0)) == (pos, [])
+    data, weights = training_set(pos, neg, random.Random(0), rate=0.2)
+    labelled = {1.0: [p for p, y in data if y == 1.0], 0.0: [p for p, y in data if y == 0.0]}
+    assert labelled[1.0] == pos  # every positive is a real one, none made up
+    assert labelled[0.0][:10] == neg
+    corrupted = labelled[0.0][10:]
+    assert len(corrupted) == 30 and all(p not in pos for p in corrupted)
+    assert {q for q, _ in corrupted} <= {q for q, _ in pos}  # copies of positives, labelled 0
+    assert weights == {"positive": 1.0, "negative": 1.0}  # 40 vs 40 after augmentation
+
+    # Positives the minority: nothing is made up for them; the loss weighs them up instead.
+    pos, neg = separable_pairs(10, 30)
+    data, weights = training_set(pos, neg, random.Random(0))
+    assert [p for p, y in data if y == 1.0] == pos and [p for p, y in data if y == 0.0] == neg
+    assert weights == {"positive": pytest.approx(2.0), "negative": pytest.approx(40 / 60)}
+    # Effective class mass equal: count × weight is the same for both classes.
+    assert 10 * weights["positive"] == pytest.approx(30 * weights["negative"])
+
+
+def test_fit_never_trains_a_corrupted_rationale_as_good(tokenizer, monkeypatch):
+    """Record every (pair, label, weight) the fit's loss sees under class imbalance."""
+    from nega.distill.qcrd import discriminator as module
+
+    pos, neg = separable_pairs(30, 6, seed=3)
+    seen = []
+    real_bce = torch.nn.functional.binary_cross_entropy_with_logits
+
+    def recording_bce(logits, targets, weight=None):
+        seen.append((targets.tolist(), weight.tolist()))
+        return real_bce(logits, targets, weight=weight)
+
+    disc = Discriminator.build("encoder", tokenizer, seed=0)
+    batches = []
+    real_batch = disc._batch
+    monkeypatch.setattr(disc, "_batch", lambda pairs: batches.append(list(pairs)) or real_batch(pairs))
+    monkeypatch.setattr(module.nn.functional, "binary_cross_entropy_with_logits", recording_bce)
+    metrics = disc.fit(pos, neg, steps=6, batch_size=16, seed=0)
+    originals, corrupted_seen = set(pos), 0
+    for pairs, (targets, weights) in zip(batches, seen, strict=True):
+        for pair, y, w in zip(pairs, targets, weights, strict=True):
+            assert y == 0.0 or pair in originals  # label 1 only for a real positive
+            assert w == pytest.approx(1.0)  # 30 positives vs 6 negatives + 24 corrupted copies
+            corrupted_seen += y == 0.0 and pair not in set(neg)
+    assert corrupted_seen > 0  # the corrupted copies were trained on, as negatives
+    assert metrics["augmented"] == 24
+    assert metrics["weight_positive"] == metrics["weight_negative"] == pytest.approx(1.0)
 
 
 def test_encoder_discriminator_learns_a_separable_set(tokenizer):
     torch.manual_seed(0)
-    pos, neg = separable_pairs(60, 15, seed=1)  # imbalanced: balanced by augmentation
+    pos, neg = separable_pairs(60, 15, seed=1)  # imbalanced: negatives topped up with corrupted positives
     disc = Discriminator.build("encoder", tokenizer, lr=3e-3, seed=0)
     metrics = disc.fit(pos, neg, steps=60, batch_size=16, seed=0)
     held_pos, held_neg = separable_pairs(40, 40, seed=2)

@@ -82,16 +82,17 @@ def test_cqa_recipe_runs_a_few_steps_with_a_tiny_local_student(tmp_path):
         "train.grad_accum=1", "train.lr=1e-2", "train.warmup_ratio=0.0", "lora.r=4", "lora.alpha=8",
         "sampling.backend=hf", "sampling.max_tokens=8",
         "qcrd.disc_steps=3", "qcrd.disc_batch_size=8", "qcrd.eval_limit=6", "qcrd.baselines=[]",
+        "qcrd.negatives_every_steps=2", "qcrd.lag=1",
     ]  # fmt: skip
     recipe = load_recipe("qcrd-cqa", overrides)
     table = run(recipe, Run(recipe, tmp_path / "run"))
     assert set(table) == {"start", "qcrd"}
     assert all(0.0 <= row["accuracy"] <= 1.0 for row in table.values())
     stages = stage_folders(tmp_path / "run")
-    assert set(stages) == {"teacher", "qcrd-e0-negatives", "qcrd-e0-discriminator", "qcrd-e0-train", "eval"}
+    assert set(stages) == {"teacher", "qcrd-p0-negatives", "qcrd-p0-discriminator", "qcrd-p0-train", "eval"}
     teacher = read_json(stages["teacher"] / "manifest.json")["counts"]
     assert teacher["inputs"] == 12 and teacher["positives"] + teacher["negatives"] == 12
-    scored = read_jsonl(stages["qcrd-e0-discriminator"] / "examples.jsonl")
+    scored = read_jsonl(stages["qcrd-p0-discriminator"] / "examples.jsonl")
     assert all(
         len(e["neg_scores"]) == len(e["negatives"]) and len(e["pos_scores"]) == len(e["positives"])
         for e in scored
@@ -101,13 +102,72 @@ def test_cqa_recipe_runs_a_few_steps_with_a_tiny_local_student(tmp_path):
     # Training moved the adapter and lowered the student's label loss on the inputs it trained on.
     from safetensors.torch import load_file
 
-    adapter = stages["qcrd-e0-train"] / "adapter"
+    adapter = stages["qcrd-p0-train"] / "adapter"
     weights = load_file(adapter / "adapter_model.safetensors")
     assert any(t.abs().max() > 0 for name, t in weights.items() if "lora_B" in name)  # B starts at zero
     start, trained = label_loss(student, None, scored), label_loss(student, adapter, scored)
     assert trained < start - 0.05, (start, trained)  # measured: 5.98 -> 5.85
     eval_rows = [json.loads(line) for line in (stages["eval"] / "qcrd.jsonl").read_text().splitlines()]
     assert len(eval_rows) == 6 and all("label" in r for r in eval_rows)
+
+
+def test_negatives_of_the_second_epoch_come_from_the_student_lag_periods_back(tmp_path):
+    """2 epochs of 4 steps, a period of 2 steps, lag 1: periods 2 and 3 (epoch 2) sample the students
+    saved after periods 0 and 1, trained ones; α3 decays per period; each period's training stage
+    records its hinge statistics and the lagged checkpoint's step."""
+    from nega.distill.qcrd.data import parse_step_by_step
+    from nega.distill.qcrd.run import run
+    from nega.pipeline import Run, read_json
+
+    path = shared_data("distill_step_by_step", "cqa", "cqa_train.json")
+    student = tiny_student_for(parse_step_by_step(path)[:40], tmp_path / "student")
+    overrides = [
+        f"data.path={path}", f"model.name={student}", "model.dtype=float32", "model.max_length=128",
+        "train.bf16=false", "data.limit=8", "train.epochs=2", "train.batch_size=2", "train.grad_accum=1",
+        "train.lr=1e-2", "train.warmup_ratio=0.0", "lora.r=4", "lora.alpha=8", "sampling.backend=hf",
+        "sampling.max_tokens=6", "qcrd.disc_backbone=encoder", "qcrd.disc_folds=1", "qcrd.disc_steps=2",
+        "qcrd.eval_limit=2", "qcrd.baselines=[]", "qcrd.negatives_every_steps=2", "qcrd.lag=1",
+        "eval.before=false",
+    ]  # fmt: skip
+    recipe = load_recipe("qcrd-cqa", overrides)
+    run(recipe, Run(recipe, tmp_path / "run"))
+    stages = stage_folders(tmp_path / "run")
+    manifest = {name: read_json(folder / "manifest.json") for name, folder in stages.items()}
+    negatives = [manifest[f"qcrd-p{p}-negatives"] for p in range(4)]
+    # checkpoint k = the student after k periods of 2 steps; period p samples checkpoint p − 1 (≥ 0)
+    assert [n["counts"]["source_checkpoint"] for n in negatives] == [0, 0, 1, 2]
+    assert [n["counts"]["source_step"] for n in negatives] == [0, 0, 2, 4]
+    assert negatives[0]["source"] == negatives[1]["source"] == "start"
+    for p in (2, 3):  # epoch 2: a trained student, exactly one period behind
+        assert negatives[p]["counts"]["source_step"] > 0
+        assert negatives[p]["source"] == f"@run/{stages[f'qcrd-p{p - 2}-train'].name}/adapter"
+    assert "qcrd-p4-negatives" not in manifest  # 8 steps in all
+    train = [manifest[f"qcrd-p{p}-train"]["counts"] for p in range(4)]
+    assert [t["steps"] for t in train] == [2, 2, 2, 2]
+    assert [t["first_step"] for t in train] == [0, 2, 4, 6]
+    assert [t["source_step"] for t in train] == [0, 0, 2, 4]
+    assert [t["alpha3"] for t in train] == pytest.approx([0.5 * 0.9**p for p in range(4)])
+    for t in train:
+        assert 0.0 <= t["hinge_active"] <= 1.0 and t["hard_negative_ce"] > 0
+    log = read_json(stages["qcrd-p3-train"] / "train_log.json")["history"]
+    assert log[-1]["period_source_step"] == 4 and log[-1]["period_hinge_active"] == train[3]["hinge_active"]
+    # The optimizer carries over: every period leaves its state for the next.
+    assert all((stages[f"qcrd-p{p}-train"] / "optimizer.pt").exists() for p in range(4))
+    # Discriminator: fitted at the first period of each epoch, reused in between.
+    assert [manifest[f"qcrd-p{p}-discriminator"]["counts"]["trained"] for p in range(4)] == [1, 0, 1, 0]
+    # Each period trains on the negatives it sampled for exactly its own rows.
+    for p in range(4):
+        rows = [json.loads(line) for line in (stages[f"qcrd-p{p}-train"] / "examples.jsonl").open()]
+        sampled = {
+            json.loads(line)["id"] for line in (stages[f"qcrd-p{p}-negatives"] / "negatives.jsonl").open()
+        }
+        assert len(rows) == 4 and {r["id"] for r in rows} == sampled
+    # Periods are stages: running again finds every one finished and redoes none.
+    run(recipe, Run(recipe, tmp_path / "run"))
+    again = {
+        name: read_json(folder / "manifest.json") for name, folder in stage_folders(tmp_path / "run").items()
+    }
+    assert again == manifest
 
 
 @pytest.mark.slow
@@ -119,6 +179,7 @@ def test_toy_qcrd_runs_every_objective_and_draws_negatives_from_the_lagged_stude
 
     overrides = [
         "toy.steps=200", "toy.n_train=48", "toy.n_test=24", "train.epochs=3", "qcrd.lag=1", "qcrd.disc_steps=20",
+        "qcrd.negatives_every_steps=12",
     ]  # fmt: skip
     result = CliRunner().invoke(app, ["run", "toy-qcrd", *overrides, "-o", str(tmp_path / "run")])
     assert result.exit_code == 0, result.output
@@ -127,19 +188,20 @@ def test_toy_qcrd_runs_every_objective_and_draws_negatives_from_the_lagged_stude
     for row in table.values():
         assert set(row) == {"accuracy", "rationale_quality", "rationale_accuracy"}
     stages = stage_folders(tmp_path / "run")
-    # lag 1: epochs 0 and 1 sample the starting student (index 0), epoch 2 the student after epoch 0
-    assert read_json(stages["qcrd-e0-negatives"] / "manifest.json")["source"] == "start"
-    assert read_json(stages["qcrd-e1-negatives"] / "manifest.json")["source"] == "start"
-    assert read_json(stages["qcrd-e2-negatives"] / "manifest.json")["source"] == str(
-        stages["qcrd-e0-train"] / "model"  # toy-qcrd fine-tunes fully
+    # 12 steps an epoch, a period of 12, lag 1: periods 0 and 1 sample the starting student, period 2
+    # the student after period 0
+    assert read_json(stages["qcrd-p0-negatives"] / "manifest.json")["source"] == "start"
+    assert read_json(stages["qcrd-p1-negatives"] / "manifest.json")["source"] == "start"
+    assert read_json(stages["qcrd-p2-negatives"] / "manifest.json")["source"] == (
+        f"@run/{stages['qcrd-p0-train'].name}/model"  # toy-qcrd fine-tunes fully
     )
-    assert "label_only-e0-negatives" not in stages and "step_by_step-e1-negatives" not in stages
-    assert "qcrd_no_disc-e1-negatives" in stages and "qcrd_no_disc-e1-discriminator" not in stages
+    assert "label_only-p0-negatives" not in stages and "step_by_step-p1-negatives" not in stages
+    assert "qcrd_no_disc-p1-negatives" in stages and "qcrd_no_disc-p1-discriminator" not in stages
     # cross-fitted: one discriminator per fold, each scoring the inputs it did not train on
-    disc = read_json(stages["qcrd-e0-discriminator"] / "manifest.json")
+    disc = read_json(stages["qcrd-p0-discriminator"] / "manifest.json")
     assert len(disc["fit"]) == 2 and sum(f["held_out"] for f in disc["fit"]) == 48
     assert all(0.0 <= f["held_out_accuracy"] <= 1.0 for f in disc["fit"])
-    assert {p.name for p in stages["qcrd-e1-discriminator"].glob("*.safetensors")} == {
+    assert {p.name for p in stages["qcrd-p1-discriminator"].glob("*.safetensors")} == {
         "discriminator-fold0.safetensors",
         "discriminator-fold1.safetensors",
     }
@@ -154,7 +216,7 @@ def test_toy_qcrd_runs_every_objective_and_draws_negatives_from_the_lagged_stude
     start_loss = label_loss(start, None, examples)
     start_weights = load_file(start / "model.safetensors")
     for objective in table.keys() - {"start"}:
-        final = stages[f"{objective}-e2-train"] / "model"
+        final = stages[f"{objective}-p2-train"] / "model"
         weights = load_file(final / "model.safetensors")
         assert any(not torch.equal(weights[k], start_weights[k]) for k in start_weights), objective
         loss = label_loss(final, None, examples)

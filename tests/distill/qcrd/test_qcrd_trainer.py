@@ -1,11 +1,12 @@
-"""QCRD trainer: the lagged-checkpoint queue, two training steps on a tiny model, the run-wide LR schedule."""
+"""QCRD trainer: two training steps on a tiny model, the run-wide LR schedule, the optimizer carried from
+one period to the next, the period's hinge statistics, α3 per period."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from nega.distill.qcrd.trainer import OBJECTIVES, LagQueue, QCRDTrainer, loss_weights, steps_per_epoch
+from nega.distill.qcrd.trainer import OBJECTIVES, QCRDTrainer, loss_weights, steps_per_epoch
 
 LINES = [
     "predict: is the zib heavier than the mok? yes",
@@ -14,33 +15,12 @@ LINES = [
 ]
 
 
-def test_lag_queue_returns_the_checkpoint_lag_epochs_back_clipped_to_the_oldest():
-    queue = LagQueue(lag=2)
-    with pytest.raises(ValueError, match="empty"):
-        queue.for_epoch(0)
-    queue.push(0, None)  # the starting student
-    assert queue.for_epoch(0) == (0, None)
-    assert queue.for_epoch(1) == (0, None)  # clipped: nothing older than the start
-    queue.push(1, "a1")
-    queue.push(2, "a2")
-    assert queue.for_epoch(2) == (0, None)
-    queue.push(3, "a3")
-    assert queue.for_epoch(3) == (1, "a1")
-    queue.push(4, "a4")
-    assert sorted(queue.items) == [2, 3, 4]  # only lag + 1 kept
-    assert queue.for_epoch(4) == (2, "a2")
-    queue.push(5, "a5")
-    assert queue.for_epoch(5) == (3, "a3")
-    assert LagQueue(lag=1).lag == 1
-    with pytest.raises(ValueError):
-        LagQueue(lag=0)
-
-
-def test_loss_weights_decay_alpha3_per_epoch():
+def test_loss_weights_decay_alpha3_once_per_period():
     from nega.distill.qcrd.config import QCRDConfig
 
     cfg = QCRDConfig()
     assert loss_weights(cfg, 0)["alpha3"] == pytest.approx(0.5)
+    assert loss_weights(cfg, 1)["alpha3"] == pytest.approx(0.45)
     assert loss_weights(cfg, 3)["alpha3"] == pytest.approx(0.5 * 0.9**3)
     assert loss_weights(cfg, 3)["alpha1"] == 0.5 and loss_weights(cfg, 3)["delta"] == 3.0
 
@@ -122,8 +102,8 @@ def test_two_trainer_steps_change_lora_weights_and_not_the_base(tiny_student, tm
     assert all(0.0 <= h["qcrd/hinge_active"] <= 1.0 and h["qcrd/s_pos"] == pytest.approx(0.8) for h in logged)
 
 
-def test_epoch_scheduler_continues_the_run_wide_schedule(tiny_student, tmp_path):
-    # 3 epochs of 2 steps, linear decay, no warmup: epoch 1 starts at 1 - 2/6 of the peak LR
+def test_period_scheduler_continues_the_run_wide_schedule(tiny_student, tmp_path):
+    # 3 periods of 2 steps, linear decay, no warmup: period 1 starts at 1 - 2/6 of the peak LR
     trainer = build_trainer(
         tiny_student, tmp_path, schedule_offset=2, schedule_total=6, args={"lr_scheduler_type": "linear"}
     )
@@ -161,3 +141,34 @@ def test_checkpoints_ride_on_the_base_with_lora_and_stand_alone_without():
     assert sampling_target("base", "run/e0/adapter", lora) == ("base", "run/e0/adapter")
     assert sampling_target("base", None, full) == ("base", None)
     assert sampling_target("base", "run/e0/model", full) == ("run/e0/model", None)
+
+
+def test_a_period_continues_the_previous_periods_optimizer_and_reports_its_hinge(tiny_student, tmp_path):
+    first = build_trainer(tiny_student, tmp_path / "a")
+    first.train()
+    saved = first.save_optimizer_state(tmp_path / "a")
+    moments = [s["exp_avg"].clone() for s in first.optimizer.state_dict()["state"].values()]
+    assert saved is not None and moments and any(m.abs().max() > 0 for m in moments)
+    # Rows with a negative: all 8; the hinge is active where δ − CE(r⁻) > 0, and the tiny model's CEs
+    # of the short negative lie near log(vocab) ≈ 5.7 > δ = 3, so few or none are active.
+    stats = first.period_statistics()
+    assert first.negative_totals["rows"] == 8.0
+    assert 0.0 <= stats["hinge_active"] <= 1.0 and stats["hard_negative_ce"] > 0
+    # Rows trained in the dataset's order, not reshuffled: the schedule already chose them.
+    assert isinstance(first._get_train_sampler(), torch.utils.data.SequentialSampler)
+
+    carried = build_trainer(tiny_student, tmp_path / "b", optimizer_state=str(saved))
+    carried.create_optimizer()
+    loaded = [s["exp_avg"] for s in carried.optimizer.state_dict()["state"].values()]
+    assert len(loaded) == len(moments) and all(
+        torch.equal(a, b) for a, b in zip(loaded, moments, strict=True)
+    )
+    fresh = build_trainer(tiny_student, tmp_path / "c")
+    fresh.create_optimizer()
+    assert not fresh.optimizer.state_dict()["state"]
+
+
+def test_objectives_without_negatives_report_no_hinge(tiny_student, tmp_path):
+    trainer = build_trainer(tiny_student, tmp_path, objective="step_by_step")
+    trainer.train()
+    assert trainer.period_statistics() == {}
