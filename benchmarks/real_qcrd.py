@@ -12,7 +12,7 @@ rate in one run, so they share the teacher split, the optimizer steps and the sc
     step_by_step   distilling step by step: label + the positive rationale (`explain:`)
     qcrd_no_disc   QCRD's loss with D = 1 on positives and 0 on negatives
     qcrd           QCRD (docs/methods.md#qcrd): self-adversarial negatives from the student `qcrd.lag`
-                   epochs back, a cross-fitted discriminator on the student's backbone, the hinge on the
+                   periods back, a cross-fitted discriminator on the student's backbone, the hinge on the
                    hardest negative
 
 Training questions: the first `--train-questions` of the CQA training file. Validation: the last
@@ -186,7 +186,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--epochs", type=int, default=2, help="QCRD draws its negatives once per epoch")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument(
-        "--lag", type=int, default=1, help="negatives come from the student this many epochs back"
+        "--lag", type=int, default=1, help="negatives come from the student this many periods back"
     )
     parser.add_argument("--disc-steps", type=int, default=200, help="steps per discriminator fit")
     parser.add_argument(
