@@ -2,7 +2,7 @@
 
 Each period is its own stage (its negatives and discriminator scores are made between periods, by a
 sampler that never shares the training process), so every period starts a Trainer from the previous
-period's adapter and optimizer state (`optimizer.pt`, saved at the end of each period; under DeepSpeed,
+period's adapter and optimizer state (`optimizer.safetensors`, saved at the end of each period; under DeepSpeed,
 whose optimizer is sharded, the moments restart each period). The learning-rate schedule spans the whole
 run: period p's scheduler starts at its first global step of one warmup + decay over all steps. The
 rows of each step come from the run's schedule (`nega.distill.qcrd.schedule`), in order: the Trainer
@@ -27,7 +27,7 @@ from nega.trainer import MethodTrainer
 
 __all__ = ["OBJECTIVES", "QCRDTrainer", "loss_weights", "steps_per_epoch", "train_period", "uses_negatives"]
 
-OPTIMIZER_STATE = "optimizer.pt"  # a period's optimizer state, where the next period continues from
+OPTIMIZER_STATE = "optimizer.safetensors"  # a period's optimizer state, where the next period continues from
 
 QCRD_WEIGHTS = ("alpha1", "alpha2", "alpha3", "delta")
 
@@ -78,7 +78,7 @@ class QCRDTrainer(MethodTrainer):
 
     One forward over every stacked sequence gives each one's mean token CE; `loss.py` does the rest.
     `schedule_offset` / `schedule_total` place this period inside the run-wide LR schedule;
-    `optimizer_state` (a previous period's `optimizer.pt`) is where the optimizer's moments continue
+    `optimizer_state` (a previous period's `optimizer.safetensors`) is where the optimizer's moments continue
     from. Rows are taken in the dataset's order. `negative_totals` sums, over the rows with negatives,
     whether the hinge was active and the hardest negative's CE (`period_statistics`).
     """
@@ -140,16 +140,16 @@ class QCRDTrainer(MethodTrainer):
         if fresh and self.optimizer_state is not None and not self.is_deepspeed_enabled:
             # Adam's moments carry over from the previous period; a checkpoint of this period, when
             # resuming, overrides them afterwards.
-            optimizer.load_state_dict(torch.load(self.optimizer_state, map_location="cpu", weights_only=True))
+            optimizer.load_state_dict(load_optimizer_state(self.optimizer_state))
         return optimizer
 
     def save_optimizer_state(self, folder: Path) -> Path | None:
-        """The optimizer's state as `<folder>/optimizer.pt` for the next period (rank 0; not under DeepSpeed)."""
+        """The optimizer's state as `<folder>/optimizer.safetensors` for the next period (rank 0; not under DeepSpeed)."""
         if self.is_deepspeed_enabled or not self.is_world_process_zero():
             return None
         path = Path(folder) / OPTIMIZER_STATE
         tmp = path.with_name(f".{path.name}.tmp")
-        torch.save(self.optimizer.state_dict(), tmp)
+        write_optimizer_state(self.optimizer.state_dict(), tmp)
         tmp.replace(path)
         return path
 
@@ -199,7 +199,7 @@ def train_period(
 ) -> tuple[str, list[dict], dict]:
     """Train the student `steps` optimizer steps (global steps first_step.. of total_steps) on `examples`,
     the period's rows in step order, from `adapter` (None = a fresh LoRA) and `optimizer_state` (None = a
-    fresh optimizer); save it to `<output_dir>/adapter` with `optimizer.pt` beside. With
+    fresh optimizer); save it to `<output_dir>/adapter` with `optimizer.safetensors` beside. With
     `lora.enabled: false`, `adapter` is the previous period's full model folder and the result goes to
     `<output_dir>/model`. Returns (that folder, log history, the period's counts for its manifest). The
     training function of the <objective>-p<k>-train stages (`nega.training.train_stage`)."""
@@ -253,3 +253,41 @@ def sampling_target(model_path: str, checkpoint: str | None, lora_cfg) -> tuple[
 
     target = trained_target("student", model_path, checkpoint, lora_cfg)
     return target.model, target.adapter
+
+
+def write_optimizer_state(state: dict, path: Path) -> None:
+    """An optimizer's state_dict as safetensors (no pickle): each per-parameter tensor under
+    `<param index>.<name>`, the param groups and any non-tensor entries as JSON metadata."""
+    import json
+
+    from safetensors.torch import save_file
+
+    tensors, scalars = {}, {}
+    for index, entry in state["state"].items():
+        for name, value in entry.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"{index}.{name}"] = value.detach().contiguous().cpu()
+            else:
+                scalars[f"{index}.{name}"] = value
+    meta = {"param_groups": state["param_groups"], "scalars": scalars}
+    save_file(tensors, str(path), metadata={"nega_optimizer": json.dumps(meta)})
+
+
+def load_optimizer_state(path: Path) -> dict:
+    """The state_dict `write_optimizer_state` wrote."""
+    import json
+
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt", device="cpu") as f:
+        meta = json.loads(f.metadata()["nega_optimizer"])
+        values = {key: f.get_tensor(key) for key in f.keys()}
+    values.update(meta["scalars"])
+    state: dict[int, dict] = {}
+    for key, value in values.items():
+        index, name = key.split(".", 1)
+        state.setdefault(int(index), {})[name] = value
+    # JSON turned tuples (Adam's betas) into lists; the optimizer's own state_dict holds tuples.
+    groups = [{k: tuple(v) if isinstance(v, list) and k != "params" else v for k, v in g.items()}
+              for g in meta["param_groups"]]  # fmt: skip
+    return {"state": dict(sorted(state.items())), "param_groups": groups}

@@ -152,7 +152,7 @@ def test_negatives_of_the_second_epoch_come_from_the_student_lag_periods_back(tm
     log = read_json(stages["qcrd-p3-train"] / "train_log.json")["history"]
     assert log[-1]["period_source_step"] == 4 and log[-1]["period_hinge_active"] == train[3]["hinge_active"]
     # The optimizer carries over: every period leaves its state for the next.
-    assert all((stages[f"qcrd-p{p}-train"] / "optimizer.pt").exists() for p in range(4))
+    assert all((stages[f"qcrd-p{p}-train"] / "optimizer.safetensors").exists() for p in range(4))
     # Discriminator: fitted at the first period of each epoch, reused in between.
     assert [manifest[f"qcrd-p{p}-discriminator"]["counts"]["trained"] for p in range(4)] == [1, 0, 1, 0]
     # Each period trains on the negatives it sampled for exactly its own rows.

@@ -172,3 +172,22 @@ def test_objectives_without_negatives_report_no_hinge(tiny_student, tmp_path):
     trainer = build_trainer(tiny_student, tmp_path, objective="step_by_step")
     trainer.train()
     assert trainer.period_statistics() == {}
+
+
+def test_the_optimizer_state_round_trips_through_safetensors(tmp_path):
+    import torch
+
+    from nega.distill.qcrd.trainer import load_optimizer_state, write_optimizer_state
+
+    weights = [torch.nn.Parameter(torch.randn(3, 2)), torch.nn.Parameter(torch.randn(4))]
+    optimizer = torch.optim.AdamW(weights, lr=1e-3, weight_decay=0.1)
+    sum((w**2).sum() for w in weights).backward()
+    optimizer.step()
+    write_optimizer_state(optimizer.state_dict(), tmp_path / "optimizer.safetensors")
+    restored = torch.optim.AdamW(weights, lr=5.0)
+    restored.load_state_dict(load_optimizer_state(tmp_path / "optimizer.safetensors"))
+    saved, loaded = optimizer.state_dict(), restored.state_dict()
+    assert loaded["param_groups"] == saved["param_groups"]
+    for index, entry in saved["state"].items():
+        for name, value in entry.items():
+            assert torch.equal(loaded["state"][index][name], value), (index, name)
