@@ -157,7 +157,7 @@ def training_arguments(train_cfg, output_dir: Path, *, seed: int = 0, **override
         gradient_checkpointing=train_cfg.gradient_checkpointing,
         dataloader_num_workers=0,
         disable_tqdm=os.environ.get("NEGA_QUIET") == "1",
-        deepspeed=deepspeed_config(train_cfg),
+        deepspeed=deepspeed_config(train_cfg, on_gpu=torch.cuda.is_available()),
     )
     if prepare_distributed_state(deepspeed=kwargs["deepspeed"] is not None):
         kwargs["accelerator_config"] = {"use_configured_state": True}
