@@ -111,12 +111,26 @@ def train_on_rank(
     module, function = train.split(":")
     fit = getattr(importlib.import_module(module), function)
     output = Path(output_dir)
-    folder, history = fit(
-        validate_recipe(recipe), model_path, read_jsonl(Path(examples)), output, **arguments
-    )
+    recipe = validate_recipe(recipe)
+    # Kept alive until the training function has loaded its model (see `partitioned_loading`).
+    loading = partitioned_loading(recipe.train, output / "checkpoints", seed=recipe.seed)
+    folder, history = fit(recipe, model_path, read_jsonl(Path(examples)), output, **arguments)
+    del loading
     if is_main_process():
         # The trained folder's name inside the stage, not its path: the run folder may move.
         write_json(output / TRAIN_LOG, {"folder": Path(folder).name, "history": history})
+
+
+def partitioned_loading(train_cfg, output_dir: Path, *, seed: int = 0):
+    """Under ZeRO-3, TrainingArguments built before the model loads: while they live, transformers'
+    `from_pretrained` loads each weight straight into its shard (DeepSpeed's `zero.Init`), so no rank
+    ever holds the whole model in memory. None for other stages, where every rank holds it anyway.
+
+    The arguments a training function builds afterwards (with its own overrides) replace these once the
+    model is loaded; only their DeepSpeed config matters here, and it is the same."""
+    if train_cfg.deepspeed.stage != 3:
+        return None
+    return training_arguments(train_cfg, output_dir, seed=seed)
 
 
 def training_arguments(train_cfg, output_dir: Path, *, seed: int = 0, **overrides):
