@@ -92,7 +92,14 @@ class Launcher:
         the end of its output.
         """
         if self.topology.world_size == 1 and not needs_launcher:
-            _call(entry, kwargs)
+            from nega.models import hand_back_memory
+
+            try:
+                _call(entry, kwargs)
+            finally:
+                # The trainer and its model are unreachable once the call returns, but their GPU memory
+                # stays cached in this process, where the next vLLM engine needs it free.
+                hand_back_memory()
             return
         work_dir.mkdir(parents=True, exist_ok=True)
         payload = work_dir / "launch.json"

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import math
 import os
 import shutil
 from dataclasses import dataclass
@@ -281,6 +282,74 @@ def free_device_memory(device: str | None) -> None:
 
         gc.collect()
         torch.cuda.empty_cache()
+
+
+class GPUMemoryError(ModelError):
+    """A GPU lacks the free memory an engine asks for; the message says what holds it and the fix."""
+
+
+def hand_back_memory() -> None:
+    """Give this process's unused GPU memory back: collect unreachable objects (a finished Trainer and
+    its model sit in reference cycles) and release the allocator's cached blocks. No-op without CUDA."""
+    import gc
+
+    gc.collect()
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def engine_memory_problem(
+    *, free: int, total: int, utilization: float, held_here: int, device: str = "cuda:0"
+) -> str | None:
+    """Why an engine asking for `utilization` of `device` (`sampling.gpu_memory_utilization`) cannot
+    start with `free` of `total` bytes free, or None when it can. vLLM refuses to start unless that
+    share of the whole card is free. `held_here` is what this process's allocator holds on the device;
+    the rest of the used memory belongs to other processes (and CUDA contexts)."""
+    need = utilization * total
+    if free >= need:
+        return None
+    gib = 2**30
+    others = max(0, total - free - held_here)
+    fixes = []
+    if held_here >= others:
+        fixes.append(
+            "nega hands its models back before an engine starts, so memory still held here is referenced "
+            "by something that outlived its stage (a scorer, a reference model); close it first"
+        )
+    else:
+        fixes.append(f"stop the other processes on {device} (`nvidia-smi` lists them)")
+    room = math.floor(free / total * 100) / 100 - 0.01
+    if room >= 0.1:
+        fixes.append(f"or set sampling.gpu_memory_utilization={room:.2f} (what is free now)")
+    return (
+        f"{device}: vLLM needs sampling.gpu_memory_utilization={utilization} of the GPU's "
+        f"{total / gib:.1f} GiB free ({need / gib:.1f} GiB) to start, but {free / gib:.1f} GiB is free: "
+        f"this nega process holds {held_here / gib:.1f} GiB and other processes {others / gib:.1f} GiB. "
+        + "; ".join(fixes)
+    )
+
+
+def check_engine_memory(utilization: float, gpus: int) -> None:
+    """Hand memory back, then raise GPUMemoryError when one of the first `gpus` GPUs (an engine's
+    tensor-parallel group) has less free than `utilization` of it. No-op without CUDA."""
+    import torch
+
+    hand_back_memory()
+    if not torch.cuda.is_available():
+        return
+    for index in range(min(gpus, torch.cuda.device_count())):
+        free, total = torch.cuda.mem_get_info(index)
+        problem = engine_memory_problem(
+            free=free,
+            total=total,
+            utilization=utilization,
+            held_here=torch.cuda.memory_reserved(index),
+            device=f"cuda:{index}",
+        )
+        if problem is not None:
+            raise GPUMemoryError(problem)
 
 
 def load_base_model(
