@@ -8,6 +8,7 @@ import json
 import math
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -391,3 +392,58 @@ def test_run_warns_once_when_gpus_are_asked_for_and_none_is_visible(tmp_path, mo
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
     quiet = CliRunner().invoke(app, ["run", "toy-d2o", "-o", str(tmp_path / "run2")])
     assert quiet.exit_code == 0 and "warning" not in quiet.output
+
+
+# ---------------------------------------------------------------- the prepared GPU check
+
+GPU_CHECK = Path(TESTS).parent / "benchmarks" / "gpu_check.py"
+# The GPU machines have torch, transformers, peft and accelerate, but none of these.
+WITHOUT = ("vllm", "deepspeed", "datasets", "trl")
+# `None` in sys.modules: `import` fails and importlib.util.find_spec answers None, as for a package
+# that is not installed (transformers asks find_spec before it imports DeepSpeed).
+BLOCKING = f"""
+import runpy, sys
+for name in {WITHOUT!r}:
+    sys.modules[name] = None
+sys.argv = [{str(GPU_CHECK)!r}] + sys.argv[1:]
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
+def test_gpu_check_runs_every_step_on_the_cpu_without_vllm_deepspeed_or_datasets(tmp_path):
+    out = tmp_path / "check.json"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "NEGA_QUIET": "1"}
+    env["PYTHONPATH"] = os.pathsep.join([str(Path(TESTS).parent), env.get("PYTHONPATH", "")])
+    command = [sys.executable, "-c", BLOCKING, "--device", "cpu", "--size", "tiny", "--toy-steps", "20"]
+    done = subprocess.run(
+        [*command, "--out", str(out), "--work", str(tmp_path / "work")],
+        env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert result["ok"] is True and result["skipped"] is None and result["device"] == "cpu"
+    steps = result["steps"]
+    assert set(steps) == {"plan", "toy_model", "sampling", "reference", "training"}
+    assert all(step["ok"] for step in steps.values()), steps
+    assert steps["plan"]["reference_device"] == "cpu" and steps["sampling"]["tokens"] > 0
+    assert steps["reference"]["max_abs_diff_vs_cpu"] == 0.0
+    training = steps["training"]
+    assert training["steps"] == 3 and training["gradient_checkpointing"] is True
+    assert training["adapter_tensors"] > 0 and training["adapter_bytes"] > 0
+    assert training["bf16"] is False and training["on"] == "cpu"
+    assert result["provenance"]["git_commit"] and "--device cpu" in result["command"]
+    assert {"platform", "torch", "transformers", "peft", "device"} <= set(result["machine"])
+
+
+def test_gpu_check_without_cuda_writes_skipped(tmp_path, monkeypatch):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    monkeypatch.syspath_prepend(str(GPU_CHECK.parent))
+    import gpu_check
+
+    assert gpu_check.main(["--out", str(tmp_path / "check.json")]) == 0
+    result = json.loads((tmp_path / "check.json").read_text())
+    assert result["skipped"] == "no CUDA device" and "steps" not in result
+    assert result["provenance"]["script_sha256"] and result["date"]
