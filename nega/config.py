@@ -91,6 +91,19 @@ class ModelConfig(Strict):
     max_length: int = Field(
         1024, ge=8, le=MAX_TOKENS, description="prompt + response tokens kept for training and scoring"
     )
+    quantization: Literal["none", "4bit", "8bit"] = Field(
+        "none",
+        description="load the base weights in 4 bits (NF4, QLoRA) or 8 bits through bitsandbytes; training "
+        "then goes through the LoRA adapter; needs a CUDA GPU and pip install 'nega[qlora]'",
+    )
+
+    @field_validator("quantization")
+    @classmethod
+    def _quantization_possible(cls, v: str) -> str:
+        problem = quantization_problem(v)
+        if problem is not None:
+            raise ValueError(problem)
+        return v
 
     @field_validator("name")
     @classmethod
@@ -104,6 +117,47 @@ class ModelConfig(Strict):
             _existing_path(v)
             return os.path.expanduser(os.path.expandvars(v))
         return v
+
+
+def quantization_problem(value: str) -> str | None:
+    """Why `model.quantization: value` cannot load on this machine (bitsandbytes quantizes on CUDA
+    only), or None. torch is imported only when quantization is asked for."""
+    if value == "none":
+        return None
+    import importlib.util
+
+    missing = []
+    if importlib.util.find_spec("bitsandbytes") is None:
+        missing.append("the bitsandbytes package (pip install 'nega[qlora]')")
+    import torch
+
+    if not torch.cuda.is_available():
+        missing.append(f"a CUDA GPU (torch {torch.__version__} sees none)")
+    if not missing:
+        return None
+    return (
+        f"{value} loading runs through bitsandbytes on a CUDA GPU and needs {' and '.join(missing)}; "
+        "on this machine set model.quantization=none"
+    )
+
+
+# Models below this many parameters train without gradient checkpointing by default: recomputing
+# their activations saves little memory and costs a second forward pass.
+CHECKPOINTING_MIN_PARAMS = 100_000_000
+
+
+def checkpointing_by_default(model_name: str) -> bool:
+    """`train.gradient_checkpointing` when the recipe does not set it: on for real models, off for the
+    toy model and for local model folders whose config.json counts under CHECKPOINTING_MIN_PARAMS."""
+    if model_name == "toy":
+        return False
+    folder = Path(os.path.expanduser(model_name))
+    if not (folder / "config.json").is_file():
+        return True  # a hub id, packaged or GGUF model: the recipes' real models
+    from nega.plan import model_facts
+
+    params = model_facts(str(folder)).params
+    return params is None or params >= CHECKPOINTING_MIN_PARAMS
 
 
 class LoraConfig(Strict):
@@ -188,7 +242,8 @@ TRACKER_PACKAGES = {"tensorboard": "tensorboard", "wandb": "wandb", "trackio": "
 
 
 # TrainConfig fields that leave the trained weights unchanged: not part of a training stage's hash.
-BOOKKEEPING_FIELDS = frozenset({"save_steps", "logging_steps", "report_to"})
+# Gradient checkpointing recomputes activations instead of keeping them: the same weights, less memory.
+BOOKKEEPING_FIELDS = frozenset({"save_steps", "logging_steps", "report_to", "gradient_checkpointing"})
 
 
 class TrainConfig(Strict):
@@ -203,7 +258,11 @@ class TrainConfig(Strict):
     max_grad_norm: float = Field(1.0, gt=0)
     save_steps: Steps = 50
     logging_steps: Steps = 10
-    gradient_checkpointing: bool = False
+    gradient_checkpointing: bool = Field(
+        False,
+        description="recompute activations in the backward pass (less memory, one more forward); a "
+        "recipe that does not set it gets it on for models of 100M parameters or more, off for the toy",
+    )
     bf16: bool = False
     prefix_sharing: bool = Field(
         True,
@@ -343,6 +402,22 @@ class RecipeBase(Strict):
         uses_toy = self.model.name == "toy" or self.data.dataset == "toy"
         if uses_toy and self.toy is None:
             raise ValueError("model.name or data.dataset is 'toy' but the recipe has no `toy:` section")
+        return self
+
+    @model_validator(mode="after")
+    def _quantized_trains_an_adapter(self) -> RecipeBase:
+        if self.model.quantization != "none" and not self.lora.enabled:
+            raise ValueError(
+                f"model.quantization={self.model.quantization} trains through a LoRA adapter only: set "
+                "lora.enabled=true, or model.quantization=none for full fine-tuning"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _checkpointing_default(self) -> RecipeBase:
+        # Decided once here, so the resolved recipe (`nega validate`, the ranks' copy) states it.
+        if "gradient_checkpointing" not in self.train.model_fields_set:
+            self.train.gradient_checkpointing = checkpointing_by_default(self.model.name)
         return self
 
 

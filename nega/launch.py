@@ -15,34 +15,32 @@ import os
 from pathlib import Path
 
 
-def deepspeed_config(train_cfg) -> dict | None:
+def deepspeed_config(train_cfg, *, on_gpu: bool) -> dict | None:
     """A DeepSpeed ZeRO config for `train.deepspeed`, or None for stage 0 (plain DDP / one process).
 
-    Batch sizes are "auto" so the Trainer fills them from TrainingArguments. Small parameters are
-    sharded too (persistence threshold 0): DeepSpeed's default keeps them whole on every rank, which
-    hides sharding bugs on small models.
+    Batch sizes are "auto" so the Trainer fills them from TrainingArguments. On GPUs the buckets are
+    "auto" too (sized by the Trainer from the model's hidden size), communication overlaps the backward
+    pass, and ZeRO-3 keeps DeepSpeed's own prefetch and persistence defaults. Without GPUs (gloo ranks,
+    the test machines) small buckets, no overlap, no prefetch and a persistence threshold of 0 are
+    needed: DeepSpeed's defaults keep a tiny model's parameters whole on every rank, which would hide
+    sharding bugs, and its overlapping streams do not exist on a CPU.
     """
-    import torch
-
     ds = train_cfg.deepspeed
     if ds.stage == 0:
         return None
-    zero: dict = {
-        "stage": ds.stage,
-        "overlap_comm": False,
-        "contiguous_gradients": True,
-        "reduce_bucket_size": 1e5,
-    }
+    zero: dict = {"stage": ds.stage, "contiguous_gradients": True}
+    if on_gpu:
+        zero.update(overlap_comm=True, reduce_bucket_size="auto")
+    else:
+        zero.update(overlap_comm=False, reduce_bucket_size=1e5)
     if ds.offload_optimizer:
-        zero["offload_optimizer"] = {"device": "cpu", "pin_memory": torch.cuda.is_available()}
+        zero["offload_optimizer"] = {"device": "cpu", "pin_memory": on_gpu}
     if ds.stage == 3:
-        zero.update(
-            stage3_param_persistence_threshold=0,
-            stage3_prefetch_bucket_size=0,
-            stage3_gather_16bit_weights_on_model_save=True,
-        )
+        zero["stage3_gather_16bit_weights_on_model_save"] = True
+        if not on_gpu:
+            zero.update(stage3_param_persistence_threshold=0, stage3_prefetch_bucket_size=0)
         if ds.offload_params:
-            zero["offload_param"] = {"device": "cpu", "pin_memory": torch.cuda.is_available()}
+            zero["offload_param"] = {"device": "cpu", "pin_memory": on_gpu}
     return {
         "train_micro_batch_size_per_gpu": "auto",
         "gradient_accumulation_steps": "auto",
@@ -94,7 +92,14 @@ class Launcher:
         the end of its output.
         """
         if self.topology.world_size == 1 and not needs_launcher:
-            _call(entry, kwargs)
+            from nega.models import hand_back_memory
+
+            try:
+                _call(entry, kwargs)
+            finally:
+                # The trainer and its model are unreachable once the call returns, but their GPU memory
+                # stays cached in this process, where the next vLLM engine needs it free.
+                hand_back_memory()
             return
         work_dir.mkdir(parents=True, exist_ok=True)
         payload = work_dir / "launch.json"

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import math
 import os
 import shutil
 from dataclasses import dataclass
@@ -283,21 +284,123 @@ def free_device_memory(device: str | None) -> None:
         torch.cuda.empty_cache()
 
 
+class GPUMemoryError(ModelError):
+    """A GPU lacks the free memory an engine asks for; the message says what holds it and the fix."""
+
+
+def hand_back_memory() -> None:
+    """Give this process's unused GPU memory back: collect unreachable objects (a finished Trainer and
+    its model sit in reference cycles) and release the allocator's cached blocks. No-op without CUDA."""
+    import gc
+
+    gc.collect()
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def engine_memory_problem(
+    *, free: int, total: int, utilization: float, held_here: int, device: str = "cuda:0"
+) -> str | None:
+    """Why an engine asking for `utilization` of `device` (`sampling.gpu_memory_utilization`) cannot
+    start with `free` of `total` bytes free, or None when it can. vLLM refuses to start unless that
+    share of the whole card is free. `held_here` is what this process's allocator holds on the device;
+    the rest of the used memory belongs to other processes (and CUDA contexts)."""
+    need = utilization * total
+    if free >= need:
+        return None
+    gib = 2**30
+    others = max(0, total - free - held_here)
+    fixes = []
+    if held_here >= others:
+        fixes.append(
+            "nega hands its models back before an engine starts, so memory still held here is referenced "
+            "by something that outlived its stage (a scorer, a reference model); close it first"
+        )
+    else:
+        fixes.append(f"stop the other processes on {device} (`nvidia-smi` lists them)")
+    room = math.floor(free / total * 100) / 100 - 0.01
+    if room >= 0.1:
+        fixes.append(f"or set sampling.gpu_memory_utilization={room:.2f} (what is free now)")
+    return (
+        f"{device}: vLLM needs sampling.gpu_memory_utilization={utilization} of the GPU's "
+        f"{total / gib:.1f} GiB free ({need / gib:.1f} GiB) to start, but {free / gib:.1f} GiB is free: "
+        f"this nega process holds {held_here / gib:.1f} GiB and other processes {others / gib:.1f} GiB. "
+        + "; ".join(fixes)
+    )
+
+
+def check_engine_memory(utilization: float, gpus: int) -> None:
+    """Hand memory back, then raise GPUMemoryError when one of the first `gpus` GPUs (an engine's
+    tensor-parallel group) has less free than `utilization` of it. No-op without CUDA."""
+    import torch
+
+    hand_back_memory()
+    if not torch.cuda.is_available():
+        return
+    for index in range(min(gpus, torch.cuda.device_count())):
+        free, total = torch.cuda.mem_get_info(index)
+        problem = engine_memory_problem(
+            free=free,
+            total=total,
+            utilization=utilization,
+            held_here=torch.cuda.memory_reserved(index),
+            device=f"cuda:{index}",
+        )
+        if problem is not None:
+            raise GPUMemoryError(problem)
+
+
+def quantization_config(quantization: str, compute_dtype: str = "bfloat16"):
+    """transformers' BitsAndBytesConfig for `model.quantization`, or None for "none". 4bit is QLoRA's:
+    NF4 weights with double quantization, matrix products in `compute_dtype`."""
+    if quantization == "none":
+        return None
+    import torch
+    from transformers import BitsAndBytesConfig
+
+    if quantization == "8bit":
+        return BitsAndBytesConfig(load_in_8bit=True)
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=getattr(torch, compute_dtype),
+    )
+
+
 def load_base_model(
-    model_path: str | Path, model_cfg=None, *, dtype: str | None = None, device: str | None = None
+    model_path: str | Path,
+    model_cfg=None,
+    *,
+    dtype: str | None = None,
+    device: str | None = None,
+    quantize: bool = True,
 ):
     """The model at `model_path` in `dtype` (else the recipe's `model.dtype`, else the checkpoint's), on
-    `device` (None or "cpu": where transformers loads it, the CPU)."""
+    `device` (None or "cpu": where transformers loads it, the CPU). With `model.quantization` set (and
+    `quantize`), the weights load quantized by bitsandbytes straight onto this process's GPU."""
     from transformers import AutoModelForCausalLM
 
+    quantization = getattr(model_cfg, "quantization", "none") if quantize else "none"
+    extra = {}
+    if quantization != "none":
+        # bitsandbytes quantizes while loading, on the GPU: each rank its own (LOCAL_RANK).
+        extra = {
+            "quantization_config": quantization_config(quantization),
+            "device_map": {"": int(os.environ.get("LOCAL_RANK", "0"))},
+        }
+        dtype = dtype or ("bfloat16" if model_cfg.dtype == "auto" else model_cfg.dtype)
     model = AutoModelForCausalLM.from_pretrained(
         str(model_path),
         dtype=torch_dtype(dtype or (model_cfg.dtype if model_cfg else "auto")),
         trust_remote_code=bool(model_cfg and model_cfg.trust_remote_code),
         revision=getattr(model_cfg, "revision", None),
         use_safetensors=True,
+        **extra,
     )
-    if device not in (None, "cpu"):
+    if device not in (None, "cpu") and quantization == "none":
         model = model.to(device)
     return model
 
@@ -327,6 +430,12 @@ def load_policy(model_path: str | Path, model_cfg, lora_cfg, *, seed: int, adapt
 
     tokenizer = load_tokenizer(model_path, model_cfg)
     model = load_base_model(model_path, model_cfg)
+    if getattr(model_cfg, "quantization", "none") != "none":
+        from peft import prepare_model_for_kbit_training
+
+        # Freezes the quantized weights and keeps norms in float32; the Trainer turns on gradient
+        # checkpointing itself when train.gradient_checkpointing asks for it.
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
     if lora_cfg.enabled:
         if adapter is not None:
             model = PeftModel.from_pretrained(model, str(adapter), is_trainable=True)
@@ -360,7 +469,8 @@ def merge_adapter(
     from peft import PeftModel
 
     device = device or default_device()
-    base = load_base_model(base_path, model_cfg, dtype=dtype, device=device)
+    # Merged weights are full precision: a quantized base would fold the adapter into rounded weights.
+    base = load_base_model(base_path, model_cfg, dtype=dtype, device=device, quantize=False)
     merged = PeftModel.from_pretrained(base, str(adapter)).merge_and_unload()
     merged.save_pretrained(str(out), safe_serialization=True)
     load_tokenizer(base_path, model_cfg).save_pretrained(str(out))

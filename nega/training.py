@@ -120,9 +120,11 @@ def train_on_rank(
     module, function = train.split(":")
     fit = getattr(importlib.import_module(module), function)
     output = Path(output_dir)
-    folder, history, *measured = fit(
-        validate_recipe(recipe), model_path, read_jsonl(Path(examples)), output, **arguments
-    )
+    recipe = validate_recipe(recipe)
+    # Kept alive until the training function has loaded its model (see `partitioned_loading`).
+    loading = partitioned_loading(recipe.train, output / "checkpoints", seed=recipe.seed)
+    folder, history, *measured = fit(recipe, model_path, read_jsonl(Path(examples)), output, **arguments)
+    del loading
     if is_main_process():
         # The trained folder's name inside the stage, not its path: the run folder may move.
         log = {
@@ -131,6 +133,18 @@ def train_on_rank(
             **({"counts": measured[0]} if measured else {}),
         }
         write_json(output / TRAIN_LOG, log)
+
+
+def partitioned_loading(train_cfg, output_dir: Path, *, seed: int = 0):
+    """Under ZeRO-3, TrainingArguments built before the model loads: while they live, transformers'
+    `from_pretrained` loads each weight straight into its shard (DeepSpeed's `zero.Init`), so no rank
+    ever holds the whole model in memory. None for other stages, where every rank holds it anyway.
+
+    The arguments a training function builds afterwards (with its own overrides) replace these once the
+    model is loaded; only their DeepSpeed config matters here, and it is the same."""
+    if train_cfg.deepspeed.stage != 3:
+        return None
+    return training_arguments(train_cfg, output_dir, seed=seed)
 
 
 def training_arguments(train_cfg, output_dir: Path, *, seed: int = 0, **overrides):
@@ -172,7 +186,7 @@ def training_arguments(train_cfg, output_dir: Path, *, seed: int = 0, **override
         dataloader_num_workers=0,
         # Off a terminal the step count goes to the log as lines (`log_progress_callback`), not a bar.
         disable_tqdm=os.environ.get("NEGA_QUIET") == "1" or not sys.stderr.isatty(),
-        deepspeed=deepspeed_config(train_cfg),
+        deepspeed=deepspeed_config(train_cfg, on_gpu=torch.cuda.is_available()),
     )
     if prepare_distributed_state(deepspeed=kwargs["deepspeed"] is not None):
         kwargs["accelerator_config"] = {"use_configured_state": True}

@@ -10,17 +10,35 @@ from nega.launch import Launcher, Topology, deepspeed_config
 
 
 def test_deepspeed_config_per_stage():
-    assert deepspeed_config(TrainConfig()) is None
-    two = deepspeed_config(TrainConfig(deepspeed={"stage": 2, "offload_optimizer": True}))
+    assert deepspeed_config(TrainConfig(), on_gpu=False) is None
+    assert deepspeed_config(TrainConfig(), on_gpu=True) is None
+    two = deepspeed_config(TrainConfig(deepspeed={"stage": 2, "offload_optimizer": True}), on_gpu=False)
     assert two["zero_optimization"]["stage"] == 2
     assert two["zero_optimization"]["offload_optimizer"]["device"] == "cpu"
     assert "stage3_param_persistence_threshold" not in two["zero_optimization"]
-    three = deepspeed_config(TrainConfig(deepspeed={"stage": 3, "offload_params": True}))
+    three = deepspeed_config(TrainConfig(deepspeed={"stage": 3, "offload_params": True}), on_gpu=False)
     zero = three["zero_optimization"]
     assert zero["stage"] == 3 and zero["stage3_param_persistence_threshold"] == 0
     assert zero["stage3_gather_16bit_weights_on_model_save"] is True
     assert zero["offload_param"]["device"] == "cpu" and "offload_optimizer" not in zero
     assert three["train_micro_batch_size_per_gpu"] == "auto"
+
+
+def test_deepspeed_config_on_gpus_uses_auto_buckets_and_overlap():
+    cfg = TrainConfig(deepspeed={"stage": 3, "offload_optimizer": True, "offload_params": True})
+    cpu = deepspeed_config(cfg, on_gpu=False)["zero_optimization"]
+    gpu = deepspeed_config(cfg, on_gpu=True)["zero_optimization"]
+    # CPU ranks: small buckets, no overlap, every parameter sharded (MACHINE.md).
+    assert cpu["overlap_comm"] is False and cpu["reduce_bucket_size"] == 1e5
+    assert cpu["stage3_prefetch_bucket_size"] == 0 and cpu["stage3_param_persistence_threshold"] == 0
+    assert cpu["offload_param"]["pin_memory"] is False
+    # GPUs: buckets sized by the Trainer, overlap on, DeepSpeed's own prefetch and persistence.
+    assert gpu["overlap_comm"] is True and gpu["reduce_bucket_size"] == "auto"
+    assert "stage3_prefetch_bucket_size" not in gpu and "stage3_param_persistence_threshold" not in gpu
+    assert gpu["offload_param"]["pin_memory"] is True and gpu["offload_optimizer"]["pin_memory"] is True
+    assert gpu["stage3_gather_16bit_weights_on_model_save"] is True
+    two = deepspeed_config(TrainConfig(deepspeed={"stage": 2}), on_gpu=True)["zero_optimization"]
+    assert two["overlap_comm"] is True and two["reduce_bucket_size"] == "auto"
 
 
 def test_one_process_launcher_calls_the_entry_here(tmp_path, monkeypatch):

@@ -135,6 +135,12 @@ def run(
             fail(f"node 0 stopped the run: {message}", code=1)
         typer.echo(f"[nega] node {node_rank}: done", err=True)
         return
+    if not cpu:
+        from nega.cli.doctor import Environment, cuda_request_problem
+
+        missing = cuda_request_problem(Environment.detect(gpus_requested=gpus if gpus > 1 else 0))
+        if missing:
+            typer.secho(f"[nega] warning: {missing}", err=True, fg=typer.colors.YELLOW)
     launcher = Launcher(topo)
     run_dir = open_run(cfg, output_dir, launcher)
     typer.echo(f"[nega] run {cfg.name} ({cfg.method}) -> {run_dir.dir}", err=True)
@@ -257,6 +263,7 @@ def sample(
 for _module in ("nega.cli.eval", "nega.cli.push", "nega.cli.runs"):
     importlib.import_module(_module).register(app)
 importlib.import_module("nega.cli.plan").register(app)
+importlib.import_module("nega.cli.doctor").register(app)
 
 
 def main() -> None:

@@ -308,7 +308,7 @@ class HarmEval:
     def evaluate(self, run: Run, model: str, labels: dict, sampler: SharedSampler, name: str, inputs):
         from nega.eval.harm import generate_answers, score_answers, write_harm_outputs
         from nega.eval.sets import load_harm_set
-        from nega.rewards.harm import close_scorer, make_harm_scorer
+        from nega.rewards.harm import close_scorer, judge_model, loads_a_model, make_harm_scorer
 
         recipe, cfg = run.recipe, run.recipe.eval.harm
         config = _stage_config(run, model, labels, cfg)
@@ -317,7 +317,9 @@ class HarmEval:
         if stage.done:
             return read_json(stage.dir / "metrics.json")
         harm_set = load_harm_set(self.prompts, limit=cfg.limit, toy=_toy_section(run), seed=recipe.seed)
-        scorer = make_harm_scorer(cfg.scorer, sampling_cfg=recipe.sampling)
+        # One engine on the GPU at a time: a judge of the evaluated model answers through the eval engine.
+        shared = sampler.get() if judge_model(cfg.scorer) == model else None
+        scorer = make_harm_scorer(cfg.scorer, sampling_cfg=recipe.sampling, sampler=shared)
         answers = {
             label: generate_answers(
                 sampler.get(),
@@ -329,6 +331,8 @@ class HarmEval:
             )
             for label, adapter in labels.items()
         }
+        if loads_a_model(scorer):
+            sampler.close()  # the scorer's model starts after the eval engine has gone; a later set restarts it
         try:
             scored = score_answers(harm_set, answers, scorer, scorer_name=cfg.scorer)
         finally:

@@ -355,6 +355,20 @@ def make_harm_scorer(spec: str, *, sampling_cfg=None, sampler=None):
         raise ScorerSpecError(f"harm scorer {spec!r}: {exc}") from None
 
 
+def judge_model(spec: str) -> str | None:
+    """The model of a `judge:<model>` spec, else None."""
+    if is_user_function(spec):
+        return None
+    name, model, _ = parse_scorer_spec(spec)
+    return model if name == "judge" else None
+
+
+def loads_a_model(scorer) -> bool:
+    """Whether `scorer` puts a model of its own on the device when called: a classifier, or a judge that
+    starts its own engine (one given a sampler shares that sampler's)."""
+    return isinstance(scorer, ClassifierScorer) or (isinstance(scorer, JudgeScorer) and scorer._owns_sampler)
+
+
 def close_scorer(scorer) -> None:
     close = getattr(scorer, "close", None)
     if callable(close):

@@ -94,6 +94,10 @@ class VLLMSampler:
             # the default KV cache reservation is sized for a dedicated server.
             os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")
             os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(cfg.kv_cache_gib))
+        if layout.gpus:
+            from nega.models import check_engine_memory
+
+            check_engine_memory(cfg.gpu_memory_utilization, layout.tensor_parallel_size)
         from transformers import AutoTokenizer
         from vllm import LLM
 
