@@ -76,27 +76,118 @@ def _wide(t: torch.Tensor) -> torch.Tensor:
     return t.to(torch.promote_types(t.dtype, torch.float32))
 
 
-def log_normalizers(logits: torch.Tensor) -> torch.Tensor:
-    """logsumexp over the vocabulary per position, [..., V] -> [...], in float32 (or float64).
+# Bytes of one chunk's float32 [rows, V] workspace. Small enough that the temporaries of a chunk stay far
+# below the logits themselves (8 MiB is 42 positions of SmolLM2's 49,152 words), large enough that the
+# per-chunk Python overhead is noise; on a CPU a chunk that stays in cache is also faster than a big one.
+CHUNK_BYTES = 8 << 20
 
-    Positions go through in chunks, so peak memory stays at one chunk's float32 workspace and the
-    full log-softmax is never materialised.
+
+def _as_rows(logits: torch.Tensor) -> torch.Tensor:
+    """`logits` [..., V] as a [B, T, V] view without copying: [1, N, V] when the positions are evenly
+    strided (contiguous logits), else one block per leading index (e.g. `logits[:, :-1]`)."""
+    vocab = logits.size(-1)
+    try:
+        return logits.view(1, -1, vocab)
+    except RuntimeError:
+        # Only the leading dims are merged: a slice along the positions stays a view.
+        return logits.reshape(-1, logits.size(-2), vocab)
+
+
+def _spans(blocks: torch.Tensor, chunk_bytes: int):
+    """(b, t0, t1, n0) per chunk of `blocks` [B, T, V]: positions t0:t1 of block b, flat position n0."""
+    batch, length, vocab = blocks.shape
+    width = torch.finfo(torch.promote_types(blocks.dtype, torch.float32)).bits // 8
+    step = max(1, chunk_bytes // max(1, vocab * width))
+    for b in range(batch):
+        for t0 in range(0, length, step):
+            yield b, t0, min(t0 + step, length), b * length + t0
+
+
+class _TargetLogps(torch.autograd.Function):
+    """log softmax(logits)[target] per position, chunked, with the softmax recomputed in the backward.
+
+    Only the logits (in their own dtype), the targets and one float32 log-normalizer per position are
+    kept for the backward; the gradient, (onehot(target) − softmax) · grad_out summed over the targets
+    of a position, is written chunk by chunk into one tensor of the logits' dtype. A target < 0 is
+    ignored: its value is 0 and it sends no gradient.
     """
-    flat = logits.reshape(-1, logits.size(-1))
-    chunk = max(1, (1 << 22) // max(1, logits.size(-1)))
-    norm = torch.cat(
-        [torch.logsumexp(_wide(flat[i : i + chunk]), dim=-1) for i in range(0, flat.size(0), chunk)]
-    )
-    return norm.view(logits.shape[:-1])
+
+    @staticmethod
+    def forward(ctx, logits, positions, targets, chunk_bytes):
+        blocks = _as_rows(logits)
+        length = blocks.size(1)
+        norm = torch.empty(blocks.shape[:2], dtype=torch.promote_types(logits.dtype, torch.float32),
+                           device=logits.device)  # fmt: skip
+        for b, t0, t1, _ in _spans(blocks, chunk_bytes):
+            norm[b, t0:t1] = torch.logsumexp(_wide(blocks[b, t0:t1]), dim=-1)
+        norm = norm.view(-1)
+        picks = targets.clamp_min(0)
+        if positions is None:
+            picked = blocks.gather(-1, picks.reshape(blocks.shape[:2]).unsqueeze(-1)).view(-1)
+            out = _wide(picked) - norm
+        else:
+            picked = blocks[positions // length, positions % length, picks.reshape(-1)]
+            out = _wide(picked) - norm[positions]
+        ctx.save_for_backward(logits, positions, targets, norm)
+        ctx.chunk_bytes = chunk_bytes
+        return out.masked_fill(targets.reshape(-1) < 0, 0.0).view(targets.shape)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_out):
+        logits, positions, targets, norm = ctx.saved_tensors
+        blocks = _as_rows(logits)
+        targets = targets.reshape(-1)
+        weight = _wide(grad_out).reshape(-1).masked_fill(targets < 0, 0.0)
+        if positions is None:
+            per_row, hits = weight, None
+        else:
+            # A position can predict several targets (packed responses share a prompt's last position):
+            # its softmax term carries the sum of their weights, each target adds its own onehot.
+            per_row = weight.new_zeros(norm.shape).index_add_(0, positions, weight)
+            order = torch.argsort(positions)
+            hits = (positions[order], targets[order].clamp_min(0), weight[order])
+        grad = torch.empty(logits.shape, dtype=logits.dtype, device=logits.device)
+        grad_blocks = grad.view(blocks.shape)
+        for b, t0, t1, n0 in _spans(blocks, ctx.chunk_bytes):
+            n1 = n0 + t1 - t0
+            target = grad_blocks[b, t0:t1]
+            rows_norm = norm[n0:n1].unsqueeze(-1)
+            if logits.dtype == norm.dtype:
+                work = torch.sub(blocks[b, t0:t1], rows_norm, out=target)
+            else:
+                work = blocks[b, t0:t1] - rows_norm  # promoted: one float32 chunk
+            work.exp_().mul_(-per_row[n0:n1].unsqueeze(-1))
+            if hits is None:
+                work.scatter_add_(-1, targets[n0:n1].clamp_min(0).unsqueeze(-1), weight[n0:n1].unsqueeze(-1))
+            else:
+                lo, hi = torch.searchsorted(hits[0], torch.tensor([n0, n1], device=hits[0].device)).tolist()
+                work.index_put_((hits[0][lo:hi] - n0, hits[1][lo:hi]), hits[2][lo:hi], accumulate=True)
+            if work is not target:
+                target.copy_(work)
+        return grad, None, None, None
 
 
-def token_logps(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """log p(label) per position, as `logit[label] - logsumexp(logits)`.
+def token_logps(logits: torch.Tensor, labels: torch.Tensor, *, chunk_bytes: int = CHUNK_BYTES) -> torch.Tensor:
+    """log p(label) per position, `logit[label] - logsumexp(logits)`, in float32 (float64 for float64
+    logits). logits [..., V], labels [...] -> [...]; a label < 0 (ignored position) gives 0.
 
-    logits [B, T, V], labels [B, T] -> [B, T].
+    Memory-lean under autograd: no float32 [positions × V] tensor is kept for the backward or made in
+    it, whatever the logits' dtype (`_TargetLogps`); time is linear in the positions.
     """
-    picked = torch.gather(logits, -1, labels.clamp_min(0).unsqueeze(-1)).squeeze(-1)
-    return _wide(picked) - log_normalizers(logits)
+    if logits.shape[:-1] != labels.shape:
+        raise ValueError(f"logits {tuple(logits.shape)} need labels of shape {tuple(logits.shape[:-1])}, "
+                         f"got {tuple(labels.shape)}")  # fmt: skip
+    return _TargetLogps.apply(logits, None, labels, chunk_bytes)
+
+
+def selected_logps(
+    logits: torch.Tensor, positions: torch.Tensor, targets: torch.Tensor, *, chunk_bytes: int = CHUNK_BYTES
+) -> torch.Tensor:
+    """log p(targets[m]) at flat position positions[m] of logits [..., V] (positions index the logits'
+    leading dims flattened in order), shape [M]. A position may appear many times; a target < 0 gives 0.
+    As lean as `token_logps`: each position's normalizer is computed once whatever its count."""
+    return _TargetLogps.apply(logits, positions.reshape(-1), targets.reshape(-1), chunk_bytes)
 
 
 def sequence_logps(
@@ -107,11 +198,16 @@ def sequence_logps(
     input_ids, attention_mask, response_mask: [B, T]. Token t is predicted from position t-1, so the
     masks are shifted by one; prompt and padding contribute exactly 0.
     """
-    logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits[:, :-1]
-    labels = input_ids[:, 1:]
-    mask = response_mask[:, 1:] & attention_mask[:, 1:].bool()
-    per_token = token_logps(logits, labels)
-    return (per_token * mask).sum(-1)
+    logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
+    return token_logps(logits, shifted_targets(input_ids, response_mask & attention_mask.bool())).sum(-1)
+
+
+def shifted_targets(input_ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """[B, T] targets aligned with the logits: position t predicts token t+1 where `mask[t+1]`, else -1
+    (ignored; the last position predicts nothing). Scoring the whole logits tensor this way, instead of
+    `logits[:, :-1]`, spares the backward a second [B, T, V] gradient for the slice."""
+    targets = input_ids.masked_fill(~mask.bool(), -1)[:, 1:]
+    return torch.nn.functional.pad(targets, (0, 1), value=-1)
 
 
 def pack_shared_prompts(encoded: Sequence[tuple[list[int], int]], pad_id: int) -> dict[str, torch.Tensor]:
@@ -230,8 +326,8 @@ def packed_sequence_logps(model, batch: dict[str, torch.Tensor]) -> torch.Tensor
         position_ids=batch["packed_positions"],
         use_cache=False,
     ).logits
-    row, src = batch["label_row"], batch["label_src"]
-    per_token = _wide(logits[row, src, batch["label_token"]]) - log_normalizers(logits)[row, src]
+    positions = batch["label_row"] * logits.size(1) + batch["label_src"]
+    per_token = selected_logps(logits, positions, batch["label_token"])
     count = int(batch["packed_count"].reshape(-1)[0])
     out = torch.zeros(count, dtype=per_token.dtype, device=logits.device)
     return out.index_add(0, batch["label_seq"], per_token)
