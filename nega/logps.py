@@ -76,10 +76,10 @@ def _wide(t: torch.Tensor) -> torch.Tensor:
     return t.to(torch.promote_types(t.dtype, torch.float32))
 
 
-# Bytes of one chunk's float32 [rows, V] workspace. Small enough that the temporaries of a chunk stay far
-# below the logits themselves (8 MiB is 42 positions of SmolLM2's 49,152 words), large enough that the
-# per-chunk Python overhead is noise; on a CPU a chunk that stays in cache is also faster than a big one.
-CHUNK_BYTES = 8 << 20
+# Bytes of one chunk's float32 [positions, V] workspace (341 positions of SmolLM2's 49,152 words): small
+# beside the logits, large enough that the per-chunk overhead is noise. Fewer, larger chunks also run
+# faster than small ones on a CPU that other processes share (each chunk is a few parallel operations).
+CHUNK_BYTES = 64 << 20
 
 
 def _as_rows(logits: torch.Tensor) -> torch.Tensor:
@@ -94,78 +94,112 @@ def _as_rows(logits: torch.Tensor) -> torch.Tensor:
 
 
 def _spans(blocks: torch.Tensor, chunk_bytes: int):
-    """(b, t0, t1, n0) per chunk of `blocks` [B, T, V]: positions t0:t1 of block b, flat position n0."""
+    """(b, t0, t1, n0, n1) per chunk of `blocks` [B, T, V]: positions t0:t1 of block b, which are the
+    flat positions n0:n1."""
     batch, length, vocab = blocks.shape
     width = torch.finfo(torch.promote_types(blocks.dtype, torch.float32)).bits // 8
     step = max(1, chunk_bytes // max(1, vocab * width))
     for b in range(batch):
         for t0 in range(0, length, step):
-            yield b, t0, min(t0 + step, length), b * length + t0
+            t1 = min(t0 + step, length)
+            yield b, t0, t1, b * length + t0, b * length + t1
+
+
+def _normalized(chunk: torch.Tensor, space: torch.Tensor, function) -> torch.Tensor:
+    """`function` (aten's log-softmax or softmax) of `chunk` [c, V] over the vocabulary, written into
+    `space` [c, V] in float32 or float64, in place: no allocation per chunk (on a CPU a fresh
+    allocation of this size costs page faults every time)."""
+    if chunk.dtype == space.dtype:
+        return function(chunk, -1, False, out=space)
+    space.copy_(chunk)  # half precision: CPU kernels do not widen on the fly
+    return function(space, -1, False, out=space)
 
 
 class _TargetLogps(torch.autograd.Function):
-    """log softmax(logits)[target] per position, chunked, with the softmax recomputed in the backward.
+    """log softmax(logits)[target] for each (position, target), chunk by chunk, with the softmax
+    recomputed in the backward.
 
-    Only the logits (in their own dtype), the targets and one float32 log-normalizer per position are
-    kept for the backward; the gradient, (onehot(target) − softmax) · grad_out summed over the targets
-    of a position, is written chunk by chunk into one tensor of the logits' dtype. A target < 0 is
-    ignored: its value is 0 and it sends no gradient.
+    Only the logits (in their own dtype) and the targets are kept for the backward. Its gradient,
+    Σ over a position's targets of (onehot(target) − softmax) · grad_out, is written chunk by chunk into
+    one tensor of the logits' dtype: float32 logits are worked on in place in it, half-precision ones in
+    one float32 chunk that every chunk reuses. `positions` None means target i belongs to position i
+    (targets shaped like the logits' leading dims); else target m to flat position positions[m], and a
+    position may have several targets. A target < 0 is ignored: value 0, no gradient.
     """
 
     @staticmethod
     def forward(ctx, logits, positions, targets, chunk_bytes):
         blocks = _as_rows(logits)
-        length = blocks.size(1)
-        norm = torch.empty(blocks.shape[:2], dtype=torch.promote_types(logits.dtype, torch.float32),
-                           device=logits.device)  # fmt: skip
-        for b, t0, t1, _ in _spans(blocks, chunk_bytes):
-            norm[b, t0:t1] = torch.logsumexp(_wide(blocks[b, t0:t1]), dim=-1)
-        norm = norm.view(-1)
-        picks = targets.clamp_min(0)
-        if positions is None:
-            picked = blocks.gather(-1, picks.reshape(blocks.shape[:2]).unsqueeze(-1)).view(-1)
-            out = _wide(picked) - norm
-        else:
-            picked = blocks[positions // length, positions % length, picks.reshape(-1)]
-            out = _wide(picked) - norm[positions]
-        ctx.save_for_backward(logits, positions, targets, norm)
+        flat = targets.reshape(-1)
+        picks = flat.clamp_min(0)
+        wide = torch.promote_types(logits.dtype, torch.float32)
+        out = torch.zeros(flat.shape, dtype=wide, device=logits.device)
+        hits = None if positions is None else _sorted_hits(positions)
+        space = None
+        for b, t0, t1, n0, n1 in _spans(blocks, chunk_bytes):
+            if space is None:
+                space = torch.empty((t1 - t0, blocks.size(-1)), dtype=wide, device=logits.device)
+            logsm = _normalized(blocks[b, t0:t1], space[: t1 - t0], torch._log_softmax)
+            if hits is None:
+                out[n0:n1] = logsm.gather(-1, picks[n0:n1].unsqueeze(-1)).squeeze(-1)
+            else:
+                rows, index = _hits_in(hits, n0, n1)
+                out[index] = logsm[rows, picks[index]]
+        ctx.save_for_backward(logits, positions, targets)
         ctx.chunk_bytes = chunk_bytes
-        return out.masked_fill(targets.reshape(-1) < 0, 0.0).view(targets.shape)
+        return out.masked_fill_(flat < 0, 0.0).view(targets.shape)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_out):
-        logits, positions, targets, norm = ctx.saved_tensors
+        logits, positions, targets = ctx.saved_tensors
         blocks = _as_rows(logits)
-        targets = targets.reshape(-1)
-        weight = _wide(grad_out).reshape(-1).masked_fill(targets < 0, 0.0)
+        flat = targets.reshape(-1)
+        picks = flat.clamp_min(0)
+        wide = torch.promote_types(logits.dtype, torch.float32)
+        weight = grad_out.reshape(-1).to(wide).masked_fill(flat < 0, 0.0)
         if positions is None:
-            per_row, hits = weight, None
+            per_position, hits = weight, None
         else:
-            # A position can predict several targets (packed responses share a prompt's last position):
-            # its softmax term carries the sum of their weights, each target adds its own onehot.
-            per_row = weight.new_zeros(norm.shape).index_add_(0, positions, weight)
-            order = torch.argsort(positions)
-            hits = (positions[order], targets[order].clamp_min(0), weight[order])
+            # Packed responses share their prompt's last position: its softmax term carries the sum of
+            # their weights, and each target adds its own onehot.
+            per_position = weight.new_zeros(blocks.shape[0] * blocks.shape[1])
+            per_position.index_add_(0, positions, weight)
+            hits = _sorted_hits(positions)
         grad = torch.empty(logits.shape, dtype=logits.dtype, device=logits.device)
         grad_blocks = grad.view(blocks.shape)
-        for b, t0, t1, n0 in _spans(blocks, ctx.chunk_bytes):
-            n1 = n0 + t1 - t0
+        space = None
+        for b, t0, t1, n0, n1 in _spans(blocks, ctx.chunk_bytes):
             target = grad_blocks[b, t0:t1]
-            rows_norm = norm[n0:n1].unsqueeze(-1)
-            if logits.dtype == norm.dtype:
-                work = torch.sub(blocks[b, t0:t1], rows_norm, out=target)
+            if logits.dtype == wide:
+                work = target
             else:
-                work = blocks[b, t0:t1] - rows_norm  # promoted: one float32 chunk
-            work.exp_().mul_(-per_row[n0:n1].unsqueeze(-1))
+                if space is None:
+                    space = torch.empty(target.shape, dtype=wide, device=logits.device)
+                work = space[: t1 - t0]
+            probs = _normalized(blocks[b, t0:t1], work, torch._softmax)
+            probs.mul_(-per_position[n0:n1].unsqueeze(-1))
             if hits is None:
-                work.scatter_add_(-1, targets[n0:n1].clamp_min(0).unsqueeze(-1), weight[n0:n1].unsqueeze(-1))
+                probs.scatter_add_(-1, picks[n0:n1].unsqueeze(-1), weight[n0:n1].unsqueeze(-1))
             else:
-                lo, hi = torch.searchsorted(hits[0], torch.tensor([n0, n1], device=hits[0].device)).tolist()
-                work.index_put_((hits[0][lo:hi] - n0, hits[1][lo:hi]), hits[2][lo:hi], accumulate=True)
-            if work is not target:
-                target.copy_(work)
+                rows, index = _hits_in(hits, n0, n1)
+                probs.index_put_((rows, picks[index]), weight[index], accumulate=True)
+            if probs is not target:
+                target.copy_(probs)
         return grad, None, None, None
+
+
+def _sorted_hits(positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(positions sorted, the order that sorts them), to find each chunk's targets by bisection."""
+    order = torch.argsort(positions)
+    return positions[order], order
+
+
+def _hits_in(hits: tuple[torch.Tensor, torch.Tensor], n0: int, n1: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(row within the chunk, index of the target) of every target at flat positions n0:n1."""
+    ordered, order = hits
+    lo, hi = torch.searchsorted(ordered, torch.tensor([n0, n1], device=ordered.device)).tolist()
+    return ordered[lo:hi] - n0, order[lo:hi]
 
 
 def token_logps(logits: torch.Tensor, labels: torch.Tensor, *, chunk_bytes: int = CHUNK_BYTES) -> torch.Tensor:
