@@ -202,7 +202,9 @@ def _hits_in(hits: tuple[torch.Tensor, torch.Tensor], n0: int, n1: int) -> tuple
     return ordered[lo:hi] - n0, order[lo:hi]
 
 
-def token_logps(logits: torch.Tensor, labels: torch.Tensor, *, chunk_bytes: int = CHUNK_BYTES) -> torch.Tensor:
+def token_logps(
+    logits: torch.Tensor, labels: torch.Tensor, *, chunk_bytes: int | None = None
+) -> torch.Tensor:
     """log p(label) per position, `logit[label] - logsumexp(logits)`, in float32 (float64 for float64
     logits). logits [..., V], labels [...] -> [...]; a label < 0 (ignored position) gives 0.
 
@@ -210,18 +212,20 @@ def token_logps(logits: torch.Tensor, labels: torch.Tensor, *, chunk_bytes: int 
     it, whatever the logits' dtype (`_TargetLogps`); time is linear in the positions.
     """
     if logits.shape[:-1] != labels.shape:
-        raise ValueError(f"logits {tuple(logits.shape)} need labels of shape {tuple(logits.shape[:-1])}, "
-                         f"got {tuple(labels.shape)}")  # fmt: skip
-    return _TargetLogps.apply(logits, None, labels, chunk_bytes)
+        raise ValueError(
+            f"logits {tuple(logits.shape)} need labels of shape {tuple(logits.shape[:-1])}, "
+            f"got {tuple(labels.shape)}"
+        )
+    return _TargetLogps.apply(logits, None, labels, chunk_bytes or CHUNK_BYTES)
 
 
 def selected_logps(
-    logits: torch.Tensor, positions: torch.Tensor, targets: torch.Tensor, *, chunk_bytes: int = CHUNK_BYTES
+    logits: torch.Tensor, positions: torch.Tensor, targets: torch.Tensor, *, chunk_bytes: int | None = None
 ) -> torch.Tensor:
     """log p(targets[m]) at flat position positions[m] of logits [..., V] (positions index the logits'
     leading dims flattened in order), shape [M]. A position may appear many times; a target < 0 gives 0.
     As lean as `token_logps`: each position's normalizer is computed once whatever its count."""
-    return _TargetLogps.apply(logits, positions.reshape(-1), targets.reshape(-1), chunk_bytes)
+    return _TargetLogps.apply(logits, positions.reshape(-1), targets.reshape(-1), chunk_bytes or CHUNK_BYTES)
 
 
 def sequence_logps(
