@@ -5,6 +5,10 @@ padding tokens are masked out. Prompt and response are tokenized separately and 
 boundary is exact whatever the tokenizer merges across it, and sampling (which sends the same prompt
 token ids to the engine) and training see identical tokens. A sampled response is scored by the ids the
 sampler produced, not by its decoded text (`nega.chat`).
+
+Under gradient, the log-probs of the targets are taken chunk by chunk and the softmax is recomputed in
+the backward (`token_logps`, `selected_logps`): no float32 [tokens × vocabulary] tensor is kept or made,
+and time is linear in the tokens.
 """
 
 from __future__ import annotations
@@ -71,11 +75,6 @@ def collate_sequences(
     return input_ids, attention, response
 
 
-def _wide(t: torch.Tensor) -> torch.Tensor:
-    """`t` in float32, or float64 when it already is: half-precision logits are summed in float32."""
-    return t.to(torch.promote_types(t.dtype, torch.float32))
-
-
 # Bytes of one chunk's float32 [positions, V] workspace (341 positions of SmolLM2's 49,152 words): small
 # beside the logits, large enough that the per-chunk overhead is noise. Fewer, larger chunks also run
 # faster than small ones on a CPU that other processes share (each chunk is a few parallel operations).
@@ -108,7 +107,10 @@ def _spans(blocks: torch.Tensor, chunk_bytes: int):
 def _normalized(chunk: torch.Tensor, space: torch.Tensor, function) -> torch.Tensor:
     """`function` (aten's log-softmax or softmax) of `chunk` [c, V] over the vocabulary, written into
     `space` [c, V] in float32 or float64, in place: no allocation per chunk (on a CPU a fresh
-    allocation of this size costs page faults every time)."""
+    allocation of this size costs page faults every time).
+
+    `torch._log_softmax` and `torch._softmax` are the aten kernels behind `torch.log_softmax`; only
+    they take `out=`. One fused pass per row, where `exp(x - logsumexp)` would take two more."""
     if chunk.dtype == space.dtype:
         return function(chunk, -1, False, out=space)
     space.copy_(chunk)  # half precision: CPU kernels do not widen on the fly
