@@ -149,6 +149,49 @@ def section(path: Path) -> list[str]:
     return [*lines, ""]
 
 
+def logps_memory_section(data: dict) -> list[str]:
+    """bench_logps_memory: per dtype and size, each way's peak above its logits and time, the ratios
+    nega ÷ naive with their per-repetition spread and verdict, and the largest gradient difference."""
+    machine = data.get("machine", {})
+    lines = [
+        "## logps_memory",
+        "",
+        f"`results/logps_memory.json` — {data.get('date', '?')}, {machine.get('device', '?')}, "
+        f"{machine.get('cpus', '?')} CPUs, {data['config']['threads']} thread(s), vocabulary "
+        f"{data['config']['vocab']:,}; memory is the peak above the logits' own",
+        "",
+        "| dtype | positions | nega peak | naive peak | memory ratio (spread) | | nega s | naive s "
+        "| time ratio (spread) | | gradient max diff |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    mib = lambda b: f"{b / 2**20:,.0f} MiB"  # noqa: E731
+    for dtype, sizes in data["peak_memory_vs_naive"].items():
+        if dtype == "overall":
+            continue
+        for size in sizes:
+            ways = data["ways"][f"{dtype}_{size}"]
+            nega, naive = ways["nega"], ways["naive"]
+            cells = [dtype, f"{int(size):,}", mib(nega["median_peak_above_baseline_bytes"])]
+            if "skipped" in naive:
+                cells += ["skipped", naive["skipped"], "", fmt(nega["median_seconds"]), "—", "—", ""]
+            else:
+                cells.append(mib(naive["median_peak_above_baseline_bytes"]))
+                for key in ("peak_memory_vs_naive", "time_vs_naive"):
+                    entry = data[key][dtype][size]
+                    if key == "time_vs_naive":
+                        cells += [fmt(nega["median_seconds"]), fmt(naive["median_seconds"])]
+                    low, high = entry["spread"]
+                    cells += [
+                        f"{entry['median']:.2f} ({low:.2f}–{high:.2f}) {entry['target']}",
+                        entry["verdict"],
+                    ]
+            cells.append(f"{data['gradients'][f'{dtype}_{size}']['max_abs_diff']:.1e}")
+            lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", "Targets:", ""]
+    lines += [f"- {statement}: {verdict}" for statement, verdict in data["targets"].items()]
+    return [*lines, ""]
+
+
 # The quality benchmarks' tables: per results file, its arms in order and its metrics with the better
 # direction (↓ lower, ↑ higher, "" neither), then the extra lines a method reports.
 QUALITY = {
@@ -355,6 +398,8 @@ def speed_block() -> list[str]:
     lines = [] if files else ["No speed results yet: run `make bench`.", ""]
     for path in files:
         lines += section(path)
+    if (RESULTS / "logps_memory.json").exists():
+        lines += logps_memory_section(json.loads((RESULTS / "logps_memory.json").read_text()))
     return lines
 
 

@@ -5,6 +5,10 @@ padding tokens are masked out. Prompt and response are tokenized separately and 
 boundary is exact whatever the tokenizer merges across it, and sampling (which sends the same prompt
 token ids to the engine) and training see identical tokens. A sampled response is scored by the ids the
 sampler produced, not by its decoded text (`nega.chat`).
+
+Under gradient, the log-probs of the targets are taken chunk by chunk and the softmax is recomputed in
+the backward (`token_logps`, `selected_logps`): no float32 [tokens × vocabulary] tensor is kept or made,
+and time is linear in the tokens.
 """
 
 from __future__ import annotations
@@ -71,32 +75,159 @@ def collate_sequences(
     return input_ids, attention, response
 
 
-def _wide(t: torch.Tensor) -> torch.Tensor:
-    """`t` in float32, or float64 when it already is: half-precision logits are summed in float32."""
-    return t.to(torch.promote_types(t.dtype, torch.float32))
+# Bytes of one chunk's float32 [positions, V] workspace (341 positions of SmolLM2's 49,152 words): small
+# beside the logits, large enough that the per-chunk overhead is noise. Fewer, larger chunks also run
+# faster than small ones on a CPU that other processes share (each chunk is a few parallel operations).
+CHUNK_BYTES = 64 << 20
 
 
-def log_normalizers(logits: torch.Tensor) -> torch.Tensor:
-    """logsumexp over the vocabulary per position, [..., V] -> [...], in float32 (or float64).
+def _as_rows(logits: torch.Tensor) -> torch.Tensor:
+    """`logits` [..., V] as a [B, T, V] view without copying: [1, N, V] when the positions are evenly
+    strided (contiguous logits), else one block per leading index (e.g. `logits[:, :-1]`)."""
+    vocab = logits.size(-1)
+    try:
+        return logits.view(1, -1, vocab)
+    except RuntimeError:
+        # Only the leading dims are merged: a slice along the positions stays a view.
+        return logits.reshape(-1, logits.size(-2), vocab)
 
-    Positions go through in chunks, so peak memory stays at one chunk's float32 workspace and the
-    full log-softmax is never materialised.
+
+def _spans(blocks: torch.Tensor, chunk_bytes: int):
+    """(b, t0, t1, n0, n1) per chunk of `blocks` [B, T, V]: positions t0:t1 of block b, which are the
+    flat positions n0:n1."""
+    batch, length, vocab = blocks.shape
+    width = torch.finfo(torch.promote_types(blocks.dtype, torch.float32)).bits // 8
+    step = max(1, chunk_bytes // max(1, vocab * width))
+    for b in range(batch):
+        for t0 in range(0, length, step):
+            t1 = min(t0 + step, length)
+            yield b, t0, t1, b * length + t0, b * length + t1
+
+
+def _normalized(chunk: torch.Tensor, space: torch.Tensor, function) -> torch.Tensor:
+    """`function` (aten's log-softmax or softmax) of `chunk` [c, V] over the vocabulary, written into
+    `space` [c, V] in float32 or float64, in place: no allocation per chunk (on a CPU a fresh
+    allocation of this size costs page faults every time).
+
+    `torch._log_softmax` and `torch._softmax` are the aten kernels behind `torch.log_softmax`; only
+    they take `out=`. One fused pass per row, where `exp(x - logsumexp)` would take two more."""
+    if chunk.dtype == space.dtype:
+        return function(chunk, -1, False, out=space)
+    space.copy_(chunk)  # half precision: CPU kernels do not widen on the fly
+    return function(space, -1, False, out=space)
+
+
+class _TargetLogps(torch.autograd.Function):
+    """log softmax(logits)[target] for each (position, target), chunk by chunk, with the softmax
+    recomputed in the backward.
+
+    Only the logits (in their own dtype) and the targets are kept for the backward. Its gradient,
+    Σ over a position's targets of (onehot(target) − softmax) · grad_out, is written chunk by chunk into
+    one tensor of the logits' dtype: float32 logits are worked on in place in it, half-precision ones in
+    one float32 chunk that every chunk reuses. `positions` None means target i belongs to position i
+    (targets shaped like the logits' leading dims); else target m to flat position positions[m], and a
+    position may have several targets. A target < 0 is ignored: value 0, no gradient.
     """
-    flat = logits.reshape(-1, logits.size(-1))
-    chunk = max(1, (1 << 22) // max(1, logits.size(-1)))
-    norm = torch.cat(
-        [torch.logsumexp(_wide(flat[i : i + chunk]), dim=-1) for i in range(0, flat.size(0), chunk)]
-    )
-    return norm.view(logits.shape[:-1])
+
+    @staticmethod
+    def forward(ctx, logits, positions, targets, chunk_bytes):
+        blocks = _as_rows(logits)
+        flat = targets.reshape(-1)
+        picks = flat.clamp_min(0)
+        wide = torch.promote_types(logits.dtype, torch.float32)
+        out = torch.zeros(flat.shape, dtype=wide, device=logits.device)
+        hits = None if positions is None else _sorted_hits(positions)
+        space = None
+        for b, t0, t1, n0, n1 in _spans(blocks, chunk_bytes):
+            if space is None:
+                space = torch.empty((t1 - t0, blocks.size(-1)), dtype=wide, device=logits.device)
+            logsm = _normalized(blocks[b, t0:t1], space[: t1 - t0], torch._log_softmax)
+            if hits is None:
+                out[n0:n1] = logsm.gather(-1, picks[n0:n1].unsqueeze(-1)).squeeze(-1)
+            else:
+                rows, index = _hits_in(hits, n0, n1)
+                out[index] = logsm[rows, picks[index]]
+        ctx.save_for_backward(logits, positions, targets)
+        ctx.chunk_bytes = chunk_bytes
+        return out.masked_fill_(flat < 0, 0.0).view(targets.shape)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_out):
+        logits, positions, targets = ctx.saved_tensors
+        blocks = _as_rows(logits)
+        flat = targets.reshape(-1)
+        picks = flat.clamp_min(0)
+        wide = torch.promote_types(logits.dtype, torch.float32)
+        weight = grad_out.reshape(-1).to(wide).masked_fill(flat < 0, 0.0)
+        if positions is None:
+            per_position, hits = weight, None
+        else:
+            # Packed responses share their prompt's last position: its softmax term carries the sum of
+            # their weights, and each target adds its own onehot.
+            per_position = weight.new_zeros(blocks.shape[0] * blocks.shape[1])
+            per_position.index_add_(0, positions, weight)
+            hits = _sorted_hits(positions)
+        grad = torch.empty(logits.shape, dtype=logits.dtype, device=logits.device)
+        grad_blocks = grad.view(blocks.shape)
+        space = None
+        for b, t0, t1, n0, n1 in _spans(blocks, ctx.chunk_bytes):
+            target = grad_blocks[b, t0:t1]
+            if logits.dtype == wide:
+                work = target
+            else:
+                if space is None:
+                    space = torch.empty(target.shape, dtype=wide, device=logits.device)
+                work = space[: t1 - t0]
+            probs = _normalized(blocks[b, t0:t1], work, torch._softmax)
+            probs.mul_(-per_position[n0:n1].unsqueeze(-1))
+            if hits is None:
+                probs.scatter_add_(-1, picks[n0:n1].unsqueeze(-1), weight[n0:n1].unsqueeze(-1))
+            else:
+                rows, index = _hits_in(hits, n0, n1)
+                probs.index_put_((rows, picks[index]), weight[index], accumulate=True)
+            if probs is not target:
+                target.copy_(probs)
+        return grad, None, None, None
 
 
-def token_logps(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """log p(label) per position, as `logit[label] - logsumexp(logits)`.
+def _sorted_hits(positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(positions sorted, the order that sorts them), to find each chunk's targets by bisection."""
+    order = torch.argsort(positions)
+    return positions[order], order
 
-    logits [B, T, V], labels [B, T] -> [B, T].
+
+def _hits_in(hits: tuple[torch.Tensor, torch.Tensor], n0: int, n1: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(row within the chunk, index of the target) of every target at flat positions n0:n1."""
+    ordered, order = hits
+    lo, hi = torch.searchsorted(ordered, torch.tensor([n0, n1], device=ordered.device)).tolist()
+    return ordered[lo:hi] - n0, order[lo:hi]
+
+
+def token_logps(
+    logits: torch.Tensor, labels: torch.Tensor, *, chunk_bytes: int | None = None
+) -> torch.Tensor:
+    """log p(label) per position, `logit[label] - logsumexp(logits)`, in float32 (float64 for float64
+    logits). logits [..., V], labels [...] -> [...]; a label < 0 (ignored position) gives 0.
+
+    Memory-lean under autograd: no float32 [positions × V] tensor is kept for the backward or made in
+    it, whatever the logits' dtype (`_TargetLogps`); time is linear in the positions.
     """
-    picked = torch.gather(logits, -1, labels.clamp_min(0).unsqueeze(-1)).squeeze(-1)
-    return _wide(picked) - log_normalizers(logits)
+    if logits.shape[:-1] != labels.shape:
+        raise ValueError(
+            f"logits {tuple(logits.shape)} need labels of shape {tuple(logits.shape[:-1])}, "
+            f"got {tuple(labels.shape)}"
+        )
+    return _TargetLogps.apply(logits, None, labels, chunk_bytes or CHUNK_BYTES)
+
+
+def selected_logps(
+    logits: torch.Tensor, positions: torch.Tensor, targets: torch.Tensor, *, chunk_bytes: int | None = None
+) -> torch.Tensor:
+    """log p(targets[m]) at flat position positions[m] of logits [..., V] (positions index the logits'
+    leading dims flattened in order), shape [M]. A position may appear many times; a target < 0 gives 0.
+    As lean as `token_logps`: each position's normalizer is computed once whatever its count."""
+    return _TargetLogps.apply(logits, positions.reshape(-1), targets.reshape(-1), chunk_bytes or CHUNK_BYTES)
 
 
 def sequence_logps(
@@ -107,11 +238,16 @@ def sequence_logps(
     input_ids, attention_mask, response_mask: [B, T]. Token t is predicted from position t-1, so the
     masks are shifted by one; prompt and padding contribute exactly 0.
     """
-    logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits[:, :-1]
-    labels = input_ids[:, 1:]
-    mask = response_mask[:, 1:] & attention_mask[:, 1:].bool()
-    per_token = token_logps(logits, labels)
-    return (per_token * mask).sum(-1)
+    logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
+    return token_logps(logits, shifted_targets(input_ids, response_mask & attention_mask.bool())).sum(-1)
+
+
+def shifted_targets(input_ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """[B, T] targets aligned with the logits: position t predicts token t+1 where `mask[t+1]`, else -1
+    (ignored; the last position predicts nothing). Scoring the whole logits tensor this way, instead of
+    `logits[:, :-1]`, spares the backward a second [B, T, V] gradient for the slice."""
+    targets = input_ids.masked_fill(~mask.bool(), -1)[:, 1:]
+    return torch.nn.functional.pad(targets, (0, 1), value=-1)
 
 
 def pack_shared_prompts(encoded: Sequence[tuple[list[int], int]], pad_id: int) -> dict[str, torch.Tensor]:
@@ -230,8 +366,8 @@ def packed_sequence_logps(model, batch: dict[str, torch.Tensor]) -> torch.Tensor
         position_ids=batch["packed_positions"],
         use_cache=False,
     ).logits
-    row, src = batch["label_row"], batch["label_src"]
-    per_token = _wide(logits[row, src, batch["label_token"]]) - log_normalizers(logits)[row, src]
+    positions = batch["label_row"] * logits.size(1) + batch["label_src"]
+    per_token = selected_logps(logits, positions, batch["label_token"])
     count = int(batch["packed_count"].reshape(-1)[0])
     out = torch.zeros(count, dtype=per_token.dtype, device=logits.device)
     return out.index_add(0, batch["label_seq"], per_token)

@@ -16,7 +16,9 @@ from nega.logps import (
     encode_pair,
     pack_shared_prompts,
     packed_sequence_logps,
+    selected_logps,
     sequence_logps,
+    shifted_targets,
     supports_packing,
     token_logps,
 )
@@ -38,6 +40,191 @@ def test_token_logps_matches_log_softmax():
     labels = torch.randint(0, 7, (2, 5))
     expected = torch.log_softmax(logits, -1).gather(-1, labels.unsqueeze(-1)).squeeze(-1)
     assert torch.allclose(token_logps(logits, labels), expected, atol=1e-6)
+
+
+# --- per-token log-probs under gradient: chunked, recomputed in the backward, no float32 [N, V] --------
+
+
+def naive_logps(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """What `token_logps` replaces: the whole log-softmax in float32, then the labels' entries."""
+    picked = torch.log_softmax(logits.float(), -1).gather(-1, labels.clamp_min(0).unsqueeze(-1)).squeeze(-1)
+    return picked.masked_fill(labels < 0, 0.0)
+
+
+def value_and_grad(fn, logits: torch.Tensor, weights: torch.Tensor):
+    leaf = logits.detach().requires_grad_(True)
+    values = fn(leaf)
+    (values * weights).sum().backward()
+    return values.detach(), leaf.grad
+
+
+@pytest.mark.parametrize("chunk_bytes", [3 * 50 * 4, 1 << 26])
+def test_token_logps_values_and_gradients_equal_the_naive_log_softmax(chunk_bytes):
+    """Several chunks or one, a sliced (non-contiguous) input and ignored labels: values and gradients
+    within 1e-5 of the float32 log-softmax, ignored positions exactly 0 with no gradient."""
+    torch.manual_seed(0)
+    logits = torch.randn(3, 9, 50) * 4
+    labels = torch.randint(0, 50, (3, 9))
+    labels[0, :4] = -100
+    labels[2, 7] = -1
+    weights = torch.randn(3, 8)
+    ours, our_grad = value_and_grad(
+        lambda x: token_logps(x[:, :-1], labels[:, 1:], chunk_bytes=chunk_bytes), logits, weights
+    )
+    naive, naive_grad = value_and_grad(lambda x: naive_logps(x[:, :-1], labels[:, 1:]), logits, weights)
+    assert ours.dtype == torch.float32 and ours.shape == (3, 8)
+    assert (ours - naive).abs().max().item() < 1e-5
+    assert (our_grad - naive_grad).abs().max().item() < 1e-5
+    assert ours[0, :3].tolist() == [0.0, 0.0, 0.0] and ours[2, 6].item() == 0.0
+    assert our_grad[0, :3].abs().max().item() == 0.0 and our_grad[:, -1].abs().max().item() == 0.0
+    assert our_grad[1, :-1].abs().min().item() > 0  # every entry of a scored position moves
+
+
+def test_selected_logps_sum_the_gradients_of_a_shared_position():
+    """Packed responses share their prompt's last position: each of its targets adds its own term."""
+    torch.manual_seed(1)
+    logits = torch.randn(2, 6, 40) * 3
+    positions = torch.tensor([5, 0, 5, 7, 11, 5, 3])
+    targets = torch.tensor([1, 2, 3, 39, 0, -1, 7])
+    weights = torch.randn(7)
+    ours, our_grad = value_and_grad(
+        lambda x: selected_logps(x, positions, targets, chunk_bytes=4 * 40 * 4), logits, weights
+    )
+    naive, naive_grad = value_and_grad(
+        lambda x: naive_logps(x.reshape(-1, 40)[positions], targets), logits, weights
+    )
+    assert (ours - naive).abs().max().item() < 1e-5
+    assert (our_grad - naive_grad).abs().max().item() < 1e-5
+    assert ours[5].item() == 0.0
+
+
+def test_bfloat16_logits_match_the_float32_log_softmax_of_the_same_values():
+    torch.manual_seed(2)
+    logits = (torch.randn(2, 33, 300) * 3).bfloat16()
+    labels = torch.randint(0, 300, (2, 33))
+    labels[1, 5:9] = -100
+    weights = torch.randn(2, 33)
+    ours, our_grad = value_and_grad(
+        lambda x: token_logps(x, labels, chunk_bytes=7 * 300 * 4), logits, weights
+    )
+    naive, naive_grad = value_and_grad(lambda x: naive_logps(x, labels), logits, weights)
+    assert ours.dtype == torch.float32 and our_grad.dtype == torch.bfloat16
+    # The same float32 arithmetic on the same bf16 values: equal up to float32 rounding; the gradients
+    # are both float32 results rounded once to bfloat16.
+    assert (ours - naive).abs().max().item() < 1e-5
+    torch.testing.assert_close(our_grad, naive_grad, atol=1e-6, rtol=2**-7)
+
+
+def test_gradcheck_in_float64():
+    torch.manual_seed(3)
+    logits = torch.randn(2, 4, 6, dtype=torch.float64, requires_grad=True)
+    labels = torch.tensor([[0, 5, -100, 2], [3, 3, 1, -1]])
+    assert torch.autograd.gradcheck(
+        lambda x: token_logps(x[:, 1:], labels[:, 1:], chunk_bytes=2 * 6 * 8), (logits,)
+    )
+    positions = torch.tensor([0, 0, 3, 7, 5])
+    targets = torch.tensor([1, 2, 3, -1, 0])
+    assert torch.autograd.gradcheck(
+        lambda x: selected_logps(x, positions, targets, chunk_bytes=3 * 6 * 8), (logits,)
+    )
+
+
+def saved_for_backward(fn, logits: torch.Tensor) -> list[tuple[torch.dtype, tuple[int, ...]]]:
+    """(dtype, shape) of every tensor the autograd graph of `fn(logits)` keeps for its backward."""
+    saved = []
+
+    def pack(t):
+        saved.append((t.dtype, tuple(t.shape)))
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        fn(logits.detach().requires_grad_(True))
+    return saved
+
+
+def test_no_float32_copy_of_bfloat16_logits_is_kept_for_the_backward():
+    logits = torch.randn(64, 512).bfloat16()
+    labels = torch.randint(0, 512, (64,))
+    naive = saved_for_backward(lambda x: naive_logps(x, labels), logits)
+    assert (torch.float32, (64, 512)) in naive  # the hook sees what the naive way keeps
+    ours = saved_for_backward(lambda x: token_logps(x, labels), logits)
+    assert (torch.bfloat16, (64, 512)) in ours
+    assert [s for s in ours if s[0] != torch.bfloat16 and len(s[1]) == 2] == []
+    assert all(s[1] in ((64, 512), (64,)) for s in ours)
+
+
+def fresh_tensors_of_backward(values: torch.Tensor) -> list[tuple[torch.dtype, int]]:
+    """(dtype, number of elements) of every tensor the backward of `values.sum()` allocates: each output
+    of an operation that shares no storage with the operation's inputs."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+    from torch.utils._pytree import tree_flatten
+
+    made = []
+
+    class Allocations(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            inputs = {
+                t.untyped_storage().data_ptr()
+                for t in tree_flatten((args, kwargs))[0]
+                if isinstance(t, torch.Tensor)
+            }
+            for t in tree_flatten(out)[0]:
+                if isinstance(t, torch.Tensor) and t.untyped_storage().data_ptr() not in inputs:
+                    made.append((t.dtype, t.untyped_storage().nbytes() // t.element_size()))
+            return out
+
+    with Allocations():
+        values.sum().backward()
+    return made
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_the_backward_allocates_the_gradient_and_one_chunk(dtype):
+    """Linear in the positions: the backward makes one [N, V] gradient in the logits' dtype and, for
+    half-precision logits, one float32 chunk reused for every chunk; never a float32 [N, V] tensor
+    (the naive way makes several), never one full-size tensor per chunk."""
+    n, vocab, rows = 96, 512, 16
+    labels = torch.randint(0, vocab, (n,))
+    logits = torch.randn(n, vocab).to(dtype).requires_grad_(True)
+    made = fresh_tensors_of_backward(token_logps(logits, labels, chunk_bytes=rows * vocab * 4))
+    big = sorted(size for _, size in made if size >= rows * vocab)
+    assert big == ([rows * vocab, n * vocab] if dtype == torch.bfloat16 else [n * vocab])
+    assert [d for d, size in made if size == n * vocab] == [dtype]
+    naive = fresh_tensors_of_backward(naive_logps(logits, labels))
+    assert sum(1 for d, size in naive if d == torch.float32 and size == n * vocab) >= 2
+
+
+def test_sequence_logps_and_qcrd_ce_gradients_equal_the_naive_log_softmax():
+    """The training paths score the whole logits tensor with shifted targets; their gradients are the
+    naive ones, masked positions included."""
+    from nega.distill.qcrd.loss import mean_token_ce
+
+    torch.manual_seed(4)
+    logits = torch.randn(2, 6, 30) * 2
+    ids, attn, resp = collate_sequences([([1, 2, 3, 4, 5, 6], 2), ([7, 8, 9], 1)], pad_id=0)
+    mask = (resp & attn)[:, 1:]
+    assert shifted_targets(ids, resp & attn).tolist() == [[-1, 3, 4, 5, 6, -1], [8, 9, -1, -1, -1, -1]]
+
+    model = TableModel(torch.zeros(1))
+    model.forward = lambda input_ids, attention_mask=None, use_cache=False: type("O", (), {"logits": leaf})()
+    leaf = logits.clone().requires_grad_(True)
+    sequence_logps(model, ids, attn, resp).sum().backward()
+    expected = logits.clone().requires_grad_(True)
+    (naive_logps(expected[:, :-1], ids[:, 1:]) * mask).sum().backward()
+    assert (leaf.grad - expected.grad).abs().max().item() < 1e-5
+
+    leaf = logits.clone().requires_grad_(True)
+    ce = mean_token_ce(leaf, ids, resp)
+    ce.sum().backward()
+    expected = logits.clone().requires_grad_(True)
+    plain = torch.nn.functional.cross_entropy(
+        expected[:, :-1].reshape(-1, 30), ids[:, 1:].reshape(-1), reduction="none"
+    ).view(2, 5)
+    naive_ce = (plain * resp[:, 1:]).sum(-1) / resp[:, 1:].sum(-1)
+    naive_ce.sum().backward()
+    assert (ce - naive_ce).abs().max().item() < 1e-5
+    assert (leaf.grad - expected.grad).abs().max().item() < 1e-5
 
 
 def test_sequence_logps_by_hand():

@@ -191,3 +191,37 @@ def test_the_committed_readmes_match_the_committed_results():
     for name, data in report.quality_results().items():
         block = report.real_d2o_block(data) if name == "real_d2o" else report.quality_block(name, data)
         assert report.replace_block(bench, name, block) == bench, name
+
+
+def test_logps_memory_section_shows_each_size_its_verdicts_and_a_skipped_naive_way():
+    def way(peak, seconds):
+        return {"median_peak_above_baseline_bytes": peak, "median_seconds": seconds}
+
+    def ratio(median, low, high, target, verdict):
+        return {"median": median, "spread": [low, high], "target": target, "verdict": verdict}
+
+    skip = "naive would need ~25.8 GB (limit 18 GB)"
+    data = {
+        "date": "2026-12-07 18:00:00",
+        "machine": {"device": "cpu", "cpus": 2},
+        "config": {"threads": 1, "vocab": 49152},
+        "ways": {
+            "float32_2048": {"nega": way(400 * 2**20, 2.0), "naive": way(1200 * 2**20, 2.5)},
+            "float32_32768": {"nega": way(6000 * 2**20, 30.0), "naive": {"skipped": skip}},
+        },
+        "peak_memory_vs_naive": {
+            "float32": {"2048": ratio(0.33, 0.33, 0.34, "<= 0.5", "met"), "32768": {"skipped": skip}},
+            "overall": {},
+        },
+        "time_vs_naive": {"float32": {"2048": ratio(0.8, 0.7, 1.2, "<= 1.15", "undecided")}},
+        "gradients": {"float32_2048": {"max_abs_diff": 6e-8}, "float32_32768": {"max_abs_diff": 1e-7}},
+        "targets": {"time_vs_naive <= 1.15": "undecided"},
+    }
+    lines = report.logps_memory_section(data)
+    (small,) = [line for line in lines if line.startswith("| float32 | 2,048 ")]
+    assert "| 400 MiB | 1,200 MiB | 0.33 (0.33–0.34) <= 0.5 | met |" in small
+    assert "| 2 | 2.5 | 0.80 (0.70–1.20) <= 1.15 | undecided |" in small
+    (large,) = [line for line in lines if line.startswith("| float32 | 32,768 ")]
+    assert f"| skipped | {skip} |" in large
+    assert small.count("|") == large.count("|")
+    assert "- time_vs_naive <= 1.15: undecided" in lines

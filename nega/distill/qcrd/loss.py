@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import torch
 
+from nega.logps import shifted_targets, token_logps
+
 Metrics = dict[str, float]
 
 
@@ -30,13 +32,10 @@ def mean_token_ce(logits: torch.Tensor, input_ids: torch.Tensor, response_mask: 
     tokens (token t is predicted at position t-1, so the mask is shifted by one). A row without response
     tokens gets 0.
     """
-    logits = logits[:, :-1]
-    labels = input_ids[:, 1:]
-    mask = response_mask[:, 1:].to(logits.dtype)
-    per_token = torch.nn.functional.cross_entropy(
-        logits.reshape(-1, logits.size(-1)).float(), labels.reshape(-1), reduction="none"
-    ).view(labels.shape)
-    return (per_token * mask).sum(-1) / mask.sum(-1).clamp_min(1.0)
+    # Chunked and recomputed in the backward (`nega.logps.token_logps`): no float32 copy of the logits.
+    logps = token_logps(logits, shifted_targets(input_ids, response_mask))
+    count = response_mask[:, 1:].bool().sum(-1).clamp_min(1)
+    return -logps.sum(-1) / count
 
 
 def _masked_argmin(values: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
