@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from nega.logps import collate_sequences, encode_pair, token_logps
+from nega.logps import collate_sequences, encode_pair, shifted_targets, token_logps
 from nega.trainer import MethodTrainer
 
 RESPONSE_KEYS = ("response", "completion", "chosen")
@@ -82,9 +82,10 @@ def response_nll(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     logits = model(
         input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False
     ).logits
-    mask = batch["response_mask"][:, 1:] & batch["attention_mask"][:, 1:].bool()
-    per_token = token_logps(logits[:, :-1], batch["input_ids"][:, 1:])
-    return -(per_token * mask).sum() / mask.sum().clamp_min(1)
+    mask = batch["response_mask"] & batch["attention_mask"].bool()
+    # Whole logits with targets shifted (not `logits[:, :-1]`): no second full-size gradient for a slice.
+    per_token = token_logps(logits, shifted_targets(batch["input_ids"], mask))
+    return -per_token.sum() / mask[:, 1:].sum().clamp_min(1)
 
 
 class SupervisedTrainer(MethodTrainer):

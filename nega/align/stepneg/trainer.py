@@ -14,7 +14,14 @@ import torch
 
 from nega.align.stepneg.data import PairCollator, StepCollator
 from nega.align.stepneg.loss import awr_loss
-from nega.logps import packed_sequence_logps, reference_logps, sequence_logps, supports_packing, token_logps
+from nega.logps import (
+    packed_sequence_logps,
+    reference_logps,
+    sequence_logps,
+    shifted_targets,
+    supports_packing,
+    token_logps,
+)
 from nega.losses import dpo_loss
 from nega.trainer import MethodTrainer
 
@@ -26,12 +33,12 @@ def step_logps(
 
     step_index [B, T] holds the step of token t (-1 for prompt and padding).
     """
-    logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits[:, :-1]
-    per_token = token_logps(logits, input_ids[:, 1:])
-    index = step_index[:, 1:]
-    valid = index >= 0
-    out = per_token.new_zeros(input_ids.size(0), num_steps)
-    return out.scatter_add(1, index.clamp_min(0), per_token * valid)
+    logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
+    # Position t predicts token t+1; scoring the whole logits (not a `[:, :-1]` slice) spares the
+    # backward a second full-size gradient. Positions without a step get target -1 and log-prob 0.
+    per_token = token_logps(logits, shifted_targets(input_ids, step_index >= 0))
+    index = torch.nn.functional.pad(step_index[:, 1:], (0, 1), value=-1)
+    return per_token.new_zeros(input_ids.size(0), num_steps).scatter_add(1, index.clamp_min(0), per_token)
 
 
 def pair_objective(model, batch: dict, beta: float, clip: float):
