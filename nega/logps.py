@@ -468,7 +468,7 @@ def reference_logps(
     """
     from nega.models import default_device, free_device_memory, load_base_model, load_tokenizer
 
-    identity = f"{model_path}|{adapter}"
+    identity = f"{model_identity(model_path)}|{model_identity(adapter)}"
     keys = [content_key(identity, p, r, e) for (p, r), e in zip(pairs, eos, strict=True)]
     known = dict(cache.values) if cache is not None else {}
     todo = [i for i, k in enumerate(keys) if k not in known]
@@ -508,6 +508,22 @@ def content_key(model_id: str, prompt: str, response: str | Sequence[int], add_e
     response = response if isinstance(response, str) else [int(t) for t in response]
     blob = json.dumps([model_id, prompt, response, add_eos], ensure_ascii=False)
     return hashlib.sha256(blob.encode()).hexdigest()[:32]
+
+
+def model_identity(path) -> str:
+    """What a cached log-prob was computed with, wherever the run folder now lies: a hub id as it is, a
+    local model or adapter folder by the content of its config (and an adapter's weights, which are
+    small). A base model's weights are not read: a cache lives in its stage, whose hash covers them."""
+    if path is None:
+        return "none"
+    folder = Path(path)
+    if not folder.is_dir():
+        return str(path)
+    from nega.pipeline import hash_file
+
+    names = ("config.json", "adapter_config.json", "adapter_model.safetensors")
+    parts = [f"{n}:{hash_file(folder / n)}" for n in names if (folder / n).is_file()]
+    return "local:" + hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
 
 
 class LogpCache:

@@ -427,3 +427,20 @@ def test_flash_attention_models_are_not_packed():
     wrapped = torch.nn.Module()
     wrapped.module = model  # DDP-style wrapper without a config of its own
     assert not supports_packing(wrapped)
+
+
+def test_a_cached_reference_key_does_not_depend_on_where_the_model_lies(tmp_path):
+    import shutil
+
+    from nega.logps import model_identity
+
+    first = tmp_path / "a" / "adapter"
+    first.mkdir(parents=True)
+    (first / "adapter_config.json").write_text('{"r": 4}')
+    (first / "adapter_model.safetensors").write_bytes(b"weights")
+    moved = tmp_path / "b" / "adapter"
+    shutil.copytree(first, moved)
+    assert model_identity(first) == model_identity(moved) != model_identity(None)
+    (moved / "adapter_model.safetensors").write_bytes(b"other weights")
+    assert model_identity(first) != model_identity(moved)
+    assert model_identity("Qwen/Qwen2.5-0.5B") == "Qwen/Qwen2.5-0.5B"
