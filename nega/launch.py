@@ -76,6 +76,14 @@ class Topology:
         return self.gpus * self.nodes
 
 
+def training_processes(requested: int | None, visible_gpus: int, *, cpu: bool = False) -> int:
+    """Training processes per node for `nega run --gpus`: as asked, else one per visible GPU (never one
+    process over several GPUs, which the Trainer would wrap in nn.DataParallel), else one."""
+    if requested is not None:
+        return requested
+    return 1 if cpu else max(1, visible_gpus)
+
+
 @dataclasses.dataclass
 class Launcher:
     """Where a run's training stages execute: the topology, and on node 0 of several the coordinator

@@ -149,3 +149,12 @@ def test_follower_moves_to_the_new_attempt_after_node_0_restarts(tmp_path, monke
     thread.join(10)
     assert result["outcome"] == ("failed", "data error: rows.jsonl row 3")
     assert [payload.name for payload, _ in joined] == ["first.json", "second.json"]
+
+
+def test_nega_run_trains_on_every_visible_gpu_unless_told():
+    from nega.launch import training_processes
+
+    assert training_processes(None, 8) == 8  # one process per GPU, never one process over eight
+    assert training_processes(None, 0) == 1  # no GPU: one process in place
+    assert training_processes(2, 8) == 2  # as asked
+    assert training_processes(None, 8, cpu=True) == 1  # --cpu without --gpus: one CPU process

@@ -101,7 +101,9 @@ def run(
     output_dir: Path | None = typer.Option(
         None, "--output-dir", "-o", help="run folder (default runs/<name>)"
     ),
-    gpus: int = typer.Option(1, min=1, help="training processes per node (one per GPU)"),
+    gpus: int | None = typer.Option(
+        None, min=1, help="training processes per node, one per GPU (default: every visible GPU, else 1)"
+    ),
     nodes: int = typer.Option(
         1, min=1, help="machines sharing a filesystem; run the same command on each with its --node-rank"
     ),
@@ -117,12 +119,17 @@ def run(
     node 0 runs the pipeline and the other nodes join its training launches.
     """
     from nega.data import DataError
-    from nega.launch import Coordinator, Launcher, Topology
+    from nega.launch import Coordinator, Launcher, Topology, training_processes
     from nega.models import ModelError
     from nega.training import NonFiniteLossError
 
     if node_rank >= nodes:
         fail(f"--node-rank {node_rank} must be below --nodes {nodes}")
+    asked = gpus
+    if gpus is None:
+        from nega.plan import DeviceFacts
+
+        gpus = training_processes(None, DeviceFacts.detect().gpus, cpu=cpu)
     topo = Topology(gpus, nodes, node_rank, main_address, main_port, cpu)
     cfg = load(recipe, overrides)
     if node_rank > 0:
@@ -138,7 +145,7 @@ def run(
     if not cpu:
         from nega.cli.doctor import Environment, cuda_request_problem
 
-        missing = cuda_request_problem(Environment.detect(gpus_requested=gpus if gpus > 1 else 0))
+        missing = cuda_request_problem(Environment.detect(gpus_requested=asked if asked and asked > 1 else 0))
         if missing:
             typer.secho(f"[nega] warning: {missing}", err=True, fg=typer.colors.YELLOW)
     launcher = Launcher(topo)
