@@ -26,6 +26,7 @@ import pytest
 from nega.config import METHODS, TrainConfig, validate_recipe
 
 ROOT = Path(__file__).resolve().parents[1]
+THIS = "tests/test_flow_method_keys.py"
 
 
 @dataclass(frozen=True)
@@ -45,11 +46,10 @@ class Choice:
 
 @dataclass(frozen=True)
 class Elsewhere:
-    """Not a loss input: `files` are the tests that check it (each mentions the key); `gap` when none do."""
+    """Not a loss input: `files` are the tests that check it instead (each mentions the key)."""
 
     why: str
-    files: tuple[str, ...] = ()
-    gap: bool = False
+    files: tuple[str, ...]
 
 
 D2O = {"alpha": 0.37, "beta": 0.81}
@@ -122,7 +122,7 @@ FLOW: dict[str, dict[str, Loss | Choice | Elsewhere]] = {
         "eval_samples": Elsewhere(
             "toy evaluation's completions per prompt", ("tests/test_flow_method_keys.py",)
         ),
-        "eval_temperature": Elsewhere("toy evaluation's temperature", ("tests/test_flow_method_keys.py",)),
+        "eval_temperature": Elsewhere("toy evaluation's temperature", (THIS,)),
     },
     "stepneg": {
         "loss": Choice(STEPNEG_LOSSES),
@@ -169,15 +169,15 @@ FLOW: dict[str, dict[str, Loss | Choice | Elsewhere]] = {
         "disc_folds": Elsewhere("cross-fitting folds", ("tests/distill/qcrd/test_qcrd_discriminator.py",)),
         "disc_batch_size": Elsewhere("discriminator batch", ("tests/distill/qcrd/test_qcrd_run.py",)),
         "eval_limit": Elsewhere("test questions evaluated", ("tests/distill/qcrd/test_qcrd_run.py",)),
-        # Read by the teacher, negatives and discriminator stages; no fast test reads the value back.
-        "teacher_prompt": Elsewhere("teacher's user message", gap=True),
-        "teacher_samples": Elsewhere("rationales per question from the teacher", gap=True),
-        "teacher_temperature": Elsewhere("teacher's sampling temperature", gap=True),
-        "negative_temperature": Elsewhere("lagged student's sampling temperature", gap=True),
-        "disc_every": Elsewhere("epochs between discriminator fits", gap=True),
-        "disc_backbone": Elsewhere("discriminator backbone", gap=True),
-        "disc_lr": Elsewhere("discriminator learning rate", gap=True),
-        "disc_augment_rate": Elsewhere("discriminator augmentation", gap=True),
+        # Read by the teacher, negatives and discriminator stages: pinned at their calls below.
+        "teacher_prompt": Elsewhere("teacher's user message", (THIS,)),
+        "teacher_samples": Elsewhere("rationales per question from the teacher", (THIS,)),
+        "teacher_temperature": Elsewhere("teacher's sampling temperature", (THIS,)),
+        "negative_temperature": Elsewhere("lagged student's sampling temperature", (THIS,)),
+        "disc_every": Elsewhere("epochs between discriminator fits", (THIS,)),
+        "disc_backbone": Elsewhere("discriminator backbone", (THIS,)),
+        "disc_lr": Elsewhere("discriminator learning rate", (THIS,)),
+        "disc_augment_rate": Elsewhere("discriminator augmentation", (THIS,)),
     },
 }
 
@@ -218,7 +218,7 @@ def test_the_tables_cover_every_field():
             if isinstance(row, Choice):
                 assert set(row.functions) == set(_literal_values(METHODS[name].section, field))
             if isinstance(row, Elsewhere):
-                assert row.gap or row.files, f"{name}.{field}: name the tests that check it"
+                assert row.files, f"{name}.{field}: name the tests that check it"
                 for file in row.files:
                     text = (ROOT / file).read_text()
                     assert re.search(rf"\b{field}\b", text), f"{file} never mentions {name}.{field}"
@@ -452,3 +452,100 @@ def test_d2o_eval_samples_and_temperature_reach_the_toy_evaluation():
     prompt_set = toy_harm_set(recipe)
     assert (prompt_set.n, prompt_set.temperature) == (3, 0.45)
     assert len(prompt_set.prompts) == 4
+
+
+class RecordingSampler:
+    """Stands in for a sampling engine: records each generate call's arguments, answers "x"."""
+
+    def __init__(self, calls: list):
+        self.calls = calls
+
+    def generate(self, prompts, **kwargs):
+        from nega.sampling.base import Completion
+
+        self.calls.append({"prompts": prompts, **kwargs})
+        return [[Completion(text="x. answer: yes", token_ids=[5])] * kwargs["n"] for _ in prompts]
+
+    def close(self):
+        pass
+
+
+QCRD_SAMPLING = {
+    "teacher": "some/teacher",
+    "teacher_prompt": "Think it through: {question}",
+    "teacher_samples": 3,
+    "teacher_temperature": 0.35,
+    "negative_temperature": 1.25,
+}
+
+
+def _qcrd_run(tmp_path, model_name: str, section: dict):
+    from nega.pipeline import Run
+
+    recipe = validate_recipe(
+        {
+            "name": "flow", "method": "qcrd", "model": {"name": model_name}, "data": {"dataset": "toy"},
+            "toy": {"world": "rationale", "n_train": 4, "n_test": 2}, "qcrd": section,
+        }
+    )  # fmt: skip
+    return recipe, Run(recipe, tmp_path / "run")
+
+
+def test_qcrd_teacher_and_negative_sampling_keys_reach_their_samplers(tmp_path, monkeypatch):
+    import nega.sampling
+    from nega.distill.qcrd.run import negatives_stage, teacher_stage
+    from nega.pipeline import read_jsonl, unlock_run_folder
+
+    calls = []
+    monkeypatch.setattr(nega.sampling, "make_sampler", lambda *a, **k: RecordingSampler(calls))
+    recipe, run = _qcrd_run(tmp_path, "toy", QCRD_SAMPLING)
+    try:
+        teacher = teacher_stage(run, recipe, [])
+        examples = read_jsonl(teacher.dir / "examples.jsonl")
+        negatives_stage(run, recipe, "qcrd-e0-negatives", "base", None, examples, 0, [])
+    finally:
+        unlock_run_folder(run.dir)
+    asked, sampled = calls
+    assert (asked["n"], asked["temperature"]) == (3, 0.35)
+    assert all(p[-1]["content"].startswith("Think it through: ") for p in asked["prompts"])
+    assert sampled["temperature"] == 1.25
+
+
+def test_qcrd_discriminator_keys_reach_the_discriminator(tiny_model_dir, tmp_path, monkeypatch):
+    import nega.distill.qcrd.discriminator as discriminator
+    from nega.distill.qcrd.run import discriminator_stage
+    from nega.pipeline import unlock_run_folder
+
+    builds, fits = [], []
+
+    class Fake:
+        def save(self, path):
+            Path(path).write_bytes(b"")
+
+        def load(self, path):
+            pass
+
+    def build(backbone, tokenizer, **kwargs):
+        builds.append({"backbone": backbone, **kwargs})
+        return Fake()
+
+    def scores(discriminators, examples, **kwargs):
+        fits.append(kwargs)
+        return examples, [{} for _ in discriminators]
+
+    monkeypatch.setattr(discriminator.Discriminator, "build", staticmethod(build))
+    monkeypatch.setattr(discriminator, "cross_fitted_scores", scores)
+    section = {"disc_every": 2, "disc_backbone": "encoder", "disc_lr": 3e-4, "disc_augment_rate": 0.4,
+               "disc_steps": 7, "disc_batch_size": 5, "disc_folds": 3}  # fmt: skip
+    recipe, run = _qcrd_run(tmp_path, str(tiny_model_dir), section)
+    examples = [{"id": "0", "question": "q", "label": "yes", "positives": ["p"], "negatives": ["n"]}]
+    try:
+        previous = None
+        for epoch in range(3):
+            previous = discriminator_stage(run, recipe, epoch, str(tiny_model_dir), examples, previous, [])
+    finally:
+        unlock_run_folder(run.dir)
+    assert len(builds) == 3 * 3  # disc_folds discriminators per epoch
+    assert {(b["backbone"], b["lr"]) for b in builds} == {("encoder", 3e-4)}
+    assert [f["train"] for f in fits] == [True, False, True]  # fitted every disc_every epochs
+    assert {(f["steps"], f["batch_size"], f["augment_rate"]) for f in fits} == {(7, 5, 0.4)}
