@@ -20,7 +20,7 @@ SHELL := /bin/bash
 # pip's "... is ignored: it is neither ..." notice about the torch pin is harmless; it is dropped from the log.
 PIP_NOTICE := sed -e '/is ignored: it is neither/d'
 
-.PHONY: venv demo test test-slow test-all lint format bench bench-quality clean
+.PHONY: venv demo test test-slow test-all lint format bench bench-quality mutate clean
 
 venv: $(STAMP)
 
@@ -67,6 +67,13 @@ bench: $(STAMP)
 bench-quality: $(STAMP)
 	for script in benchmarks/quality_*.py; do $(BIN)/python "$$script" || exit 1; done
 	$(BIN)/python benchmarks/report.py
+
+# Deliberate bugs in the losses, stage hashes, data and evaluation, each run against the fast tests that
+# should catch it, in a temporary copy of the tree (hours for all of them; on demand, not in `make test`).
+# A few: make mutate MUTATE_ARGS="--only hash-drops-lora,no-end-token" (or "--kind loss --limit 5").
+MUTATE_ARGS ?=
+mutate: $(STAMP)
+	$(BIN)/python tests/mutate.py $(MUTATE_ARGS)
 
 clean:
 	rm -rf runs .pytest_cache

@@ -121,17 +121,27 @@ time.sleep(60)
 """
 
 
-def test_second_run_on_a_locked_folder_stops_at_once_naming_the_holder(tmp_path):
+def test_second_run_on_a_locked_folder_stops_at_once_naming_the_holder(tmp_path, monkeypatch):
     from typer.testing import CliRunner
 
+    import nega.cli
     from nega.cli import app
 
+    def no_run(method):
+        # Reached only when the lock let the second run in: fail here, not after a whole toy run.
+        def refuse(recipe, run):
+            raise AssertionError(f"the locked folder was not refused: the {method} run started")
+
+        return refuse
+
+    monkeypatch.setattr(nega.cli, "method_entry", no_run)
     folder = tmp_path / "run"
     folder.mkdir()
     holder = subprocess.Popen([sys.executable, "-c", HOLD, str(folder)], stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "locked"
         result = CliRunner().invoke(app, ["run", "toy-d2o", "-o", str(folder)])
+        assert not isinstance(result.exception, AssertionError), result.exception
         assert result.exit_code == 1
         assert f"in use by another nega process (pid {holder.pid})" in result.output
         assert not (folder / "recipe.yaml").exists()  # nothing written by the refused run

@@ -1,0 +1,197 @@
+"""Every recipe key a training stage hashes makes that stage rerun when it changes; bookkeeping keys don't.
+
+Table-driven over the `train` section (less `BOOKKEEPING_FIELDS`), the `lora` section and each method's
+loss weights, through the stage functions the methods run (`nega.training.train_stage`, D²O's
+`train_round`, per-step RL's `train_objective`, QCRD's `train_student`). A launcher stands in for the
+training itself: it records each launch and writes the log a finished training leaves, so "reran" is
+"the launcher was called again" and "skipped" is "it was not". A table test checks that every field of
+those sections has a row, so a new field must say whether it is hashed.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from nega.config import BOOKKEEPING_FIELDS, DeepSpeedConfig, LoraConfig, TrainConfig, validate_recipe
+from nega.pipeline import Run, unlock_run_folder, write_json, write_jsonl
+from nega.training import TRAIN_LOG
+
+# field -> a value other than its default; each must rerun a finished training stage.
+TRAIN_CHANGES = {
+    "lr": 1e-4,
+    "epochs": 2.0,
+    "max_steps": 7,
+    "batch_size": 3,
+    "grad_accum": 2,
+    "warmup_ratio": 0.25,
+    "weight_decay": 0.01,
+    "lr_scheduler": "linear",
+    "max_grad_norm": 0.5,
+    "gradient_checkpointing": True,
+    "bf16": True,
+    "prefix_sharing": False,
+    "deepspeed.stage": 2,
+    "deepspeed.offload_optimizer": True,
+    "deepspeed.offload_params": True,
+}
+# Bookkeeping: how often a stage checkpoints or logs and where it reports; a change must reuse the stage.
+TRAIN_BOOKKEEPING = {"save_steps": 7, "logging_steps": 3, "report_to": ["tensorboard"]}
+LORA_CHANGES = {"enabled": False, "r": 8, "alpha": 7, "dropout": 0.1, "target_modules": ["q_proj", "v_proj"]}
+
+# method -> {section field -> changed value}: the loss weights its training stage must hash.
+METHOD_CHANGES = {
+    "d2o": {"alpha": 0.37, "beta": 0.81},
+    "stepneg": {"beta": 0.37, "awr_clip": 3.5},
+    "qcrd": {
+        "alpha1": 0.11,
+        "alpha2": 0.22,
+        "alpha3": 0.33,
+        "alpha3_decay": 0.5,
+        "delta": 2.5,
+        "step_by_step_alpha": 0.27,
+    },
+}
+
+TOY_WORLDS = {"sft": "reasoning", "d2o": "harm", "stepneg": "reasoning", "qcrd": "rationale"}
+
+
+def _nested_fields(model, prefix: str = "") -> set[str]:
+    out = set()
+    for name, info in model.model_fields.items():
+        if info.annotation is DeepSpeedConfig:
+            out |= _nested_fields(DeepSpeedConfig, f"{prefix}{name}.")
+        else:
+            out.add(prefix + name)
+    return out
+
+
+def test_the_tables_cover_every_field():
+    assert set(TRAIN_CHANGES) | set(TRAIN_BOOKKEEPING) == _nested_fields(TrainConfig)
+    assert set(TRAIN_BOOKKEEPING) == BOOKKEEPING_FIELDS
+    assert set(LORA_CHANGES) == set(LoraConfig.model_fields)
+    defaults = {"train": TrainConfig(), "lora": LoraConfig()}
+    for section, table in [("train", TRAIN_CHANGES | TRAIN_BOOKKEEPING), ("lora", LORA_CHANGES)]:
+        for key, value in table.items():
+            default = defaults[section]
+            for part in key.split("."):
+                default = getattr(default, part)
+            assert default != value, f"{section}.{key}: the changed value is the default"
+
+
+def _set(data: dict, dotted: str, value) -> dict:
+    node = data
+    *parents, last = dotted.split(".")
+    for part in parents:
+        node = node.setdefault(part, {})
+    node[last] = value
+    return data
+
+
+def _recipe(method: str, changes: dict | None = None):
+    data = {
+        "name": "flow",
+        "method": method,
+        "model": {"name": "toy"},
+        "data": {"dataset": "toy"},
+        "toy": {"world": TOY_WORLDS[method]},
+    }
+    for dotted, value in (changes or {}).items():
+        _set(data, dotted, value)
+    return validate_recipe(data)
+
+
+class RecordingLauncher:
+    """Stands in for the training launch: records it and leaves what a finished training leaves."""
+
+    def __init__(self):
+        self.launches: list[dict] = []
+
+    def run(self, entry, kwargs, work_dir, *, needs_launcher=False):
+        self.launches.append(kwargs)
+        out = Path(kwargs["output_dir"])
+        (out / "adapter").mkdir(parents=True, exist_ok=True)
+        write_json(out / TRAIN_LOG, {"folder": "adapter", "history": []})
+
+
+def _generic_train(run):
+    from nega.training import train_stage
+
+    train_stage(
+        run, "train", "nega.sft:train_pairs", model_path="base",
+        examples=[{"prompt": "p", "response": "r"}], config={"seed": run.recipe.seed},
+    )  # fmt: skip
+
+
+def _d2o_train(run):
+    from nega.align.d2o.run import train_round
+
+    stage = run.stage("reflogps", config={})
+    if not stage.done:
+        write_jsonl(stage.dir / "examples.jsonl", [{"prompt": "p"}])
+        stage.finish()
+    train_round(run, "d2o-train", "base", stage, run.recipe.d2o.objective, None, 1)
+
+
+def _stepneg_train(run):
+    from nega.align.stepneg.run import train_objective
+
+    train_objective(run, run.recipe.stepneg.loss, "pi_sft", [{"prompt": "p"}], inputs=[])
+
+
+def _qcrd_train(run):
+    from nega.distill.qcrd.run import train_student
+
+    # label_only draws no negatives and fits no discriminator: its epochs are training stages only.
+    train_student(run, run.recipe, "label_only", "base", [{"question": "q", "label": "a"}], 1, [])
+
+
+STAGE_OF = {"sft": _generic_train, "d2o": _d2o_train, "stepneg": _stepneg_train, "qcrd": _qcrd_train}
+
+
+def _reruns(tmp_path: Path, method: str, changes: dict) -> bool:
+    """Finish the method's training stage under the default recipe, open it again unchanged (it must
+    skip), then with `changes`: whether that launched training again."""
+    folder = tmp_path / "run"
+    launcher = RecordingLauncher()
+    try:
+        for recipe in (_recipe(method), _recipe(method)):
+            STAGE_OF[method](Run(recipe, folder, launcher=launcher))
+        assert len(launcher.launches) == 1, "an unchanged recipe must skip its finished training stage"
+        STAGE_OF[method](Run(_recipe(method, changes), folder, launcher=launcher))
+    finally:
+        unlock_run_folder(folder)
+    return len(launcher.launches) == 2
+
+
+@pytest.mark.parametrize("key", sorted(TRAIN_CHANGES))
+def test_a_changed_train_key_reruns_the_training_stage(tmp_path, key):
+    assert _reruns(tmp_path, "sft", {f"train.{key}": TRAIN_CHANGES[key]}), f"train.{key} is not hashed"
+
+
+@pytest.mark.parametrize("key", sorted(LORA_CHANGES))
+def test_a_changed_lora_key_reruns_the_training_stage(tmp_path, key):
+    assert _reruns(tmp_path, "sft", {f"lora.{key}": LORA_CHANGES[key]}), f"lora.{key} is not hashed"
+
+
+@pytest.mark.parametrize("key", sorted(TRAIN_BOOKKEEPING))
+def test_a_changed_bookkeeping_key_reuses_the_training_stage(tmp_path, key):
+    assert not _reruns(tmp_path, "sft", {f"train.{key}": TRAIN_BOOKKEEPING[key]}), (
+        f"train.{key} leaves the weights unchanged but reran the stage"
+    )
+
+
+@pytest.mark.parametrize(
+    ("method", "key"), [(m, k) for m, table in METHOD_CHANGES.items() for k in sorted(table)]
+)
+def test_a_changed_loss_weight_reruns_the_methods_training_stage(tmp_path, method, key):
+    value = METHOD_CHANGES[method][key]
+    assert _reruns(tmp_path, method, {f"{method}.{key}": value}), f"{method}.{key} is not in the train hash"
+
+
+@pytest.mark.parametrize("method", sorted(STAGE_OF))
+def test_train_and_lora_keys_rerun_every_methods_training_stage(tmp_path, method):
+    """The method's own stage function goes through train_stage, whose hash holds train and lora."""
+    assert _reruns(tmp_path / "train", method, {"train.lr": 1e-4})
+    assert _reruns(tmp_path / "lora", method, {"lora.r": 8})
