@@ -195,6 +195,8 @@ def render_report(results: dict) -> str:
     lines = [f"# {results.get('recipe') or 'run'}", ""]
     if results.get("title"):
         lines += [results["title"], ""]
+    if results.get("description"):
+        lines += [f"*{results['description']}*", ""]
     result = results.get("result")
     if result:
         where = (

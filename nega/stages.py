@@ -43,6 +43,7 @@ def write_report(run: Run, table: dict[str, dict[str, float]], title: str | None
         run.dir,
         recipe=run.recipe.name,
         method=run.recipe.method,
+        description=run.recipe.description,
         title=title,
         arms=table,
         directions={m: metric_direction(m) for m in metrics if metric_direction(m) is not None},

@@ -138,3 +138,8 @@ def test_report_md_headings_say_which_way_is_better():
     results = {"recipe": "r", "arms": {"start": {"harmful_rate": 0.4, "helpful_rate": 0.5, "n": 10}}}
     header = next(line for line in render_report(results).splitlines() if line.startswith("| |"))
     assert header == "| | harmful_rate ↓ | helpful_rate ↑ | n |"
+
+
+def test_report_md_carries_the_recipe_description():
+    text = render_report({"recipe": "qcrd-cqa", "description": "single-rationale variant", "arms": {}})
+    assert "*single-rationale variant*" in text.splitlines()
