@@ -1,15 +1,23 @@
-"""Load a method's dataset: hub id, local file (jsonl/json/csv/parquet) or the toy world.
+"""Load a method's dataset with `datasets`: a hub id, a local file or folder, a builder (json, csv,
+parquet) with `data.data_files`, or the toy world; and check it before any model loads.
 
 Rows come back as plain dicts with the recipe's `data.fields` renames applied, so each method's
-`data.py` converts one known shape. Bad rows raise one `DataError` naming the file, the row numbers
-and the field, unless `data.on_bad_row: skip`, which drops and counts them.
+`data.py` converts one known shape (`FORMATS` names them, with their columns and the methods reading
+each). The table stays Arrow-backed until `data.shuffle` and `data.limit` have picked the rows. Bad
+rows raise one `DataError` naming the file, the row numbers and the field, unless
+`data.on_bad_row: skip`, which drops and counts them. `check_data` reads only the schema and the
+first rows, so `nega validate` and `nega run` name a missing column before a model is downloaded.
 """
 
 from __future__ import annotations
 
 import csv
+import difflib
+import glob
 import json
+import os
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 
@@ -99,43 +107,236 @@ def _read_jsonl(path: Path) -> list[dict]:
     return rows
 
 
-def load_hub_dataset(
-    name: str, split: str, data_dir: str | None = None, config: str | None = None
-) -> list[dict]:
-    try:
-        from datasets import load_dataset
+# File suffix -> the `datasets` builder reading it. A `.json` file stays on `read_table`: it may be one
+# document holding a list (or an object holding one), which the json builder would read as one row.
+BUILDERS = {".jsonl": "json", ".jsonl.gz": "json", ".json.gz": "json", ".csv": "csv", ".parquet": "parquet"}
+SUFFIXES = (*BUILDERS, ".json")
+BUILDER_NAMES = ("json", "csv", "parquet")
+PEEK_ROWS = 20  # rows `check_data` reads: enough to see a column's type, few enough to be instant
 
-        return [dict(r) for r in load_dataset(name, config, split=split, data_dir=data_dir)]
-    except Exception as exc:  # datasets raises many types; all mean "not loadable here"
+
+class DataUnreachable(DataError):
+    """A hub dataset that cannot be reached from here (offline, no network): not a wrong recipe."""
+
+
+def _suffix(path: str | Path) -> str:
+    path = Path(path)
+    return "".join(path.suffixes[-2:]) if path.suffix == ".gz" else path.suffix
+
+
+@dataclass(frozen=True)
+class Source:
+    """Where a recipe's rows come from, resolved once: what `datasets.load_dataset` is called with.
+
+    `kind` is toy (the toy world), file (one local file), folder (a local folder, splits from its file
+    names or `data_files`), builder (json/csv/parquet over `data_files`) or hub (a Hub dataset id)."""
+
+    kind: str
+    path: str
+    name: str | None = None
+    data_dir: str | None = None
+    data_files: str | list | dict | None = None
+
+    def describe(self, split: str) -> str:
+        if self.kind == "file":
+            return self.path
+        where = "/".join(filter(None, [self.path, self.name, self.data_dir]))
+        files = f" files {self.data_files}" if self.data_files else ""
+        return f"{where}{files} ({split})"
+
+
+def _patterns(data_files) -> list[str]:
+    if isinstance(data_files, str):
+        return [data_files]
+    if isinstance(data_files, dict):
+        return [p for v in data_files.values() for p in _patterns(v)]
+    return list(data_files)
+
+
+def _check_globs(data_files, root: Path) -> None:
+    """A DataError naming the first pattern of `data_files` (relative to `root`) that matches no file."""
+    for pattern in _patterns(data_files):
+        full = os.path.expanduser(pattern)
+        full = full if os.path.isabs(full) else str(root / full)
+        if not glob.glob(full, recursive=True):
+            raise DataError(
+                f"data.data_files: {pattern!r} matches no file (looked for {full}); fix the pattern or the "
+                "folder it starts from (data.dataset when that is a folder, else the current directory)"
+            )
+
+
+def resolve_source(data_cfg) -> Source:
+    """The recipe's `data` section as a `Source`; a DataError for a folder with no data files, a glob
+    matching nothing, a missing local file or a builder without files."""
+    target = data_cfg.path or data_cfg.dataset
+    name = data_cfg.config or data_cfg.name
+    if data_cfg.path is None and target == "toy":
+        return Source("toy", "toy")
+    if target in BUILDER_NAMES:
+        if data_cfg.data_files is None:
+            raise DataError(
+                f"data.dataset {target!r} is a file builder: set data.data_files to its files (globs allowed), "
+                f"e.g. data.data_files='my_data/*.{'jsonl' if target == 'json' else target}'"
+            )
+        _check_globs(data_cfg.data_files, Path.cwd())
+        return Source("builder", target, name, data_cfg.data_dir, data_cfg.data_files)
+    local = Path(os.path.expanduser(os.path.expandvars(target)))
+    if any(ch in target for ch in "*?["):
+        _check_globs(target, Path.cwd())
+        first = sorted(glob.glob(str(local), recursive=True))[0]
+        builder = BUILDERS.get(_suffix(first), "json")
+        return Source("builder", builder, name, None, str(local))
+    if local.is_dir():
+        if data_cfg.data_files is not None:
+            _check_globs(data_cfg.data_files, local)
+        elif not any(p.is_file() and _suffix(p) in SUFFIXES for p in local.rglob("*")):
+            raise DataError(
+                f"{local}: a folder with no data files ({', '.join(SUFFIXES)}); point data.dataset at a "
+                "file, or at a folder holding them (train.jsonl, test.jsonl, ...)"
+            )
+        return Source("folder", str(local), name, data_cfg.data_dir, data_cfg.data_files)
+    if local.is_file():
+        if _suffix(local) not in SUFFIXES:
+            raise DataError(f"{local}: unsupported file type {_suffix(local)!r}; use {', '.join(SUFFIXES)}")
+        return Source("file", str(local))
+    if target.startswith(("./", "../", "/", "~")) or _suffix(target) in SUFFIXES:
         raise DataError(
-            f"dataset {name!r} (split {split!r}) could not be loaded: {type(exc).__name__}: {exc}. "
-            "Offline, point data.path at a local jsonl/json/csv/parquet file instead."
+            f"data.dataset {target!r}: no such file or folder (relative paths start at {os.getcwd()})"
+        )
+    return Source("hub", target, name, data_cfg.data_dir, data_cfg.data_files)
+
+
+def open_table(data_cfg, source: Source, split: str, *, streaming: bool):
+    """The rows of `split` as a `datasets` Dataset (IterableDataset when `streaming`), or a list of dicts
+    for a local file Arrow cannot type (a column holding text in one row and messages in another)."""
+    if source.kind == "file":
+        if split != data_cfg.split:
+            raise DataError(
+                f"{source.path}: one file holds one split, data.split {data_cfg.split!r}; for a {split!r} "
+                "split give each split its files: data.data_files: {train: a.jsonl, test: b.jsonl}"
+            )
+        builder = BUILDERS.get(_suffix(source.path))
+        if builder is None:
+            return _read_json_document(Path(source.path))
+        args, kwargs = (builder,), {"data_files": source.path, "split": "train"}
+    else:
+        args = (source.path,)
+        kwargs = {"name": source.name, "data_dir": source.data_dir, "data_files": source.data_files, "split": split}
+    if args[0] == "csv" or (source.kind == "file" and _suffix(source.path) == ".csv"):
+        # Every cell as text, as a CSV file holds it: no number guessing, an empty cell stays "".
+        kwargs.update(dtype=str, keep_default_na=False)
+    import datasets
+
+    datasets.disable_progress_bars()
+    try:
+        return datasets.load_dataset(*args, streaming=streaming, **kwargs)
+    except ValueError as exc:
+        if "split" in str(exc).lower():
+            raise DataError(
+                f"{source.describe(split)}: no split {split!r} ({exc}); set data.split to one of its splits"
+            ) from None
+        error = exc
+    except ConnectionError as exc:
+        raise DataUnreachable(
+            f"dataset {source.path!r} could not be reached ({exc}); online, check the id; offline, point "
+            "data.path at a local file (or data.dataset at a local folder)"
         ) from None
+    except Exception as exc:  # datasets raises many types; all mean "not loadable as given"
+        error = exc
+    if source.kind == "file":
+        # read_table names the bad line; or the rows are fine and only Arrow could not type a column.
+        return read_table(source.path)
+    raise DataError(
+        f"dataset {source.describe(split)} could not be loaded: {type(error).__name__}: {error}. "
+        "Check data.dataset, data.config, data.data_dir and data.data_files; offline, point data.path "
+        "at a local file"
+    )
+
+
+def _read_json_document(path: Path) -> list[dict]:
+    """A `.json` file: one document (a list of rows, or an object holding one), else JSON lines."""
+    try:
+        return read_table(path)
+    except DataError as exc:
+        if "Extra data" not in str(exc):
+            raise
+    return _read_jsonl(path)
+
+
+def _present(row: dict) -> dict:
+    # Arrow gives every row every column, None where a JSON row had no such key: drop those, so a
+    # converter sees a missing field as missing.
+    return {k: v for k, v in row.items() if v is not None}
+
+
+def _iterate(table, source: Source, limit: int | None) -> list[dict]:
+    rows = []
+    try:
+        for row in table:
+            if limit is not None and len(rows) >= limit:
+                break
+            rows.append(dict(row))
+    except Exception as exc:  # a stream fails while read; a local file gets read_table's precise error
+        if source.kind == "file":
+            return read_table(source.path)[:limit]
+        raise DataError(f"{source.path}: reading failed: {type(exc).__name__}: {exc}") from None
+    return rows
+
+
+def pick_rows(table, data_cfg, source: Source, seed: int) -> list[dict]:
+    """`data.shuffle` (seeded) then `data.limit` on the table, and only then the rows as dicts."""
+    limit = data_cfg.limit
+    if isinstance(table, list):
+        rows = list(table)
+        if data_cfg.shuffle:
+            import random
+
+            random.Random(seed).shuffle(rows)
+        return rows[:limit] if limit is not None else rows
+    import datasets
+
+    if data_cfg.shuffle:
+        if isinstance(table, datasets.IterableDataset):
+            table = table.shuffle(seed=seed, buffer_size=10_000)
+        else:
+            table = table.shuffle(seed=seed)
+    if limit is not None and not isinstance(table, datasets.IterableDataset):
+        table = table.select(range(min(limit, len(table))))
+    return [_present(r) for r in _iterate(table, source, limit)]
 
 
 def load_rows(data_cfg, *, toy_cfg=None, seed: int = 0, split: str | None = None) -> tuple[list[dict], str]:
     """(rows, source description) for the recipe's `data` section; `split` overrides data.split."""
     split = split or data_cfg.split
-    if data_cfg.path is not None:
-        rows, source = read_table(data_cfg.path), str(data_cfg.path)
-    elif data_cfg.dataset == "toy":
+    source = resolve_source(data_cfg)
+    if source.kind == "toy":
         from nega.toy import make_world
 
         world = make_world(toy_cfg.world, seed=seed, **toy_cfg.options)
         n = toy_cfg.n_train if split == "train" else toy_cfg.n_test
-        rows, source = world.rows(split, n), f"toy world {toy_cfg.world!r} ({split})"
+        table, description = world.rows(split, n), f"toy world {toy_cfg.world!r} ({split})"
     else:
-        where = "/".join(filter(None, [data_cfg.dataset, data_cfg.config, data_cfg.data_dir]))
-        rows = load_hub_dataset(data_cfg.dataset, split, data_cfg.data_dir, data_cfg.config)
-        source = f"{where} ({split})"
+        table = open_table(data_cfg, source, split, streaming=data_cfg.streaming)
+        description = source.describe(split)
+    rows = pick_rows(table, data_cfg, source, seed)
     if data_cfg.fields:
         rows = [rename_fields(r, data_cfg.fields) for r in rows]
-    if data_cfg.limit is not None:
-        rows = rows[: data_cfg.limit]
     if not rows:
-        raise DataError(f"{source}: no rows")
-    return rows, source
+        raise DataError(f"{description}: no rows")
+    return rows, description
 
+
+def peek_rows(data_cfg, split: str | None = None, n: int = PEEK_ROWS) -> tuple[list[str], list[dict], str]:
+    """(column names, the first `n` rows, source description) without reading the whole dataset: a
+    stream, so a large file or a Hub dataset costs only its first rows."""
+    split = split or data_cfg.split
+    source = resolve_source(data_cfg)
+    table = open_table(data_cfg, source, split, streaming=True)
+    raw = table[:n] if isinstance(table, list) else _iterate(table, source, n)
+    columns = list(getattr(table, "column_names", None) or [])
+    for row in raw:
+        columns += [k for k in row if k not in columns]
+    return columns, [_present(r) for r in raw], source.describe(split)
 
 def rename_fields(row: dict, fields: dict[str, str]) -> dict:
     """`fields` maps nega's name -> the dataset's column name."""
