@@ -154,7 +154,9 @@ class DataConfig(Strict):
         "of the data folder ($NEGA_DATA, else ../shared/data)",
     )
     split: str = "train"
-    format: DataFormat = Field("auto", description="row shape (README, Your own data); auto: from the columns")
+    format: DataFormat = Field(
+        "auto", description="row shape (README, Your own data); auto: from the columns"
+    )
     fields: dict[str, str] = Field(default_factory=dict, description="renames {nega_name: column_name}")
     shuffle: bool = Field(False, description="shuffle the rows (with the recipe's seed) before data.limit")
     streaming: bool = Field(
@@ -174,9 +176,13 @@ class DataConfig(Strict):
     @model_validator(mode="after")
     def _one_source(self) -> DataConfig:
         if self.dataset is None and self.path is None:
-            raise ValueError("set data.dataset (hub id, local file or folder, or 'toy') or data.path (local file)")
+            raise ValueError(
+                "set data.dataset (hub id, local file or folder, or 'toy') or data.path (local file)"
+            )
         if self.name is not None and self.config is not None and self.name != self.config:
-            raise ValueError(f"data.name {self.name!r} and data.config {self.config!r} differ; set one of them")
+            raise ValueError(
+                f"data.name {self.name!r} and data.config {self.config!r} differ; set one of them"
+            )
         if self.path is not None and self.data_files is not None:
             raise ValueError("data.path names one file; for several use data.data_files (without data.path)")
         return self

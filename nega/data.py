@@ -221,7 +221,12 @@ def open_table(data_cfg, source: Source, split: str, *, streaming: bool):
         args, kwargs = (builder,), {"data_files": source.path, "split": "train"}
     else:
         args = (source.path,)
-        kwargs = {"name": source.name, "data_dir": source.data_dir, "data_files": source.data_files, "split": split}
+        kwargs = {
+            "name": source.name,
+            "data_dir": source.data_dir,
+            "data_files": source.data_files,
+            "split": split,
+        }
     if args[0] == "csv" or (source.kind == "file" and _suffix(source.path) == ".csv"):
         # Every cell as text, as a CSV file holds it: no number guessing, an empty cell stays "".
         kwargs.update(dtype=str, keep_default_na=False)
@@ -338,6 +343,7 @@ def peek_rows(data_cfg, split: str | None = None, n: int = PEEK_ROWS) -> tuple[l
         columns += [k for k in row if k not in columns]
     return columns, [_present(r) for r in raw], source.describe(split)
 
+
 def rename_fields(row: dict, fields: dict[str, str]) -> dict:
     """`fields` maps nega's name -> the dataset's column name."""
     out = dict(row)
@@ -389,3 +395,310 @@ def require_text(row: dict, key: str, *, max_chars: int = 200_000) -> str:
     if len(value) > max_chars:
         raise ValueError(f"field {key!r} has {len(value)} characters (limit {max_chars})")
     return value
+
+
+# ---------------------------------------------------------------- formats: columns, detection, checks
+
+
+def _is_messages(value) -> bool:
+    return (
+        isinstance(value, list)
+        and bool(value)
+        and all(
+            isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
+            for m in value
+        )
+    )
+
+
+def _is_flag(value) -> bool:
+    return isinstance(value, bool | int) or (
+        isinstance(value, str) and value.strip().lower() in ("true", "false", "1", "0")
+    )
+
+
+# What a column must hold: (words for the message, test of one value).
+TEXT = ("text", lambda v: isinstance(v, str))
+TEXT_OR_MESSAGES = ("text or chat messages", lambda v: isinstance(v, str) or _is_messages(v))
+MESSAGES = ("chat messages [{role, content}, ...]", _is_messages)
+FLAG = ("a boolean", _is_flag)
+FLAGS = ("a list of booleans", lambda v: isinstance(v, list) and all(_is_flag(x) for x in v))
+TEXTS = ("a list of texts", lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v))
+TEXT_OR_NUMBER = ("text or a number", lambda v: isinstance(v, str | int | float) and not isinstance(v, bool))
+LIST = ("a list", lambda v: isinstance(v, list))
+
+COLUMN_KINDS = {
+    "prompt": TEXT_OR_MESSAGES,
+    "chosen": TEXT_OR_MESSAGES,
+    "rejected": TEXT_OR_MESSAGES,
+    "completion": TEXT_OR_MESSAGES,
+    "messages": MESSAGES,
+    "label": FLAG,
+    "labels": FLAGS,
+    "completions": TEXTS,
+    "question": TEXT,
+    "problem": TEXT,
+    "answer": TEXT_OR_NUMBER,
+    "solution": TEXT,
+    "rationales": LIST,
+    "teacher_rationales": LIST,
+    "rationale": TEXT,
+    "response_0": TEXT,
+    "response_1": TEXT,
+    "is_response_0_safe": FLAG,
+    "is_response_1_safe": FLAG,
+}
+
+
+@dataclass(frozen=True)
+class Format:
+    """A row shape: its required columns (each entry: one of these names) and what a row means."""
+
+    columns: tuple[tuple[str, ...], ...]
+    about: str
+    example: dict = field(default_factory=dict)
+
+
+FORMATS: dict[str, Format] = {
+    # TRL's dataset types, standard (text) or conversational (chat messages in the same columns).
+    "preference": Format(
+        (("chosen",), ("rejected",)),
+        "a prompt (its own column, or the shared start of chosen and rejected chats) and two responses",
+        {
+            "prompt": "How do I pick a lock?",
+            "chosen": "I can't help with that.",
+            "rejected": "Insert a tension wrench...",
+        },
+    ),
+    "unpaired_preference": Format(
+        (("prompt",), ("completion",), ("label",)),
+        "one response per row, label true for a good one and false for a bad one",
+        {"prompt": "How do I pick a lock?", "completion": "Insert a tension wrench...", "label": False},
+    ),
+    "prompt_completion": Format(
+        (("prompt",), ("completion",)),
+        "a prompt and its response",
+        {"prompt": "Tom has 3 apples and buys 2. How many?", "completion": "3 + 2 = 5\n#### 5"},
+    ),
+    "stepwise_supervision": Format(
+        (("prompt",), ("completions",), ("labels",)),
+        "a prompt, a solution as a list of steps, and a label per step",
+        {"prompt": "2 + 3 * 4?", "completions": ["3 * 4 = 12", "2 + 12 = 14"], "labels": [True, True]},
+    ),
+    # nega's own shapes.
+    "prompt-rejected": Format(
+        (("prompt",), ("rejected",)),
+        "a prompt and a dispreferred response",
+        {"prompt": "How do I pick a lock?", "rejected": "Insert a tension wrench..."},
+    ),
+    "messages": Format(
+        (("messages",),),
+        "a chat whose last assistant turn is the response",
+        {"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "..."}]},
+    ),
+    "hh-rlhf": Format(
+        (("rejected",),),
+        "Anthropic HH transcripts (\\n\\nHuman: ... \\n\\nAssistant: ...); the last Assistant turn of "
+        "rejected is the response",
+        {"chosen": "\n\nHuman: Hi\n\nAssistant: Hello.", "rejected": "\n\nHuman: Hi\n\nAssistant: Go away."},
+    ),
+    "pku-saferlhf": Format(
+        (("prompt",), ("response_0",), ("response_1",), ("is_response_0_safe",), ("is_response_1_safe",)),
+        "PKU-SafeRLHF pairs with a safety flag per response",
+        {
+            "prompt": "...",
+            "response_0": "...",
+            "response_1": "...",
+            "is_response_0_safe": False,
+            "is_response_1_safe": True,
+            "safer_response_id": 1,
+        },
+    ),
+    "problems": Format(
+        (("question", "problem"), ("answer", "solution")),
+        "a math problem with a reference answer (GSM8K's `#### n` solutions, MATH's \\boxed{})",
+        {"question": "Tom has 3 apples and buys 2. How many?", "answer": "3 + 2 = 5\n#### 5"},
+    ),
+    "rationales": Format(
+        (("question",), ("rationales", "teacher_rationales", "rationale")),
+        "a question, its label and teacher rationales",
+        {"question": "Is 7 prime?", "label": "yes", "rationales": ["7 has no divisor but 1 and 7. So yes."]},
+    ),
+    "toy": Format((), "the toy world's own rows"),
+}
+
+# The formats each method reads; `auto` picks the first whose columns the data has. A method missing
+# here (sft) reads rows by their column names and gets only the source checks.
+METHOD_FORMATS: dict[str, tuple[str, ...]] = {
+    "d2o": (
+        "pku-saferlhf",
+        "unpaired_preference",
+        "hh-rlhf",
+        "preference",
+        "prompt-rejected",
+        "messages",
+        "toy",
+    ),
+    "stepneg": ("problems", "prompt_completion", "stepwise_supervision", "toy"),
+    "qcrd": ("rationales", "toy"),
+}
+
+
+def _missing(fmt: str, columns) -> list[tuple[str, ...]]:
+    return [group for group in FORMATS[fmt].columns if not any(c in columns for c in group)]
+
+
+def detect_format(columns, first_row: dict, accepted) -> str | None:
+    """The first format of `accepted` whose required columns the data has (None when none fits).
+
+    hh-rlhf also needs `rejected` to be an HH transcript, so a chosen/rejected file of plain responses
+    reads as preference."""
+    rejected = first_row.get("rejected")
+    transcript = isinstance(rejected, str) and rejected.lstrip(" ").startswith("\n\nHuman:")
+    for name in accepted:
+        if name == "toy" or _missing(name, columns):
+            continue
+        if (name == "hh-rlhf" and not transcript) or (name == "preference" and transcript):
+            continue
+        return name
+    return None
+
+
+def _rename_hint(wanted: str, columns: list[str], taken: set[str]) -> str:
+    """How to map a column to `wanted` with data.fields: the closest free column names by spelling
+    (difflib), else the columns no required name claims."""
+    free = [c for c in columns if c not in taken]
+    close = difflib.get_close_matches(wanted, free, n=3, cutoff=0.5) or free
+    if not close:
+        return f"map the column holding it with data.fields.{wanted}=<column>"
+    others = f" (other candidates: {', '.join(close[1:4])})" if len(close) > 1 else ""
+    return f"if {close[0]!r} holds it, map it: data.fields.{wanted}={close[0]}{others}"
+
+
+def column_problems(fmt: str, columns: list[str], rows: list[dict], source: str) -> list[str]:
+    """Every problem of `rows` (the first rows, renames applied) as format `fmt`: a missing column (with
+    the closest column to map with data.fields), a column empty in every row read, a value of the
+    wrong type."""
+    problems = []
+    taken = {c for group in FORMATS[fmt].columns for c in group}
+    for group in FORMATS[fmt].columns:
+        present = next((c for c in group if c in columns), None)
+        if present is None:
+            wanted = " or ".join(repr(c) for c in group)
+            problems.append(
+                f"{source}: column {wanted} (format {fmt}) is missing; its columns are "
+                f"{', '.join(columns) or 'none'}; {_rename_hint(group[0], columns, taken)}"
+            )
+            continue
+        kind, test = COLUMN_KINDS.get(present, ("", lambda v: True))
+        values = [row.get(present) for row in rows]
+        if all(v is None or v == "" or v == [] for v in values):
+            problems.append(
+                f"{source}: column {present!r} (format {fmt}) is empty in the first {len(rows)} rows"
+            )
+            continue
+        for number, value in enumerate(values, start=1):
+            if value is not None and value != "" and not test(value):
+                problems.append(
+                    f"{source}: column {present!r} row {number} holds {type(value).__name__} {value!r:.60}; "
+                    f"format {fmt} needs {kind}"
+                )
+                break
+    return problems
+
+
+def _step_by_step_file(path: str | None) -> bool:
+    # QCRD parses a distilling step-by-step split file (<cqa|svamp>_<split>.json beside llm/) itself.
+    return path is not None and Path(path).suffix == ".json" and (Path(path).parent / "llm").is_dir()
+
+
+@dataclass
+class DataCheck:
+    """What `check_data` found: the source, the format (given or detected), the columns, problems."""
+
+    source: str
+    format: str | None = None
+    columns: list[str] = field(default_factory=list)
+    rows: list[dict] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+def check_data(recipe, split: str | None = None) -> DataCheck:
+    """Check the recipe's data from its schema and first rows, loading no model: the source exists,
+    the split is there, the format fits the method, and its columns are present, filled and typed.
+
+    Problems are collected, not raised; a Hub dataset that cannot be reached is a note (it is checked
+    where it can be read)."""
+    data_cfg, method = recipe.data, recipe.method
+    accepted = METHOD_FORMATS.get(method)
+    check = DataCheck(source=str(data_cfg.path or data_cfg.dataset))
+    if accepted is not None and data_cfg.format not in ("auto", *accepted):
+        check.problems.append(
+            f"data.format {data_cfg.format!r} is not read by {method}; {method} reads "
+            f"{', '.join(accepted)} (or auto, from the columns)"
+        )
+        return check
+    try:
+        source = resolve_source(data_cfg)
+        if source.kind == "toy" or (method == "qcrd" and _step_by_step_file(data_cfg.path)):
+            return check
+        columns, rows, check.source = peek_rows(data_cfg, split)
+    except DataUnreachable as exc:
+        check.notes.append(f"data not checked: {exc}")
+        return check
+    except DataError as exc:
+        check.problems.append(str(exc))
+        return check
+    for ours, theirs in data_cfg.fields.items():
+        if theirs not in columns:
+            check.problems.append(
+                f"data.fields.{ours}: column {theirs!r} is not in {check.source}; its columns are "
+                f"{', '.join(columns)}"
+            )
+    rows = [rename_fields(r, data_cfg.fields) for r in rows]
+    columns = columns + [
+        ours for ours, theirs in data_cfg.fields.items() if theirs in columns and ours not in columns
+    ]
+    check.columns, check.rows = columns, rows
+    if not rows:
+        check.problems.append(f"{check.source}: no rows")
+        return check
+    if accepted is None:
+        return check
+    fmt = data_cfg.format
+    if fmt == "auto":
+        fmt = detect_format(columns, rows[0], accepted)
+        if fmt is None:
+            check.problems.append(_no_format_problem(method, accepted, columns, check.source))
+            return check
+        check.notes.append(f"data.format auto: read as {fmt}")
+    check.format = fmt
+    if fmt != "toy":
+        check.problems += column_problems(fmt, columns, rows, check.source)
+    return check
+
+
+def _no_format_problem(method: str, accepted, columns: list[str], source: str) -> str:
+    formats = [f for f in accepted if f != "toy"]
+    # Fewest columns missing, then most present: {prompt, bad_answer} is nearest to prompt-rejected.
+    nearest = min(formats, key=lambda f: (len(_missing(f, columns)), -len(FORMATS[f].columns)))
+    lines = [f"  {f}: {', '.join(' or '.join(g) for g in FORMATS[f].columns)}" for f in formats]
+    taken = {c for group in FORMATS[nearest].columns for c in group}
+    hints = [_rename_hint(g[0], columns, taken) for g in _missing(nearest, columns)]
+    return (
+        f"{source}: columns {', '.join(columns)} fit none of the formats {method} reads:\n"
+        + "\n".join(lines)
+        + f"\nNearest is {nearest}: {'; '.join(hints)}; or set data.format"
+    )
+
+
+def data_problems_message(check: DataCheck) -> str:
+    """One message for every problem `check_data` found, and the way to fix them."""
+    noun = "problem" if len(check.problems) == 1 else "problems"
+    lines = "\n".join(f"  - {p}" for p in check.problems)
+    return (
+        f"data {check.source} has {len(check.problems)} {noun}:\n{lines}\n"
+        "Fix the data, or the recipe's data section (data.format, data.fields, data.split); "
+        "`nega data RECIPE` shows the rows as the method reads them."
+    )

@@ -76,6 +76,17 @@ def load(recipe: str, overrides: list[str] | None):
         fail(str(exc))
 
 
+def check_recipe_data(cfg) -> None:
+    """Stop with exit 2 when the recipe's data cannot be read as its method needs (no model loads)."""
+    from nega.data import check_data, data_problems_message
+
+    check = check_data(cfg)
+    for note in check.notes:
+        typer.echo(f"[nega] {note}", err=True)
+    if check.problems:
+        fail(data_problems_message(check))
+
+
 def open_run(cfg, output_dir: Path | None, launcher=None, *, keep_results: bool = False):
     """The run folder, locked for this process; another live `nega run` on it stops this one at once."""
     from nega.pipeline import Run, RunLockedError
@@ -135,6 +146,7 @@ def run(
             fail(f"node 0 stopped the run: {message}", code=1)
         typer.echo(f"[nega] node {node_rank}: done", err=True)
         return
+    check_recipe_data(cfg)  # before the base model is downloaded or converted
     launcher = Launcher(topo)
     run_dir = open_run(cfg, output_dir, launcher)
     typer.echo(f"[nega] run {cfg.name} ({cfg.method}) -> {run_dir.dir}", err=True)
@@ -176,8 +188,10 @@ def _stop_followers(coordinator, message: str) -> None:
 
 @app.command()
 def validate(recipe: str = RecipeArg, overrides: list[str] = OverridesArg):
-    """Check a recipe (schema, files) and print it resolved, with every default filled in. Loads no model."""
+    """Check a recipe (schema, files, the data's columns) and print it resolved, with every default filled
+    in. Loads no model."""
     cfg = load(recipe, overrides)
+    check_recipe_data(cfg)
     typer.echo(cfg.to_yaml(), nl=False)
 
 
