@@ -210,10 +210,11 @@ def open_table(data_cfg, source: Source, split: str, *, streaming: bool):
     """The rows of `split` as a `datasets` Dataset (IterableDataset when `streaming`), or a list of dicts
     for a local file Arrow cannot type (a column holding text in one row and messages in another)."""
     if source.kind == "file":
-        if split != data_cfg.split:
+        if split != "train":
+            # As in `datasets`, one file is the train split; a split of another name needs its files.
             raise DataError(
-                f"{source.path}: one file holds one split, data.split {data_cfg.split!r}; for a {split!r} "
-                "split give each split its files: data.data_files: {train: a.jsonl, test: b.jsonl}"
+                f"{source.path}: one file holds one split, train, and there is no split {split!r}; give each "
+                "split its files: data.dataset=json data.data_files='{train: a.jsonl, test: b.jsonl}'"
             )
         builder = BUILDERS.get(_suffix(source.path))
         if builder is None:
@@ -251,8 +252,9 @@ def open_table(data_cfg, source: Source, split: str, *, streaming: bool):
     if source.kind == "file":
         # read_table names the bad line; or the rows are fine and only Arrow could not type a column.
         return read_table(source.path)
+    cause = f" ({type(error.__cause__).__name__}: {error.__cause__})" if error.__cause__ else ""
     raise DataError(
-        f"dataset {source.describe(split)} could not be loaded: {type(error).__name__}: {error}. "
+        f"dataset {source.describe(split)} could not be loaded: {type(error).__name__}: {error}{cause}. "
         "Check data.dataset, data.config, data.data_dir and data.data_files; offline, point data.path "
         "at a local file"
     )
