@@ -143,3 +143,32 @@ def test_stepneg_trains_on_conversational_prompt_completion_gold_solutions(
     pairs = read_jsonl(_stage(run_dir, "pairs") / "dpo.jsonl")
     # Each pair's prompt is a problem of the file, rendered through the chat template.
     assert pairs and all(any(r["prompt"][0]["content"] in p["prompt"] for r in rows) for p in pairs)
+
+
+def test_nega_data_shows_rows_as_the_method_reads_them_with_token_counts(tiny_model_dir, monkeypatch):
+    from typer.testing import CliRunner
+
+    from nega.cli import app
+    from nega.models import load_tokenizer
+    from nega.sampling.base import render_prompt
+
+    monkeypatch.chdir(ROOT)
+    data = EXAMPLES / "data" / "unpaired_preference.jsonl"
+    args = ["data", str(EXAMPLES / "d2o-own-data.yaml"), f"model.name={tiny_model_dir}", f"data.path={data}"]
+    result = CliRunner().invoke(app, [*args, "--rows", "2"])
+    assert result.exit_code == 0, result.output
+    tokenizer = load_tokenizer(tiny_model_dir)
+    rows = [json.loads(line) for line in data.read_text().splitlines()]
+    negatives = [r for r in rows if r["label"] is False][:2]
+    assert result.output.count("── row") == 2
+    for row in negatives:
+        text = render_prompt(tokenizer, row["prompt"])
+        response = row["completion"][-1]["content"]
+        assert text in result.output and response in result.output
+        counts = (
+            f"prompt {len(tokenizer(text, add_special_tokens=False)['input_ids'])} tokens · "
+            f"response {len(tokenizer(response, add_special_tokens=False)['input_ids'])} tokens"
+        )
+        assert counts in result.output
+    # The rows labelled true (the good responses) are not shown: D²O does not read them.
+    assert rows[1]["completion"][-1]["content"] not in result.output
