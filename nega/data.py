@@ -333,6 +333,19 @@ def load_rows(data_cfg, *, toy_cfg=None, seed: int = 0, split: str | None = None
     return rows, description
 
 
+def has_split(data_cfg, split: str) -> bool:
+    """Whether the recipe's data has `split` (a folder's or `data.data_files`' split, a Hub split); one
+    local file has only its own."""
+    try:
+        source = resolve_source(data_cfg)
+        if source.kind in ("toy", "file"):
+            return source.kind == "toy" or split == "train"
+        open_table(data_cfg, source, split, streaming=True)
+    except DataError:
+        return False
+    return True
+
+
 def peek_rows(data_cfg, split: str | None = None, n: int = PEEK_ROWS) -> tuple[list[str], list[dict], str]:
     """(column names, the first `n` rows, source description) without reading the whole dataset: a
     stream, so a large file or a Hub dataset costs only its first rows."""

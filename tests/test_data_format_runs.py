@@ -172,3 +172,36 @@ def test_nega_data_shows_rows_as_the_method_reads_them_with_token_counts(tiny_mo
         assert counts in result.output
     # The rows labelled true (the good responses) are not shown: D²O does not read them.
     assert rows[1]["completion"][-1]["content"] not in result.output
+
+
+def test_qcrd_trains_on_rationale_rows_and_is_graded_on_the_data_files_test_split(
+    tiny_model_dir, tmp_path, monkeypatch
+):
+    from nega.distill.qcrd.run import run
+
+    held_out = [{"question": f"Sam has {a} marbles and finds 1 more. How many?", "label": str(a + 1),
+                 "rationales": [f"{a} + 1 = {a + 1}. The answer is {a + 1}."]} for a in range(5)]  # fmt: skip
+    test_file = tmp_path / "held_out.jsonl"
+    test_file.write_text("".join(json.dumps(r) + "\n" for r in held_out))
+    files = f"{{train: {EXAMPLES / 'data' / 'rationales.jsonl'}, test: {test_file}}}"
+    extra = {
+        "data.path": "null",
+        "data.dataset": "json",
+        "data.data_files": files,
+        "data.limit": 8,
+        "train.lr": 1e-2,
+        "qcrd.disc_steps": 3,
+        "qcrd.disc_batch_size": 8,
+        "qcrd.eval_limit": 5,
+        "qcrd.negatives_every_steps": 2,
+        "qcrd.lag": 1,
+    }
+    monkeypatch.chdir(ROOT)
+    recipe = load_recipe(str(EXAMPLES / "qcrd-own-data.yaml"), _tiny(tiny_model_dir, tmp_path, **extra))
+    table = run(recipe, Run(recipe))
+    assert set(table) == {"qcrd"} and 0.0 <= table["qcrd"]["accuracy"] <= 1.0
+    run_dir = tmp_path / "runs" / recipe.name
+    teacher = read_json(_stage(run_dir, "teacher") / "manifest.json")["counts"]
+    assert teacher["inputs"] == 8
+    graded = read_jsonl(_stage(run_dir, "eval") / "qcrd.jsonl")
+    assert sorted(r["label"] for r in graded) == sorted(r["label"] for r in held_out)
