@@ -256,7 +256,6 @@ def sample(
     from nega.sampler_stage import sample_prompts
 
     cfg = load(recipe, overrides)
-    check_recipe_data(cfg)
     run_dir = open_run(cfg, output_dir, keep_results=True)
     try:
         path = sample_prompts(run_dir, adapter=str(adapter) if adapter else None)
