@@ -333,6 +333,47 @@ def load_rows(data_cfg, *, toy_cfg=None, seed: int = 0, split: str | None = None
     return rows, description
 
 
+def _head_rows(path: Path, n: int) -> list[dict]:
+    """The first `n` rows of a local file, reading no further than they need (a whole `.json`)."""
+    suffix = _suffix(path)
+    if suffix == ".jsonl":
+        rows = []
+        with path.open(encoding="utf-8") as f:
+            for number, line in enumerate(f, start=1):
+                if len(rows) >= n:
+                    break
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError as exc:
+                    raise DataError(f"{path}: row {number} is not valid JSON ({exc.msg})") from None
+                except UnicodeDecodeError as exc:
+                    raise DataError(
+                        f"{path}: not UTF-8 text (byte {exc.start}); re-encode it as UTF-8"
+                    ) from None
+                if not isinstance(row, dict):
+                    raise DataError(f"{path}: row {number} is a {type(row).__name__}, expected an object")
+                rows.append(row)
+        return rows
+    if suffix == ".csv":
+        import itertools
+
+        try:
+            with path.open(encoding="utf-8", newline="") as f:
+                return list(itertools.islice(csv.DictReader(f), n))
+        except UnicodeDecodeError as exc:
+            raise DataError(f"{path}: not UTF-8 text (byte {exc.start}); re-encode it as UTF-8") from None
+    if suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        batch = next(pq.ParquetFile(path).iter_batches(batch_size=n), None)
+        return batch.to_pylist() if batch is not None else []
+    if suffix == ".json":
+        return _read_json_document(path)[:n]
+    return read_table(path)[:n]  # compressed JSON lines: small enough to read whole here
+
+
 def has_split(data_cfg, split: str) -> bool:
     """Whether the recipe's data has `split` (a folder's or `data.data_files`' split, a Hub split); one
     local file has only its own."""
@@ -351,7 +392,12 @@ def peek_rows(data_cfg, split: str | None = None, n: int = PEEK_ROWS) -> tuple[l
     stream, so a large file or a Hub dataset costs only its first rows."""
     split = split or data_cfg.split
     source = resolve_source(data_cfg)
-    table = open_table(data_cfg, source, split, streaming=True)
+    if source.kind == "file" and split == "train":
+        # One local file: its first rows read directly. `load_dataset` would import torch (seconds),
+        # and `nega validate` on a local file should answer at once.
+        table = _head_rows(Path(source.path), n)
+    else:
+        table = open_table(data_cfg, source, split, streaming=True)
     raw = table[:n] if isinstance(table, list) else _iterate(table, source, n)
     columns = list(getattr(table, "column_names", None) or [])
     for row in raw:

@@ -240,3 +240,17 @@ def test_run_stops_on_bad_data_before_the_model_stage(tmp_path, monkeypatch):
     assert result.exit_code == 2, result.output
     assert "data.fields.rejected=bad_answer" in result.output
     assert not (tmp_path / "runs").exists()  # no run folder: nothing started
+
+
+def test_checking_a_local_file_imports_neither_torch_nor_datasets(tmp_path):
+    import subprocess
+    import sys
+
+    _recipe(tmp_path, "d2o", numbered(3))
+    code = (
+        "import sys; from nega.config import load_recipe; from nega.data import check_data; "
+        f"assert check_data(load_recipe({str(tmp_path / 'r.yaml')!r})).format == 'prompt-rejected'; "
+        "print(sorted(m for m in ('torch', 'datasets', 'transformers') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
