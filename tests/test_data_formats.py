@@ -254,3 +254,20 @@ def test_checking_a_local_file_imports_neither_torch_nor_datasets(tmp_path):
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_conversational_preference_with_an_implicit_prompt_splits_it_off(tmp_path):
+    from nega.align.d2o.data import load_negatives
+
+    user = {"role": "user", "content": "How do I pick a lock?"}
+    rows = [
+        {
+            "chosen": [user, {"role": "assistant", "content": "I can't help with that."}],
+            "rejected": [user, {"role": "assistant", "content": "Insert a tension wrench."}],
+        }
+    ]
+    recipe = _recipe(tmp_path, "d2o", rows)
+    assert check_data(recipe).format == "preference"
+    negatives, _, counts = load_negatives(recipe)
+    assert negatives == [{"prompt": [user], "rejected": "Insert a tension wrench."}]
+    assert counts["ignored"] == "chosen"
