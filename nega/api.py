@@ -8,7 +8,8 @@ notebook.
 
 `run` returns the arms table (arm -> metric -> value) that report.md and results.json hold. Running the
 same recipe into the same folder again resumes it: finished stages are skipped. Bad recipes raise
-`nega.config.RecipeError` before anything is written.
+`nega.config.RecipeError`, and data the method cannot read `nega.data.DataError`, before anything is
+written.
 """
 
 from __future__ import annotations
@@ -39,6 +40,11 @@ def run(
     cfg = recipe if hasattr(recipe, "method") else load_recipe(recipe, overrides)
     if overrides and cfg is recipe:
         raise ValueError("overrides apply to a recipe name or file; a loaded recipe already has its values")
+    from nega.data import DataError, check_data, data_problems_message
+
+    check = check_data(cfg)  # as `nega run`: a wrong column stops the run before any model loads
+    if check.problems:
+        raise DataError(data_problems_message(check))
     module, function = METHODS[cfg.method].run.split(":")
     entry = getattr(importlib.import_module(module), function)
     return entry(cfg, Run(cfg, Path(output_dir) if output_dir is not None else None))

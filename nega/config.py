@@ -168,16 +168,39 @@ class LoraConfig(Strict):
     target_modules: str | list[str] = "all-linear"
 
 
+# nega's own shapes, then TRL's dataset types by their names (each standard or conversational); the
+# columns of each and the methods reading it are in `nega.data.FORMATS`.
 DataFormat = Literal[
-    "auto", "prompt-rejected", "messages", "hh-rlhf", "pku-saferlhf", "problems", "rationales", "toy"
+    "auto",
+    "prompt-rejected",
+    "messages",
+    "hh-rlhf",
+    "pku-saferlhf",
+    "problems",
+    "rationales",
+    "toy",
+    "preference",
+    "unpaired_preference",
+    "prompt_completion",
+    "stepwise_supervision",
 ]
 
 
 class DataConfig(Strict):
-    dataset: str | None = Field(None, description="hub dataset id, or 'toy' for the toy world's data")
+    dataset: str | None = Field(
+        None,
+        description="hub dataset id, a local file or folder, a builder (json, csv, parquet) with "
+        "data.data_files, or 'toy' for the toy world's data; data:<dir>/<file> names the data folder's",
+    )
     config: str | None = Field(None, description="configuration of a hub dataset, e.g. main of openai/gsm8k")
+    name: str | None = Field(None, description="alias of data.config (datasets' `name`)")
     data_dir: str | None = Field(
         None, description="subfolder of a hub dataset, e.g. harmless-base of Anthropic/hh-rlhf"
+    )
+    data_files: str | list[str] | dict[str, str | list[str]] | None = Field(
+        None,
+        description="files of the dataset, globs allowed; a mapping names each split's files "
+        "({train: a/*.jsonl, test: b.jsonl}); relative to data.dataset when that is a folder",
     )
     path: str | None = Field(
         None,
@@ -185,17 +208,37 @@ class DataConfig(Strict):
         "of the data folder ($NEGA_DATA, else ../shared/data)",
     )
     split: str = "train"
-    format: DataFormat = "auto"
+    format: DataFormat = Field(
+        "auto", description="row shape (README, Your own data); auto: from the columns"
+    )
     fields: dict[str, str] = Field(default_factory=dict, description="renames {nega_name: column_name}")
-    limit: Rows | None = Field(None, description="use the first N rows")
+    shuffle: bool = Field(False, description="shuffle the rows (with the recipe's seed) before data.limit")
+    streaming: bool = Field(
+        False, description="read the rows as a stream (no local Arrow copy); data.shuffle uses a buffer"
+    )
+    limit: Rows | None = Field(None, description="use the first N rows (after data.shuffle)")
     on_bad_row: Literal["error", "skip"] = "error"
 
     _check_path = field_validator("path")(classmethod(lambda cls, v: _existing_path(v)))
 
+    @field_validator("dataset")
+    @classmethod
+    def _data_folder_name(cls, v: str | None) -> str | None:
+        # `data:` names the data folder's files here too; a hub id or builder name stays as given.
+        return _existing_path(v) if v is not None and v.startswith("data:") else v
+
     @model_validator(mode="after")
     def _one_source(self) -> DataConfig:
         if self.dataset is None and self.path is None:
-            raise ValueError("set data.dataset (hub id or 'toy') or data.path (local file)")
+            raise ValueError(
+                "set data.dataset (hub id, local file or folder, or 'toy') or data.path (local file)"
+            )
+        if self.name is not None and self.config is not None and self.name != self.config:
+            raise ValueError(
+                f"data.name {self.name!r} and data.config {self.config!r} differ; set one of them"
+            )
+        if self.path is not None and self.data_files is not None:
+            raise ValueError("data.path names one file; for several use data.data_files (without data.path)")
         return self
 
 

@@ -343,3 +343,21 @@ def test_the_readme_recipe_is_the_built_in_one_as_shipped():
     assert found, "README.md shows no built-in recipe between <!-- nega:recipe NAME --> markers"
     for name, text in found:
         assert text == builtin_recipes()[name].read_text(encoding="utf-8"), f"README's {name} differs"
+
+
+EXAMPLE_RECIPES = sorted((Path(__file__).resolve().parents[1] / "examples").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", EXAMPLE_RECIPES, ids=lambda p: p.stem)
+def test_example_recipe_validates(path, monkeypatch):
+    """Every recipe under examples/ validates from the repository root, where its data paths start."""
+    monkeypatch.chdir(path.parents[1])
+    recipe = load_recipe(str(path))
+    assert recipe.name == path.stem and Path(recipe.data.path).is_file()
+
+
+def test_there_is_an_example_recipe_per_method():
+    import yaml
+
+    methods = {yaml.safe_load(p.read_text())["method"] for p in EXAMPLE_RECIPES}
+    assert methods >= {"d2o", "stepneg", "qcrd"}

@@ -76,6 +76,17 @@ def load(recipe: str, overrides: list[str] | None):
         fail(str(exc))
 
 
+def check_recipe_data(cfg) -> None:
+    """Stop with exit 2 when the recipe's data cannot be read as its method needs (no model loads)."""
+    from nega.data import check_data, data_problems_message
+
+    check = check_data(cfg)
+    for note in check.notes:
+        typer.echo(f"[nega] {note}", err=True)
+    if check.problems:
+        fail(data_problems_message(check))
+
+
 def open_run(cfg, output_dir: Path | None, launcher=None, *, keep_results: bool = False):
     """The run folder, locked for this process; another live `nega run` on it stops this one at once."""
     from nega.pipeline import Run, RunLockedError
@@ -148,6 +159,7 @@ def run(
         missing = cuda_request_problem(Environment.detect(gpus_requested=asked if asked and asked > 1 else 0))
         if missing:
             typer.secho(f"[nega] warning: {missing}", err=True, fg=typer.colors.YELLOW)
+    check_recipe_data(cfg)  # before the base model is downloaded or converted
     launcher = Launcher(topo)
     run_dir = open_run(cfg, output_dir, launcher)
     typer.echo(f"[nega] run {cfg.name} ({cfg.method}) -> {run_dir.dir}", err=True)
@@ -189,8 +201,10 @@ def _stop_followers(coordinator, message: str) -> None:
 
 @app.command()
 def validate(recipe: str = RecipeArg, overrides: list[str] = OverridesArg):
-    """Check a recipe (schema, files) and print it resolved, with every default filled in. Loads no model."""
+    """Check a recipe (schema, files, the data's columns) and print it resolved, with every default filled
+    in. Loads no model."""
     cfg = load(recipe, overrides)
+    check_recipe_data(cfg)
     typer.echo(cfg.to_yaml(), nl=False)
 
 
@@ -267,7 +281,7 @@ def sample(
 
 # Sub-command groups living in their own modules (evaluation, Hub); each adds itself to `app`.
 # They import their heavy dependencies inside the commands, so start-up stays instant.
-for _module in ("nega.cli.eval", "nega.cli.push", "nega.cli.runs"):
+for _module in ("nega.cli.eval", "nega.cli.push", "nega.cli.runs", "nega.cli.data"):
     importlib.import_module(_module).register(app)
 importlib.import_module("nega.cli.plan").register(app)
 importlib.import_module("nega.cli.doctor").register(app)

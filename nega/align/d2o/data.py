@@ -10,7 +10,11 @@ response, when it has one, is ignored. `data.format` names the shape of the rows
 - `pku-saferlhf`: PKU-SafeRLHF pairs; the negative is an unsafe response, the less safe one when both
   are (the one not named by `safer_response_id`); pairs with no unsafe response are skipped;
 - `toy`: toy-world rows (`prompt-rejected` plus `kind`);
-- `auto`: detected from the first row's columns.
+- TRL's `preference`: `prompt`, `chosen`, `rejected` (or, conversational, chats whose shared start is the
+  prompt); `rejected` is the negative and `chosen` is ignored (the log says so);
+- TRL's `unpaired_preference`: `prompt`, `completion`, `label`; the rows labelled false are the
+  negatives, the others are skipped and counted (a file with none is refused);
+- `auto`: detected from the columns (`nega.data.detect_format`, in `nega.data.METHOD_FORMATS` order).
 
 Example row after conversion::
 
@@ -41,7 +45,8 @@ from typing import NamedTuple
 import torch
 
 from nega.chat import response_tokens
-from nega.data import DataError, convert_rows, load_rows, require_text
+from nega.data import METHOD_FORMATS, DataError, convert_rows, load_rows, require_text
+from nega.data import detect_format as detect_columns
 from nega.logps import collate_sequences, encode_pair, pack_shared_prompts
 
 ROLES = {"Human": "user", "Assistant": "assistant"}
@@ -137,29 +142,59 @@ def from_pku_saferlhf(row: dict) -> dict | None:
     return {"prompt": _as_messages(row["prompt"]), "rejected": require_text(row, f"response_{unsafe[0]}")}
 
 
+def _response_text(value, key: str) -> str:
+    """A response column's text: plain text, or a conversational response's (last) assistant turn."""
+    if isinstance(value, list) and value and isinstance(value[-1], dict):
+        if value[-1].get("role") != "assistant":
+            raise ValueError(f"field {key!r} must end with an assistant turn (the response)")
+        value = value[-1].get("content")
+    if not isinstance(value, str):
+        raise TypeError(f"field {key!r} must be text or chat messages, got {type(value).__name__}")
+    if not value.strip():
+        raise ValueError(f"field {key!r} is empty")
+    return value
+
+
+def from_preference(row: dict) -> dict:
+    """TRL preference row -> the negative; an implicit prompt (chats sharing their start) is split off
+    with TRL's own `maybe_extract_prompt`."""
+    if "prompt" not in row and isinstance(row.get("chosen"), list) and isinstance(row.get("rejected"), list):
+        from trl.data_utils import maybe_extract_prompt
+
+        row = maybe_extract_prompt({"chosen": row["chosen"], "rejected": row["rejected"]})
+    return {"prompt": _as_messages(row["prompt"]), "rejected": _response_text(row["rejected"], "rejected")}
+
+
+def from_unpaired_preference(row: dict) -> dict | None:
+    """TRL unpaired preference row -> the negative when labelled false; None (skipped) otherwise."""
+    if _flag(row, "label"):
+        return None
+    return {
+        "prompt": _as_messages(row["prompt"]),
+        "rejected": _response_text(row["completion"], "completion"),
+    }
+
+
 CONVERTERS: dict[str, Callable[[dict], dict | None]] = {
     "prompt-rejected": from_prompt_rejected,
     "messages": from_messages,
     "hh-rlhf": from_hh_rlhf,
     "pku-saferlhf": from_pku_saferlhf,
     "toy": from_prompt_rejected,
+    "preference": from_preference,
+    "unpaired_preference": from_unpaired_preference,
 }
 
 
 def detect_format(row: dict, source: str = "data") -> str:
     """The format of a row, from its columns; a DataError lists the columns when none fits."""
-    if "is_response_0_safe" in row and "response_0" in row:
-        return "pku-saferlhf"
-    if "prompt" in row and "rejected" in row:
-        return "prompt-rejected"
-    if "messages" in row:
-        return "messages"
-    if isinstance(row.get("rejected"), str) and row["rejected"].lstrip(" ").startswith("\n\nHuman:"):
-        return "hh-rlhf"
-    raise DataError(
-        f"{source}: cannot tell the data format from the columns of row 1 {sorted(row)}; set data.format to one of "
-        f"{', '.join(CONVERTERS)}, or map your columns to prompt/rejected with data.fields"
-    )
+    found = detect_columns(list(row), row, METHOD_FORMATS["d2o"])
+    if found is None:
+        raise DataError(
+            f"{source}: cannot tell the data format from the columns of row 1 {sorted(row)}; set data.format to "
+            f"one of {', '.join(CONVERTERS)}, or map your columns to prompt/rejected with data.fields"
+        )
+    return found
 
 
 def load_negatives(recipe, split: str | None = None) -> tuple[list[dict], str, dict]:
@@ -175,14 +210,22 @@ def load_negatives(recipe, split: str | None = None) -> tuple[list[dict], str, d
     )
     kept = [r for r in converted if r is not None]
     if not kept:
-        raise DataError(
-            f"{source}: no row has a negative response (format {fmt}; {len(converted)} rows all skipped)"
+        why = (
+            "no row is labelled false (the negatives)"
+            if fmt == "unpaired_preference"
+            else "no row has a negative response"
         )
-    return (
-        kept,
-        source,
-        {"rows": len(rows), "kept": len(kept), "bad": bad, "no_negative": len(converted) - len(kept)},
-    )
+        raise DataError(f"{source}: {why} (format {fmt}; {len(converted)} rows all skipped)")
+    counts = {"rows": len(rows), "kept": len(kept), "bad": bad, "no_negative": len(converted) - len(kept)}
+    if fmt in ("preference", "unpaired_preference"):
+        from nega.pipeline import say
+
+        ignored = (
+            "the chosen responses" if fmt == "preference" else f"{counts['no_negative']} rows labelled true"
+        )
+        say(f"data {source}: format {fmt}; D²O learns from the negatives only, {ignored} are not used")
+        counts["ignored"] = "chosen" if fmt == "preference" else "label true"
+    return kept, source, counts
 
 
 def kl_partners(n: int) -> list[int]:

@@ -6,7 +6,10 @@ A problem row, after `problem_of`::
      "answer": "24"}
 
 (GSM8K rows give `question` and an `answer` solution ending in `#### n`; MATH rows `problem`,
-`solution` and optionally `answer`.) Samples of π_sft are split per problem into verified-correct
+`solution` and optionally `answer`. TRL's prompt-completion rows give the gold solution as
+`completion`, its answer after `#### ` or in `\\boxed{}` (or an `answer` column); stepwise
+supervision rows whose steps are all labelled true give theirs as the steps joined by newlines. A
+conversational prompt's last user turn is the question: the chat template is applied to it anew.) Samples of π_sft are split per problem into verified-correct
 positives that ended on their own (`positive_texts`: one cut at max_tokens is neither) and incorrect
 negatives (`negative_texts`), each deduplicated. After the rollouts, a negative carries its steps,
 values, advantages and first pit c, and becomes one training example per objective::
@@ -49,6 +52,68 @@ def problem_of(row: dict) -> dict:
     if solution is not None and (not isinstance(solution, str) or not solution.strip()):
         raise ValueError("field 'solution' is empty")
     return {"question": question, "solution": solution, "answer": reference_answer(answer)}
+
+
+def _last_turn(value, key: str, role: str) -> str:
+    """A column's text: the text itself, or the content of the last `role` turn of chat messages."""
+    if isinstance(value, list):
+        turns = [m for m in value if isinstance(m, dict) and m.get("role") == role]
+        if not turns:
+            raise ValueError(f"field {key!r} has no {role} turn")
+        value = turns[-1].get("content")
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError(f"field {key!r} must be non-empty text or chat messages")
+    return value
+
+
+def problem_of_prompt_completion(row: dict) -> dict:
+    """TRL prompt-completion row (the completion a gold solution) -> `problem_of`'s problem."""
+    question = _last_turn(row["prompt"], "prompt", "user")
+    solution = _last_turn(row["completion"], "completion", "assistant")
+    return problem_of(_gold_row(question, solution, row.get("answer")))
+
+
+def problem_of_stepwise(row: dict) -> dict:
+    """TRL stepwise-supervision row -> a problem; its steps are the gold solution when all are right."""
+    question = _last_turn(row["prompt"], "prompt", "user")
+    steps, labels = row["completions"], row["labels"]
+    if not isinstance(steps, list) or not isinstance(labels, list) or len(steps) != len(labels):
+        raise ValueError("fields 'completions' and 'labels' must be lists of the same length")
+    if all(label in (True, 1, "true", "True") for label in labels):
+        return problem_of(_gold_row(question, "\n".join(steps), row.get("answer")))
+    if row.get("answer") is None:
+        raise ValueError("a step is labelled false and there is no 'answer' column: no reference answer")
+    return problem_of({"question": question, "answer": row["answer"]})
+
+
+def _gold_row(question: str, solution: str, answer) -> dict:
+    if answer is None and "####" in solution:
+        return {"question": question, "answer": solution}  # GSM8K style: the answer is the solution's end
+    return {"question": question, "solution": solution, "answer": answer}
+
+
+PROBLEM_READERS = {
+    "problems": problem_of,
+    "toy": problem_of,
+    "prompt_completion": problem_of_prompt_completion,
+    "stepwise_supervision": problem_of_stepwise,
+}
+
+
+def problem_reader(fmt: str, first_row: dict, source: str = "data"):
+    """The function turning a row of format `fmt` (`auto`: detected from `first_row`) into a problem."""
+    from nega.data import METHOD_FORMATS, DataError, detect_format
+
+    if fmt == "auto":
+        fmt = detect_format(list(first_row), first_row, METHOD_FORMATS["stepneg"])
+        if fmt is None:
+            raise DataError(
+                f"{source}: cannot tell the data format from the columns of row 1 {sorted(first_row)}; set "
+                f"data.format to one of {', '.join(PROBLEM_READERS)}, or map columns with data.fields"
+            )
+    if fmt not in PROBLEM_READERS:
+        raise DataError(f"data.format {fmt!r}: per-step RL reads {', '.join(PROBLEM_READERS)}")
+    return PROBLEM_READERS[fmt]
 
 
 def positive_texts(row: dict) -> list[str]:

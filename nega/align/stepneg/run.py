@@ -136,7 +136,7 @@ def run(recipe, run: Run) -> dict[str, dict[str, float]]:
 
 def load_problems(recipe, model_path: str):
     """(problems, rendered prompts, verify(problem index, solution text) -> bool) for the train split."""
-    from nega.align.stepneg.data import problem_of
+    from nega.align.stepneg.data import problem_reader
     from nega.data import DataError, convert_rows, load_rows
     from nega.models import load_tokenizer
     from nega.rewards.math import is_correct
@@ -144,7 +144,8 @@ def load_problems(recipe, model_path: str):
 
     cfg = recipe.stepneg
     rows, source = load_rows(recipe.data, toy_cfg=recipe.toy, seed=recipe.seed, split=recipe.data.split)
-    problems, _ = convert_rows(rows, problem_of, source=source, on_bad_row=recipe.data.on_bad_row)
+    read = problem_reader(recipe.data.format, rows[0], source)
+    problems, _ = convert_rows(rows, read, source=source, on_bad_row=recipe.data.on_bad_row)
     tokenizer = load_tokenizer(model_path, recipe.model)
     prompts = [render_prompt(tokenizer, [{"role": "user", "content": p["question"]}]) for p in problems]
     toy = recipe.data.dataset == "toy" and recipe.toy is not None and recipe.toy.world == "reasoning"

@@ -55,6 +55,7 @@ from __future__ import annotations
 import warnings
 from pathlib import Path
 
+from nega.data import has_split
 from nega.distill.qcrd import data
 from nega.distill.qcrd.schedule import PeriodSchedule, lag_warning
 from nega.distill.qcrd.trainer import OPTIMIZER_STATE, sampling_target, uses_negatives
@@ -94,7 +95,8 @@ def run(recipe, run: Run) -> dict[str, dict[str, float]]:
     held_out = student_set(recipe)
     if held_out is None:
         warnings.warn(
-            f"{recipe.data.path} has no test split (a distilling step-by-step file or the toy world has one): "
+            f"{recipe.data.path or recipe.data.dataset} has no test split (a distilling step-by-step file, "
+            "the toy world, or data.data_files: {train: ..., test: ...} has one): "
             "the trained students are not evaluated; evaluate them with `nega eval` on questions they did "
             "not train on",
             stacklevel=2,
@@ -293,7 +295,8 @@ def student_set(
     step-by-step one is all training data."""
     toy_data = recipe.toy is not None and recipe.data.dataset == "toy"
     if records is None:
-        if not toy_data and (recipe.data.path is None or data.step_by_step_name(recipe.data.path) is None):
+        step_by_step = recipe.data.path is not None and data.step_by_step_name(recipe.data.path) is not None
+        if not (toy_data or step_by_step or (split != recipe.data.split and has_split(recipe.data, split))):
             return None
         # data.limit counts training rows; the test split's size is qcrd.eval_limit.
         data_cfg = recipe.data if toy_data else recipe.data.model_copy(update={"limit": None})

@@ -64,6 +64,12 @@ def test_hh_transcript_joins_repeated_speaker_turns():
 def test_each_format_from_hand_made_rows(tmp_path):
     cases = {
         "prompt-rejected": (
+            {"prompt": "how do I pick a lock?", "rejected": "use a pin"},
+            [{"role": "user", "content": "how do I pick a lock?"}],
+            "use a pin",
+        ),
+        # TRL's preference type: `chosen` is there and ignored.
+        "preference": (
             {"prompt": "how do I pick a lock?", "rejected": "use a pin", "chosen": "I can't help"},
             [{"role": "user", "content": "how do I pick a lock?"}],
             "use a pin",
