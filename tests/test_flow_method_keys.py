@@ -7,10 +7,13 @@ files that check it instead (sampling counts, stage layout, evaluation). `test_t
 fails when a section gains a field without a row.
 
 The loss functions are wrapped where the trainer module calls them, recording their bound arguments;
-each setup then trains ONE step on the tiny model through the method's own stage function
+each setup then trains on the tiny model through the method's own stage function
 (`nega.training.train_stage` -> in-process launcher -> `train_on_rank`, which rebuilds the recipe from
-its JSON), so a value lost anywhere between the YAML and the loss call fails its row. The `train`
-section's fields are pinned the same way at the TrainingArguments every method's Trainer runs with.
+its JSON), so a value lost anywhere between the YAML and the loss call fails its row. D²O, per-step RL
+and SFT train one step; QCRD trains three, in two periods, through `train_student` (its negatives
+and discriminator stages included, the sampler answering a fixed rationale), so α3 arrives decayed once
+per period. The `train` section's fields are pinned the same way at the TrainingArguments every
+method's Trainer runs with.
 """
 
 from __future__ import annotations
@@ -38,6 +41,13 @@ class Loss:
 
 
 @dataclass(frozen=True)
+class EachCall:
+    """A value that must arrive at the loss calls in this order, one per training step."""
+
+    values: tuple
+
+
+@dataclass(frozen=True)
 class Choice:
     """The field's value picks the loss function: value -> the one function the trainer must call."""
 
@@ -62,8 +72,17 @@ QCRD = {
     "delta": 2.5,
     "step_by_step_alpha": 0.27,
 }
-QCRD_EPOCH = 2  # the epoch trained: α3 arrives decayed, alpha3 · alpha3_decay ** epoch
-ALPHA3_AT_EPOCH = QCRD["alpha3"] * QCRD["alpha3_decay"] ** QCRD_EPOCH
+# How QCRD's setups train: 4 inputs, train.max_steps (1) steps an epoch for QCRD_EPOCHS epochs, cut into
+# periods of qcrd.negatives_every_steps = 2 steps: period 0 trains steps 0 and 1, period 1 step 2.
+QCRD_EPOCHS = 3
+QCRD_SCHEDULE = {"negatives_every_steps": 2}
+QCRD_PERIOD_OF_STEP = (0, 0, 1)
+QCRD_PERIOD_STEPS = (2, 2, 1)  # each step's Trainer runs its period's steps (max_steps)
+# α3 decays once per period (α3 · decay^period); with the default period length (null: an eighth of the
+# run, here 1 step) it would decay at every step instead.
+ALPHA3_BY_STEP = EachCall(tuple(QCRD["alpha3"] * QCRD["alpha3_decay"] ** p for p in QCRD_PERIOD_OF_STEP))
+# The discriminator the qcrd objective fits between periods: small, so its fits take a moment.
+QCRD_DISCRIMINATOR = {"disc_backbone": "encoder", "disc_steps": 2, "disc_batch_size": 4, "disc_folds": 1}
 
 D2O_OBJECTIVES = {
     "d2o": "d2o_loss",
@@ -83,15 +102,16 @@ QCRD_OBJECTIVES = {
 SETUPS: dict[str, tuple[str, dict | None]] = {
     **{f"d2o-{o}": ("d2o", {"objective": o, **D2O}) for o in D2O_OBJECTIVES},
     **{f"stepneg-{o}": ("stepneg", {"loss": o, **STEPNEG}) for o in STEPNEG_LOSSES},
-    **{f"qcrd-{o}": ("qcrd", {"objective": o, **QCRD}) for o in QCRD_OBJECTIVES},
+    **{
+        f"qcrd-{o}": ("qcrd", {"objective": o, **QCRD, **QCRD_SCHEDULE, **QCRD_DISCRIMINATOR})
+        for o in QCRD_OBJECTIVES
+    },
     "sft": ("sft", None),
 }
 
-_QCRD_WEIGHT = {"alpha1", "alpha2", "alpha3", "delta"}
-
 
 def _qcrd_weight_checks(field: str, value) -> tuple:
-    argument = "alpha3" if field == "alpha3_decay" else field
+    argument = "alpha3" if field in ("alpha3_decay", "negatives_every_steps") else field
     return (
         ("qcrd-qcrd", "qcrd_loss", argument, value),
         ("qcrd-qcrd_no_disc", "qcrd_no_disc_loss", f"weights.{argument}", value),
@@ -155,8 +175,10 @@ FLOW: dict[str, dict[str, Loss | Choice | Elsewhere]] = {
     "qcrd": {
         "objective": Choice(QCRD_OBJECTIVES),
         **{k: Loss(_qcrd_weight_checks(k, QCRD[k])) for k in ("alpha1", "alpha2", "delta")},
-        "alpha3": Loss(_qcrd_weight_checks("alpha3", ALPHA3_AT_EPOCH)),
-        "alpha3_decay": Loss(_qcrd_weight_checks("alpha3_decay", ALPHA3_AT_EPOCH)),
+        "alpha3": Loss(_qcrd_weight_checks("alpha3", ALPHA3_BY_STEP)),
+        "alpha3_decay": Loss(_qcrd_weight_checks("alpha3_decay", ALPHA3_BY_STEP)),
+        # The period length decides at which steps α3 decays (and the Trainers' max_steps, pinned below).
+        "negatives_every_steps": Loss(_qcrd_weight_checks("negatives_every_steps", ALPHA3_BY_STEP)),
         "step_by_step_alpha": Loss(
             (("qcrd-step_by_step", "step_by_step_loss", "alpha", QCRD["step_by_step_alpha"]),)
         ),
@@ -310,26 +332,26 @@ def _train_stepneg(run, model_dir):
     train_objective(run, loss, str(model_dir), examples, inputs=[])
 
 
-def _train_qcrd(run, model_dir):
-    from nega.training import train_stage
+QCRD_INPUTS = [
+    {
+        "id": str(i),
+        "question": f"is 7 more than {i}?",
+        "label": "yes",
+        "positives": ["7 is more than it. answer: yes"],
+        "negatives": ["7 is less. answer: no"],
+    }
+    for i in range(4)
+]
 
-    examples = [
-        {
-            "id": str(i),
-            "question": f"is 7 more than {i}?",
-            "label": "yes",
-            "positives": ["7 is more than it. answer: yes"],
-            "negatives": ["7 is less. answer: no"],
-            "pos_scores": [0.8],
-            "neg_scores": [0.1],
-        }
-        for i in range(2)
-    ]
-    # The arguments `nega.distill.qcrd.run.train_student` gives epoch `QCRD_EPOCH` of its objective.
-    train_stage(
-        run, f"e{QCRD_EPOCH}-train", "nega.distill.qcrd.trainer:train_epoch", model_path=str(model_dir),
-        examples=examples, config={}, objective=run.recipe.qcrd.objective, epoch=QCRD_EPOCH, epochs=3,
-    )  # fmt: skip
+
+def _train_qcrd(run, model_dir):
+    from nega.distill.qcrd.run import train_student
+    from nega.distill.qcrd.schedule import PeriodSchedule
+
+    # What `nega.distill.qcrd.run.run` does once the teacher stage has split the rationales.
+    schedule = PeriodSchedule.of(run.recipe, len(QCRD_INPUTS), QCRD_EPOCHS)
+    assert schedule.periods == 2
+    train_student(run, run.recipe, run.recipe.qcrd.objective, str(model_dir), QCRD_INPUTS, schedule, [])
 
 
 def _train_sft(run, model_dir):
@@ -357,6 +379,7 @@ def _recorder(function, name: str, calls: list):
 def trained(tiny_model_dir, tmp_path_factory):
     """setup -> {"losses": [(function, arguments)], "args": [TrainingArguments], "packed": [bool]} of its
     training steps, trained on first use."""
+    import nega.sampling
     import nega.trainer
     from nega.pipeline import Run, unlock_run_folder
 
@@ -380,6 +403,8 @@ def trained(tiny_model_dir, tmp_path_factory):
             for name in LOSS_FUNCTIONS[method]:
                 patch.setattr(module, name, _recorder(getattr(module, name), name, losses))
             patch.setattr(nega.trainer.MethodTrainer, "compute_loss", compute_and_record)
+            # QCRD's negatives stages sample the lagged student: a fixed rationale stands in.
+            patch.setattr(nega.sampling, "make_sampler", lambda *a, **k: RecordingSampler([]))
             recipe = _recipe(tiny_model_dir, folder, method, section)
             run = Run(recipe, folder / "run")
             try:
@@ -414,6 +439,13 @@ def test_a_recipe_value_reaches_the_loss(trained, method, field):
     for setup, function, argument, expected in row.checks:
         calls = [a for name, a in trained(setup)["losses"] if name == function]
         assert calls, f"{setup}: {function} was never called"
+        if isinstance(expected, EachCall):
+            got = [_argument(arguments, argument) for arguments in calls]
+            assert got == pytest.approx(list(expected.values)), (
+                f"{method}.{field}: {function}({argument}=...) got {got} step by step, the recipe said "
+                f"{list(expected.values)}"
+            )
+            continue
         for arguments in calls:
             got = _argument(arguments, argument)
             assert got == pytest.approx(expected), (
@@ -423,17 +455,20 @@ def test_a_recipe_value_reaches_the_loss(trained, method, field):
 
 @pytest.mark.parametrize("setup", ["sft", "d2o-d2o", "stepneg-dpo", "qcrd-qcrd"])
 def test_train_section_reaches_the_trainers_arguments(trained, setup):
-    args = trained(setup)["args"][0]
+    every = trained(setup)["args"]
+    args = every[0]
     for field, (value, attribute) in TRAIN_VALUES.items():
-        if attribute is not None:
-            expected = value
-            if setup.startswith("qcrd") and field == "max_steps":
-                expected = 1  # one epoch's steps, capped by train.max_steps
-            assert getattr(args, attribute) == pytest.approx(expected), f"train.{field} -> {attribute}"
+        if attribute is not None and not (setup.startswith("qcrd") and field == "max_steps"):
+            assert getattr(args, attribute) == pytest.approx(value), f"train.{field} -> {attribute}"
     warmup = getattr(args, "warmup_ratio", None) or getattr(args, "warmup_steps", None) or 0.0
     assert warmup == pytest.approx(TRAIN_VALUES["warmup_ratio"][0])
-    expected_seed = SEED + QCRD_EPOCH if setup.startswith("qcrd") else SEED  # qcrd seeds each epoch
-    assert args.seed == expected_seed
+    if setup.startswith("qcrd"):
+        # train.max_steps caps an epoch's steps (1 here, else 2 for 4 inputs at 2 a step): 3 steps in
+        # periods of 2; each period's Trainer runs its own steps and is seeded by its period.
+        assert [a.max_steps for a in every] == list(QCRD_PERIOD_STEPS)
+        assert [a.seed for a in every] == [SEED + p for p in QCRD_PERIOD_OF_STEP]
+    else:
+        assert len(every) == 1 and args.seed == SEED
     assert not any(trained(setup)["packed"]), "train.prefix_sharing: false still packed the batch"
 
 
@@ -479,41 +514,68 @@ QCRD_SAMPLING = {
 }
 
 
+class RecordingLauncher:
+    """Stands in for a training launch: leaves what a finished training leaves, trains nothing."""
+
+    def run(self, entry, kwargs, work_dir, *, needs_launcher=False):
+        from nega.pipeline import write_json
+        from nega.training import TRAIN_LOG
+
+        out = Path(kwargs["output_dir"])
+        (out / "adapter").mkdir(parents=True, exist_ok=True)
+        write_json(out / TRAIN_LOG, {"folder": "adapter", "history": []})
+
+
 def _qcrd_run(tmp_path, model_name: str, section: dict):
+    """A qcrd recipe over 4 toy inputs at 2 a step (2 optimizer steps an epoch), with a launcher that
+    trains nothing: the stages between the training stages run for real."""
     from nega.pipeline import Run
 
     recipe = validate_recipe(
         {
             "name": "flow", "method": "qcrd", "model": {"name": model_name}, "data": {"dataset": "toy"},
-            "toy": {"world": "rationale", "n_train": 4, "n_test": 2}, "qcrd": section,
+            "toy": {"world": "rationale", "n_train": 4, "n_test": 2}, "train": {"batch_size": 2},
+            "qcrd": section,
         }
     )  # fmt: skip
-    return recipe, Run(recipe, tmp_path / "run")
+    return recipe, Run(recipe, tmp_path / "run", launcher=RecordingLauncher())
+
+
+def _train_students(run, recipe, objective: str, model_path: str, examples: list[dict], epochs: int):
+    """`train_student` of `objective` under the run's own period schedule."""
+    from nega.distill.qcrd.run import train_student
+    from nega.distill.qcrd.schedule import PeriodSchedule
+
+    schedule = PeriodSchedule.of(recipe, len(examples), epochs)
+    train_student(run, recipe, objective, model_path, examples, schedule, [])
+    return schedule
 
 
 def test_qcrd_teacher_and_negative_sampling_keys_reach_their_samplers(tmp_path, monkeypatch):
     import nega.sampling
-    from nega.distill.qcrd.run import negatives_stage, teacher_stage
+    from nega.distill.qcrd.run import teacher_stage
     from nega.pipeline import read_jsonl, unlock_run_folder
 
     calls = []
     monkeypatch.setattr(nega.sampling, "make_sampler", lambda *a, **k: RecordingSampler(calls))
-    recipe, run = _qcrd_run(tmp_path, "toy", QCRD_SAMPLING)
+    recipe, run = _qcrd_run(tmp_path, "toy", {**QCRD_SAMPLING, "negatives_every_steps": 1})
     try:
         teacher = teacher_stage(run, recipe, [])
         examples = read_jsonl(teacher.dir / "examples.jsonl")
-        negatives_stage(run, recipe, "qcrd-e0-negatives", "base", None, examples, 0, [])
+        schedule = _train_students(run, recipe, "qcrd_no_disc", "base", examples, epochs=1)
     finally:
         unlock_run_folder(run.dir)
-    asked, sampled = calls
+    asked, *sampled = calls
     assert (asked["n"], asked["temperature"]) == (3, 0.35)
     assert all(p[-1]["content"].startswith("Think it through: ") for p in asked["prompts"])
-    assert sampled["temperature"] == 1.25
+    # One negatives stage per period, each drawing one rationale per input at negative_temperature.
+    assert schedule.periods == 2 and len(sampled) == 2
+    assert {(c["n"], c["temperature"]) for c in sampled} == {(1, 1.25)}
 
 
 def test_qcrd_discriminator_keys_reach_the_discriminator(tiny_model_dir, tmp_path, monkeypatch):
     import nega.distill.qcrd.discriminator as discriminator
-    from nega.distill.qcrd.run import discriminator_stage
+    import nega.sampling
     from nega.pipeline import unlock_run_folder
 
     builds, fits = [], []
@@ -531,21 +593,26 @@ def test_qcrd_discriminator_keys_reach_the_discriminator(tiny_model_dir, tmp_pat
 
     def scores(discriminators, examples, **kwargs):
         fits.append(kwargs)
-        return examples, [{} for _ in discriminators]
+        scored = [{**e, "pos_scores": [0.9] * len(e["positives"]), "neg_scores": [0.1] * len(e["negatives"])}
+                  for e in examples]  # fmt: skip
+        return scored, [{} for _ in discriminators]
 
     monkeypatch.setattr(discriminator.Discriminator, "build", staticmethod(build))
     monkeypatch.setattr(discriminator, "cross_fitted_scores", scores)
+    monkeypatch.setattr(nega.sampling, "make_sampler", lambda *a, **k: RecordingSampler([]))
     section = {"disc_every": 2, "disc_backbone": "encoder", "disc_lr": 3e-4, "disc_augment_rate": 0.4,
-               "disc_steps": 7, "disc_batch_size": 5, "disc_folds": 3}  # fmt: skip
+               "disc_steps": 7, "disc_batch_size": 5, "disc_folds": 3, "negatives_every_steps": 1}  # fmt: skip
     recipe, run = _qcrd_run(tmp_path, str(tiny_model_dir), section)
-    examples = [{"id": "0", "question": "q", "label": "yes", "positives": ["p"], "negatives": ["n"]}]
+    examples = [{"id": str(i), "question": f"q{i}", "label": "yes", "positives": ["p"], "negatives": ["n"]}
+                for i in range(4)]  # fmt: skip
     try:
-        previous = None
-        for epoch in range(3):
-            previous = discriminator_stage(run, recipe, epoch, str(tiny_model_dir), examples, previous, [])
+        schedule = _train_students(run, recipe, "qcrd", str(tiny_model_dir), examples, epochs=3)
     finally:
         unlock_run_folder(run.dir)
-    assert len(builds) == 3 * 3  # disc_folds discriminators per epoch
+    # 3 epochs of 2 one-step periods: a discriminator stage per period, disc_folds discriminators each.
+    assert schedule.periods == 6
+    assert len(builds) == 6 * 3
     assert {(b["backbone"], b["lr"]) for b in builds} == {("encoder", 3e-4)}
-    assert [f["train"] for f in fits] == [True, False, True]  # fitted every disc_every epochs
+    # Fitted at the first period of every disc_every-th epoch (epochs 0 and 2), else scored only.
+    assert [f["train"] for f in fits] == [True, False, False, False, True, False]
     assert {(f["steps"], f["batch_size"], f["augment_rate"]) for f in fits} == {(7, 5, 0.4)}

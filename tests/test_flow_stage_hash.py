@@ -2,10 +2,11 @@
 
 Table-driven over the `train` section (less `BOOKKEEPING_FIELDS`), the `lora` section and each method's
 loss weights, through the stage functions the methods run (`nega.training.train_stage`, D²O's
-`train_round`, per-step RL's `train_objective`, QCRD's `train_student`). A launcher stands in for the
-training itself: it records each launch and writes the log a finished training leaves, so "reran" is
-"the launcher was called again" and "skipped" is "it was not". A table test checks that every field of
-those sections has a row, so a new field must say whether it is hashed.
+`train_round`, per-step RL's `train_objective`, QCRD's `train_student`, which trains one stage per
+period). A launcher stands in for the training itself: it records each launch and writes the log a
+finished training leaves, so "reran" is "every training stage launched again" and "skipped" is "none
+did". A table test checks that every field of those sections has a row, so a new field must say
+whether it is hashed.
 """
 
 from __future__ import annotations
@@ -29,15 +30,20 @@ TRAIN_CHANGES = {
     "weight_decay": 0.01,
     "lr_scheduler": "linear",
     "max_grad_norm": 0.5,
-    "gradient_checkpointing": True,
     "bf16": True,
     "prefix_sharing": False,
     "deepspeed.stage": 2,
     "deepspeed.offload_optimizer": True,
     "deepspeed.offload_params": True,
 }
-# Bookkeeping: how often a stage checkpoints or logs and where it reports; a change must reuse the stage.
-TRAIN_BOOKKEEPING = {"save_steps": 7, "logging_steps": 3, "report_to": ["tensorboard"]}
+# Bookkeeping: how often a stage checkpoints or logs, where it reports, and whether activations are
+# recomputed (the same weights for less memory); a change must reuse the stage.
+TRAIN_BOOKKEEPING = {
+    "save_steps": 7,
+    "logging_steps": 3,
+    "report_to": ["tensorboard"],
+    "gradient_checkpointing": True,
+}
 LORA_CHANGES = {"enabled": False, "r": 8, "alpha": 7, "dropout": 0.1, "target_modules": ["q_proj", "v_proj"]}
 
 # method -> {section field -> changed value}: the loss weights its training stage must hash.
@@ -68,8 +74,13 @@ def _nested_fields(model, prefix: str = "") -> set[str]:
 
 
 def test_the_tables_cover_every_field():
+    from nega.distill.qcrd.run import LOSS_FIELDS as QCRD_LOSS_FIELDS
+
     assert set(TRAIN_CHANGES) | set(TRAIN_BOOKKEEPING) == _nested_fields(TrainConfig)
     assert set(TRAIN_BOOKKEEPING) == BOOKKEEPING_FIELDS
+    assert set(METHOD_CHANGES["qcrd"]) == QCRD_LOSS_FIELDS, (
+        "a qcrd loss field the training stage hashes has no row"
+    )
     assert set(LORA_CHANGES) == set(LoraConfig.model_fields)
     defaults = {"train": TrainConfig(), "lora": LoraConfig()}
     for section, table in [("train", TRAIN_CHANGES | TRAIN_BOOKKEEPING), ("lora", LORA_CHANGES)]:
@@ -140,29 +151,51 @@ def _stepneg_train(run):
     train_objective(run, run.recipe.stepneg.loss, "pi_sft", [{"prompt": "p"}], inputs=[])
 
 
+# QCRD's rows: at the default 8 per step, three optimizer steps an epoch, each its own period
+# (qcrd.negatives_every_steps: null cuts a 3-step run into periods of one step), so three training stages.
+QCRD_EXAMPLES = [{"id": str(i), "question": f"q{i}", "label": "a"} for i in range(24)]
+
+
 def _qcrd_train(run):
     from nega.distill.qcrd.run import train_student
+    from nega.distill.qcrd.schedule import PeriodSchedule
 
-    # label_only draws no negatives and fits no discriminator: its epochs are training stages only.
-    train_student(run, run.recipe, "label_only", "base", [{"question": "q", "label": "a"}], 1, [])
+    # label_only draws no negatives and fits no discriminator: its periods are training stages only.
+    schedule = PeriodSchedule.of(run.recipe, len(QCRD_EXAMPLES), epochs=1)
+    train_student(run, run.recipe, "label_only", "base", QCRD_EXAMPLES, schedule, [])
 
 
 STAGE_OF = {"sft": _generic_train, "d2o": _d2o_train, "stepneg": _stepneg_train, "qcrd": _qcrd_train}
+TRAINING_STAGES = {"sft": 1, "d2o": 1, "stepneg": 1, "qcrd": 3}
 
 
-def _reruns(tmp_path: Path, method: str, changes: dict) -> bool:
-    """Finish the method's training stage under the default recipe, open it again unchanged (it must
-    skip), then with `changes`: whether that launched training again."""
+def _relaunches(tmp_path: Path, method: str, changes: dict) -> int:
+    """Finish the method's training stages under the default recipe, open them again unchanged (they must
+    all skip), then with `changes`: how many training stages that launched again."""
     folder = tmp_path / "run"
     launcher = RecordingLauncher()
     try:
-        for recipe in (_recipe(method), _recipe(method)):
-            STAGE_OF[method](Run(recipe, folder, launcher=launcher))
-        assert len(launcher.launches) == 1, "an unchanged recipe must skip its finished training stage"
+        STAGE_OF[method](Run(_recipe(method), folder, launcher=launcher))
+        first = len(launcher.launches)
+        assert first == TRAINING_STAGES[method], (
+            f"{method}: {first} training stages, not {TRAINING_STAGES[method]}"
+        )
+        STAGE_OF[method](Run(_recipe(method), folder, launcher=launcher))
+        assert len(launcher.launches) == first, "an unchanged recipe must skip its finished training stages"
         STAGE_OF[method](Run(_recipe(method, changes), folder, launcher=launcher))
     finally:
         unlock_run_folder(folder)
-    return len(launcher.launches) == 2
+    return len(launcher.launches) - first
+
+
+def _reruns(tmp_path: Path, method: str, changes: dict) -> bool:
+    """Whether `changes` launched every one of the method's training stages again."""
+    return _relaunches(tmp_path, method, changes) == TRAINING_STAGES[method]
+
+
+def _reuses(tmp_path: Path, method: str, changes: dict) -> bool:
+    """Whether `changes` left every finished training stage of the method as it was."""
+    return _relaunches(tmp_path, method, changes) == 0
 
 
 @pytest.mark.parametrize("key", sorted(TRAIN_CHANGES))
@@ -175,10 +208,11 @@ def test_a_changed_lora_key_reruns_the_training_stage(tmp_path, key):
     assert _reruns(tmp_path, "sft", {f"lora.{key}": LORA_CHANGES[key]}), f"lora.{key} is not hashed"
 
 
+@pytest.mark.parametrize("method", sorted(STAGE_OF))
 @pytest.mark.parametrize("key", sorted(TRAIN_BOOKKEEPING))
-def test_a_changed_bookkeeping_key_reuses_the_training_stage(tmp_path, key):
-    assert not _reruns(tmp_path, "sft", {f"train.{key}": TRAIN_BOOKKEEPING[key]}), (
-        f"train.{key} leaves the weights unchanged but reran the stage"
+def test_a_changed_bookkeeping_key_reuses_the_training_stage(tmp_path, method, key):
+    assert _reuses(tmp_path, method, {f"train.{key}": TRAIN_BOOKKEEPING[key]}), (
+        f"train.{key} leaves the weights unchanged but reran {method}'s training"
     )
 
 
@@ -195,3 +229,11 @@ def test_train_and_lora_keys_rerun_every_methods_training_stage(tmp_path, method
     """The method's own stage function goes through train_stage, whose hash holds train and lora."""
     assert _reruns(tmp_path / "train", method, {"train.lr": 1e-4})
     assert _reruns(tmp_path / "lora", method, {"lora.r": 8})
+
+
+def test_a_changed_qcrd_period_length_retrains_and_other_qcrd_keys_do_not(tmp_path):
+    """Periods of 3 steps instead of 1: the one period left trains other rows for other steps. Keys that
+    no label_only training reads (the lag of negatives it does not draw, the evaluation's size) reuse it."""
+    assert _relaunches(tmp_path / "period", "qcrd", {"qcrd.negatives_every_steps": 3}) == 1
+    assert _reuses(tmp_path / "lag", "qcrd", {"qcrd.lag": 2})
+    assert _reuses(tmp_path / "eval", "qcrd", {"qcrd.eval_limit": 7})
