@@ -199,15 +199,13 @@ class RewardModel:
         from nega.eval.target import TargetError, resolve_target
 
         folder = Path(path).expanduser()
+        hint = "give the folder a `method: rm` run trained (its rm-train stage's adapter/ or model/) or that run's folder"
         if not folder.is_dir():
-            raise ValueError(
-                f"{folder}: no such folder; give the folder a `method: rm` run trained (its rm-train stage's "
-                "adapter/ or model/) or that run's folder"
-            )
+            raise ValueError(f"{folder}: no such folder; {hint}")
         try:
             target = resolve_target(folder)
         except TargetError as exc:
-            raise ValueError(str(exc)) from None
+            raise ValueError(f"{exc}; {hint}") from None
         self.folder = Path(target.adapter) if target.adapter else Path(target.base_model)
         info_path = self.folder / REWARD_FILE
         if not info_path.is_file():
