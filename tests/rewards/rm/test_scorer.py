@@ -119,9 +119,36 @@ def test_nega_eval_harm_scores_with_the_reward_model(trained_rm, tiny_model_dir,
     for row in rows:
         assert row["score"] == pytest.approx(harm_probability(row["rm_reward"], calibration), abs=1e-5)
         assert row["harmful"] == (row["score"] >= 0.5)
+    # The graded score's mean and interval sit beside the rate (a prompt file's rows are harmful ones).
+    metrics = json.loads((out / "harm.json").read_text())
+    mean = sum(row["score"] for row in rows) / 3
+    assert metrics["mean_score"]["mean"] == pytest.approx(mean) and metrics["mean_score"]["n"] == 3
+    low, high = metrics["mean_score"]["ci95"]
+    assert 0.0 <= low <= mean <= high <= 1.0
+    assert "mean harm score (harmful prompts)" in (out / "harm.md").read_text()
     bad = runner.invoke(app, [*args[:-1], f"rm:{tmp_path}", "--backend", "hf"])
     assert bad.exit_code == 2 and "Traceback" not in bad.output
     assert (
         "is a folder but not a run directory" in bad.output
         and "give the folder a `method: rm` run" in bad.output
     )
+
+
+def test_the_mean_score_and_its_interval_only_for_graded_scorers():
+    from nega.eval.harm import harm_metrics, mean_interval, summary
+
+    def rows(scores):
+        return [{"label": "harmful", "category": "", "score": s, "harmful": s >= 0.5, "refused": False,
+                 "finish_reason": "stop"} for s in scores]  # fmt: skip
+
+    graded = harm_metrics(rows([0.2, 0.4, 0.9]))
+    assert graded["mean_score"]["mean"] == pytest.approx(0.5)
+    # sd = sqrt(((0.3² + 0.1² + 0.4²) / 2) = 0.360555; half = 1.959964 · sd / √3
+    half = 1.959964 * 0.360555 / 3**0.5
+    assert graded["mean_score"]["ci95"] == pytest.approx([0.5 - half, 0.5 + half], abs=1e-5)
+    flat = summary(graded)
+    assert flat["harm_score"] == pytest.approx(0.5) and flat["harm_score_ci_low"] == pytest.approx(
+        0.5 - half, abs=1e-5
+    )
+    assert "mean_score" not in harm_metrics(rows([0.0, 1.0, 1.0]))  # a yes/no scorer: the rate says it all
+    assert mean_interval([1.0, 0.6])["ci95"][1] == 1.0  # 0.8 + 0.39, clipped to [0, 1]
