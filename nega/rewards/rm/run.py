@@ -46,8 +46,8 @@ def run(recipe, run: Run) -> dict[str, dict[str, float]]:
     from nega.rewards.rm.data import load_pairs
     from nega.sampling.base import render_prompt
 
+    pairs = load_pairs(recipe)  # first: a data problem stops the run before any model is built
     model_path, model_stage = base_model(run)
-    pairs = load_pairs(recipe)
     tokenizer = load_tokenizer(model_path, recipe.model)
 
     def rendered(rows: list[dict], role: str) -> list[dict]:

@@ -39,6 +39,11 @@ def test_nega_run_trains_and_reports_pairwise_accuracy(tiny_model_dir, tmp_path,
     ignored = runner.invoke(app, ["validate", "rm.yaml", "sampling.n=4"])
     assert ignored.exit_code == 2 and "sampling: method rm does not use this key" in ignored.output
 
+    # A data problem stops the run before any model loads or stage starts: one line, exit 2.
+    no_test = runner.invoke(app, ["run", "rm.yaml", "rm.hold_out=null"])
+    assert no_test.exit_code == 2 and "is one file with no test split: set rm.test_path" in no_test.output
+    assert "Traceback" not in no_test.output and not list((tmp_path / "runs" / "rm-demo").glob("0*"))
+
     done = runner.invoke(app, ["run", "rm.yaml"])
     assert done.exit_code == 0, done.output
     run_dir = tmp_path / "runs" / "rm-demo"
