@@ -31,8 +31,8 @@ Chosen by a spec string (`harm.scorer` in a recipe, `--scorer` on the command li
   win over a module of that name. Only a spec naming a module and a function is imported, never a bare
   name.
 
-Scorers with per-sample detail (classifier probability, judge output, reward) keep it in `last_details`; the
-ones holding a model free it in `close()`.
+Scorers with per-sample detail (classifier probability, judge output, reward) keep it in
+`last_details`; the ones holding a model free it in `close()`.
 """
 
 from __future__ import annotations
@@ -328,9 +328,8 @@ class RewardModelScorer:
 
         self.batch_size = _positive(batch_size, "batch_size")
         self.max_length = None if max_length is None else _positive(max_length, "max_length")
-        self.reward_model = RewardModel(
-            folder, device=device
-        )  # reads its JSON now: a wrong folder fails here
+        # Opening reads the folder's JSON only: a wrong folder fails here, before any answer is sampled.
+        self.reward_model = RewardModel(folder, device=device)
         self.last_details: list[dict] = []
 
     def __call__(self, prompts: list, completions: list[str], **columns) -> list[float]:
