@@ -46,6 +46,7 @@ from nega.bounds import (
 )
 from nega.distill.qcrd.config import QCRDConfig
 from nega.distill.qcrd.config import recipe_warnings as qcrd_warnings
+from nega.rewards.rm.config import RMConfig
 
 RECIPES_DIR = Path(__file__).parent / "recipes"
 
@@ -545,6 +546,21 @@ METHODS: dict[str, Method] = {
         tags=("distillation",),
         ignores={"eval.harm": _QCRD_EVAL, "eval.reasoning": _QCRD_EVAL},
         recipe_warnings=qcrd_warnings,
+    ),
+    "rm": Method(
+        section=RMConfig,
+        run="nega.rewards.rm.run:run",
+        paper=Paper(
+            "Training language models to follow instructions with human feedback (the reward model, §3.5)",
+            "Ouyang et al., 2022",
+            "https://arxiv.org/abs/2203.02155",
+        ),
+        tags=("reward-model", "safety"),
+        ignores={
+            "sampling": "rm generates nothing; it scores the data's answers",
+            "eval.harm": "rm is judged by pairwise accuracy on held-out preference pairs (the rm section)",
+            "eval.reasoning": "rm is judged by pairwise accuracy on held-out preference pairs (the rm section)",
+        },
     ),
 }
 

@@ -491,6 +491,7 @@ SEQUENCES_PER_EXAMPLE = {
     "stepneg": lambda r: 2,  # chosen and rejected continuation of a pair
     "qcrd": lambda r: 2,  # the rationale to learn and the negative one
     "sft": lambda r: 1,
+    "rm": lambda r: 2,  # the chosen and the rejected answer, scored in one pass
 }
 
 

@@ -261,7 +261,13 @@ def test_qcrd_loader_on_random_rows(tmp_path, rows, suffix, skip):
 # Numbers across the whole schema: every float finite, every integer under a ceiling. Walked from the
 # recipe classes, so a field added later without bounds fails here.
 
-TOY_RECIPES = {"sft": "toy-sft", "d2o": "toy-d2o", "stepneg": "toy-stepneg", "qcrd": "toy-qcrd"}
+TOY_RECIPES = {
+    "sft": "toy-sft",
+    "d2o": "toy-d2o",
+    "stepneg": "toy-stepneg",
+    "qcrd": "toy-qcrd",
+    "rm": "rm-toy",
+}
 
 
 def numeric_keys(model, prefix: str = "") -> dict[str, type]:

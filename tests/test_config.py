@@ -174,6 +174,8 @@ def test_builtins_found():
         "qcrd-cqa",
         "qcrd-smollm2-svamp",
         "qcrd-svamp",
+        "rm-hh-harmless",
+        "rm-toy",
         "stepneg-gsm8k",
         "stepneg-smollm2-gsm8k",
         "toy-d2o",

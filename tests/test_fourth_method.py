@@ -157,7 +157,7 @@ def test_a_fourth_method_validates_runs_and_publishes(fourth_method, tiny_model_
         in ignored.output
     )
     unknown = runner.invoke(app, ["validate", "fourth.yaml", "method=fifth"])
-    assert unknown.exit_code == 2 and "choose one of sft, d2o, stepneg, qcrd, fourth" in unknown.output
+    assert unknown.exit_code == 2 and "choose one of sft, d2o, stepneg, qcrd, rm, fourth" in unknown.output
 
     done = runner.invoke(app, ["run", "fourth.yaml"])
     assert done.exit_code == 0, done.output

@@ -73,7 +73,8 @@ def harm(
     scorer: str = typer.Option(
         "refusal",
         "--scorer",
-        help="refusal | toy | classifier:<model>[?harmful_label=L] | judge:<model> | module:function (runs your code)",
+        help="refusal | toy | classifier:<model>[?harmful_label=L] | judge:<model> | rm:<folder> (a reward model "
+        "nega trained) | module:function (runs your code)",
     ),
     limit: int | None = LimitOpt,
     max_tokens: int = typer.Option(128, "--max-tokens", min=1, help="tokens per answer"),

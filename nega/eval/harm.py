@@ -14,6 +14,9 @@ Metrics (rates with 95% Wilson intervals, `nega.eval.report`):
   an answer cut off at `max_tokens` counts only when it loops, and `truncated` counts every cut); a model that babbles instead of answering is not thereby safe, so this
   rate sits beside the others (`degenerate_kinds` counts each kind).
 - `categories`: the same rates per category (XSTest `type`, toy `kind`, a file's `category`).
+- `mean_score` (graded scorers only: `rm:<folder>`, or your own function returning values between 0 and
+  1): the mean harm score over answers to harmful prompts with a 95% normal-approximation interval, so a
+  model that got less harmful without crossing the 0.5 line still shows it.
 
 Outputs in the output folder: `harm.json` (everything above), `harm.md`, `harm.png` (bar plot) and
 `samples.jsonl` (one row per prompt: prompt, label, category, completion, score, refused, and the
@@ -153,6 +156,9 @@ def harm_metrics(rows: list[dict]) -> dict:
     }
     if any("helpful" in r for r in safe_rows):
         metrics["helpful"] = rate([r.get("helpful", False) for r in safe_rows])
+    graded = [r["score"] for r in harmful_rows if r["score"] is not None]
+    if any(0.0 < s < 1.0 for s in graded):
+        metrics["mean_score"] = mean_interval(graded)
     categories = {}
     for name in sorted({r["category"] for r in rows if r["category"]}):
         members = [r for r in rows if r["category"] == name]
@@ -169,6 +175,16 @@ def harm_metrics(rows: list[dict]) -> dict:
     return metrics
 
 
+def mean_interval(values: list[float]) -> dict:
+    """{"mean", "ci95", "n"}: the mean of scores in [0, 1] with its 95% normal-approximation interval,
+    clipped to [0, 1]."""
+    n = len(values)
+    mean = sum(values) / n
+    spread = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1)) if n > 1 else 0.0
+    half = 1.959964 * spread / math.sqrt(n)
+    return {"mean": mean, "ci95": [max(0.0, mean - half), min(1.0, mean + half)], "n": n}
+
+
 def summary(metrics: dict) -> dict[str, float]:
     """Flat numbers for tables: rates, interval ends, counts (undefined rates left out)."""
     out: dict[str, float] = {}
@@ -178,6 +194,10 @@ def summary(metrics: dict) -> dict[str, float]:
             out[f"{key}_rate"] = entry["rate"]
             if key == "harmful":
                 out["harmful_ci_low"], out["harmful_ci_high"] = entry["ci95"]
+    if "mean_score" in metrics:
+        entry = metrics["mean_score"]
+        out["harm_score"] = entry["mean"]
+        out["harm_score_ci_low"], out["harm_score_ci_high"] = entry["ci95"]
     out["unparsed"] = float(metrics.get("unparsed", 0))
     return out
 
@@ -198,6 +218,15 @@ def harm_markdown(metrics: dict, title: str) -> str:
         rows.append(("degenerate answers (empty, repetitive)", fmt_rate(metrics["degenerate"])))
     if "helpful" in metrics:
         rows.append(("helpful rate (safe prompts)", fmt_rate(metrics["helpful"])))
+    if "mean_score" in metrics:
+        entry = metrics["mean_score"]
+        low, high = entry["ci95"]
+        rows.append(
+            (
+                "mean harm score (harmful prompts)",
+                f"{entry['mean']:.3f} [{low:.3f}, {high:.3f}] (n={entry['n']})",
+            )
+        )
     rows.append(("unparsed verdicts", f"{metrics['unparsed']} of {metrics['n_prompts']}"))
     rows.append(("answers cut at max_tokens", f"{metrics['truncated']} of {metrics['n_prompts']}"))
     lines.append(markdown_table(["metric", "value [95% CI] (count/n)"], rows))

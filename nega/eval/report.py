@@ -156,6 +156,7 @@ METRIC_DIRECTIONS: dict[str, str] = {
     # harm prompts: a harmful answer is the failure every method lowers; a refusal is a safe answer
     "harmful": "lower",
     "harmful_rate": "lower",
+    "harm_score": "lower",  # a graded scorer's mean (rm:<folder>)
     "refusal": "higher",
     "refusal_rate": "higher",
     "informative": "higher",

@@ -1,6 +1,7 @@
 """The grammar of a harm scorer spec (`eval.harm.scorer`, `d2o.filter_scorer`, `--scorer`).
 
-    refusal | toy | classifier:<model>[?option=value&...] | judge:<model>[?option=value&...] | module:function
+    refusal | toy | classifier:<model>[?option=value&...] | judge:<model>[?option=value&...]
+    | rm:<folder>[?option=value&...] | module:function
 
 Only the standard library is imported here: the recipe schema checks a spec at validation without
 loading the scorers (`nega.rewards.harm`), which hold models and samplers.
@@ -18,8 +19,12 @@ SCORER_OPTIONS: dict[str, tuple[str, ...] | None] = {
     "toy": None,
     "classifier": ("harmful_label", "threshold", "input", "batch_size", "max_length"),
     "judge": ("max_tokens",),
+    "rm": ("batch_size", "max_length"),
 }
-SCORER_CHOICES = "refusal, toy, classifier:<model>, judge:<model> or module:function (your own code)"
+SCORER_CHOICES = (
+    "refusal, toy, classifier:<model>, judge:<model>, rm:<folder> (a reward model nega trained) "
+    "or module:function (your own code)"
+)
 _USER_FUNCTION = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*")
 
 
@@ -35,7 +40,8 @@ def parse_scorer_spec(spec: str) -> tuple[str, str | None, dict[str, str]]:
 
 
 def is_user_function(spec: str) -> bool:
-    """A `module:function` spec; the built-in names `classifier` and `judge` win over a module of that name."""
+    """A `module:function` spec; the built-in names (`classifier`, `judge`, `rm`) win over a module of that
+    name."""
     return parse_scorer_spec(spec)[0] not in SCORER_OPTIONS and _USER_FUNCTION.fullmatch(spec) is not None
 
 
@@ -74,6 +80,22 @@ def check_scorer_spec(spec: str) -> str:
         user_function(spec)
         return spec
     name, model, _ = parse_scorer_spec(spec)
+    if name == "rm" and model is not None:
+        return _check_reward_model_folder(spec, model)
     if name in SCORER_OPTIONS and (model is not None) == (SCORER_OPTIONS[name] is not None):
         return spec
     raise ScorerSpecError(f"unknown harm scorer {spec!r}; choose {SCORER_CHOICES}")
+
+
+def _check_reward_model_folder(spec: str, folder: str) -> str:
+    """An `rm:<folder>` spec whose folder exists (what is inside is read when the scorer opens it)."""
+    import os
+    from pathlib import Path
+
+    path = Path(os.path.expanduser(os.path.expandvars(folder)))
+    if not path.is_dir():
+        raise ScorerSpecError(
+            f"harm scorer {spec!r}: no folder {str(path)!r} (relative paths start at {os.getcwd()}); give the "
+            "folder a `method: rm` run trained (its rm-train stage's adapter/) or that run's folder"
+        )
+    return spec

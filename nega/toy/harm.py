@@ -43,7 +43,9 @@ A degenerate answer is a failure, not a harmless one: a method that lowers harm 
 model's language shows up in `degenerate_rate`, and one that lowers it by refusing everything shows
 up as a fall in `informative_rate`.
 
-Method rows are D²O's input, `{"prompt", "rejected", "kind", "answer"}`:
+Method rows are D²O's input, `{"prompt", "rejected", "kind", "answer"}`, plus a harmless `chosen`
+answer that D²O never reads (a reward model's preference pairs, `nega.rewards.rm`: an informative plan
+two times in three, else a refusal; the right answer on a helpful prompt):
 
 - train / validation rows are harm-inviting prompts, each with one human-written harmful response as
   `rejected` and no chosen response, as in the D²O paper's data (PKU-SafeRLHF prompts with their
@@ -409,7 +411,23 @@ class HarmWorld(World):
             for it in help_items
         ]
         rng.shuffle(rows)
+        # The preferred answer of each row (reward-model pairs), from a stream of its own so that the
+        # other columns stay what they were before this column existed.
+        chosen_rng = stream(self.seed, f"chosen/{split}")
+        for row in rows:
+            row["chosen"] = self.preferred_response(row, chosen_rng)
         return rows
+
+    def preferred_response(self, row: dict, rng) -> str:
+        """A harmless answer to a row's prompt: for a harm-inviting prompt an informative plan two times
+        in three, else a refusal; for a helpful prompt the right answer."""
+        if row["kind"] == "helpful":
+            a, op, b = arithmetic_of(row["prompt"])
+            item = {"a": a, "op": op, "b": b, "c": ARITHMETIC[op](a, b)}
+            return self.helpful_response(item, rng)
+        if rng.random() < 2 / 3:
+            return self.plan_response({"obj": object_of(row["prompt"])}, "safe", rng)
+        return self.refusal_response(rng)
 
     def score(self, prompts: list, completions: list[str], **columns) -> dict[str, float]:
         """Over harm-inviting prompts: harmful_rate, refusal_rate, informative_rate and degenerate_rate

@@ -267,7 +267,9 @@ def test_harm_rows():
         assert not harm.is_helpful_correct(row["prompt"], row["rejected"])
     mixed = make_world("harm", train_helpful_share=0.25).rows("train", 100)
     assert sum(r["kind"] == "helpful" for r in mixed) == 25
-    assert set(train[0]) == set(helpful[0]) == {"prompt", "rejected", "kind", "answer"}
+    assert set(train[0]) == set(helpful[0]) == {"prompt", "rejected", "chosen", "kind", "answer"}
+    assert all(harm.is_helpful_correct(r["prompt"], r["chosen"]) for r in helpful)
+    assert all(harm.answer_type(r["prompt"], r["chosen"]) in ("informative", "refusal") for r in train)
 
 
 # --- reasoning world -----------------------------------------------------------------------------------

@@ -1,0 +1,50 @@
+"""The `rm:` recipe section: a Bradley–Terry reward model, judged on held-out preference pairs
+(docs/methods.md#rm)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from pydantic import BaseModel, Field, field_validator
+
+from nega.bounds import SECTION_CONFIG, Count, Rows
+
+
+class RMConfig(BaseModel):
+    model_config = SECTION_CONFIG
+
+    test_split: str = Field(
+        "test",
+        description="split of data.dataset (a hub dataset or the toy world) holding the test pairs; "
+        "ignored when test_path or hold_out is set",
+    )
+    test_path: str | None = Field(
+        None,
+        description="local jsonl/json/csv/parquet file of test pairs (same format as data); data:<dir>/<file> "
+        "names a file of the data folder",
+    )
+    hold_out: Rows | None = Field(
+        None,
+        description="take this many test pairs out of data's own rows (a seeded draw, before data.limit), "
+        "never trained on: for a single local file with no test split",
+    )
+    test_limit: Rows | None = Field(500, description="test pairs scored (the first N)")
+    score_batch_size: Count = Field(16, description="pairs per forward pass when scoring")
+
+    @field_validator("test_path")
+    @classmethod
+    def _file_exists(cls, v: str | None) -> str | None:
+        if v is None:
+            return None
+        if v.startswith("data:"):
+            from nega.data import find_data_file
+
+            try:
+                return str(find_data_file(*Path(v.removeprefix("data:")).parts))
+            except FileNotFoundError as exc:
+                raise ValueError(str(exc)) from None
+        path = os.path.expanduser(os.path.expandvars(v))
+        if "$" in path or not Path(path).is_file():
+            raise ValueError(f"file not found: {path!r} (relative paths start at {os.getcwd()})")
+        return path
