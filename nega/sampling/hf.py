@@ -57,6 +57,7 @@ class HFSampler:
         self.eos_ids = _eos_ids(self.base, self.tokenizer)
         self.adapters: dict[Path, tuple[int, str]] = {}  # folder -> (weights mtime, peft adapter name)
         self.loads = 0
+        self.on_host = False  # moved off the accelerator by hand_back until the next generate call
 
     def generate(
         self,
@@ -71,6 +72,11 @@ class HFSampler:
         adapter: str | Path | None = None,
         description: str = "sampling",
     ) -> list[list[Completion]]:
+        if self.base is None:
+            raise RuntimeError("this HFSampler was closed; make a new one to sample again")
+        if self.on_host:
+            self.base.to(self.device)
+            self.on_host = False
         tok = self.tokenizer
         encoded = prompt_token_ids(tok, prompts)
         if adapter is not None:
@@ -164,6 +170,15 @@ class HFSampler:
             # Same folder, new weights (an online round overwrote it): free the stale copy.
             self.model.delete_adapter(known[1])
         self.adapters[path] = (mtime, name)
+
+    def hand_back(self) -> None:
+        """Move the model (and its loaded adapters) to host memory until the next generate call, so
+        training between sampling calls has the GPU; a no-op on a CPU."""
+        if self.base is None or self.device.type == "cpu" or self.on_host:
+            return
+        self.base.to("cpu")
+        self.on_host = True
+        torch.cuda.empty_cache()
 
     def close(self) -> None:
         import gc
