@@ -263,6 +263,9 @@ class Run:
         a moved or copied run keeps its hashes.
         """
         self._count += 1
+        if self.engines is not None:
+            # The stage may train or score on the accelerator: sampling engines sleep until next needed.
+            self.engines.hand_back()
         folder = self.dir / f"{self._count:02d}-{name}"
         config = self.portable(json.loads(canonical_json(config))) if config is not None else {}
         keys = [self._input_key(i) for i in inputs]

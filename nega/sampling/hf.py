@@ -173,7 +173,7 @@ class HFSampler:
 
     def hand_back(self) -> None:
         """Move the model (and its loaded adapters) to host memory until the next generate call, so
-        training between sampling calls has the GPU; a no-op on a CPU."""
+        the stages between sampling stages have the GPU; a no-op on a CPU."""
         if self.base is None or self.device.type == "cpu" or self.on_host:
             return
         self.base.to("cpu")

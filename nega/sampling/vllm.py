@@ -57,7 +57,7 @@ def engine_arguments(
     capped at the model's `max_positions`: left unset, vLLM sizes for the model's whole context (32k
     tokens for Qwen2.5) and refuses to start when one such sequence does not fit in the KV cache, though
     nega's sequences are a few thousand tokens at most. On GPUs the engine starts in sleep mode, so a
-    run's engine can hand its memory to the training and scoring between sampling calls
+    run's engine can hand its memory to the training and scoring stages between its sampling stages
     (`VLLMSampler.hand_back`) instead of being restarted."""
     if max_model_len is not None and max_positions is not None:
         max_model_len = min(max_model_len, max_positions)

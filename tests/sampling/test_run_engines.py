@@ -10,7 +10,7 @@ import nega.sampling
 from nega.config import SamplingConfig, load_recipe
 from nega.pipeline import Run
 from nega.plan import SamplingLayout
-from nega.sampling.engine import model_key, run_engines, run_sampler
+from nega.sampling.engine import RunSampler, model_key, run_engines, run_sampler
 from nega.sampling.hf import HFSampler
 from nega.sampling.stage import SampleRequest, sample_stage
 from nega.sampling.vllm import engine_arguments
@@ -111,6 +111,35 @@ def test_the_shared_engine_samples_what_a_fresh_sampler_samples(tiny_model_dir, 
     # The comparison means something: sampling differs from greedy, and the adapter changes answers.
     assert ids[0] != ids[1] and ids[2] != ids[3]
     assert any(len({tuple(x) for x in group}) > 1 for group in ids[3])
+
+
+def test_opening_a_stage_hands_the_engines_memory_back(tiny_model_dir, tmp_path):
+    """A training or scoring stage needs the accelerator: every stage the run opens first puts its
+    engines to sleep; the next generate call wakes them, and calls within a stage keep them awake."""
+    events = []
+
+    class Engine:
+        def generate(self, prompts, **options):
+            events.append("generate")
+            return [[None] for _ in prompts]
+
+        def hand_back(self):
+            events.append("hand_back")
+
+        def close(self):
+            events.append("close")
+
+    recipe = _recipe(tiny_model_dir, tmp_path)
+    with Run(recipe) as run:
+        run.stage("before-any-engine")  # nothing to hand back yet
+        engines = run_engines(run)
+        engines.samplers[model_key(tiny_model_dir)] = RunSampler(Engine(), adapters=True)
+        sampler = run_sampler(run, tiny_model_dir)
+        sampler.generate(["a"])
+        sampler.generate(["b"])
+        run.stage("train")
+        sampler.generate(["c"])
+    assert events == ["generate", "generate", "hand_back", "generate", "close"]
 
 
 def test_hand_back_on_a_cpu_keeps_the_model_where_it_is(tiny_model_dir):
