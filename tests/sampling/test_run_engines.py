@@ -142,6 +142,22 @@ def test_opening_a_stage_hands_the_engines_memory_back(tiny_model_dir, tmp_path)
     assert events == ["generate", "generate", "hand_back", "generate", "close"]
 
 
+def test_a_long_lived_sampler_keeps_a_few_adapters_loaded_and_reloads_the_others(tiny_model_dir, tmp_path):
+    from nega.sampling.hf import MAX_LOADED_ADAPTERS
+
+    adapters = [write_lora_adapter(tiny_model_dir, tmp_path / f"p{i}", seed=20 + i) for i in range(6)]
+    sampler = HFSampler(tiny_model_dir, SamplingConfig(backend="hf"))
+    try:
+        first = [sampler.generate(PROMPTS[:2], temperature=0.0, max_tokens=6, adapter=a) for a in adapters]
+        assert len(sampler.adapters) == MAX_LOADED_ADAPTERS == len(sampler.model.peft_config)
+        # The first adapters were dropped; asked for again, they are loaded again and sample as before.
+        assert sampler.generate(PROMPTS[:2], temperature=0.0, max_tokens=6, adapter=adapters[0]) == first[0]
+        assert first[0] != first[1]
+        assert len(sampler.model.peft_config) == MAX_LOADED_ADAPTERS
+    finally:
+        sampler.close()
+
+
 def test_hand_back_on_a_cpu_keeps_the_model_where_it_is(tiny_model_dir):
     sampler = HFSampler(tiny_model_dir, SamplingConfig(backend="hf"))
     try:
