@@ -47,4 +47,5 @@ def run(
         raise DataError(data_problems_message(check))
     module, function = METHODS[cfg.method].run.split(":")
     entry = getattr(importlib.import_module(module), function)
-    return entry(cfg, Run(cfg, Path(output_dir) if output_dir is not None else None))
+    with Run(cfg, Path(output_dir) if output_dir is not None else None) as target:
+        return entry(cfg, target)

@@ -229,6 +229,9 @@ class Run:
         self.dir = Path(root) if root is not None else Path(recipe.output_dir) / recipe.name
         self.is_main_process = is_main_process
         self._count = 0
+        # The run's sampling engines (`nega.sampling.engine.RunEngines`), started on first use and
+        # kept until `close`, so no stage starts an engine another stage already started.
+        self.engines = None
         self.dir.mkdir(parents=True, exist_ok=True)
         if is_main_process:
             lock_run_folder(self.dir)
@@ -237,6 +240,19 @@ class Run:
             # command that runs one stage only (`nega sample`) keeps the finished run's results.
             if not keep_results:
                 (self.dir / RESULT).unlink(missing_ok=True)
+
+    def close(self) -> None:
+        """End the run's use of its engines: every sampler is closed and its memory handed back. The run
+        folder and its lock stay; a later stage starts its engine afresh."""
+        engines, self.engines = self.engines, None
+        if engines is not None:
+            engines.close()
+
+    def __enter__(self) -> Run:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
     def stage(self, name: str, *, config: Any = None, inputs: Iterable[Stage | str | Path] = ()) -> Stage:
         """Open stage `name` (numbered in call order); `done` tells whether it can be skipped.
@@ -247,6 +263,9 @@ class Run:
         a moved or copied run keeps its hashes.
         """
         self._count += 1
+        if self.engines is not None:
+            # The stage may train or score on the accelerator: sampling engines sleep until next needed.
+            self.engines.hand_back()
         folder = self.dir / f"{self._count:02d}-{name}"
         config = self.portable(json.loads(canonical_json(config))) if config is not None else {}
         keys = [self._input_key(i) for i in inputs]

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from nega.data import DataError, load_rows
-from nega.pipeline import Run, write_jsonl
+from nega.pipeline import Run
 from nega.sampling.base import Prompt
 from nega.stages import base_model
 
@@ -43,7 +43,7 @@ def _checked_messages(messages: list, key: str) -> list[dict]:
 
 def sample_prompts(run: Run, adapter: str | None = None) -> Path:
     from nega.data import convert_rows
-    from nega.sampling import make_sampler
+    from nega.sampling.stage import SAMPLES, SampleRequest, sample_stage
 
     recipe = run.recipe
     model_path, _ = base_model(run)
@@ -52,35 +52,17 @@ def sample_prompts(run: Run, adapter: str | None = None) -> Path:
     if not prompts:
         raise DataError(f"{source}: no prompts")
     cfg = recipe.sampling
-    stage = run.stage(
-        "sample",
+
+    def row(i: int, group) -> dict:
+        return {
+            "prompt": prompts[i],
+            "completions": [c.text for c in group],
+            "finish_reasons": [c.finish_reason for c in group],
+        }
+
+    stage = sample_stage(
+        run, "sample", model_path, SampleRequest.of(cfg, prompts, adapter=adapter),
         config={"sampling": cfg.model_dump(), "prompts": prompts, "adapter": adapter},
-        inputs=[model_path] + ([adapter] if adapter else []),
-    )
-    out = stage.dir / "samples.jsonl"
-    if stage.done:
-        return out
-    sampler = make_sampler(model_path, cfg, max_lora_rank=recipe.lora.r, adapters=adapter is not None)
-    try:
-        groups = sampler.generate(
-            prompts,
-            n=cfg.n,
-            temperature=cfg.temperature,
-            top_p=cfg.top_p,
-            max_tokens=cfg.max_tokens,
-            seed=cfg.seed,
-            adapter=adapter,
-        )
-    finally:
-        sampler.close()
-    write_jsonl(
-        out,
-        (
-            {"prompt": p, "completions": [c.text for c in g], "finish_reasons": [c.finish_reason for c in g]}
-            for p, g in zip(prompts, groups, strict=True)
-        ),
-    )
-    stage.finish(
-        counts={"prompts": len(prompts), "completions": sum(len(g) for g in groups), "bad_rows": skipped}
-    )
-    return stage.dir / "samples.jsonl"  # `out` was in the rebuild folder that finish swapped in
+        inputs=[model_path] + ([adapter] if adapter else []), row=row, counts=lambda _: {"bad_rows": skipped},
+    )  # fmt: skip
+    return stage.dir / SAMPLES

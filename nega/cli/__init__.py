@@ -168,7 +168,8 @@ def run(
         launcher.coordinator = Coordinator(run_dir.dir / "nodes")
     coordinator = launcher.coordinator
     try:
-        method_entry(cfg.method)(cfg, run_dir)
+        with run_dir:  # the run's sampling engines close when it ends, failed or not
+            method_entry(cfg.method)(cfg, run_dir)
     except DataError as exc:
         _stop_followers(coordinator, f"data error: {exc}")
         fail(f"data error: {exc}")
@@ -271,7 +272,8 @@ def sample(
     cfg = load(recipe, overrides)
     run_dir = open_run(cfg, output_dir, keep_results=True)
     try:
-        path = sample_prompts(run_dir, adapter=str(adapter) if adapter else None)
+        with run_dir:
+            path = sample_prompts(run_dir, adapter=str(adapter) if adapter else None)
     except DataError as exc:
         fail(f"data error: {exc}")
     except ModelError as exc:

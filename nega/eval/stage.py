@@ -17,9 +17,10 @@ is what the targets answer and how it is scored:
   (`held_out_problems` for SFT and per-step RL; d2o's and qcrd's run.py build their own). Writes
   `<label>.jsonl` per-sample files and `scores.json`; the metrics are the function's, unprefixed.
 
-Targets on the same model share one stage per set and one sampler (one vLLM engine, one adapter per
-generate call), started only when a stage has work to do. Targets on different models (full
-fine-tuning, or per-step RL's start beside its π_sft) get a stage each: a model's lone target is
+Targets on the same model share one stage per set and the run's sampler for that model (one engine for
+the whole run, `nega.sampling.engine`; one adapter per generate call), started only when a stage has
+work to do. Targets on different models (full fine-tuning, or per-step RL's start beside its π_sft)
+get a stage each: a model's lone target is
 `<set>-<label>`, a model shared by several targets `<set>`. Every stage is a `Run.stage`: skipped on a
 re-run while the models, the adapters' files and the settings are unchanged.
 
@@ -33,6 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from nega.pipeline import Run, read_json, write_json, write_jsonl
+from nega.sampling.engine import ModelSampler
 
 START_LABEL = "start"
 
@@ -63,14 +65,11 @@ def evaluate(run: Run, targets: list[EvalTarget], sets: list, *, inputs=()) -> d
     per_set: list[dict[str, dict]] = [{} for _ in sets]
     for model, members in groups.items():
         labels = {t.label: t.adapter for t in members}
-        sampler = SharedSampler(run, model, adapters=any(labels.values()))
-        try:
-            for eval_set, metrics in zip(sets, per_set, strict=True):
-                lone = len(groups) > 1 and len(members) == 1
-                name = f"{eval_set.name}-{members[0].label}" if lone else eval_set.name
-                metrics.update(eval_set.evaluate(run, model, labels, sampler, name, list(inputs)))
-        finally:
-            sampler.close()
+        sampler = ModelSampler(run, model)
+        for eval_set, metrics in zip(sets, per_set, strict=True):
+            lone = len(groups) > 1 and len(members) == 1
+            name = f"{eval_set.name}-{members[0].label}" if lone else eval_set.name
+            metrics.update(eval_set.evaluate(run, model, labels, sampler, name, list(inputs)))
     table: dict[str, dict[str, float]] = {t.label: {} for t in targets}
     entries = []
     for eval_set, metrics in zip(sets, per_set, strict=True):
@@ -101,29 +100,6 @@ def evaluate(run: Run, targets: list[EvalTarget], sets: list, *, inputs=()) -> d
     return table
 
 
-class SharedSampler:
-    """One sampler for every evaluation stage of a model, started when the first stage needs it."""
-
-    def __init__(self, run: Run, model_path: str, *, adapters: bool):
-        self.run, self.model_path, self.adapters = run, model_path, adapters
-        self._sampler = None
-
-    def get(self):
-        if self._sampler is None:
-            from nega.sampling import make_sampler
-
-            recipe = self.run.recipe
-            self._sampler = make_sampler(
-                self.model_path, recipe.sampling, max_lora_rank=recipe.lora.r, adapters=self.adapters
-            )
-        return self._sampler
-
-    def close(self) -> None:
-        if self._sampler is not None:
-            self._sampler.close()
-            self._sampler = None
-
-
 # ---------------------------------------------------------------------------------------------------
 # Prompts scored by a function: toy worlds' oracles, label accuracy, greedy accuracy on problems.
 
@@ -144,7 +120,7 @@ class PromptSet:
     config: dict = field(default_factory=dict)
     dataset: str = ""  # what the prompts are, for the report and the model card (default: `name`)
 
-    def evaluate(self, run: Run, model: str, labels: dict, sampler: SharedSampler, name: str, inputs):
+    def evaluate(self, run: Run, model: str, labels: dict, sampler: ModelSampler, name: str, inputs):
         recipe = run.recipe
         max_tokens = self.max_tokens or recipe.sampling.max_tokens
         stage = run.stage(
@@ -305,7 +281,7 @@ class HarmEval:
     prompts: str
     prefix: str = "harm"
 
-    def evaluate(self, run: Run, model: str, labels: dict, sampler: SharedSampler, name: str, inputs):
+    def evaluate(self, run: Run, model: str, labels: dict, sampler: ModelSampler, name: str, inputs):
         from nega.eval.harm import generate_answers, score_answers, write_harm_outputs
         from nega.eval.sets import load_harm_set
         from nega.rewards.harm import close_scorer, judge_model, loads_a_model, make_harm_scorer
@@ -385,7 +361,7 @@ class ReasoningEval:
 
     name: str
 
-    def evaluate(self, run: Run, model: str, labels: dict, sampler: SharedSampler, name: str, inputs):
+    def evaluate(self, run: Run, model: str, labels: dict, sampler: ModelSampler, name: str, inputs):
         from nega.eval.reasoning import evaluate_problems, reasoning_info, write_reasoning_outputs
         from nega.eval.sets import load_problem_set
 

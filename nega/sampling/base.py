@@ -80,6 +80,7 @@ def make_sampler(
     dtype: str | None = None,
     adapters: bool = True,
     devices=None,
+    max_model_len: int | None = None,
 ) -> Sampler:
     """A sampler for `model_path` as `cfg` (a SamplingConfig) asks; `auto` = vLLM when installed.
 
@@ -90,7 +91,8 @@ def make_sampler(
 
     The vLLM engine's dtype and tensor-parallel size come from the plan (`nega.plan.sampling_layout`)
     for `devices` (default: this machine's, `nega.plan.DeviceFacts.detect()`); `dtype` overrides the
-    planned dtype.
+    planned dtype. `max_model_len` bounds a vLLM engine's prompt + completion tokens (default: the
+    model's whole context; `nega.sampling.vllm.engine_arguments`).
     """
     backend = cfg.backend
     if backend == "auto":
@@ -110,13 +112,20 @@ def make_sampler(
                 model_path,
                 # On a CPU each merged copy's engine reads its own folder's dtype, as before plans.
                 lambda folder: VLLMSampler(
-                    folder, cfg, dtype=dtype, adapters=False, layout=layout if layout.gpus else None
-                ),
+                    folder,
+                    cfg,
+                    dtype=dtype,
+                    adapters=False,
+                    layout=layout if layout.gpus else None,
+                    max_model_len=max_model_len,
+                    max_positions=facts.max_positions,
+                ),  # fmt: skip
                 dtype=checkpoint_dtype(str(model_path)),
             )
         return VLLMSampler(
-            model_path, cfg, max_lora_rank=max_lora_rank, dtype=dtype, adapters=adapters, layout=layout
-        )
+            model_path, cfg, max_lora_rank=max_lora_rank, dtype=dtype, adapters=adapters, layout=layout,
+            max_model_len=max_model_len, max_positions=facts.max_positions,
+        )  # fmt: skip
     if backend == "server":
         from nega.sampling.server import ServerSampler
 

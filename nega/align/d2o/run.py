@@ -113,40 +113,20 @@ def train_objectives(run: Run, model_path: str, rows, prompts, references, plan,
 
 def sample_stage(run: Run, name: str, model_path: str, prompts: list[str], adapter, round_: int, inputs):
     """`sampling.n` completions per prompt from the starting model (+ `adapter`): samples.jsonl."""
-    recipe = run.recipe
-    cfg = recipe.sampling
+    from nega.sampling.stage import SampleRequest
+    from nega.sampling.stage import sample_stage as sample
+
+    cfg = run.recipe.sampling
     config = {
         "sampling": cfg.model_dump(),
         "prompts": hash_value(prompts),
         "round": round_,
         "adapter": adapter,
     }
-    stage = run.stage(name, config=config, inputs=[i for i in inputs if i is not None])
-    if not stage.done:
-        from nega.sampling import make_sampler
-
-        sampler = make_sampler(model_path, cfg, max_lora_rank=recipe.lora.r, adapters=adapter is not None)
-        try:
-            groups = sampler.generate(
-                prompts, n=cfg.n, temperature=cfg.temperature, top_p=cfg.top_p, max_tokens=cfg.max_tokens,
-                seed=cfg.seed + 7919 * (round_ - 1), adapter=adapter, description=f"self-samples ({name})",
-            )  # fmt: skip
-        finally:
-            sampler.close()
-        write_jsonl(
-            stage.dir / "samples.jsonl",
-            (
-                {
-                    "completions": [
-                        {"text": c.text, "token_ids": c.token_ids, "finish_reason": c.finish_reason}
-                        for c in g
-                    ]
-                }
-                for g in groups
-            ),
-        )
-        stage.finish(counts={"prompts": len(prompts), "completions": sum(len(g) for g in groups)})
-    return stage
+    # Each round its own seed, so an online round does not redraw round 1's samples.
+    request = SampleRequest.of(cfg, prompts, seed=cfg.seed + 7919 * (round_ - 1), adapter=adapter,
+                               description=f"self-samples ({name})")  # fmt: skip
+    return sample(run, name, model_path, request, config=config, inputs=inputs)
 
 
 def reference_stage(run: Run, name: str, model_path: str, rows, prompts, sampled, ref_adapter):

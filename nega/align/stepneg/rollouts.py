@@ -22,7 +22,8 @@ advantage-weighted objective needs every step's value, so it runs without the sk
 
 With `skip_after_pit` the prefixes go to the sampler in waves by step index (wave t holds prefix t of
 every solution still open, wave 1 also the bare prompts), so one call serves all solutions at once
-and vLLM's prefix cache shares the prompt between a prefix's R·K continuations. Without it, one call
+and vLLM's prefix cache shares the prompt between a prefix's R·K continuations. Within a call the
+requests are ordered by problem, then prefix text, so those sharing a prompt are adjacent. Without it, one call
 holds every prefix of every solution. Identical prefixes (same problem, same text) are rolled out once.
 """
 
@@ -149,7 +150,9 @@ def estimate_step_values(
     started = time.perf_counter()
 
     def roll(keys: list[tuple[int, str]], wave: int) -> None:
-        keys = [k for k in dict.fromkeys(keys) if k not in known]
+        # A problem's bare prompt, then its prefixes in text order, each a prefix of the next: requests
+        # sharing a prompt (and a prefix) sit side by side, where vLLM's prefix cache reuses their blocks.
+        keys = sorted(k for k in dict.fromkeys(keys) if k not in known)
         if not keys:
             return
         t0 = time.perf_counter()

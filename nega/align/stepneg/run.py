@@ -50,6 +50,7 @@ Deviations and choices where the paper is silent (each a config field):
 from __future__ import annotations
 
 from nega.pipeline import Run
+from nega.sampling.engine import ModelSampler
 
 LABELS = {"dpo": "stepneg_dpo", "awr": "stepneg_awr", "outcome_dpo": "outcome_dpo"}
 
@@ -74,22 +75,23 @@ def run(recipe, run: Run) -> dict[str, dict[str, float]]:
     )
     pi_sft, merge = merged_model(run, model_path, sft_folder, sft)
 
-    with LazySampler(pi_sft, recipe) as sampler:
-        # rft: N samples, verified-correct ones that ended kept and deduplicated.
-        rft_sampled, rft_samples = None, []
-        if cfg.rft:
-            rft_sampled, rft_samples = sample_and_verify(
-                run, "rft-sample", sampler, prompts, verify, cfg.rft_samples, 0, [merge]
-            )
-        # negatives: rounds of M samples until each problem has N distinct incorrect ones, in a budget.
-        negatives, samples = negatives_stage(run, sampler, prompts, verify, [merge])
-        positives = pool_positives([rft_samples, samples])
-        if not positives:
-            raise DataError(no_positives_message(recipe, [rft_samples, samples]))
-        # Sampled solutions are trained on as the ids π_sft produced, not their re-tokenized text.
-        tokens = sampled_tokens([rft_samples, samples], stop_ids(load_tokenizer(pi_sft, recipe.model)))
-        # advantages: per-step values by rollouts from π_sft, and the first pit.
-        advantages, valued = advantages_stage(run, sampler, prompts, verify, samples, positives)
+    # Every sampling stage below and the evaluation share the run's engine for π_sft.
+    sampler = ModelSampler(run, pi_sft)
+    # rft: N samples, verified-correct ones that ended kept and deduplicated.
+    rft_sampled, rft_samples = None, []
+    if cfg.rft:
+        rft_sampled, rft_samples = sample_and_verify(
+            run, "rft-sample", sampler, prompts, verify, cfg.rft_samples, 0, [merge]
+        )
+    # negatives: rounds of M samples until each problem has N distinct incorrect ones, in a budget.
+    negatives, samples = negatives_stage(run, sampler, prompts, verify, [merge])
+    positives = pool_positives([rft_samples, samples])
+    if not positives:
+        raise DataError(no_positives_message(recipe, [rft_samples, samples]))
+    # Sampled solutions are trained on as the ids π_sft produced, not their re-tokenized text.
+    tokens = sampled_tokens([rft_samples, samples], stop_ids(load_tokenizer(pi_sft, recipe.model)))
+    # advantages: per-step values by rollouts from π_sft, and the first pit.
+    advantages, valued = advantages_stage(run, sampler, prompts, verify, samples, positives)
 
     folders: dict[str, str | None] = {"sft": None}
     if cfg.rft:
@@ -182,77 +184,46 @@ def merged_model(run: Run, model_path: str, sft_folder: str, sft):
     return str(stage.dir / "model"), stage
 
 
-class LazySampler:
-    """One sampler for every sampling stage, started on first use (a resumed run may need none) and
-    closed before training, so sampling and training never hold the accelerator together."""
-
-    def __init__(self, model_path: str, recipe):
-        self.model_path, self.recipe, self.sampler = model_path, recipe, None
-
-    def get(self):
-        if self.sampler is None:
-            from nega.sampling import make_sampler
-
-            # π_sft is a plain model folder and rollouts never pass an adapter: no LoRA layers in vLLM.
-            self.sampler = make_sampler(self.model_path, self.recipe.sampling, adapters=False)
-        return self.sampler
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        if self.sampler is not None:
-            self.sampler.close()
-            self.sampler = None
-
-
 def sample_and_verify(
-    run: Run, name: str, sampler: LazySampler, prompts, verify, n: int, seed_offset: int, inputs
+    run: Run, name: str, sampler: ModelSampler, prompts, verify, n: int, seed_offset: int, inputs
 ):
     """(stage, one row per problem): n samples per problem from π_sft, each marked correct or not."""
     from nega.align.stepneg.data import cut_positive_count, positive_texts
-    from nega.pipeline import hash_value, read_jsonl, write_jsonl
+    from nega.pipeline import hash_value, read_jsonl
+    from nega.sampling.stage import SAMPLES, SampleRequest, sample_stage
 
     cfg = run.recipe.sampling
-    seed = cfg.seed + seed_offset
-    settings = {
-        "n": n,
-        "temperature": cfg.temperature,
-        "top_p": cfg.top_p,
-        "max_tokens": cfg.max_tokens,
-        "seed": seed,
-    }
-    stage = run.stage(
-        name, config={**settings, "backend": cfg.backend, "prompts": hash_value(prompts)}, inputs=inputs
+    request = SampleRequest.of(
+        cfg, prompts, n=n, seed=cfg.seed + seed_offset, description=f"{name} ({len(prompts)} problems x {n})"
     )
-    if not stage.done:
-        groups = sampler.get().generate(
-            prompts, description=f"{name} ({len(prompts)} problems x {n})", **settings
-        )
-        rows = [
-            {
-                "texts": [c.text for c in group],
-                "token_ids": [c.token_ids for c in group],
-                "finish_reasons": [c.finish_reason for c in group],
-                "correct": [verify(i, c.text) for c in group],
-            }
-            for i, group in enumerate(groups)
-        ]
-        write_jsonl(stage.dir / "samples.jsonl", rows)
+    settings = {k: getattr(request, k) for k in ("n", "temperature", "top_p", "max_tokens", "seed")}
+
+    def row(i: int, group) -> dict:
+        return {
+            "texts": [c.text for c in group],
+            "token_ids": [c.token_ids for c in group],
+            "finish_reasons": [c.finish_reason for c in group],
+            "correct": [verify(i, c.text) for c in group],
+        }
+
+    def counts(rows: list[dict]) -> dict:
         flat = [ok for r in rows for ok in r["correct"]]
-        stage.finish(
-            counts={
-                "samples": len(flat),
-                "correct_rate": sum(flat) / len(flat),
-                # Problems with a positive; right samples cut at max_tokens are not positives.
-                "solved_problems": sum(bool(positive_texts(r)) for r in rows),
-                "correct_cut": sum(cut_positive_count(r) for r in rows),
-            }
-        )
-    return stage, read_jsonl(stage.dir / "samples.jsonl")
+        return {
+            "samples": len(flat),
+            "correct_rate": sum(flat) / len(flat),
+            # Problems with a positive; right samples cut at max_tokens are not positives.
+            "solved_problems": sum(bool(positive_texts(r)) for r in rows),
+            "correct_cut": sum(cut_positive_count(r) for r in rows),
+        }
+
+    stage = sample_stage(
+        run, name, sampler.model_path, request, inputs=inputs, row=row, counts=counts,
+        config={**settings, "backend": cfg.backend, "prompts": hash_value(prompts)},
+    )  # fmt: skip
+    return stage, read_jsonl(stage.dir / SAMPLES)
 
 
-def negatives_stage(run: Run, sampler: LazySampler, prompts, verify, inputs):
+def negatives_stage(run: Run, sampler: ModelSampler, prompts, verify, inputs):
     """(stage, one row per problem): π_sft's samples in rounds until each problem has
     `negatives_per_problem` distinct wrong solutions or has spent `max_samples_per_problem` (negatives.py)."""
     from nega.align.stepneg.negatives import sample_negatives
@@ -340,7 +311,7 @@ def pool_positives(sample_sets: list[list[dict]]) -> dict[int, list[str]]:
     return {i: pool for i, pool in pools.items() if pool}
 
 
-def advantages_stage(run: Run, sampler: LazySampler, prompts, verify, samples: list[dict], positives: dict):
+def advantages_stage(run: Run, sampler: ModelSampler, prompts, verify, samples: list[dict], positives: dict):
     """Rollout values, advantages and first pit of each distinct sample of a problem with a positive:
     its negatives (the negatives stage's first `negatives_per_problem` distinct wrong ones), and its
     positives too when AWR is trained (its expectation is over π_sft's samples). A wrong sample cut at

@@ -129,17 +129,16 @@ def teacher_stage(run: Run, recipe, upstream: list):
         recipe.data, toy_cfg=recipe.toy, seed=recipe.seed, answer_of=answer_of
     )
     if cfg.teacher is not None:
-        from nega.sampling import make_sampler
+        from nega.sampling.engine import run_engines
 
-        sampler = make_sampler(cfg.teacher, recipe.sampling, adapters=False)
-        try:
-            records = data.sample_teacher_rationales(
-                sampler, records, answer_of=answer_of, n=cfg.teacher_samples, temperature=cfg.teacher_temperature,
-                top_p=recipe.sampling.top_p, max_tokens=recipe.sampling.max_tokens, seed=recipe.seed,
-                template=cfg.teacher_prompt,
-            )  # fmt: skip
-        finally:
-            sampler.close()
+        engines = run_engines(run)
+        # The teacher is sampled here only: its engine, without LoRA layers, closes when this stage ends.
+        records = data.sample_teacher_rationales(
+            engines.sampler(cfg.teacher, adapters=False), records, answer_of=answer_of, n=cfg.teacher_samples,
+            temperature=cfg.teacher_temperature, top_p=recipe.sampling.top_p,
+            max_tokens=recipe.sampling.max_tokens, seed=recipe.seed, template=cfg.teacher_prompt,
+        )  # fmt: skip
+        engines.release(cfg.teacher)
     examples = [data.split_by_consistency(r, cfg.consistency) for r in records]
     write_jsonl(stage.dir / "records.jsonl", records)
     write_jsonl(stage.dir / "examples.jsonl", examples)
@@ -217,19 +216,21 @@ def negatives_stage(
     stage = run.stage(name, config=config, inputs=[*inputs, checkpoint or "starting student"])
     if stage.done:
         return stage
-    from nega.sampling import make_sampler
+    from nega.sampling.engine import run_engines
 
+    # With LoRA the lagged student is an adapter on the run's engine for the base model. A full
+    # fine-tune's checkpoint is a model folder of its own, sampled for this period only: its engine
+    # closes with the stage, so the run does not hold one engine per period.
     target, adapter = sampling_target(model_path, checkpoint, recipe.lora)
-    sampler = make_sampler(target, recipe.sampling, max_lora_rank=recipe.lora.r, adapters=adapter is not None)
     lagged = f"period {period}, the student of step {schedule.checkpoint_step(source)}"
-    try:
-        rows = data.sample_self_negatives(
-            sampler, examples, adapter=adapter, temperature=recipe.qcrd.negative_temperature,
-            top_p=recipe.sampling.top_p, max_tokens=recipe.sampling.max_tokens, seed=recipe.seed * 1000 + period,
-            description=f"self-adversarial negatives ({lagged})",
-        )  # fmt: skip
-    finally:
-        sampler.close()
+    engines = run_engines(run)
+    rows = data.sample_self_negatives(
+        engines.sampler(target), examples, adapter=adapter, temperature=recipe.qcrd.negative_temperature,
+        top_p=recipe.sampling.top_p, max_tokens=recipe.sampling.max_tokens, seed=recipe.seed * 1000 + period,
+        description=f"self-adversarial negatives ({lagged})",
+    )  # fmt: skip
+    if checkpoint is not None and adapter is None:
+        engines.release(target)
     write_jsonl(stage.dir / "negatives.jsonl", rows)
     counts = {"negatives": sum(len(r["texts"]) for r in rows), "period": period,
               "source_checkpoint": source, "source_step": schedule.checkpoint_step(source)}  # fmt: skip

@@ -192,6 +192,55 @@ def test_online_rounds_resample_from_the_adapter(tiny_model_dir, tmp_path, monke
     }
 
 
+def test_an_online_run_starts_one_sampler_for_every_round_and_the_evaluation(
+    tiny_model_dir, tmp_path, monkeypatch
+):
+    """Round 1's samples, round 2's (through round 1's adapter) and the before/after evaluation all come
+    from the one sampler the run started; it is closed when the run ends."""
+    import nega.sampling
+    import nega.sampling.hf
+
+    data_path = tmp_path / "negatives.jsonl"
+    rows = [{"prompt": f"what is {a} plus {a}?", "rejected": f"{a} plus {a} is {a + 3}."} for a in range(4)]
+    data_path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    prompts = tmp_path / "harm.jsonl"
+    prompts.write_text(
+        "".join(json.dumps({"prompt": p, "label": "harmful"}) + "\n" for p in ["steal a car", "hi"])
+    )
+    overrides = _tiny_overrides(tiny_model_dir, tmp_path, data_path, **{"d2o.rounds": 2})
+    recipe = load_recipe(
+        "d2o-hh-harmless",
+        [*overrides, "data.format=auto", f"eval.harm.prompts={prompts}", "eval.harm.max_tokens=4"],
+    )
+    made, loads, calls = [], [], []
+    real, real_init = nega.sampling.make_sampler, nega.sampling.hf.HFSampler.__init__
+
+    def counting(*args, **kwargs):
+        made.append(real(*args, **kwargs))
+        return made[-1]
+
+    def loading(self, *args, **kwargs):
+        loads.append(args[0])
+        real_init(self, *args, **kwargs)
+
+    def generating(self, prompts, **options):
+        calls.append(options.get("adapter"))
+        return real_generate(self, prompts, **options)
+
+    real_generate = nega.sampling.hf.HFSampler.generate
+    monkeypatch.setattr(nega.sampling, "make_sampler", counting)
+    monkeypatch.setattr(nega.sampling.hf.HFSampler, "__init__", loading)
+    monkeypatch.setattr(nega.sampling.hf.HFSampler, "generate", generating)
+    with Run(recipe) as target:
+        table = run(recipe, target)
+        assert len(made) == 1 and len(loads) == 1 and made[0].base is not None
+    assert set(table) == {"start", "d2o_online"} and "harm/harmful_rate" in table["d2o_online"]
+    first, last = (str(target.dir / f"0{i}-d2o_online-train-r{r}" / "adapter") for i, r in ((3, 1), (6, 2)))
+    # Round 1 from the model, round 2 from round 1's adapter, then the evaluation: start and trained.
+    assert calls == [None, first, None, last]
+    assert made[0].base is None  # the run's end closed it
+
+
 def test_a_copied_online_run_resumes_from_another_directory_with_no_file_changed(
     tiny_model_dir, tmp_path, monkeypatch
 ):

@@ -159,11 +159,11 @@ def _run(tmp_path, monkeypatch, overrides=()):
 
 
 def _lazy(run, sampler):
-    from nega.align.stepneg.run import LazySampler
+    """The run's handle on π_sft, whose engine is `sampler` from here on."""
+    from nega.sampling.engine import ModelSampler, RunSampler, model_key, run_engines
 
-    lazy = LazySampler("π_sft", run.recipe)
-    lazy.sampler = sampler
-    return lazy
+    run_engines(run).samplers[model_key("π_sft")] = RunSampler(sampler, adapters=True)
+    return ModelSampler(run, "π_sft")
 
 
 def test_the_negatives_stage_counts_and_reports_the_short_problems(tmp_path, monkeypatch, capsys):

@@ -132,6 +132,17 @@ def test_waves_batch_all_open_negatives_per_step():
     assert stats.sampler_calls == 2 and stats.prefixes_skipped == 1
 
 
+def test_requests_sharing_a_prompt_are_adjacent():
+    """Wave 1 holds every bare prompt and every first prefix; they go out grouped by problem, each
+    prompt right before its prefixes, so vLLM's prefix cache finds the shared blocks together."""
+    tables = {"P": [True, True], "Pa\n": [False, False], "Q": [True, True], "Qx\n": [False, False]}
+    negatives = [(1, ["x\n", "y"]), (0, ["a\n", "b"])]
+    sampler = TableSampler(tables)
+    results, _ = estimate_step_values(sampler, ["P", "Q"], negatives, _correct, best_of=1, groups=2)
+    assert sampler.calls == [["P", "Pa\n", "Q", "Qx\n"]]
+    assert [r.values for r in results] == [[1.0, 0.0, 0.0], [1.0, 0.0, 0.0]]
+
+
 def test_empty_negative_is_rejected():
     with pytest.raises(ValueError, match="has no steps"):
         estimate_step_values(TableSampler({}), ["P"], [(0, [])], _correct)
