@@ -30,6 +30,13 @@ class RMConfig(BaseModel):
         "never trained on: for a single local file with no test split",
     )
     test_limit: Rows | None = Field(500, description="test pairs scored (the first N)")
+    calibration_fraction: float = Field(
+        0.0,
+        ge=0,
+        lt=1,
+        description="share of the training pairs held out of training to calibrate the harm score "
+        "(Platt scaling); 0 keeps every pair for training and the score is sigmoid(-reward)",
+    )
     score_batch_size: Count = Field(16, description="pairs per forward pass when scoring")
 
     @field_validator("test_path")

@@ -143,7 +143,7 @@ def load_pairs(recipe) -> dict:
     """{"train", "calibration", "test": pairs, "source", "test_source", "counts"} for the recipe.
 
     Test pairs come from `rm.test_path`, else `rm.hold_out` rows drawn (seeded) out of the data before
-    `data.limit` applies, else the `rm.test_split` split of the dataset. A share `data.eval_fraction`
+    `data.limit` applies, else the `rm.test_split` split of the dataset. A share `rm.calibration_fraction`
     of the training pairs (seeded) is held out for calibration.
     """
     data, cfg, seed = recipe.data, recipe.rm, recipe.seed
@@ -179,14 +179,16 @@ def load_pairs(recipe) -> dict:
     test, test_bad = convert_pairs(test_rows, data, test_source)
     test = test[: cfg.test_limit]
 
-    n_calibration = round(len(pairs) * data.eval_fraction)
+    n_calibration = round(len(pairs) * cfg.calibration_fraction)
     order = list(range(len(pairs)))
     random.Random(f"{seed}/rm-calibration").shuffle(order)
     held = set(order[:n_calibration])
     train = [p for i, p in enumerate(pairs) if i not in held]
     calibration = [p for i, p in enumerate(pairs) if i in held]
     if not train:
-        raise DataError(f"{source}: data.eval_fraction={data.eval_fraction} leaves no training pairs")
+        raise DataError(
+            f"{source}: rm.calibration_fraction={cfg.calibration_fraction} leaves no training pairs"
+        )
     counts = {"rows": len(rows), "bad": bad, "train": len(train), "calibration": len(calibration),
               "test": len(test), "test_bad": test_bad}  # fmt: skip
     return {"train": train, "calibration": calibration, "test": test, "source": source,

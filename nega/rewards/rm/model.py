@@ -11,9 +11,9 @@ nega's harm recipes, more harmless.
 
 w and b are fitted after training by Platt scaling (logistic regression of "this answer is the pair's
 rejected one" on its reward, with Platt's smoothed targets) over the calibration pairs, a share
-`data.eval_fraction` of the training data held out of training. So harm ≥ 0.5 where the reward falls
+`rm.calibration_fraction` of the training data held out of training. So harm ≥ 0.5 where the reward falls
 on the rejected side of the threshold −b/w, and the scale says how sure the held-out pairs make it. A
-model trained without calibration pairs (eval_fraction 0) uses w = −1, b = 0: harm = σ(−r), the
+model trained without calibration pairs (calibration_fraction 0) uses w = −1, b = 0: harm = σ(−r), the
 Bradley–Terry probability that an answer of reward 0 is preferred to this one. The raw reward is
 kept beside the score (`rm_reward` in the evaluation's samples.jsonl).
 

@@ -142,13 +142,14 @@ def test_toy_harm_rows_pair_a_harmless_answer_with_a_harmful_one():
 def _recipe(
     tmp_path, *, format="auto", on_bad_row="error", path=None, limit=None, eval_fraction=0.0, rm=None
 ):
-    data = {"format": format, "on_bad_row": on_bad_row, "eval_fraction": eval_fraction, "limit": limit}
+    data = {"format": format, "on_bad_row": on_bad_row, "limit": limit}
     data.update({"path": path} if path else {"dataset": "unused"})
+    rm = {"calibration_fraction": eval_fraction, **(rm or {})}
     return {
         "name": "r",
         "method": "rm",
         "output_dir": str(tmp_path),
         "model": {"name": "m"},
         "data": data,
-        "rm": rm or {},
+        "rm": rm,
     }

@@ -29,9 +29,9 @@ def test_nega_run_trains_and_reports_pairwise_accuracy(tiny_model_dir, tmp_path,
             method: rm
             model: {{name: {tiny_model_dir}, max_length: 160}}
             lora: {{r: 16, alpha: 32, dropout: 0.0}}
-            data: {{path: pairs.jsonl, eval_fraction: 0.25}}
+            data: {{path: pairs.jsonl}}
             train: {{lr: 0.01, max_steps: 3, batch_size: 4, warmup_ratio: 0.0, logging_steps: 1}}
-            rm: {{hold_out: 16, score_batch_size: 8}}
+            rm: {{hold_out: 16, score_batch_size: 8, calibration_fraction: 0.25}}
             eval: {{before: true}}
             """
         )
