@@ -8,6 +8,8 @@ into a run, or never ends. Only pydantic is imported here: the schema stays inst
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import Annotated
 
 from pydantic import ConfigDict, Field
@@ -33,3 +35,27 @@ Steps = Annotated[int, Field(ge=1, le=MAX_STEPS)]
 Tokens = Annotated[int, Field(ge=1, le=MAX_TOKENS)]
 Epochs = Annotated[float, Field(gt=0, le=MAX_EPOCHS)]
 Seed = Annotated[int, Field(ge=0, le=MAX_SEED)]
+
+
+def existing_path(value: str | None) -> str | None:
+    """Expand `$VARS` and `~`; the file must exist. Kept as text so the resolved recipe stays readable.
+
+    `data:<folder>/<file>` names a file of nega's data folder (`$NEGA_DATA`, else `../shared/data`;
+    `nega.data.data_roots`) and resolves to its path."""
+    if value is None:
+        return None
+    if value.startswith("data:"):
+        from nega.data import find_data_file
+
+        try:
+            return str(find_data_file(*Path(value.removeprefix("data:")).parts))
+        except FileNotFoundError as exc:
+            raise ValueError(str(exc)) from None
+    expanded = os.path.expanduser(os.path.expandvars(value))
+    if "$" in expanded:
+        raise ValueError(f"unset environment variable in path {value!r}")
+    if not Path(expanded).exists():
+        raise ValueError(
+            f"file not found: {expanded!r} (from {value!r}; relative paths start at {os.getcwd()})"
+        )
+    return expanded

@@ -43,6 +43,7 @@ from nega.bounds import (
     Seed,
     Steps,
     Tokens,
+    existing_path,
 )
 from nega.distill.qcrd.config import QCRDConfig
 from nega.distill.qcrd.config import recipe_warnings as qcrd_warnings
@@ -53,30 +54,6 @@ RECIPES_DIR = Path(__file__).parent / "recipes"
 
 class Strict(BaseModel):
     model_config = ConfigDict(**SECTION_CONFIG, validate_assignment=True)
-
-
-def _existing_path(value: str | None) -> str | None:
-    """Expand `$VARS` and `~`; the file must exist. Kept as text so the resolved recipe stays readable.
-
-    `data:<folder>/<file>` names a file of nega's data folder (`$NEGA_DATA`, else `../shared/data`;
-    `nega.data.data_roots`) and resolves to its path."""
-    if value is None:
-        return None
-    if value.startswith("data:"):
-        from nega.data import find_data_file
-
-        try:
-            return str(find_data_file(*Path(value.removeprefix("data:")).parts))
-        except FileNotFoundError as exc:
-            raise ValueError(str(exc)) from None
-    expanded = os.path.expanduser(os.path.expandvars(value))
-    if "$" in expanded:
-        raise ValueError(f"unset environment variable in path {value!r}")
-    if not Path(expanded).exists():
-        raise ValueError(
-            f"file not found: {expanded!r} (from {value!r}; relative paths start at {os.getcwd()})"
-        )
-    return expanded
 
 
 class ModelConfig(Strict):
@@ -115,7 +92,7 @@ class ModelConfig(Strict):
         if problem is not None:
             raise ValueError(problem)
         if v.startswith(("./", "../", "/", "~")):
-            _existing_path(v)
+            existing_path(v)
             return os.path.expanduser(os.path.expandvars(v))
         return v
 
@@ -220,13 +197,13 @@ class DataConfig(Strict):
     limit: Rows | None = Field(None, description="use the first N rows (after data.shuffle)")
     on_bad_row: Literal["error", "skip"] = "error"
 
-    _check_path = field_validator("path")(classmethod(lambda cls, v: _existing_path(v)))
+    _check_path = field_validator("path")(classmethod(lambda cls, v: existing_path(v)))
 
     @field_validator("dataset")
     @classmethod
     def _data_folder_name(cls, v: str | None) -> str | None:
         # `data:` names the data folder's files here too; a hub id or builder name stays as given.
-        return _existing_path(v) if v is not None and v.startswith("data:") else v
+        return existing_path(v) if v is not None and v.startswith("data:") else v
 
     @model_validator(mode="after")
     def _one_source(self) -> DataConfig:

@@ -3,12 +3,9 @@
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 from pydantic import BaseModel, Field, field_validator
 
-from nega.bounds import SECTION_CONFIG, Count, Rows
+from nega.bounds import SECTION_CONFIG, Count, Rows, existing_path
 
 
 class RMConfig(BaseModel):
@@ -42,16 +39,4 @@ class RMConfig(BaseModel):
     @field_validator("test_path")
     @classmethod
     def _file_exists(cls, v: str | None) -> str | None:
-        if v is None:
-            return None
-        if v.startswith("data:"):
-            from nega.data import find_data_file
-
-            try:
-                return str(find_data_file(*Path(v.removeprefix("data:")).parts))
-            except FileNotFoundError as exc:
-                raise ValueError(str(exc)) from None
-        path = os.path.expanduser(os.path.expandvars(v))
-        if "$" in path or not Path(path).is_file():
-            raise ValueError(f"file not found: {path!r} (relative paths start at {os.getcwd()})")
-        return path
+        return existing_path(v)
