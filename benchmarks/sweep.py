@@ -16,9 +16,9 @@ with extra overrides, e.g. D²O with filtered self-samples, whose `d2o` arm the 
 point runs in its own run folder, so the stages upstream of the grid (the toy model, self-samples,
 reference log-probs, rollouts) are computed again at every point: nega's stage hashes make a finished
 stage reusable only inside its own run folder, and a stage of the same name with another learning rate
-would replace it in a shared one. The sweep records instead which stages came out byte-identical at
-every point of a seed (`identical_across_grid`, from the manifests' file hashes), which is what the
-benchmarks' "same data at every rate" rests on. A rerun resumes: nega skips every finished stage.
+would replace it in a shared one. The sweep records instead, per stage, which files differ between
+the points of a seed (`identical_across_grid`, from the manifests' file hashes; an empty list: the same
+bytes at every point), which is what the benchmarks' "same data at every rate" rests on. A rerun resumes: nega skips every finished stage.
 
 Arms are read from each run's results.json (`targets`: every evaluated arm's model and adapter), not
 from stage names. An arm that is not `tuned` (a starting model) is the same at every point and is taken
@@ -162,22 +162,26 @@ def stage_seconds(folder: Path) -> dict[str, float]:
     return out
 
 
-def stage_files(folder: Path) -> dict[str, str]:
-    """{stage: one hash of the files it wrote}, from its manifest."""
-    from nega.pipeline import hash_value
-
+def stage_files(folder: Path) -> dict[str, dict[str, str]]:
+    """{stage: {file: sha256}} of every finished stage of a run folder, from its manifests."""
     out = {}
     for manifest in sorted(Path(folder).glob("*/manifest.json")):
         data = json.loads(manifest.read_text())
-        out[data["stage"]] = hash_value(data.get("files"))
+        out[data["stage"]] = data.get("files") or {}
     return out
 
 
-def identical_across(runs: list[Path]) -> dict[str, bool]:
-    """For every stage the runs all finished: whether its files are byte-identical in all of them."""
-    hashes = [stage_files(folder) for folder in runs]
-    common = [s for s in hashes[0] if all(s in h for h in hashes)]
-    return {s: len({h[s] for h in hashes}) == 1 for s in common}
+def identical_across(runs: list[Path]) -> dict[str, list[str]]:
+    """For every stage the runs all finished: the files whose bytes differ between them (none: the
+    stage's output is the same at every grid point). A cache keyed by the run's own paths differs while
+    the data it feeds does not (e.g. reflogps' reference_cache.jsonl beside an identical examples.jsonl)."""
+    stages = [stage_files(folder) for folder in runs]
+    common = [s for s in stages[0] if all(s in found for found in stages)]
+    out = {}
+    for stage in common:
+        names = sorted({f for found in stages for f in found[stage]})
+        out[stage] = [f for f in names if len({found[stage].get(f) for found in stages}) > 1]
+    return out
 
 
 def arm_target(found: dict, seed_dir: Path, arm: Arm, name: str, label: str):
@@ -348,3 +352,47 @@ def prompt_set_scorer(build: Callable, item_metrics: Callable = world_item_metri
         }
 
     return score
+
+
+# --- what a quality benchmark writes -------------------------------------------------------------------
+
+
+def test_items(swept: dict) -> dict:
+    """{seed: {arm: {metric: [value per test item]}}} of a sweep, for the paired tests."""
+    return {seed: entry["items"] for seed, entry in swept["seeds"].items()}
+
+
+def methods_table(swept: dict, arms: list[str], metrics: list[str]) -> dict:
+    """{arm: {metric: mean, std and per-seed values}} of the test numbers over seeds."""
+    from harness import seed_summary
+
+    seeds = list(swept["seeds"])
+    return {
+        arm: {
+            m: seed_summary([swept["seeds"][s]["test"][arm][m] for s in seeds])
+            for m in metrics
+            if all(m in swept["seeds"][s]["test"][arm] for s in seeds)
+        }
+        for arm in arms
+    }
+
+
+def deviations(design: dict, used: dict) -> list[str]:
+    """Where a run departs from the benchmark's declared design (grid, seeds, sizes): one line each."""
+    return [
+        f"{key}: declared {design[key]!r}, ran {used.get(key)!r}"
+        for key in design
+        if used.get(key) != design[key]
+    ]
+
+
+def write_items(path: Path, items: dict) -> Path:
+    """Every test item's value per seed, arm and metric, beside the results file (compact JSON)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rounded = {
+        seed: {arm: {m: [None if v is None else round(v, 6) for v in values] for m, values in metrics.items()}
+               for arm, metrics in arms.items()}
+        for seed, arms in items.items()
+    }  # fmt: skip
+    path.write_text(json.dumps(rounded, separators=(",", ":")) + "\n")
+    return path

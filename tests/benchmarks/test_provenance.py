@@ -59,7 +59,9 @@ def test_a_resumed_benchmark_records_every_invocation(tmp_path, monkeypatch):
     provenance = harness.end_invocation(work, second, root=root)
     argvs = [entry["argv"][1:] for entry in provenance["invocations"]]
     assert argvs == [[str(script), "--seeds", "0"], [str(script), "--seeds", "0", "1"]]
-    assert "finished" not in provenance["invocations"][0] and provenance["invocations"][1]["wall_seconds"] >= 0
+    assert (
+        "finished" not in provenance["invocations"][0] and provenance["invocations"][1]["wall_seconds"] >= 0
+    )
     assert provenance["dirty"] is True  # the second invocation ran an uncommitted script
     assert provenance["same_code_every_invocation"] is False
     assert provenance["scripts_sha256"]["benchmarks/quality_x.py"] == harness.file_sha256(script)
@@ -75,7 +77,9 @@ def test_nega_source_hash_and_a_change_during_the_run(tmp_path, monkeypatch):
     (root / "nega" / "loss.py").write_text("def loss(): return 3\n")
     provenance = harness.end_invocation(tmp_path / "work", record, root=root)
     assert provenance["nega_source_changed_during_run"] is True
-    assert provenance["nega_source_sha256"] == record["nega_source_sha256"] != harness.nega_source_sha256(root)
+    assert (
+        provenance["nega_source_sha256"] == record["nega_source_sha256"] != harness.nega_source_sha256(root)
+    )
 
 
 def test_every_written_result_has_provenance(tmp_path, monkeypatch):

@@ -71,7 +71,9 @@ def test_selection_reads_validation_only_and_test_is_scored_once(tmp_path):
         assert result["seeds"][seed]["chosen"] == {"d2o": {"train.lr": 1e-3}}
         assert result["seeds"][seed]["test"]["d2o"] == TEST[1e-3]  # not the test-best 1e-4
         assert result["seeds"][seed]["validation"]["d2o"]["lr0.01"] == VALIDATION[1e-2]
-        assert result["seeds"][seed]["identical_across_grid"] == {"main": {"sample": True, "d2o-train": False}}
+        assert result["seeds"][seed]["identical_across_grid"] == {
+            "main": {"sample": [], "d2o-train": ["out"]}
+        }
         assert result["seeds"][seed]["stage_seconds"]["lr0.001"]["main"] == {"sample": 1.5, "d2o-train": 1.5}
     # Per seed: one validation call with every arm at every point (the untuned arm once), one test call
     # with each arm at its chosen point only.
