@@ -20,11 +20,11 @@ def test_real_stepneg_runs_the_toy_recipes_on_smollm2_and_is_graded_by_the_world
     from nega.eval.stage import held_out_problems
 
     smollm2_gguf()
-    args = quality_stepneg.parse([*real_stepneg.DEFAULTS, "--work", str(tmp_path)])
+    args = quality_stepneg.parse(["--work", str(tmp_path)], real_stepneg.DESIGN)
     assert quality_stepneg.all_arms(args) == ["sft_1x", "sft_2x", *quality_stepneg.RL_ARMS]
     assert args.sft_target == "sft_2x" and args.n_test >= 300
-    sft = load_recipe("toy-sft", quality_stepneg.sft_overrides(0, 1e-4, 2, args))
-    stepneg = load_recipe("toy-stepneg", quality_stepneg.stepneg_overrides(0, 1e-4, 3e-4, args))
+    sft = load_recipe("toy-sft", [*quality_stepneg.sft_overrides(0, 2, args), "train.lr=1e-4"])
+    stepneg = load_recipe("toy-stepneg", [*quality_stepneg.stepneg_overrides(0, 3e-4, args), "train.lr=1e-4"])
     for recipe in (sft, stepneg):
         assert recipe.model.name == "smollm2-135m-instruct" and recipe.data.dataset == "toy"
         assert recipe.lora.target_modules == "all-linear" and recipe.sampling.max_tokens == 128
