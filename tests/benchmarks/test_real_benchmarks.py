@@ -47,7 +47,7 @@ def test_real_qcrd_trains_on_the_first_questions_and_validates_on_the_last(tmp_p
     smollm2_gguf()
     shared_data("distill_step_by_step", "cqa", "cqa_train.json")
     args = real_qcrd.parse(["--work", str(tmp_path)])
-    recipe = load_recipe(real_qcrd.RECIPE, real_qcrd.overrides(0, 2e-4, args))
+    recipe = load_recipe(real_qcrd.RECIPE, [*real_qcrd.overrides(0, args), "train.lr=2e-4"])
     assert recipe.model.name == "smollm2-135m-instruct" and recipe.model.dtype == "float32"
     assert recipe.qcrd.objective == "qcrd" and recipe.qcrd.baselines == [
         "label_only",
