@@ -75,9 +75,12 @@ def test_real_d2o_trains_every_arm_in_one_run_on_a_hash_split(tmp_path):
     train, val = real_d2o.split_hh(path, args.train_prompts, args.val_prompts)
     assert not {r["request"] for r in train} & {r["request"] for r in val}
     train_file = real_d2o.write_jsonl(tmp_path / "train.jsonl", train)
-    recipe = load_recipe(real_d2o.RECIPE, real_d2o.train_overrides(args, train_file, 5e-4, 0))
+    val_file = real_d2o.write_jsonl(tmp_path / "validation.jsonl", [{"prompt": r["request"]} for r in val])
+    overrides = real_d2o.train_overrides(args, train_file, val_file, 0)
+    recipe = load_recipe(real_d2o.RECIPE, [*overrides, "train.lr=5e-4"])
     assert recipe.d2o.compare == real_d2o.BASELINES and recipe.sampling.n == args.k
-    assert recipe.eval.harm is None and recipe.train.lr == 5e-4
+    # The run's own evaluation is the validation part (every arm and the base model), never the test sets.
+    assert recipe.eval.harm.prompt_sets == [str(val_file)] and recipe.eval.before and recipe.train.lr == 5e-4
     test = real_d2o.test_prompts(args.advbench, args.xstest)
     assert sum(r["category"] == "advbench" for r in test) == args.advbench
     assert sum(r["category"].startswith("xstest") for r in test) == 450
