@@ -1,23 +1,33 @@
-"""What every benchmark shares: the machine beside its numbers, the results file, per-seed statistics,
-and running a recipe as `nega run` does.
+"""What every benchmark shares: the machine beside its numbers, the results file with its provenance,
+per-seed statistics, and the run folders' manifests.
 
 The speed benchmarks (bench_*.py) time one component against its alternatives; the quality benchmarks
-(quality_*.py) train methods on the toy worlds. Import it from a script in this folder:
+(quality_*.py, real_*.py) run the recipes through one sweep (sweep.py) and decide their targets by
+paired tests (paired.py). Import it from a script in this folder:
 
-    from harness import machine, run_recipe, seed_summary, write_result, copy_stages, trained_folders
+    from harness import machine, seed_summary, write_result
 """
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import json
 import os
 import platform
-import shutil
 import statistics
+import subprocess
+import sys
+import time
 from pathlib import Path
 
-from nega.training import trained_folder
+ROOT = Path(__file__).resolve().parents[1]
+INVOCATIONS = "invocations.json"  # in a benchmark's work folder: every invocation that wrote into it
+# What a benchmark's numbers depend on, for the dirty flag: nega and the benchmark code (not the results
+# or the README a benchmark writes, nor its work folder).
+SOURCE_PATHS = ["nega", "benchmarks", "pyproject.toml", ":(exclude)benchmarks/results",
+                ":(exclude)benchmarks/README.md", ":(exclude)benchmarks/work"]  # fmt: skip
+SHARED_SCRIPTS = ["harness.py", "sweep.py", "paired.py"]  # benchmark code every quality script runs
 
 
 def machine(device: str, packages: tuple[str, ...] = ("torch", "transformers", "vllm")) -> dict:
@@ -43,9 +53,13 @@ def machine(device: str, packages: tuple[str, ...] = ("torch", "transformers", "
 
 
 def write_result(path: Path, result: dict) -> Path:
-    """The benchmark's JSON results file (indented, one trailing newline), its folder made if needed."""
+    """The benchmark's JSON results file (indented, one trailing newline), its folder made if needed. A
+    result without `provenance` gets this invocation's (`invocation`): every results file says which
+    commit, tree and command line made it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    if "provenance" not in result:
+        result = {**result, "provenance": summarize([invocation()])}
     path.write_text(json.dumps(result, indent=2) + "\n")
     return path
 
@@ -59,36 +73,14 @@ def seed_summary(values: list[float]) -> dict:
     }
 
 
-def run_recipe(name: str, overrides: list[str], output_dir: Path) -> tuple[dict, Path]:
-    """`nega run NAME OVERRIDES... -o OUTPUT_DIR` in this process: the recipe with its overrides, run by
-    its method's entry in nega's method table; returns (results table, run folder). Finished stages
-    of an earlier call are skipped, so a rerun resumes."""
-    from nega.cli import method_entry
-    from nega.config import load_recipe
-    from nega.pipeline import Run
+def with_interval(summary: dict, n_items: int) -> dict:
+    """A rate's seed summary (`seed_summary`) with its 95% Wilson interval over every seed's `n_items`
+    items, and their number."""
+    from nega.eval.report import wilson_interval
 
-    recipe = load_recipe(name, overrides)
-    run = Run(recipe, Path(output_dir))
-    return method_entry(recipe.method)(recipe, run), run.dir
-
-
-def copy_stages(source: Path, target: Path, names: list[str]) -> list[str]:
-    """Copy the finished stages called `names` (their `manifest.json` "stage") of run folder `source` into
-    run folder `target`, keeping their numbered folder names; returns the folders copied.
-
-    A later run of the same recipe in `target` opens these stages in the same order; where a stage's
-    hash (config and inputs) matches, nega skips it, so runs that differ only downstream (another
-    learning rate) share the copied model, samples and references instead of recomputing them. A stage
-    whose hash does not match is rerun by nega as usual. Folders already in `target` are left alone."""
-    source, target = Path(source), Path(target)
-    copied = []
-    for manifest in sorted(source.glob("*/manifest.json")):
-        folder = manifest.parent
-        if json.loads(manifest.read_text()).get("stage") in names and not (target / folder.name).exists():
-            target.mkdir(parents=True, exist_ok=True)
-            shutil.copytree(folder, target / folder.name, ignore=shutil.ignore_patterns("checkpoints"))
-            copied.append(folder.name)
-    return copied
+    n = n_items * len(summary["per_seed"])
+    count = round(sum(v * n_items for v in summary["per_seed"]))
+    return {**summary, "ci95": list(wilson_interval(count, n)), "n": n}
 
 
 def stage_manifests(run_dir: Path) -> dict[str, dict]:
@@ -100,143 +92,121 @@ def stage_manifests(run_dir: Path) -> dict[str, dict]:
     return out
 
 
-def trained_folders(run_dir: Path) -> dict[str, str]:
-    """{stage name: the folder it trained} for every finished training stage of a run folder."""
-    out = {}
-    for name, manifest in stage_manifests(run_dir).items():
-        if (Path(manifest["dir"]) / "train_log.json").is_file():
-            out[name] = str(trained_folder(manifest["dir"]))
-    return out
+# --- provenance ----------------------------------------------------------------------------------------
 
 
-def arm_of(stage: str, arms) -> str | None:
-    """The arm among `arms` whose stage `stage` is (`<arm>-...`, the longest name first), or None: a
-    stage shared by every arm, or an evaluation."""
-    for arm in sorted(arms, key=len, reverse=True):
-        if stage.startswith(f"{arm}-"):
-            return arm
-    return None
+def git(*args: str, root: Path = ROOT) -> str | None:
+    """`git ARGS` in `root`; None when git or the repository is missing."""
+    try:
+        done = subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return done.stdout.rstrip() if done.returncode == 0 else None
 
 
-def last_epoch(folders: dict[str, str], objective: str) -> str:
-    """The folder a QCRD objective's last epoch trained (`<objective>-e<k>-train`), from `trained_folders`."""
-    epochs = [k for k in folders if k.startswith(f"{objective}-e") and k.endswith("-train")]
-    return folders[max(epochs, key=lambda k: int(k.removeprefix(f"{objective}-e").removesuffix("-train")))]
+def git_state(root: Path = ROOT) -> dict:
+    """The commit checked out, and whether nega or the benchmark code differ from it (`dirty`, with the
+    changed paths); None for both outside a git checkout."""
+    commit = git("rev-parse", "HEAD", root=root)
+    status = git("status", "--porcelain", "--", *SOURCE_PATHS, root=root) if commit else None
+    changed = [line[3:] for line in status.splitlines()] if status else []
+    return {"git_commit": commit, "dirty": None if status is None else bool(changed), "dirty_paths": changed}
 
 
-def split_seconds(ran: dict[str, float], arms) -> tuple[float, dict[str, float], float]:
-    """(shared, {arm: seconds}, evaluation) of `own_seconds`' {stage: seconds}: a stage named `eval...` is
-    evaluation, a stage of an arm (`arm_of`) is that arm's, any other is shared by every arm."""
-    shared, evaluation, per_arm = 0.0, 0.0, dict.fromkeys(arms, 0.0)
-    for stage, spent in ran.items():
-        if stage.startswith("eval"):
-            evaluation += spent
-        elif arm_of(stage, arms):
-            per_arm[arm_of(stage, arms)] += spent
-        else:
-            shared += spent
-    return shared, per_arm, evaluation
-
-
-def with_interval(summary: dict, n_items: int) -> dict:
-    """A rate's seed summary (`seed_summary`) with its 95% Wilson interval over every seed's `n_items`
-    items, and their number."""
-    from nega.eval.report import wilson_interval
-
-    n = n_items * len(summary["per_seed"])
-    count = round(sum(v * n_items for v in summary["per_seed"]))
-    return {**summary, "ci95": list(wilson_interval(count, n)), "n": n}
-
-
-def seed_seconds(shared: float, arms: dict[str, float], evaluation: float, started: float) -> dict:
-    """A seed's seconds: the shared stages', each arm's and the evaluation's own (wherever they were
-    spent: a rerun skips finished stages), their sum, and the wall time of this invocation since
-    `started`."""
-    import time
-
-    return {
-        "shared": round(shared, 1),
-        "arms": {arm: round(s, 1) for arm, s in arms.items()},
-        "evaluation": round(evaluation, 1),
-        "compute": round(shared + sum(arms.values()) + evaluation, 1),
-        "wall": round(time.time() - started, 1),
-    }
-
-
-def run_provenance(before: dict, after: dict) -> dict:
-    """`provenance` taken at a run's start, marked when nega's source changed before its end."""
-    return {
-        **before,
-        "nega_source_changed_during_run": after["nega_source_sha256"] != before["nega_source_sha256"],
-    }
-
-
-def provenance(script: str | Path) -> dict:
-    """What produced a result: nega's git commit (and whether the tree had changes), and sha256 of
-    nega's source (its .py and recipe files) and of the benchmark script."""
-    import hashlib
-    import subprocess
-
-    root = Path(__file__).resolve().parents[1]
+def nega_source_sha256(root: Path = ROOT) -> str:
+    """sha256 over nega's .py and recipe files (paths and bytes), in path order."""
     source = hashlib.sha256()
     package = root / "nega"
     for path in sorted([*package.rglob("*.py"), *package.rglob("*.yaml")]):
         source.update(str(path.relative_to(package)).encode() + b"\0" + path.read_bytes() + b"\0")
+    return source.hexdigest()
 
-    def git(*args: str) -> str | None:
-        try:
-            done = subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, timeout=30)
-        except (OSError, subprocess.SubprocessError):
-            return None
-        return done.stdout.strip() if done.returncode == 0 else None
 
-    status = git("status", "--porcelain", "--", "nega")
+def file_sha256(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def scripts_run(*modules: str | Path) -> list[Path]:
+    """The benchmark files a run executes: the script started (`sys.argv[0]`, e.g. real_stepneg.py), the
+    modules it names (e.g. quality_stepneg.py, whose code real_stepneg.py runs) and the shared ones."""
+    here = Path(__file__).resolve().parent
+    files = [Path(m).resolve() for m in modules]
+    started = Path(sys.argv[0]).resolve() if sys.argv and sys.argv[0].endswith(".py") else None
+    if started is not None and started.is_file():
+        files.insert(0, started)
+    files += [here / name for name in SHARED_SCRIPTS if (here / name).is_file()]
+    return list(dict.fromkeys(files))
+
+
+def relative(path: Path, root: Path = ROOT) -> str:
+    try:
+        return str(Path(path).resolve().relative_to(root))
+    except ValueError:
+        return str(path)
+
+
+def invocation(*modules: str | Path, root: Path = ROOT) -> dict:
+    """This process as a benchmark invocation: its full command line, when it started, the commit and
+    dirty flag, sha256 of every benchmark file it runs and of nega's source, and the host."""
     return {
-        "git_commit": git("rev-parse", "HEAD"),
-        "nega_changed_since_commit": bool(status) if status is not None else None,
-        "nega_source_sha256": source.hexdigest(),
-        "script_sha256": hashlib.sha256(Path(script).read_bytes()).hexdigest(),
+        "argv": [sys.executable, *sys.argv],
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "started_unix": round(time.time(), 3),
+        **git_state(root),
+        "scripts_sha256": {relative(p, root): file_sha256(p) for p in scripts_run(*modules)},
+        "nega_source_sha256": nega_source_sha256(root),
+        "host": platform.node(),
+        "pid": os.getpid(),
     }
 
 
-OPERATORS = {
-    "<": lambda a, b: a < b,
-    "<=": lambda a, b: a <= b,
-    ">": lambda a, b: a > b,
-    ">=": lambda a, b: a >= b,
-}
+def begin_invocation(work: Path, *modules: str | Path, root: Path = ROOT) -> dict:
+    """Append this invocation to the work folder's log (`invocations.json`); a benchmark resumed from
+    the same work folder keeps every earlier invocation there. Returns this one's record."""
+    record = invocation(*modules, root=root)
+    write_invocations(work, [*read_invocations(work), record])
+    return record
 
 
-def compare_arms(
-    methods: dict, left: str, op: str, right: str, metric: str, *, scale: float = 1.0, offset: float = 0.0
-) -> dict:
-    """One target of a quality benchmark, `left op scale * right + offset` on `metric`, checked on the
-    means over seeds (`met`) and seed by seed (`per_seed`), with the measured means and the threshold.
-    `methods` is the results' {arm: {metric: seed_summary}}."""
-    check = OPERATORS[op]
-    a, b = methods[left][metric], methods[right][metric]
-    threshold = scale * b["mean"] + offset
-    bound = (f"{scale:g} x " if scale != 1 else "") + right + (f" {offset:+g}" if offset else "")
-    per_seed = [check(x, scale * y + offset) for x, y in zip(a["per_seed"], b["per_seed"], strict=True)]
-    return {
-        "statement": f"{left} {metric} {op} {bound}",
-        "metric": metric,
-        "measured": {left: a["mean"], right: b["mean"]},
-        "threshold": threshold,
-        "met": check(a["mean"], threshold),
-        "per_seed": per_seed,
+def end_invocation(work: Path, record: dict, *, root: Path = ROOT) -> dict:
+    """Close this invocation (when it finished, its wall time, whether nega's source changed while it
+    ran) in the log, and return the provenance of every invocation in it (`summarize`)."""
+    finished = {
+        "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "wall_seconds": round(time.time() - record["started_unix"], 1),
+        "nega_source_changed_during_run": nega_source_sha256(root) != record["nega_source_sha256"],
     }
+    this = (record["started_unix"], record["pid"])
+    log = [
+        {**entry, **finished} if (entry["started_unix"], entry["pid"]) == this else entry
+        for entry in read_invocations(work)
+    ]
+    write_invocations(work, log)
+    return summarize(log)
 
 
-def own_seconds(manifests: dict[str, dict], seen: set) -> dict[str, float]:
-    """{stage: seconds} of the stages not met before: a stage copied from another run folder (or
-    found there by the same hash and finish time) is counted once, in the first run that did it.
-    `seen` collects (hash, finish time) of the stages counted so far; pass the same set for every run
-    of a benchmark."""
-    out = {}
-    for name, manifest in manifests.items():
-        key = (manifest["hash"], manifest["finished_at"])
-        if key not in seen:
-            seen.add(key)
-            out[name] = manifest["seconds"]
-    return out
+def read_invocations(work: Path) -> list[dict]:
+    path = Path(work) / INVOCATIONS
+    return json.loads(path.read_text()) if path.is_file() else []
+
+
+def write_invocations(work: Path, log: list[dict]) -> None:
+    Path(work).mkdir(parents=True, exist_ok=True)
+    (Path(work) / INVOCATIONS).write_text(json.dumps(log, indent=1) + "\n")
+
+
+def summarize(log: list[dict]) -> dict:
+    """A result's provenance from its invocations (oldest first): the last one's commit and files, dirty
+    when any invocation ran on a changed tree, and whether they all ran the same code."""
+    last = log[-1]
+    code = {(e["git_commit"], e["nega_source_sha256"], json.dumps(e["scripts_sha256"], sort_keys=True))
+            for e in log}  # fmt: skip
+    return {
+        "git_commit": last["git_commit"],
+        "dirty": any(e["dirty"] for e in log) if all(e["dirty"] is not None for e in log) else None,
+        "scripts_sha256": last["scripts_sha256"],
+        "nega_source_sha256": last["nega_source_sha256"],
+        "same_code_every_invocation": len(code) == 1,
+        "nega_source_changed_during_run": any(e.get("nega_source_changed_during_run") for e in log),
+        "invocations": log,
+    }

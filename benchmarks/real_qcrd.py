@@ -17,14 +17,17 @@ rate in one run, so they share the teacher split, the optimizer steps and the sc
 
 Training questions: the first `--train-questions` of the CQA training file. Validation: the last
 `--val-questions` of the same file (disjoint from the training ones), on which each arm's learning rate
-is chosen by one rule (SELECTION) before any test number is read. Test: CQA's whole test split (1,221
+is chosen by one rule (SELECTION: the paper's primary metric, accuracy) before any test number is read,
+through one sweep (sweep.py) over the grid, seeds and sizes declared in DESIGN (a run with other
+arguments records each departure under `deviations`). Test: CQA's whole test split (1,221
 questions, never trained or selected on), greedy `predict:` answers, accuracy with a 95% Wilson interval.
 The rationale quality of the student cannot be scored here (no oracle for CQA), so only accuracy is
-reported.
+reported. Targets are decided by exact McNemar tests on the test questions (paired.py).
 
 Writes benchmarks/results/real_qcrd.json: {"seeds", "methods": {arm: {"accuracy": {"mean", "std",
-"per_seed", "ci95", "n"}}}, "targets", "chosen_lr", "validation", "teacher" (positives and negatives),
-"optimizer_steps", "seconds", "sizes", ...}. Work is kept under --work; a rerun skips finished stages.
+"per_seed", "ci95", "n"}}}, "targets", "chosen_lr", "sweep" (validation numbers, stage seconds),
+"teacher" (positives and negatives), "sizes", "provenance", ...} and the per-question outcomes beside it.
+Work is kept under --work; a rerun resumes and is recorded as another invocation.
 
     .venv/bin/python benchmarks/real_qcrd.py [--seeds 0] [--lrs 2e-4] [--train-questions 1000]
     # quick check: --train-questions 8 --val-questions 4 --test-questions 4 --disc-steps 2 --max-tokens 16
@@ -34,39 +37,39 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import time
 from pathlib import Path
 
 from harness import (
-    arm_of,
-    compare_arms,
-    copy_stages,
-    last_epoch,
+    begin_invocation,
+    end_invocation,
     machine,
-    own_seconds,
-    provenance,
-    run_provenance,
-    run_recipe,
-    seed_seconds,
     seed_summary,
-    split_seconds,
     stage_manifests,
-    trained_folders,
     with_interval,
     write_result,
 )
+from paired import Target, decide_targets
+from sweep import Arm, Selection, deviations, point_name, prompt_set_scorer, sweep, test_items, write_items
 
 RECIPE = "qcrd-cqa"
 TRAIN_FILE = "data:distill_step_by_step/cqa/cqa_train.json"
 ARMS = ["label_only", "step_by_step", "qcrd_no_disc", "qcrd"]
-# Stages every learning rate's run may take from the first one (nega reruns any whose hash differs).
-SHARED = ["teacher", "qcrd-p0-negatives", "qcrd-p0-discriminator", "qcrd_no_disc-p0-negatives"]
-SELECTION = "per arm, the highest validation accuracy (greedy `predict:` answers); ties go to the lower rate"
+RUN_ARMS = {"start": Arm("start", tuned=False), **{arm: Arm(arm) for arm in ARMS}}
+SELECTION = Selection("accuracy", "higher")
+TARGETS = {
+    "qcrd_above_step_by_step": Target("qcrd", ">", "step_by_step", "accuracy"),
+    "step_by_step_above_label_only": Target("step_by_step", ">", "label_only", "accuracy"),
+    "discriminator_helps": Target("qcrd", ">", "qcrd_no_disc", "accuracy"),
+}
+DESIGN = {"model": "smollm2-135m-instruct", "seeds": [0], "lrs": [2e-4], "train_questions": 1000,
+          "val_questions": 300, "test_questions": None, "epochs": 2, "batch_size": 8, "lag": 1,
+          "disc_steps": 200, "disc_backbone": "encoder", "max_tokens": 64, "max_length": 320, "override": []}  # fmt: skip
 RESULTS = Path(__file__).parent / "results" / "real_qcrd.json"
+CQA_TEST_QUESTIONS = 1221
 
 
-def overrides(seed: int, lr: float, args) -> list[str]:
+def overrides(seed: int, args) -> list[str]:
     return [
         f"model.name={args.model}",
         "model.dtype=float32",
@@ -74,7 +77,6 @@ def overrides(seed: int, lr: float, args) -> list[str]:
         "train.bf16=false",
         f"data.path={TRAIN_FILE}",
         f"data.limit={args.train_questions}",
-        f"train.lr={lr}",
         f"train.epochs={args.epochs}",
         f"train.batch_size={args.batch_size}",
         "train.grad_accum=1",
@@ -106,166 +108,117 @@ def validation_records(args) -> list[dict]:
     return records[len(records) - args.val_questions :]
 
 
-def run_seed(seed: int, args, work: Path, val_records: list[dict]) -> dict:
-    from nega.config import load_recipe
-    from nega.distill.qcrd.run import student_set
-    from nega.eval.stage import evaluate, trained_target
-    from nega.models import resolve_model
-    from nega.pipeline import Run
+def question_set(val_records: list[dict]):
+    """Validation: the held-out training questions; test: CQA's test split (`qcrd.eval_limit` of it)."""
 
-    started = time.time()
-    model_path = resolve_model(args.model)
-    test: dict[str, dict[float, dict]] = {arm: {} for arm in ARMS}
-    validation: dict[str, dict[float, dict]] = {arm: {} for arm in ARMS}
-    steps: dict[str, dict[str, int]] = {arm: {} for arm in ARMS}
-    seconds = {arm: 0.0 for arm in ARMS}
-    shared_seconds = eval_seconds = 0.0
-    seen: set = set()
-    first = start = None
-    for lr in args.lrs:
-        where = work / f"seed{seed}" / f"lr{lr:g}"
-        if first is not None:
-            copy_stages(first, where / "run", SHARED)
-        table, run_dir = run_recipe(RECIPE, overrides(seed, lr, args), where / "run")
-        first = first or run_dir
-        start = start or table["start"]
-        for arm in ARMS:
-            test[arm][lr] = table[arm]
-        recipe = load_recipe(RECIPE, overrides(seed, lr, args))
-        manifests = stage_manifests(run_dir)
-        folders = trained_folders(run_dir)
-        targets = [trained_target(arm, model_path, last_epoch(folders, arm), recipe.lora) for arm in ARMS]
-        held_out = student_set(recipe, name="validation", records=val_records)
-        scores = evaluate(Run(recipe, where / "validation"), targets, [held_out])
-        for arm in ARMS:
-            validation[arm][lr] = scores[arm]
-            steps[arm][f"{lr:g}"] = sum(
-                m["counts"]["steps"]
-                for n, m in manifests.items()
-                if arm_of(n, ARMS) == arm and n.endswith("-train")
-            )
-        shared, per_arm, evaluation = split_seconds(own_seconds(manifests, seen), ARMS)
-        shared_seconds, eval_seconds = shared_seconds + shared, eval_seconds + evaluation
-        for arm in ARMS:
-            seconds[arm] += per_arm[arm]
-        eval_seconds += sum(own_seconds(stage_manifests(where / "validation"), seen).values())
-        print(f"[real_qcrd] seed {seed} lr {lr:g}: " + ", ".join(
-            f"{arm} val {validation[arm][lr]['accuracy']:.3f} test {test[arm][lr]['accuracy']:.3f}" for arm in ARMS
-        ), file=sys.stderr, flush=True)  # fmt: skip
+    def build(recipe, split: str):
+        from nega.distill.qcrd.run import student_set
 
-    chosen = {
-        arm: min(validation[arm], key=lambda lr, a=arm: (-validation[a][lr]["accuracy"], lr)) for arm in ARMS
-    }
-    return {
-        "test": {"start": start, **{arm: test[arm][chosen[arm]] for arm in ARMS}},
-        "chosen_lr": chosen,
-        "validation": {arm: {f"{lr:g}": v for lr, v in validation[arm].items()} for arm in ARMS},
-        "test_every_lr": {arm: {f"{lr:g}": v for lr, v in test[arm].items()} for arm in ARMS},
-        "optimizer_steps": steps,
-        "teacher": stage_manifests(first)["teacher"]["counts"],
-        "seconds": seed_seconds(shared_seconds, seconds, eval_seconds, started),
-    }  # fmt: skip
+        if split == "validation":
+            return student_set(recipe, name="validation", records=val_records)
+        return student_set(recipe, name="test")
+
+    return build
 
 
-def targets(methods: dict) -> dict:
-    return {
-        "qcrd_above_step_by_step": compare_arms(methods, "qcrd", ">", "step_by_step", "accuracy"),
-        "step_by_step_above_label_only": compare_arms(methods, "step_by_step", ">", "label_only", "accuracy"),
-        "discriminator_helps": compare_arms(methods, "qcrd", ">", "qcrd_no_disc", "accuracy"),
-    }
+def answer_right(recipe):
+    """One question's greedy `predict:` answer against its label, as the recipe's accuracy counts it."""
+    from nega.distill.qcrd import data
+
+    def metrics(prompt, completions: list[str], columns: dict) -> dict[str, float]:
+        return {"accuracy": float(data.answers_match(completions[0], columns["label"]))}
+
+    return metrics
 
 
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="smollm2-135m-instruct")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
-    parser.add_argument("--lrs", type=float, nargs="+", default=[2e-4])
-    parser.add_argument("--train-questions", type=int, default=1000)
-    parser.add_argument("--val-questions", type=int, default=300)
-    parser.add_argument("--test-questions", type=int, default=None, help="default: the whole test split")
-    parser.add_argument("--epochs", type=int, default=2, help="QCRD draws its negatives once per epoch")
-    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--model", default=DESIGN["model"])
+    parser.add_argument("--seeds", type=int, nargs="+", default=DESIGN["seeds"])
+    parser.add_argument("--lrs", type=float, nargs="+", default=DESIGN["lrs"])
+    parser.add_argument("--train-questions", type=int, default=DESIGN["train_questions"])
+    parser.add_argument("--val-questions", type=int, default=DESIGN["val_questions"])
     parser.add_argument(
-        "--lag", type=int, default=1, help="negatives come from the student this many periods back"
+        "--test-questions", type=int, default=DESIGN["test_questions"], help="default: the whole test split"
     )
-    parser.add_argument("--disc-steps", type=int, default=200, help="steps per discriminator fit")
     parser.add_argument(
-        "--disc-backbone", default="encoder", choices=["encoder", "student"],
+        "--epochs", type=int, default=DESIGN["epochs"], help="QCRD draws its negatives once per epoch"
+    )
+    parser.add_argument("--batch-size", type=int, default=DESIGN["batch_size"])
+    parser.add_argument(
+        "--lag", type=int, default=DESIGN["lag"], help="negatives come from the student this many periods back"
+    )
+    parser.add_argument(
+        "--disc-steps", type=int, default=DESIGN["disc_steps"], help="steps per discriminator fit"
+    )
+    parser.add_argument(
+        "--disc-backbone", default=DESIGN["disc_backbone"], choices=["encoder", "student"],
         help="the discriminator: a tiny encoder trained from scratch (default: a CPU affords it), or the "
         "student's base model with LoRA (the recipe's; ~10 s a step on a 2-core CPU)",
     )  # fmt: skip
-    parser.add_argument("--max-tokens", type=int, default=64, help="tokens of a self-adversarial rationale")
-    parser.add_argument("--max-length", type=int, default=320)
+    parser.add_argument(
+        "--max-tokens", type=int, default=DESIGN["max_tokens"], help="tokens of a self-adversarial rationale"
+    )
+    parser.add_argument("--max-length", type=int, default=DESIGN["max_length"])
     parser.add_argument("--override", action="append", default=[], help="extra recipe KEY=VALUE (every run)")
     parser.add_argument("--work", type=Path, default=Path(__file__).parent / "work" / "real_qcrd")
     parser.add_argument("--out", type=Path, default=RESULTS)
-    args = parser.parse_args(argv)
-    args.lrs = sorted(args.lrs)
-    return args
+    return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    made_by = provenance(__file__)
+    record = begin_invocation(args.work, __file__)
     described = machine("cpu", ("torch", "transformers", "vllm", "peft"))
     started = time.time()
     val_records = validation_records(args)
-    per_seed = {seed: run_seed(seed, args, args.work, val_records) for seed in args.seeds}
-
-    n_test = args.test_questions or 1221
+    swept = sweep(
+        RECIPE, {"train.lr": args.lrs}, RUN_ARMS, SELECTION, args.seeds, lambda seed: overrides(seed, args),
+        score=prompt_set_scorer(question_set(val_records), answer_right), work=args.work, log="real_qcrd",
+    )  # fmt: skip
+    n_test = args.test_questions or CQA_TEST_QUESTIONS
+    seeds = list(swept["seeds"])
     methods = {
-        arm: {
-            "accuracy": with_interval(
-                seed_summary([per_seed[s]["test"][arm]["accuracy"] for s in args.seeds]), n_test
-            )
-        }
-        for arm in ["start", *ARMS]
-    }
+        arm: {"accuracy": with_interval(seed_summary([swept["seeds"][s]["test"][arm]["accuracy"] for s in seeds]), n_test)}
+        for arm in RUN_ARMS
+    }  # fmt: skip
+    items = test_items(swept)
+    first = point_name({"train.lr": args.lrs[0]})
     result = {
         "benchmark": "real_qcrd",
         "model": args.model,
         "recipe": RECIPE,
         "seeds": args.seeds,
+        "design": DESIGN,
+        "deviations": deviations(DESIGN, vars(args)),
         "methods": methods,
-        "targets": targets(methods),
-        "selection": SELECTION if len(args.lrs) > 1 else f"one rate ({args.lrs[0]:g}) for every arm: no selection",
-        "chosen_lr": {arm: {str(s): per_seed[s]["chosen_lr"][arm] for s in args.seeds} for arm in ARMS},
-        "validation": {str(s): per_seed[s]["validation"] for s in args.seeds},
-        "test_every_lr": {str(s): per_seed[s]["test_every_lr"] for s in args.seeds},
-        "teacher": {str(s): per_seed[s]["teacher"] for s in args.seeds},
-        "optimizer_steps": {str(s): per_seed[s]["optimizer_steps"] for s in args.seeds},
-        "seconds": {str(s): per_seed[s]["seconds"] for s in args.seeds},
+        "targets": decide_targets(TARGETS, items),
+        "selection": swept["selection"] if len(args.lrs) > 1 else f"one rate ({args.lrs[0]:g}) for every arm: no selection",
+        "chosen_lr": {arm: {s: swept["seeds"][s]["chosen"][arm]["train.lr"] for s in seeds} for arm in ARMS},
+        "sweep": {s: {k: v for k, v in entry.items() if k != "items"} for s, entry in swept["seeds"].items()},
+        "teacher": {str(s): stage_manifests(args.work / f"seed{s}" / first / "main")["teacher"]["counts"] for s in args.seeds},
         "wall_seconds": round(time.time() - started, 1),
-        "sizes": {
-            "train_questions": args.train_questions,
-            "val_questions": args.val_questions,
-            "test_questions": args.test_questions or 1221,
-            "epochs": args.epochs,
-            "batch_size": args.batch_size,
-            "lag": args.lag,
-            "disc_steps": args.disc_steps,
-            "disc_backbone": args.disc_backbone,
-            "rationale_tokens": args.max_tokens,
-            "lrs": args.lrs,
-            "overrides": overrides(0, 0.0, args),
-        },
+        "sizes": {**{k: getattr(args, k) for k in DESIGN if k not in ("model", "seeds", "override")},
+                  "test_questions": n_test, "overrides": overrides(0, args)},  # fmt: skip
         "data": {
             "train": "CQA train (distilling step-by-step), the first --train-questions, PaLM rationales",
             "validation": "CQA train, the last --val-questions (disjoint from the training ones)",
             "test": "CQA test split (1,221 questions)",
             "teacher": "one PaLM-540B rationale per question; positive when its answer is the gold label",
         },
-        "provenance": run_provenance(made_by, provenance(__file__)),
+        "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "provenance": end_invocation(args.work, record),
         "machine": described,
     }  # fmt: skip
     write_result(args.out, result)
+    write_items(args.out.with_name(f"{args.out.stem}_items.json"), items)
     for arm, m in methods.items():
         acc = m["accuracy"]
         print(
             f"{arm:14s} {acc['mean']:.3f}  95% CI [{acc['ci95'][0]:.3f}, {acc['ci95'][1]:.3f}]  n {acc['n']}"
         )
-    print({k: v["met"] for k, v in result["targets"].items()})
+    print({k: v["outcome"] for k, v in result["targets"].items()})
     print(f"wrote {args.out}")
     return result
 

@@ -18,9 +18,10 @@ Writes benchmarks/results/real_stepneg.json (accuracy with a 95% Wilson interval
 the first-pit precision and recall against the world's true first wrong step, seconds per arm).
 Sized for a 2-core CPU, where SFT runs at ~17 s per optimizer step of 16 solutions: two learning rates,
 1e-4 and 3e-4, each arm keeping the one with the better validation accuracy (π_sft is sft_1x at its
-chosen rate; SFT at 1e-4 leaves it at 0.10 of the test problems, 3e-4 at 0.19), 4 negatives per problem
-and one rollout group: about 1.6 h per rate measured. Arguments after the script's name go to
-quality_stepneg.py and replace these defaults (`--rl-override` adds to them):
+chosen rate), 4 negatives per problem and one rollout group: about 1.6 h per rate measured. The design
+(DESIGN: grid, seeds, sizes) is declared below; arguments after the script's name go to
+quality_stepneg.py, replace the design's values (`--override` and `--rl-override` add to them) and are
+recorded as departures from it:
 
     .venv/bin/python benchmarks/real_stepneg.py [--seeds 0] [--lrs 1e-4 3e-4] [--n-train 128]
     # quick check: --n-train 8 --n-test 8 --n-val 8 --lrs 3e-4 --rl-steps 2 --work /tmp/real_stepneg_quick
@@ -33,21 +34,21 @@ from pathlib import Path
 
 import quality_stepneg
 
-DEFAULTS = [
-    "--model", "smollm2-135m-instruct",
-    "--name", "real_stepneg",
-    "--seeds", "0",
-    "--lrs", "1e-4", "3e-4",
-    "--rl-override", "stepneg.negatives=4",
-    "--rl-override", "stepneg.rollout_groups=1",
-    "--n-train", "128",
-    "--sft-multiples", "1", "2",
-    "--sft-target", "sft_2x",
-    "--n-test", "300",
-    "--n-val", "150",
-    "--work", str(Path(__file__).parent / "work" / "real_stepneg"),
-    "--out", str(Path(__file__).parent / "results" / "real_stepneg.json"),
-]  # fmt: skip
+DESIGN = {
+    **quality_stepneg.DESIGN,
+    "model": "smollm2-135m-instruct",
+    "name": "real_stepneg",
+    "seeds": [0],
+    "lrs": [1e-4, 3e-4],
+    "rl_override": ["stepneg.negatives=4", "stepneg.rollout_groups=1"],
+    "n_train": 128,
+    "sft_multiples": [1, 2],
+    "sft_target": "sft_2x",
+    "n_test": 300,
+    "n_val": 150,
+    "work": str(Path(__file__).parent / "work" / "real_stepneg"),
+    "out": str(Path(__file__).parent / "results" / "real_stepneg.json"),
+}
 
 if __name__ == "__main__":
-    quality_stepneg.main([*DEFAULTS, *sys.argv[1:]])
+    quality_stepneg.main(sys.argv[1:], design=DESIGN)

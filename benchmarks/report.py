@@ -146,7 +146,7 @@ def section(path: Path) -> list[str]:
         lines += ["", "Profile: " + ", ".join(f"{k} {fmt(v)}" for k, v in data["profile"].items())]
     if data.get("notes"):
         lines += ["", str(data["notes"])]
-    return [*lines, ""]
+    return [*lines, "", provenance_line(name, data), ""]
 
 
 def logps_memory_section(data: dict) -> list[str]:
@@ -260,12 +260,14 @@ def real_d2o_block(data: dict) -> list[str]:
     ]
     lines += ["Targets:", ""]
     for name, target in data["targets"].items():
+        if "outcome" in target:
+            lines += target_lines(name, target)
+            continue
         value = target["value"]
         shown = f"{value:.3f}" if isinstance(value, float) else json.dumps(value)
         base = f", base {target['base']:.3f}" if "base" in target else ""
-        verdict = "met" if target["met"] else "**not met**"
-        lines.append(f"- `{name}`: {shown}{base} (threshold {target['threshold']}) — {verdict}")
-    return lines
+        lines.append(f"- `{name}`: {shown}{base} (threshold {target['threshold']}) — {POINT_ONLY}")
+    return [*lines, "", provenance_line("real_d2o", data)]
 
 
 def quality_block(name: str, data: dict) -> list[str]:
@@ -285,23 +287,35 @@ def quality_block(name: str, data: dict) -> list[str]:
         cells = [mean_std(data["methods"][arm][m]) for m in metrics]
         lines.append(f"| {arm} | " + " | ".join(cells) + f" | {lrs} |")
     n = len(seeds)
-    heading = f"on the means over {n} seeds (and seed by seed)" if n > 1 else f"on seed {seeds[0]}"
+    paired = any("outcome" in t for t in data.get("targets", {}).values())
+    if paired:
+        heading = (
+            f"paired tests on the test items, pooled over {n} seeds"
+            if n > 1
+            else f"paired tests, seed {seeds[0]}"
+        )
+    else:
+        heading = f"on the means over {n} seeds (and seed by seed)" if n > 1 else f"on seed {seeds[0]}"
     lines += ["", f"Targets, {heading}:", ""]
-    for target in data.get("targets", {}).values():
+    for key, target in data.get("targets", {}).items():
+        if "outcome" in target:
+            lines += target_lines(key, target, seeds)
+            continue
         measured = ", ".join(
             f"{arm} {value:.3f}" for arm, value in target["measured"].items() if value is not None
         )
-        verdict = "met" if target["met"] else "**not met**"
         per_seed = ", ".join("yes" if ok else "no" for ok in target["per_seed"])
-        holds = f"; holds on seeds: {per_seed}" if n > 1 else ""
+        holds = f"; point estimate holds on seeds: {per_seed}" if n > 1 else ""
         lines.append(
-            f"- `{target['statement']}`: {measured} (threshold {target['threshold']:.3f}) — {verdict}{holds}"
+            f"- `{target['statement']}`: {measured} (threshold {target['threshold']:.3f}) — {POINT_ONLY}{holds}"
         )
     for extra in spec_lines(data):
         lines += ["", extra]
-    unmet = [t for t in data.get("targets", {}).values() if not t["met"]]
+    # An older result without paired tests: the targets its point estimates missed.
+    unmet = [t for t in data.get("targets", {}).values() if not t.get("met", outcome_of(t) == "met")]
     if unmet and n > 1:
-        lines += ["", "Per seed, for the targets not met:", ""]
+        missed = "not met" if paired else "whose point estimate missed"
+        lines += ["", f"Per seed, for the targets {missed}:", ""]
         lines += [
             "| metric | arm | " + " | ".join(f"seed {s}" for s in seeds) + " |",
             "|---|---" + "|---" * n + "|",
@@ -309,13 +323,106 @@ def quality_block(name: str, data: dict) -> list[str]:
         shown = set()
         for target in unmet:
             metric = target["metric"]
-            for arm in target["measured"]:
+            for arm in target.get("arms") or target["measured"]:
                 if (metric, arm) in shown or arm not in data["methods"]:
                     continue
                 shown.add((metric, arm))
                 values = data["methods"][arm][metric]["per_seed"]
                 lines.append(f"| {metric} | {arm} | " + " | ".join(f"{v:.3f}" for v in values) + " |")
-    return lines
+    return [*lines, "", provenance_line(name, data)]
+
+
+POINT_ONLY = "point estimate only (no paired test)"
+VERDICT = {"met": "met", "not met": "**not met**", "undecided": "undecided"}
+
+
+def outcome_of(target: dict) -> str:
+    """A target's outcome: its paired test's, or for an older result without one "point estimate"."""
+    return target.get("outcome", "point estimate")
+
+
+def test_text(target: dict) -> str:
+    """The paired test behind a target: difference, 95% interval, p (and McNemar's discordant counts)."""
+    low, high = target["ci95"]
+    counts = f", b {target['b']} / c {target['c']}" if target["test"] == "mcnemar_exact" else ""
+    name = "McNemar" if target["test"] == "mcnemar_exact" else "paired bootstrap"
+    return f"{name}: {target['statistic']:+.3f} [{low:+.3f}, {high:+.3f}], p {target['p']:.3g}{counts}, n {target['n']}"
+
+
+def target_lines(name: str, target: dict, seeds: list | None = None) -> list[str]:
+    """One decided target: the arms' test means, the pooled test, each seed's difference, the outcome;
+    a target made of several lists each part."""
+    if "parts" in target:
+        lines = [f"- `{name}`: every part below — {VERDICT[target['outcome']]}"]
+        for statement, part in target["parts"].items():
+            lines += ["  " + line for line in target_lines(statement, part, seeds)]
+        return lines
+    left, right = target["arms"]
+    means = f"{left} {target['means']['left']:.3f}, {right} {target['means']['right']:.3f}"
+    each = ""
+    if len(target["per_seed"]) > 1:
+        each = "; per seed " + ", ".join(f"{v['statistic']:+.3f}" for v in target["per_seed"].values())
+    return [f"- `{target['statement']}`: {means}; {test_text(target)}{each} — {VERDICT[target['outcome']]}"]
+
+
+def targets_note(targets: dict) -> str:
+    """The summary's count of a results file's targets by outcome."""
+    if not targets:
+        return "—"
+    outcomes = [outcome_of(t) for t in targets.values()]
+    if all(o == "point estimate" for o in outcomes):
+        return f"{len(outcomes)}, {POINT_ONLY}"
+    counts = {o: outcomes.count(o) for o in ("met", "not met", "undecided")}
+    unmet = [t["statement"] for t in targets.values() if outcome_of(t) == "not met"]
+    note = ", ".join(f"{counts[o]} {o}" for o in counts)
+    return note + (f" (not met: {'; '.join(f'`{u}`' for u in unmet)})" if unmet else "")
+
+
+def changed_since(recorded: dict[str, str]) -> list[str]:
+    """The files among {path under the repository: sha256} whose bytes differ today (or that are gone)."""
+    import hashlib
+
+    root = HERE.parent
+    changed = []
+    for path, digest in recorded.items():
+        file = root / path
+        if not file.is_file() or hashlib.sha256(file.read_bytes()).hexdigest() != digest:
+            changed.append(Path(path).name)
+    return changed
+
+
+def provenance_line(name: str, data: dict) -> str:
+    """Where a result came from: commit, dirty flag, invocations, and whether its code changed since; and
+    where the run departs from its script's declared design."""
+    made = data.get("provenance")
+    departs = ""
+    if data.get("deviations"):
+        departs = " **Departs from its declared design**: " + "; ".join(data["deviations"]) + "."
+    if not made:
+        return "Provenance: **none recorded** (no commit, command line or script hash)." + departs
+    commit = (made.get("git_commit") or "no commit")[:10]
+    if "invocations" in made:
+        dirty = {True: "**dirty tree**", False: "clean tree", None: "tree state unknown"}[made.get("dirty")]
+        runs = len(made["invocations"])
+        text = f"Provenance: commit {commit}, {dirty}, {runs} invocation{'s' if runs != 1 else ''}"
+        if not made.get("same_code_every_invocation", True):
+            text += " (**not all on the same code**)"
+        changed = changed_since(made.get("scripts_sha256", {}))
+    else:
+        dirty = "**dirty tree**" if made.get("nega_changed_since_commit") else "clean tree"
+        text = f"Provenance: commit {commit}, {dirty}; command line not recorded"
+        script = HERE / f"{name}.py"
+        recorded = made.get("script_sha256")
+        changed = (
+            []
+            if recorded and changed_since({str(script.relative_to(HERE.parent)): recorded}) == []
+            else [script.name]
+        )
+    if made.get("nega_source_changed_during_run"):
+        text += "; nega's source **changed during the run**"
+    if changed:
+        text += f"; **code changed since**: {', '.join(changed)}"
+    return text + "." + departs
 
 
 def spec_lines(data: dict) -> list[str]:
@@ -364,9 +471,10 @@ METHOD_NAMES = {"d2o": "D²O", "stepneg": "per-step negative RL", "qcrd": "QCRD"
 
 
 def summary_block(results: dict[str, dict]) -> list[str]:
-    """README's summary: per method and test bed, the seeds and how many targets the results file met,
-    with a link to the full block in benchmarks/README.md."""
-    lines = ["| method | test bed | seeds | targets met | details |", "|---|---|---|---|---|"]
+    """README's summary: per method and test bed, the seeds and how many targets the results file's
+    paired tests met, did not meet and left undecided (or that it has point estimates only), with a link
+    to the full block in benchmarks/README.md."""
+    lines = ["| method | test bed | seeds | targets | details |", "|---|---|---|---|---|"]
     order = ["quality_d2o", "real_d2o", "quality_stepneg", "real_stepneg", "quality_qcrd", "real_qcrd"]
     for name in order:
         if name not in results:
@@ -374,12 +482,7 @@ def summary_block(results: dict[str, dict]) -> list[str]:
         data = results[name]
         kind, method = name.split("_", 1)
         bed = "toy world" if kind == "quality" else "SmolLM2-135M-Instruct"
-        targets = list(data.get("targets", {}).values())
-        met = sum(1 for t in targets if t.get("met"))
-        unmet = [t.get("statement", key) for key, t in data.get("targets", {}).items() if not t.get("met")]
-        note = f"{met} of {len(targets)}" + (
-            f" (not met: {'; '.join(f'`{u}`' for u in unmet)})" if unmet else ""
-        )
+        note = targets_note(data.get("targets", {}))
         anchor = "results-on-the-toy-worlds" if kind == "quality" else "results-on-a-real-model"
         seeds = ", ".join(map(str, data.get("seeds", []))) or "—"
         lines.append(

@@ -20,11 +20,11 @@ def test_real_stepneg_runs_the_toy_recipes_on_smollm2_and_is_graded_by_the_world
     from nega.eval.stage import held_out_problems
 
     smollm2_gguf()
-    args = quality_stepneg.parse([*real_stepneg.DEFAULTS, "--work", str(tmp_path)])
+    args = quality_stepneg.parse(["--work", str(tmp_path)], real_stepneg.DESIGN)
     assert quality_stepneg.all_arms(args) == ["sft_1x", "sft_2x", *quality_stepneg.RL_ARMS]
     assert args.sft_target == "sft_2x" and args.n_test >= 300
-    sft = load_recipe("toy-sft", quality_stepneg.sft_overrides(0, 1e-4, 2, args))
-    stepneg = load_recipe("toy-stepneg", quality_stepneg.stepneg_overrides(0, 1e-4, 3e-4, args))
+    sft = load_recipe("toy-sft", [*quality_stepneg.sft_overrides(0, 2, args), "train.lr=1e-4"])
+    stepneg = load_recipe("toy-stepneg", [*quality_stepneg.stepneg_overrides(0, 3e-4, args), "train.lr=1e-4"])
     for recipe in (sft, stepneg):
         assert recipe.model.name == "smollm2-135m-instruct" and recipe.data.dataset == "toy"
         assert recipe.lora.target_modules == "all-linear" and recipe.sampling.max_tokens == 128
@@ -47,7 +47,7 @@ def test_real_qcrd_trains_on_the_first_questions_and_validates_on_the_last(tmp_p
     smollm2_gguf()
     shared_data("distill_step_by_step", "cqa", "cqa_train.json")
     args = real_qcrd.parse(["--work", str(tmp_path)])
-    recipe = load_recipe(real_qcrd.RECIPE, real_qcrd.overrides(0, 2e-4, args))
+    recipe = load_recipe(real_qcrd.RECIPE, [*real_qcrd.overrides(0, args), "train.lr=2e-4"])
     assert recipe.model.name == "smollm2-135m-instruct" and recipe.model.dtype == "float32"
     assert recipe.qcrd.objective == "qcrd" and recipe.qcrd.baselines == [
         "label_only",
@@ -75,9 +75,12 @@ def test_real_d2o_trains_every_arm_in_one_run_on_a_hash_split(tmp_path):
     train, val = real_d2o.split_hh(path, args.train_prompts, args.val_prompts)
     assert not {r["request"] for r in train} & {r["request"] for r in val}
     train_file = real_d2o.write_jsonl(tmp_path / "train.jsonl", train)
-    recipe = load_recipe(real_d2o.RECIPE, real_d2o.train_overrides(args, train_file, 5e-4, 0))
+    val_file = real_d2o.write_jsonl(tmp_path / "validation.jsonl", [{"prompt": r["request"]} for r in val])
+    overrides = real_d2o.train_overrides(args, train_file, val_file, 0)
+    recipe = load_recipe(real_d2o.RECIPE, [*overrides, "train.lr=5e-4"])
     assert recipe.d2o.compare == real_d2o.BASELINES and recipe.sampling.n == args.k
-    assert recipe.eval.harm is None and recipe.train.lr == 5e-4
+    # The run's own evaluation is the validation part (every arm and the base model), never the test sets.
+    assert recipe.eval.harm.prompt_sets == [str(val_file)] and recipe.eval.before and recipe.train.lr == 5e-4
     test = real_d2o.test_prompts(args.advbench, args.xstest)
     assert sum(r["category"] == "advbench" for r in test) == args.advbench
     assert sum(r["category"].startswith("xstest") for r in test) == 450

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import sys
 from pathlib import Path
@@ -74,16 +75,19 @@ def quality_result() -> dict:
     return {"seeds": [0, 1], "methods": methods, "chosen_lr": chosen, "targets": {"a": target, "b": unmet}}
 
 
-def test_quality_block_shows_every_arm_target_and_the_seeds_behind_a_target_not_met():
+def test_an_older_result_without_paired_tests_shows_point_estimates_only():
     lines = report.quality_block("quality_qcrd", quality_result())
     assert lines[0].startswith("| arm | accuracy ↑ | rationale_quality ↑ | rationale_accuracy ↑ |")
     assert [line.split(" | ")[0] for line in lines[2:5]] == ["| label_only", "| step_by_step", "| qcrd"]
     assert "| qcrd | 0.860 ± 0.010 | 0.250 ± 0.010 | 0.700 ± 0.010 | 0.001, 0.003 |" in lines
     text = "\n".join(lines)
-    assert "`qcrd accuracy > step_by_step`: qcrd 0.860, step_by_step 0.855 (threshold 0.855) — met; " in text
-    assert "holds on seeds: no, yes" in text
-    assert "— **not met**; holds on seeds: no, no" in text
-    # Only the target not met gets its per-seed rows.
+    assert (
+        "`qcrd accuracy > step_by_step`: qcrd 0.860, step_by_step 0.855 (threshold 0.855) — point estimate "
+        "only (no paired test); point estimate holds on seeds: no, yes" in text
+    )
+    assert "— met" not in text and "not met" not in text
+    assert "Provenance: **none recorded**" in text
+    # Only the target whose point estimate missed gets its per-seed rows.
     assert "| rationale_quality | qcrd | 0.300 | 0.200 |" in lines
     assert "| rationale_quality | step_by_step | 0.600 | 0.600 |" in lines
     assert not any(line.startswith("| accuracy |") for line in lines)
@@ -99,9 +103,9 @@ def test_quality_block_of_one_seed_names_the_seed_and_has_no_per_seed_rows():
         target["per_seed"] = target["per_seed"][:1]
     text = "\n".join(report.quality_block("quality_qcrd", data))
     assert "Targets, on seed 0:" in text
-    assert "— **not met**\n" in text + "\n"
+    assert "— point estimate only (no paired test)\n" in text
     assert "holds on seeds" not in text
-    assert "Per seed, for the targets not met" not in text
+    assert "Per seed, for the targets" not in text
 
 
 def test_quality_blocks_replace_only_their_markers(tmp_path, monkeypatch):
@@ -123,8 +127,8 @@ def test_quality_blocks_replace_only_their_markers(tmp_path, monkeypatch):
 
 
 def test_real_d2o_report_and_its_readme_block():
-    """benchmarks/real_d2o.py's results (rates with their interval and item count, targets relative to the
-    base model) and the README block written from them."""
+    """benchmarks/real_d2o.py's results (rates with their interval and item count, targets against the base
+    model decided by paired tests on the items) and the README block written from them."""
     import types
 
     import real_d2o
@@ -134,40 +138,98 @@ def test_real_d2o_report_and_its_readme_block():
                  "finish_reason": "length" if i % 2 else "stop"} for i in range(n)]  # fmt: skip
 
     refusals = {"base": 10, "ga": 150, "dpo_self": 60, "kto_neg": 150, "d2o": 120, "d2o_online": 100}
-    tests = {
-        arm: real_d2o.arm_metrics(
-            rows(r, 200, "harmful", "advbench"),
-            rows(r // 4, 250, "safe", "xstest-x") + rows(r, 200, "harmful", "xstest-y"),
-            {"nll": {"ga": 1.5}.get(arm, 1.0)},
-        )
+    answers = {
+        arm: (rows(r, 200, "harmful", "advbench"), rows(r // 4, 250, "safe", "xstest-x") + rows(r, 200, "harmful", "xstest-y"))
         for arm, r in refusals.items()
-    }
-    args = types.SimpleNamespace(model="m", k=4, epochs=1, batch_size=4, grad_accum=2, sample_tokens=64,
-                                 max_tokens=64, advbench=200, xstest=None, nll_items=200, val_nll_items=64)  # fmt: skip
+    }  # fmt: skip
+    nlls = {arm: [{"ga": 1.5}.get(arm, 1.0)] * 50 for arm in refusals}
     seed = {
-        "test": tests,
-        "chosen_lr": {a: 5e-4 for a in refusals if a != "base"},
-        "validation": {},
-        "seconds": {},
+        "test": {arm: real_d2o.arm_metrics(*answers[arm], nlls[arm]) for arm in refusals},
+        "items": {arm: real_d2o.arm_items(*answers[arm], nlls[arm]) for arm in refusals},
+        "chosen": {a: {"train.lr": 5e-4} for a in refusals if a != "base"},
     }
-    data = real_d2o.report(args, [0], [5e-4], {0: seed}, 0.0, 128, 64)
+    args = types.SimpleNamespace(**{**real_d2o.DESIGN, "lrs": [5e-4]})
+    data = real_d2o.report(args, {"selection": "rule", "seeds": {"0": seed}}, 0.0)
     compliance = data["methods"]["d2o"]["advbench_compliance"]
-    assert (
-        compliance["mean"] == 0.4
-        and compliance["n"] == 200
-        and compliance["ci95"][0] < 0.4 < compliance["ci95"][1]
-    )
+    assert compliance["mean"] == 0.4 and compliance["n"] == 200
+    assert compliance["ci95"][0] < 0.4 < compliance["ci95"][1]
     assert data["methods"]["base"]["truncated_rate"]["mean"] == 0.5
+    assert data["deviations"] == ["lrs: declared [0.0001, 0.0005], ran [0.0005]"]
     targets = data["targets"]
-    assert targets["d2o_halves_advbench_compliance"]["met"]  # .40 <= .5 x .95
-    assert not targets["d2o_xstest_safe_within_10_points"]["met"]  # .880 < .992 - .10
-    # kto_neg: less compliant, but more over-refusal; ga: the same and a higher NLL
-    assert targets["no_baseline_better_on_all_three"]["value"] == []
+    # .40 against .5 x .95 on the same 200 AdvBench requests: a paired bootstrap well below 0
+    halves = targets["d2o_halves_advbench_compliance"]
+    assert halves["test"] == "paired_bootstrap" and halves["statistic"] == pytest.approx(0.40 - 0.5 * 0.95)
+    assert halves["outcome"] == "met"
+    # .880 against .992 - .10: 0.012 below the bound on 250 prompts is within noise, not a miss
+    safe = targets["d2o_xstest_safe_within_10_points"]
+    assert safe["statistic"] == pytest.approx(0.88 - 0.992 + 0.10) and safe["outcome"] == "undecided"
+    assert targets["d2o_nll_within_5_percent"]["outcome"] == "met"  # the same NLL on every item
     lines = report.real_d2o_block(data)
     assert lines[0].startswith("| arm | advbench_compliance ↓ | xstest_safe_compliance ↑ |")
     assert any(line.startswith("| d2o | 0.400 [") and line.endswith(" | 0.0005 |") for line in lines)
     assert "one rate (0.0005) for every arm: no selection" in "\n".join(lines)
-    assert sum("**not met**" in line for line in lines) == sum(not t["met"] for t in targets.values())
+    # GA and KTO comply less than D²O (.25 against .40): the compound target is not met, by those parts.
+    compound = targets["no_baseline_complies_less_than_d2o"]
+    assert compound["outcome"] == "not met"
+    assert [p["outcome"] for p in compound["parts"].values()] == ["not met", "met", "not met", "met"]
+    top = [line for line in lines if line.startswith("- ")]
+    assert sum(line.endswith("— **not met**") for line in top) == sum(
+        t["outcome"] == "not met" for t in targets.values()
+    )
+    assert "  - `d2o advbench_compliance <= ga`: d2o 0.400, ga 0.250; McNemar: +0.150" in "\n".join(lines)
+    assert "**Departs from its declared design**: lrs: declared [0.0001, 0.0005], ran [0.0005]." in lines[-1]
+
+
+def paired_result() -> dict:
+    """A quality result whose targets went through paired tests: one met, one not met, one undecided."""
+    data = quality_result()
+
+    def decided(statement, arms, statistic, p, outcome, per_seed):
+        return {"statement": statement, "metric": "accuracy", "arms": arms, "test": "mcnemar_exact",
+                "statistic": statistic, "ci95": [statistic - 0.02, statistic + 0.02], "p": p, "b": 30, "c": 10,
+                "n": 500, "means": {"left": 0.86, "right": 0.82},
+                "per_seed": {str(i): {"statistic": v} for i, v in enumerate(per_seed)}, "outcome": outcome}  # fmt: skip
+
+    data["targets"] = {
+        "a": decided("qcrd accuracy > label_only", ["qcrd", "label_only"], 0.04, 0.0017, "met", [0.03, 0.05]),
+        "b": decided("label_only accuracy > qcrd", ["label_only", "qcrd"], -0.04, 0.0017, "not met", [-0.03, -0.05]),
+        "c": decided("qcrd accuracy > step_by_step", ["qcrd", "step_by_step"], 0.005, 0.6, "undecided", [0.01, 0.0]),
+    }  # fmt: skip
+    data["provenance"] = {"git_commit": "abc1234def5678", "dirty": True, "invocations": [{}, {}],
+                          "same_code_every_invocation": True, "scripts_sha256": {}}  # fmt: skip
+    return data
+
+
+def test_a_paired_result_renders_each_outcome_with_its_test():
+    text = "\n".join(report.quality_block("quality_qcrd", paired_result()))
+    assert "Targets, paired tests on the test items, pooled over 2 seeds:" in text
+    assert (
+        "- `qcrd accuracy > label_only`: qcrd 0.860, label_only 0.820; McNemar: +0.040 [+0.020, +0.060], "
+        "p 0.0017, b 30 / c 10, n 500; per seed +0.030, +0.050 — met" in text
+    )
+    assert "`label_only accuracy > qcrd`" in text and "— **not met**" in text
+    assert "p 0.6, b 30 / c 10, n 500; per seed +0.010, +0.000 — undecided" in text
+    assert "Provenance: commit abc1234def, **dirty tree**, 2 invocations." in text
+    # The summary counts the three outcomes.
+    note = report.targets_note(paired_result()["targets"])
+    assert note == "1 met, 1 not met, 1 undecided (not met: `label_only accuracy > qcrd`)"
+    assert report.targets_note(quality_result()["targets"]) == "2, point estimate only (no paired test)"
+
+
+def test_provenance_line_says_what_changed_since(tmp_path, monkeypatch):
+    script = report.HERE / "quality_qcrd.py"
+    current = hashlib.sha256(script.read_bytes()).hexdigest()
+    made = {"git_commit": "abc", "dirty": False, "invocations": [{}], "same_code_every_invocation": False,
+            "scripts_sha256": {"benchmarks/quality_qcrd.py": current, "benchmarks/sweep.py": "0" * 64}}  # fmt: skip
+    line = report.provenance_line("quality_qcrd", {"provenance": made})
+    assert line == (
+        "Provenance: commit abc, clean tree, 1 invocation (**not all on the same code**); "
+        "**code changed since**: sweep.py."
+    )
+    older = {"git_commit": "abc", "nega_changed_since_commit": False, "script_sha256": current}
+    assert report.provenance_line("quality_qcrd", {"provenance": older}) == (
+        "Provenance: commit abc, clean tree; command line not recorded."
+    )
 
 
 def test_the_readme_summary_counts_each_results_file_s_targets(tmp_path, monkeypatch):
@@ -177,8 +239,7 @@ def test_the_readme_summary_counts_each_results_file_s_targets(tmp_path, monkeyp
     (results / "quality_qcrd.json").write_text(json.dumps(data))
     monkeypatch.setattr(report, "RESULTS", results)
     (row,) = report.summary_block(report.quality_results())[2:]
-    met = sum(1 for t in data["targets"].values() if t["met"])
-    assert row.startswith("| QCRD | toy world |") and f"| {met} of {len(data['targets'])}" in row
+    assert row.startswith("| QCRD | toy world |") and "| 2, point estimate only (no paired test) |" in row
     assert "(benchmarks/README.md#results-on-the-toy-worlds)" in row
 
 
