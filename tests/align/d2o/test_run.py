@@ -304,7 +304,7 @@ def test_toy_d2o_recipe_end_to_end(tmp_path):
     before = _file_hashes(moved)
     env = {**os.environ, "COLUMNS": "80", "NEGA_QUIET": "1"}
     done = subprocess.run(
-        [sys.executable, "-m", "nega", "run", "toy-d2o", "-o", str(moved)],
+        [sys.executable, "-m", "nega", "run", "toy-d2o", f"output_dir={tmp_path}", "-o", str(moved)],
         cwd=tmp_path / "moved", env=env, capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
