@@ -38,7 +38,8 @@ from datetime import datetime
 from pathlib import Path
 
 import report
-from harness import machine, provenance, write_result
+from harness import invocation, machine, write_result
+from harness import summarize as summarize_invocations
 
 # Decided before the run.
 SIZES = [2048, 8192, 32768]
@@ -195,7 +196,7 @@ def main() -> None:
         return
 
     started = time.time()
-    before = provenance(__file__)
+    before = summarize_invocations([invocation(__file__)])
     runs = {dtype: {size: [] for size in SIZES} for dtype in DTYPES}
     skipped = {
         (dtype, size): f"naive would need ~{naive_peak(size, dtype) / 1e9:.1f} GB "

@@ -56,13 +56,13 @@ def main(argv: list[str] | None = None) -> int:
     import tempfile
 
     import torch
-    from harness import machine, provenance, write_result
+    from harness import invocation, machine, summarize, write_result
 
     record = {
         "check": "gpu_check",
         "command": " ".join([Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])]),
         "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "provenance": provenance(__file__),
+        "provenance": summarize([invocation(__file__)]),
         "device": args.device,
         "skipped": None,
     }

@@ -172,6 +172,16 @@ FLOW: dict[str, dict[str, Loss | Choice | Elsewhere]] = {
         ),
         "answer_format": Elsewhere("answer grading", ("tests/align/stepneg/test_stepneg_run.py",)),
     },
+    "rm": {
+        "test_split": Elsewhere("split of the test pairs", ("tests/rewards/rm/test_rm_data.py",)),
+        "test_path": Elsewhere("file of the test pairs", ("tests/rewards/rm/test_rm_data.py",)),
+        "hold_out": Elsewhere("test pairs held out of the data", ("tests/rewards/rm/test_rm_data.py",)),
+        "test_limit": Elsewhere("test pairs scored", ("tests/rewards/rm/test_rm_data.py",)),
+        "score_batch_size": Elsewhere("pairs per scoring pass", ("tests/rewards/rm/test_rm_run.py",)),
+        "calibration_fraction": Elsewhere(
+            "pairs held out to calibrate", ("tests/rewards/rm/test_rm_data.py",)
+        ),
+    },
     "qcrd": {
         "objective": Choice(QCRD_OBJECTIVES),
         **{k: Loss(_qcrd_weight_checks(k, QCRD[k])) for k in ("alpha1", "alpha2", "delta")},

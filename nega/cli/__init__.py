@@ -249,11 +249,11 @@ def list_models():
             continue
         folder = converted_folder(path)
         rows.append([name, known.source, known.license, str(path), str(folder) if folder else "on first use"])
-    print_table(
-        f"packaged models (model.name: NAME); cache {model_cache_dir()}",
-        ["name", "source", "license", "GGUF file", "converted folder"],
-        rows,
-    )
+    # One small table per model (its fields as rows): the paths are long, the model's name stays whole.
+    typer.echo(f"packaged models (model.name: NAME); cache {model_cache_dir()}")
+    fields = ["source", "license", "GGUF file", "converted folder"]
+    for name, *values in rows:
+        print_table("", ["", name], [[f, v] for f, v in zip(fields, values, strict=True)])
     typer.echo("Any .gguf file works too: model.name=/path/to/model.gguf", err=True)
 
 

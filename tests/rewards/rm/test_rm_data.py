@@ -153,3 +153,20 @@ def _recipe(
         "data": data,
         "rm": rm,
     }
+
+
+def test_the_test_pairs_come_from_rm_test_split_of_the_dataset(tmp_path):
+    recipe = validate_recipe(
+        {
+            "name": "r",
+            "method": "rm",
+            "output_dir": str(tmp_path),
+            "model": {"name": "toy"},
+            "data": {"dataset": "toy", "format": "toy", "limit": 20},
+            "toy": {"world": "harm"},
+            "rm": {"test_split": "test", "test_limit": 5},
+        }  # fmt: skip
+    )
+    pairs = load_pairs(recipe)
+    assert len(pairs["test"]) == 5 and len(pairs["train"]) == 20
+    assert all(p["chosen"] != p["rejected"] for p in pairs["test"])
