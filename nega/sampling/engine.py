@@ -102,6 +102,11 @@ class ModelSampler:
     def get(self) -> RunSampler:
         return run_sampler(self.run, self.model_path)
 
+    def close(self) -> None:
+        """Close the run's engine for this model, handing its memory back (another model is about to
+        load); the next `get()` starts it again."""
+        run_engines(self.run).release(self.model_path)
+
 
 def run_engines(run) -> RunEngines:
     """The engines of `run` (a `nega.pipeline.Run`), closed by `Run.close`."""
