@@ -47,6 +47,10 @@ def comparable(path: Path, output_dir: Path):
     if path.name == "train_log.json":
         log = json.loads(text)
         return [{k: v for k, v in entry.items() if k not in TIMINGS} for entry in log["history"]]
+    if path.name == "results.json":  # every stage's seconds
+        return {k: v for k, v in json.loads(text).items() if k != "stages"}
+    if path.name == "report.md":  # its last section is the stages' seconds
+        return text.split("## Stages")[0]
     if path.name in ("manifest.json", "stage.json"):
         # Timings, and hashes over files that name the folder (compared file by file here instead).
         manifest = json.loads(text)

@@ -203,4 +203,7 @@ def test_sigkill_during_eval_reruns_only_the_eval(tiny_model_dir, tmp_path, refe
     assert starts(run_dir) == [None]  # training ran once, in the killed run
     assert (stage_dir(run_dir, "eval-harm") / "manifest.json").exists()
     assert_same_result(run_dir, reference)
-    assert (run_dir / "report.md").read_text() == (reference / "report.md").read_text()
+    # The same report, but for the stages' seconds it ends with.
+    assert (run_dir / "report.md").read_text().split("## Stages")[0] == (
+        reference / "report.md"
+    ).read_text().split("## Stages")[0]
