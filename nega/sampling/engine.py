@@ -51,7 +51,9 @@ class RunEngines:
             recipe.sampling,
             max_lora_rank=recipe.lora.r,
             adapters=adapters,
-            max_model_len=recipe.model.max_length + recipe.sampling.max_tokens,
+            # The model's own context: evaluation prompts are not cut to model.max_length (a training
+            # length), so max_length + max_tokens refused real AdvBench/XSTest prompts.
+            max_model_len=None,
         )
         self.starts += 1
         self.samplers[key] = RunSampler(sampler, adapters)
