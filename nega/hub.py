@@ -328,11 +328,9 @@ def nega_source_url() -> str | None:
 
 
 def _inside(run_dir: Path, path: str) -> bool:
-    try:
-        Path(path).resolve().relative_to(run_dir.resolve())
-    except (ValueError, OSError):
-        return False
-    return Path(path).exists()
+    from nega.pipeline import relative_to_folder
+
+    return relative_to_folder(path, run_dir) is not None and Path(path).exists()
 
 
 def _is_toy(recipe: dict) -> bool:
