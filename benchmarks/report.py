@@ -35,6 +35,7 @@ RATIOS = {
         "train_tokens_per_s_vs_trl_default": (">= 1.3", "nega", "trl_default", "tokens_per_s"),
         "train_tokens_per_s_vs_trl_precompute": (">= 1.0", "nega", "trl_precompute", "tokens_per_s"),
         "train_peak_rss_vs_trl": ("<= 1.0", "nega", "trl_default", "peak_bytes"),
+        "train_peak_rss_vs_trl_precompute": ("<= 1.0", "nega", "trl_precompute", "peak_bytes"),
         "prefix_sharing_speedup": ("", "nega", "nega_unshared", "tokens_per_s"),
     },
     "bench_rollouts": {
@@ -54,8 +55,14 @@ def rep_values(arm: dict, field: str) -> list[float]:
 
 
 def spread(data: dict, numerator: str, denominator: str, field: str) -> tuple[float, float] | None:
-    """The lowest and highest the ratio numerator ÷ denominator could be from their repetitions: the worst
-    numerator over the best denominator, and the other way round. None without repetitions."""
+    """The lowest and highest the ratio numerator ÷ denominator could be from their repetitions. A result
+    that records the ratio inside each repetition (`per_rep_ratios`, the arms run back to back) gives
+    their range; otherwise the worst numerator over the best denominator, and the other way round. None
+    without repetitions."""
+    for key, (_, top_arm, bottom_arm, _field) in RATIOS.get(data.get("benchmark", ""), {}).items():
+        per_rep = data.get("per_rep_ratios", {}).get(key)
+        if per_rep and (top_arm, bottom_arm, _field) == (numerator, denominator, field):
+            return min(per_rep), max(per_rep)
     arms = arms_of(data) or {}
     top = rep_values(arms.get(numerator, {}), field)
     bottom = rep_values(arms.get(denominator, {}), field)
