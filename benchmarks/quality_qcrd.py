@@ -45,7 +45,17 @@ from pathlib import Path
 
 from harness import begin_invocation, end_invocation, machine, write_result
 from paired import Target, decide_targets
-from sweep import Arm, Selection, deviations, methods_table, prompt_set_scorer, sweep, test_items, write_items
+from sweep import (
+    Arm,
+    Selection,
+    deviations,
+    methods_table,
+    point_name,
+    prompt_set_scorer,
+    sweep,
+    test_items,
+    write_items,
+)
 
 RECIPE = "toy-qcrd"
 GRID = {"train.lr": [3e-4, 1e-3, 3e-3]}
@@ -91,6 +101,38 @@ def question_set(n_val: int, n_test: int):
     return build
 
 
+def hinge_activity(swept: dict, work: Path) -> dict:
+    """QCRD's hinge over training, from each period's train_log.json counts: per seed and rate, the share
+    of examples (with a negative) whose hinge was active and the hardest negative's CE, period by period;
+    pooled over seeds at each seed's chosen rate. The target: active on ≥ 50% of examples."""
+    per_seed, chosen_shares = {}, []
+    for seed, entry in swept["seeds"].items():
+        per_seed[seed] = {}
+        for point in entry["validation"]["qcrd"]:
+            folder = work / f"seed{seed}" / point / "main"
+            periods = sorted(
+                folder.glob("qcrd-p*-train/train_log.json"),
+                key=lambda f: int(f.parent.name.split("-p")[1].split("-")[0]),
+            )
+            counts = [json.loads(f.read_text()).get("counts", {}) for f in periods]
+            shares = [c["hinge_active"] for c in counts if "hinge_active" in c]
+            per_seed[seed][point] = {
+                "hinge_active": shares,
+                "hard_negative_ce": [c["hard_negative_ce"] for c in counts if "hard_negative_ce" in c],
+                "source_step": [c.get("source_step") for c in counts],
+                "mean_hinge_active": sum(shares) / len(shares) if shares else None,
+            }
+        chosen = point_name(entry["chosen"]["qcrd"])
+        chosen_shares += per_seed[seed][chosen]["hinge_active"]
+    pooled = sum(chosen_shares) / len(chosen_shares) if chosen_shares else None
+    return {
+        "per_seed": per_seed,
+        "chosen_rate_mean": pooled,
+        "target": ">= 0.5",
+        "met": None if pooled is None else pooled >= 0.5,
+    }
+
+
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=DESIGN["seeds"])
@@ -129,6 +171,7 @@ def main(argv: list[str] | None = None) -> dict:
         "methods": methods_table(swept, list(ARMS), METRICS),
         "targets": decide_targets(TARGETS, items),
         "selection": swept["selection"],
+        "hinge": hinge_activity(swept, args.work),
         "chosen_lr": {
             arm: {s: swept["seeds"][s]["chosen"][arm]["train.lr"] for s in swept["seeds"]}
             for arm in ARMS
@@ -144,6 +187,7 @@ def main(argv: list[str] | None = None) -> dict:
     write_result(args.out, result)
     write_items(args.out.with_name(f"{args.out.stem}_items.json"), items)
     print(json.dumps({k: v["outcome"] for k, v in result["targets"].items()}, indent=1))
+    print(f"hinge active on {result['hinge']['chosen_rate_mean']} of examples (target >= 0.5)")
     return result
 
 
