@@ -173,6 +173,7 @@ def test_builtins_found():
         "d2o-smollm2-harmless",
         "qcrd-cqa",
         "qcrd-smollm2-svamp",
+        "qcrd-smollm2-svamp-vote",
         "qcrd-svamp",
         "rm-hh-harmless",
         "rm-toy",
