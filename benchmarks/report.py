@@ -41,6 +41,10 @@ RATIOS = {
     "bench_rollouts": {
         "rollouts_prefix_cache_speedup": ("> 1.0", "on", "off", "rollouts_per_s"),
     },
+    "bench_data": {
+        "data_peak_rss_vs_old": ("<= 0.3", "new", "old", "peak_bytes"),
+        "data_cached_vs_first": ("<= 0.1", "new_cached", "new", "seconds"),
+    },
 }
 
 

@@ -333,6 +333,173 @@ def load_rows(data_cfg, *, toy_cfg=None, seed: int = 0, split: str | None = None
     return rows, description
 
 
+# Sources read in file order: their rows can be read as a stream, with no Arrow copy of the whole file.
+LOCAL_KINDS = ("file", "folder", "builder")
+
+
+def open_rows(data_cfg, *, toy_cfg=None, seed: int = 0, split: str | None = None):
+    """(an iterator over the rows, source description): `load_rows` one row at a time, renames applied.
+
+    A local source read in its order (no `data.shuffle`) is read as a stream even without
+    `data.streaming`: the same rows in the same order, never all in memory and with no Arrow copy of the
+    file in the `datasets` cache. An empty source yields nothing (the caller says so)."""
+    split = split or data_cfg.split
+    source = resolve_source(data_cfg)
+    if source.kind == "toy":
+        from nega.toy import make_world
+
+        world = make_world(toy_cfg.world, seed=seed, **toy_cfg.options)
+        n = toy_cfg.n_train if split == "train" else toy_cfg.n_test
+        table, description = world.rows(split, n), f"toy world {toy_cfg.world!r} ({split})"
+    else:
+        stream = data_cfg.streaming or (source.kind in LOCAL_KINDS and not data_cfg.shuffle)
+        table = open_table(data_cfg, source, split, streaming=stream)
+        description = source.describe(split)
+    rows = _picked(table, data_cfg, source, seed)
+    if data_cfg.fields:
+        rows = (rename_fields(r, data_cfg.fields) for r in rows)
+    return rows, description
+
+
+def _picked(table, data_cfg, source: Source, seed: int):
+    """`pick_rows` as an iterator."""
+    if isinstance(table, list):
+        return iter(pick_rows(table, data_cfg, source, seed))
+    import datasets
+
+    if data_cfg.shuffle:
+        if isinstance(table, datasets.IterableDataset):
+            table = table.shuffle(seed=seed, buffer_size=10_000)
+        else:
+            table = table.shuffle(seed=seed)
+    limit = data_cfg.limit
+    if limit is not None and not isinstance(table, datasets.IterableDataset):
+        table = table.select(range(min(limit, len(table))))
+    return (_present(r) for r in _iter_rows(table, source, limit))
+
+
+def _iter_rows(table, source: Source, limit: int | None):
+    """`_iterate` one row at a time: a local file Arrow cannot read goes on from `read_table`."""
+    count, rows = 0, iter(table)
+    while limit is None or count < limit:
+        try:
+            row = next(rows)
+        except StopIteration:
+            return
+        except Exception as exc:  # as in `_iterate`
+            if source.kind == "file":
+                yield from read_table(source.path)[count:limit]
+                return
+            raise DataError(f"{source.path}: reading failed: {type(exc).__name__}: {exc}") from None
+        count += 1
+        yield dict(row)
+
+
+def source_fingerprint(data_cfg) -> object:
+    """What identifies the data a recipe's `data` section reads, for cache keys: a local source's files
+    by path, size and modification time (no byte is read); a Hub dataset by its name, as `datasets`
+    caches it."""
+    source = resolve_source(data_cfg)
+    if source.kind not in LOCAL_KINDS:
+        return [source.kind, source.path, source.name, source.data_dir, source.data_files]
+    if source.kind == "file":
+        files = [Path(source.path)]
+    elif source.kind == "folder" and source.data_files is None:
+        files = [p for p in Path(source.path).rglob("*") if p.is_file() and _suffix(p) in SUFFIXES]
+    else:
+        root = Path(source.path) if source.kind == "folder" else Path.cwd()
+        patterns = _patterns(source.data_files)
+        files = [
+            Path(f) for p in patterns for f in glob.glob(str(root / os.path.expanduser(p)), recursive=True)
+        ]
+    stats = []
+    for path in sorted({p.resolve() for p in files}):
+        stat = path.stat()
+        stats.append([str(path), stat.st_size, stat.st_mtime_ns])
+    return stats
+
+
+@dataclass
+class Converted:
+    """What `convert_to_arrow` did: rows read, rows written, rows the converter gave None for, bad rows."""
+
+    rows: int = 0
+    kept: int = 0
+    none: int = 0
+    bad: int = 0
+    problems: list[str] = field(default_factory=list)  # the first 10 bad rows' problems
+
+
+def convert_to_arrow(
+    rows,
+    convert: Callable[[dict], dict | None],
+    *,
+    path: Path,
+    features,
+    source: str,
+    on_bad_row: str = "error",
+    batch_size: int = 1000,
+) -> Converted:
+    """`convert_rows` into an Arrow file at `path`, written by `datasets`' ArrowWriter batch by batch, so
+    neither the rows nor the converted rows are ever all in memory; `datasets.Dataset.from_file(path)`
+    opens the result memory-mapped. A row `convert` gives None for is counted and not written; bad rows
+    raise `convert_rows`' DataError (then nothing is written) or, with on_bad_row 'skip', are counted.
+    The file appears whole or not at all."""
+    from datasets.arrow_writer import ArrowWriter
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    done, batch = Converted(), []
+    writer = ArrowWriter(features=features, path=str(tmp))
+    try:
+        for done.rows, row in enumerate(rows, start=1):
+            problem = _conversion_problem(done.rows, row, convert)
+            if isinstance(problem, str):
+                done.bad += 1
+                if len(done.problems) < 10:
+                    done.problems.append(problem)
+            elif problem is None:
+                done.none += 1
+            else:
+                batch.append(problem)
+                if len(batch) >= batch_size:
+                    writer.write_batch({k: [r.get(k) for r in batch] for k in features})
+                    done.kept, batch = done.kept + len(batch), []
+        if batch:
+            writer.write_batch({k: [r.get(k) for r in batch] for k in features})
+            done.kept += len(batch)
+        writer.finalize()
+    finally:
+        writer.close()
+    if done.bad and (on_bad_row == "error" or not done.kept + done.none):
+        tmp.unlink(missing_ok=True)
+        raise DataError(_bad_rows_message(source, done.problems, done.bad, done.rows, on_bad_row))
+    os.replace(tmp, path)
+    return done
+
+
+def _conversion_problem(number: int, row: dict, convert):
+    """`convert(row)`, or the text naming the row and its problem (`convert_rows`' wording)."""
+    try:
+        return convert(row)
+    except KeyError as exc:
+        return f"row {number}: missing field {exc.args[0]!r} (present: {', '.join(map(str, row))})"
+    except (ValueError, TypeError) as exc:
+        return f"row {number}: {exc}"
+
+
+def _bad_rows_message(source: str, problems: list[str], bad: int, total: int, on_bad_row: str) -> str:
+    if on_bad_row != "error":
+        return f"{source}: every row is bad; first problem: {problems[0]}"
+    shown = "\n  ".join(problems[:10])
+    more = f"\n  ... and {bad - 10} more" if bad > 10 else ""
+    return (
+        f"{source}: {bad} bad row(s) of {total}:\n  {shown}{more}\n"
+        "Fix the data, map column names with data.fields, or set data.on_bad_row=skip to drop them."
+    )
+
+
 def _head_rows(path: Path, n: int) -> list[dict]:
     """The first `n` rows of a local file, reading no further than they need (a whole `.json`)."""
     suffix = _suffix(path)
@@ -428,21 +595,12 @@ def convert_rows(
     """
     good, bad = [], []
     for number, row in enumerate(rows, start=1):
-        try:
-            good.append(convert(row))
-        except KeyError as exc:
-            bad.append(f"row {number}: missing field {exc.args[0]!r} (present: {', '.join(map(str, row))})")
-        except (ValueError, TypeError) as exc:
-            bad.append(f"row {number}: {exc}")
+        converted = _conversion_problem(number, row, convert)
+        (bad if isinstance(converted, str) else good).append(converted)
     if bad and on_bad_row == "error":
-        shown = "\n  ".join(bad[:10])
-        more = f"\n  ... and {len(bad) - 10} more" if len(bad) > 10 else ""
-        raise DataError(
-            f"{source}: {len(bad)} bad row(s) of {len(rows)}:\n  {shown}{more}\n"
-            "Fix the data, map column names with data.fields, or set data.on_bad_row=skip to drop them."
-        )
+        raise DataError(_bad_rows_message(source, bad, len(bad), len(rows), on_bad_row))
     if not good:
-        raise DataError(f"{source}: every row is bad; first problem: {bad[0]}")
+        raise DataError(_bad_rows_message(source, bad, len(bad), len(rows), "skip"))
     return good, len(bad)
 
 

@@ -283,7 +283,7 @@ def sample(
 
 # Sub-command groups living in their own modules (evaluation, Hub); each adds itself to `app`.
 # They import their heavy dependencies inside the commands, so start-up stays instant.
-for _module in ("nega.cli.eval", "nega.cli.push", "nega.cli.runs", "nega.cli.data"):
+for _module in ("nega.cli.eval", "nega.cli.push", "nega.cli.runs", "nega.cli.data", "nega.cli.export"):
     importlib.import_module(_module).register(app)
 importlib.import_module("nega.cli.plan").register(app)
 importlib.import_module("nega.cli.doctor").register(app)

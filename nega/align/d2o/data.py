@@ -40,12 +40,13 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import NamedTuple
 
 import torch
 
 from nega.chat import response_tokens
-from nega.data import METHOD_FORMATS, DataError, convert_rows, load_rows, require_text
+from nega.data import METHOD_FORMATS, DataError, require_text
 from nega.data import detect_format as detect_columns
 from nega.logps import collate_sequences, encode_pair, pack_shared_prompts
 
@@ -197,35 +198,116 @@ def detect_format(row: dict, source: str = "data") -> str:
     return found
 
 
-def load_negatives(recipe, split: str | None = None) -> tuple[list[dict], str, dict]:
-    """(rows {prompt: messages, rejected, [kind]}, source, counts) for the recipe's `data` section."""
-    rows, source = load_rows(recipe.data, toy_cfg=recipe.toy, seed=recipe.seed, split=split)
+def negative_features():
+    """The Arrow schema of converted rows: chat messages, the negative, and the toy world's `kind`."""
+    from datasets import Features, Value
+
+    text = Value("string")
+    return Features({"prompt": [{"role": text, "content": text}], "rejected": text, "kind": text})
+
+
+def negatives_table(recipe, split: str | None = None, *, cache_dir: Path) -> tuple[object, str, dict]:
+    """(rows {prompt: messages, rejected, kind}, source, counts) as an Arrow-backed `datasets.Dataset`.
+
+    The conversion from the recipe's rows to these runs once per data key: the `data` section, the
+    split, the seed and toy world, and the source's files by path, size and modification time
+    (`nega.data.source_fingerprint`). Its result is `cache_dir/.negatives-<key>.arrow`, reopened
+    memory-mapped when the key is unchanged, so a rerun reads no data row and holds none in memory.
+    `kind` is None for rows without one."""
+    from datasets import Dataset
+
+    from nega.data import source_fingerprint
+    from nega.pipeline import hash_value, read_json, say, write_json
+
+    split = split or recipe.data.split
+    toy = recipe.toy.model_dump() if recipe.data.dataset == "toy" and recipe.toy is not None else None
+    key = hash_value(
+        {
+            "data": recipe.data.model_dump(),
+            "split": split,
+            "seed": recipe.seed,
+            "toy": toy,
+            "files": source_fingerprint(recipe.data),
+            "schema": NEGATIVES_SCHEMA,
+        }
+    )
+    path = Path(cache_dir) / f".negatives-{key[:20]}.arrow"
+    info = path.with_suffix(".json")
+    if not (path.is_file() and info.is_file()):
+        # One conversion per folder: the one for data that has since changed is no use any more.
+        for stale in Path(cache_dir).glob(".negatives-*"):
+            stale.unlink()
+        source, counts, fmt = _convert_negatives(recipe, split, path)
+        write_json(info, {"source": source, "counts": counts, "format": fmt})
+    meta = read_json(info)
+    source, counts, fmt = meta["source"], meta["counts"], meta["format"]
+    if fmt in ("preference", "unpaired_preference"):
+        ignored = (
+            "the chosen responses" if fmt == "preference" else f"{counts['no_negative']} rows labelled true"
+        )
+        say(f"data {source}: format {fmt}; D²O learns from the negatives only, {ignored} are not used")
+    return Dataset.from_file(str(path)), source, counts
+
+
+# The layout of the converted rows; a change of the converters' output bumps it, so no old file is reused.
+NEGATIVES_SCHEMA = 1
+
+
+def _convert_negatives(recipe, split, path: Path) -> tuple[str, dict, str]:
+    import itertools
+
+    from nega.data import convert_to_arrow, open_rows
+
+    rows, source = open_rows(recipe.data, toy_cfg=recipe.toy, seed=recipe.seed, split=split)
+    first = next(rows, None)
+    if first is None:
+        raise DataError(f"{source}: no rows")
     fmt = recipe.data.format
     if fmt == "auto":
-        fmt = detect_format(rows[0], source)
+        fmt = detect_format(first, source)
     if fmt not in CONVERTERS:
         raise DataError(f"data.format {fmt!r} is not a negatives format; D²O reads {', '.join(CONVERTERS)}")
-    converted, bad = convert_rows(
-        rows, CONVERTERS[fmt], source=f"{source} [format {fmt}]", on_bad_row=recipe.data.on_bad_row
+    done = convert_to_arrow(
+        itertools.chain([first], rows),
+        _with_kind_text(CONVERTERS[fmt]),
+        path=path,
+        features=negative_features(),
+        source=f"{source} [format {fmt}]",
+        on_bad_row=recipe.data.on_bad_row,
     )
-    kept = [r for r in converted if r is not None]
-    if not kept:
+    if not done.kept:
+        path.unlink(missing_ok=True)
         why = (
             "no row is labelled false (the negatives)"
             if fmt == "unpaired_preference"
             else "no row has a negative response"
         )
-        raise DataError(f"{source}: {why} (format {fmt}; {len(converted)} rows all skipped)")
-    counts = {"rows": len(rows), "kept": len(kept), "bad": bad, "no_negative": len(converted) - len(kept)}
+        raise DataError(f"{source}: {why} (format {fmt}; {done.kept + done.none} rows all skipped)")
+    counts = {"rows": done.rows, "kept": done.kept, "bad": done.bad, "no_negative": done.none}
     if fmt in ("preference", "unpaired_preference"):
-        from nega.pipeline import say
-
-        ignored = (
-            "the chosen responses" if fmt == "preference" else f"{counts['no_negative']} rows labelled true"
-        )
-        say(f"data {source}: format {fmt}; D²O learns from the negatives only, {ignored} are not used")
         counts["ignored"] = "chosen" if fmt == "preference" else "label true"
-    return kept, source, counts
+    return source, counts, fmt
+
+
+def _with_kind_text(convert: Callable[[dict], dict | None]) -> Callable[[dict], dict | None]:
+    # `kind` is a label (the toy world's row kinds): kept as text, whatever type a file gave it.
+    def converted(row: dict) -> dict | None:
+        out = convert(row)
+        if out is not None and out.get("kind") is not None:
+            out["kind"] = str(out["kind"])
+        return out
+
+    return converted
+
+
+def load_negatives(recipe, split: str | None = None) -> tuple[list[dict], str, dict]:
+    """`negatives_table` as a list of dicts (no `kind` key where a row has none), converted afresh."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="nega-negatives-") as folder:
+        table, source, counts = negatives_table(recipe, split, cache_dir=Path(folder))
+        rows = [{k: v for k, v in row.items() if not (k == "kind" and v is None)} for row in table]
+    return rows, source, counts
 
 
 def kl_partners(n: int) -> list[int]:

@@ -43,7 +43,7 @@ from __future__ import annotations
 
 import math
 
-from nega.align.d2o.data import build_examples, load_negatives, select_self_samples
+from nega.align.d2o.data import build_examples, negatives_table, select_self_samples
 from nega.eval.stage import START_LABEL, EvalTarget, PromptSet, evaluate, recipe_sets, trained_target
 from nega.pipeline import Run, hash_value, read_jsonl, write_jsonl
 from nega.stages import base_model, write_report
@@ -56,7 +56,8 @@ def run(recipe, run: Run) -> dict[str, dict[str, float]]:
 
     cfg = recipe.d2o
     model_path, model_stage = base_model(run)
-    rows, source, counts = load_negatives(recipe)
+    # Converted once per data key into the run folder (.negatives-<key>.arrow), Arrow-backed.
+    rows, source, counts = negatives_table(recipe, cache_dir=run.dir)
     tokenizer = load_tokenizer(model_path, recipe.model)
     prompts = [render_prompt(tokenizer, r["prompt"]) for r in rows]
     upstream = [model_stage or model_path, *filter(None, [recipe.data.path])]

@@ -302,3 +302,40 @@ def test_collator_baselines_read_only_what_they_use(objective, flat, k):
     else:
         assert "kl_index" not in batch
     assert isinstance(batch["input_ids"], torch.Tensor)
+
+
+def test_the_conversion_is_cached_by_the_data_key_and_redone_when_the_file_changes(tmp_path, monkeypatch):
+    import os
+
+    import nega.data
+    from nega.align.d2o.data import negatives_table
+
+    rows = [{"prompt": f"q{i}", "completion": f"bad {i}", "label": i % 2 == 1} for i in range(6)]
+    path = _write(tmp_path, rows)
+    cache = tmp_path / "run"
+    table, _, counts = negatives_table(_recipe(path), cache_dir=cache)
+    assert table.to_list() == [
+        {"prompt": [{"role": "user", "content": f"q{i}"}], "rejected": f"bad {i}", "kind": None}
+        for i in (0, 2, 4)
+    ]
+    assert counts == {"rows": 6, "kept": 3, "bad": 0, "no_negative": 3, "ignored": "label true"}
+    (arrow,) = cache.glob(".negatives-*.arrow")
+
+    # Unchanged data: the converted file is reopened and no row is read again.
+    def refuse(*args, **kwargs):
+        raise AssertionError("the data was read again")
+
+    monkeypatch.setattr(nega.data, "open_rows", refuse)
+    again, _, counts_again = negatives_table(_recipe(path), cache_dir=cache)
+    assert again.to_list() == table.to_list() and counts_again == counts
+    assert again.cache_files[0]["filename"] == str(arrow)
+    monkeypatch.undo()
+
+    # Another data section or changed bytes: converted afresh, and the stale file is removed.
+    limited, _, _ = negatives_table(_recipe(path, limit=2), cache_dir=cache)
+    assert [r["rejected"] for r in limited] == ["bad 0"]
+    path.write_text("".join(json.dumps({**r, "label": False}) + "\n" for r in rows))
+    os.utime(path, ns=(1, 1))  # a rewrite within the clock's resolution still changes the key
+    changed, _, _ = negatives_table(_recipe(path), cache_dir=cache)
+    assert [r["rejected"] for r in changed] == [f"bad {i}" for i in range(6)]
+    assert len(list(cache.glob(".negatives-*.arrow"))) == 1
