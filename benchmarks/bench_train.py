@@ -466,7 +466,8 @@ def main() -> None:
     for key, (numerator, denominator, field) in RATIOS.items():
         if {numerator, denominator} <= runs.keys():
             per_rep = [
-                top[field] / bottom[field] for top, bottom in zip(runs[numerator], runs[denominator])
+                top[field] / bottom[field]
+                for top, bottom in zip(runs[numerator], runs[denominator], strict=True)
             ]
             report[key] = statistics.median(per_rep)
             report["per_rep_ratios"] = {**report.get("per_rep_ratios", {}), key: per_rep}
