@@ -146,7 +146,10 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--batch-size", type=int, default=DESIGN["batch_size"])
     parser.add_argument(
-        "--lag", type=int, default=DESIGN["lag"], help="negatives come from the student this many periods back"
+        "--lag",
+        type=int,
+        default=DESIGN["lag"],
+        help="negatives come from the student this many periods back",
     )
     parser.add_argument(
         "--disc-steps", type=int, default=DESIGN["disc_steps"], help="steps per discriminator fit"
