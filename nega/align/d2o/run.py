@@ -64,10 +64,7 @@ def run(recipe, run: Run) -> dict[str, dict[str, float]]:
     rows, source, counts = load_negatives(recipe)
     tokenizer = load_tokenizer(model_path, recipe.model)
     prompts = [render_prompt(tokenizer, r["prompt"]) for r in rows]
-    # The self-samples may be drawn under a system prompt that training never sees (sample_system_prompt).
-    asked = [
-        render_prompt(tokenizer, with_system_prompt(r["prompt"], cfg.sample_system_prompt)) for r in rows
-    ]
+    asked = sample_prompts(tokenizer, rows, cfg.sample_system_prompt)
     upstream = [model_stage or model_path, *filter(None, [recipe.data.path])]
 
     sampled = sample_stage(run, "sample", model_path, asked, None, 1, upstream)
@@ -98,6 +95,14 @@ def training_plan(cfg) -> dict[str, tuple[str, int]]:
     for entry in cfg.compare:
         plan.setdefault(entry, ("d2o", cfg.compare_rounds) if entry == "d2o_online" else (entry, 1))
     return plan
+
+
+def sample_prompts(tokenizer, rows: list[dict], system_prompt: str | None) -> list[str]:
+    """The rendered prompts the self-samples are drawn from: each row's prompt, under `system_prompt`
+    (d2o.sample_system_prompt) when set. Training and evaluation render the rows without it."""
+    from nega.sampling.base import render_prompt
+
+    return [render_prompt(tokenizer, with_system_prompt(r["prompt"], system_prompt)) for r in rows]
 
 
 def with_system_prompt(prompt: list[dict], system: str | None) -> list[dict]:
