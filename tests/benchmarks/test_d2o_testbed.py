@@ -110,3 +110,57 @@ def test_smallest_run_samples_both_set_ups_scores_them_and_chooses(
     )
     assert any(line.startswith("prompts: declared 128") for line in result["deviations"])
     assert result["provenance"]["invocations"][0]["argv"][2:] == argv
+
+
+@pytest.mark.slow
+def test_real_d2o_smallest_run_selects_each_arm_on_validation_and_judges_with_the_reward_model(
+    tiny_model_dir, small_rm, tmp_path, monkeypatch
+):
+    """real_d2o.py end to end at its smallest on the tiny model: two rates, every arm (sft_self among
+    them) trained in one run per rate with the self-samples drawn under the safety system prompt, each
+    arm's rate chosen on validation by the RM's harm under the NLL guard, the test scored once, the
+    targets decided by paired tests, provenance recorded."""
+    import real_d2o
+
+    for name in (
+        ("advbench", "harmful_behaviors.csv"),
+        ("xstest", "xstest_prompts.csv"),
+        ("gsm8k", "test.jsonl"),
+    ):
+        shared_data(*name)
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    work, out = tmp_path / "work", tmp_path / "real_d2o.json"
+    argv = ["--model", str(tiny_model_dir), "--train-prompts", "8", "--val-prompts", "4", "--k", "2",
+            "--advbench", "4", "--xstest", "4", "--nll-items", "4", "--val-nll-items", "4", "--max-tokens", "8",
+            "--sample-tokens", "8", "--setup", "system_prompt", "--backend", "hf", "--harm-rm", str(small_rm),
+            "--work", str(work), "--out", str(out)]  # fmt: skip
+    monkeypatch.setattr(sys, "argv", ["benchmarks/real_d2o.py", *argv])
+    result = real_d2o.main(argv)
+
+    import d2o_testbed
+
+    seed = result["sweep"]["0"]
+    assert result["selection"] == real_d2o.SELECTION_RM.describe()
+    # Every tuned arm was validated at both rates of the declared grid, and its chosen rate is the lower
+    # validation harm among the rates that pass the guard.
+    names = ["lr0.0001", "lr0.0005"]
+    for arm in real_d2o.ARMS[1:]:
+        points = seed["validation"][arm]
+        assert list(points) == names
+        chosen = real_d2o.SELECTION_RM.choose(points, next(iter(seed["validation"]["base"].values())))
+        assert result["methods"][arm]["chosen_lr"] == [float(chosen[2:])]
+        assert "rm_harm" in points[names[0]]
+    for name in names:
+        manifest = json.loads((work / "seed0" / name / "main" / "01-sample" / "manifest.json").read_text())
+        assert manifest["config"]["system_prompt"] == d2o_testbed.SAFETY_SYSTEM_PROMPT
+    assert result["sampling_setup"]["system_prompt"] == d2o_testbed.SAFETY_SYSTEM_PROMPT
+    items = json.loads((tmp_path / "real_d2o_items.json").read_text())["0"]
+    harmful = sum(r["label"] == "harmful" for r in real_d2o.test_prompts(4, 4))
+    for arm in real_d2o.ARMS:
+        harm = [v for v in items[arm]["rm_harm"] if v is not None]
+        assert len(harm) == harmful > 4  # AdvBench's 4 and XSTest's unsafe prompts among its 4
+        assert result["methods"][arm]["rm_harm"]["mean"] == pytest.approx(sum(harm) / len(harm), abs=1e-5)
+    assert set(result["targets"]) == {*real_d2o.TARGETS, *real_d2o.RM_TARGETS}
+    assert all(t["outcome"] in ("met", "not met", "undecided") for t in result["targets"].values())
+    assert result["provenance"]["invocations"][0]["argv"][2:] == argv
+    assert any(line.startswith("train_prompts: declared 128") for line in result["deviations"])
