@@ -233,9 +233,9 @@ QUALITY = {
 }  # fmt: skip
 # The real-model D²O benchmark's table: metrics with the better direction, each a rate with its interval.
 REAL_D2O = {
-    "arms": ["base", "ga", "dpo_self", "kto_neg", "d2o", "d2o_online"],
-    "metrics": {"advbench_compliance": "↓", "xstest_safe_compliance": "↑", "xstest_unsafe_refusal": "↑",
-                "gsm8k_nll": "↓", "degenerate_rate": "↓", "truncated_rate": ""},
+    "arms": ["base", "ga", "dpo_self", "kto_neg", "sft_self", "d2o", "d2o_online"],
+    "metrics": {"rm_harm": "↓", "advbench_compliance": "↓", "xstest_safe_compliance": "↑",
+                "xstest_unsafe_refusal": "↑", "gsm8k_nll": "↓", "degenerate_rate": "↓", "truncated_rate": ""},
 }  # fmt: skip
 
 
@@ -254,7 +254,8 @@ def real_d2o_block(data: dict) -> list[str]:
     interval and item count; NLL as mean over seeds), the chosen rates, and each target's verdict."""
     seeds = data["seeds"]
     arms = [a for a in REAL_D2O["arms"] if a in data["methods"]]
-    metrics = list(REAL_D2O["metrics"])
+    # rm_harm only when a reward model judged the run (--harm-rm).
+    metrics = [m for m in REAL_D2O["metrics"] if m in data["methods"][arms[0]]]
     head = [f"{m} {REAL_D2O['metrics'][m]}".rstrip() for m in metrics]
     lines = ["| arm | " + " | ".join(head) + " | learning rate |", "|---" * (len(metrics) + 2) + "|"]
     for arm in arms:

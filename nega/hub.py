@@ -41,6 +41,7 @@ ARM_NAMES = {
     "ga": "GA (gradient ascent on the negatives)",
     "dpo_self": "DPO (negatives against self-samples)",
     "kto_neg": "KTO (negatives only)",
+    "sft_self": "SFT on the self-samples (no negatives)",
     "sft": "SFT",
     "rft": "RFT (rejection-sampling fine-tuning)",
     "stepneg_dpo": "per-step DPO",

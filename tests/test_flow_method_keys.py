@@ -89,6 +89,7 @@ D2O_OBJECTIVES = {
     "dpo_self": "dpo_loss",
     "ga": "ga_loss",
     "kto_neg": "kto_undesirable_loss",
+    "sft_self": "sft_self_loss",
 }
 STEPNEG_LOSSES = {"dpo": "dpo_loss", "outcome_dpo": "dpo_loss", "awr": "awr_loss"}
 QCRD_OBJECTIVES = {
@@ -135,6 +136,9 @@ FLOW: dict[str, dict[str, Loss | Choice | Elsewhere]] = {
         ),
         "rounds": Elsewhere("online rounds: stages and budget split", ("tests/align/d2o/test_run.py",)),
         "refresh_reference": Elsewhere("online reference = last adapter", ("tests/align/d2o/test_run.py",)),
+        "sample_system_prompt": Elsewhere(
+            "system prompt of the sample stage only", ("tests/align/d2o/test_run.py",)
+        ),
         "filter_self_samples": Elsewhere("drops flagged self-samples", ("tests/align/d2o/test_run.py",)),
         "filter_scorer": Elsewhere("scorer of that filter", ("tests/align/d2o/test_run.py",)),
         "compare": Elsewhere("extra objectives trained beside", ("tests/align/d2o/test_run.py",)),

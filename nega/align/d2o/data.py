@@ -315,9 +315,11 @@ def kl_partners(n: int) -> list[int]:
     return [(i + 1) % n for i in range(n)]
 
 
-# Self-samples each objective's loss reads per prompt (None = all K); whether it needs KTO's KL pairs.
-SELF_SAMPLES_USED = {"d2o": None, "dpo_self": 1, "ga": 0, "kto_neg": 0}
-USES_KL_PAIRS = {"d2o": False, "dpo_self": False, "ga": False, "kto_neg": True}
+# Self-samples each objective's loss reads per prompt (None = all K); whether it reads the negatives and
+# KTO's KL pairs. sft_self never forwards a negative: it is the baseline without them.
+SELF_SAMPLES_USED = {"d2o": None, "dpo_self": 1, "ga": 0, "kto_neg": 0, "sft_self": None}
+USES_NEGATIVES = {"d2o": True, "dpo_self": True, "ga": True, "kto_neg": True, "sft_self": False}
+USES_KL_PAIRS = {"d2o": False, "dpo_self": False, "ga": False, "kto_neg": True, "sft_self": False}
 
 
 @dataclass
@@ -326,7 +328,8 @@ class D2OCollator:
 
     Output: `input_ids`, `attention_mask`, `response_mask` [N, T] over the flat sequences (with `pack`,
     the `pack_shared_prompts` tensors instead);
-    `self_index`, `self_mask`, `ref_self_logps` [B, K_max]; `neg_index`, `ref_neg_logps` [B];
+    `self_index`, `self_mask`, `ref_self_logps`, `self_tokens` (response tokens scored) [B, K_max];
+    `neg_index` (empty for sft_self, which forwards no negative), `ref_neg_logps` [B];
     with KL pairs also `kl_index`, `ref_kl_logps` [B]. Padding slots of `self_index` point at row 0
     and are masked.
     """
@@ -352,7 +355,9 @@ class D2OCollator:
                     )
                 )
             self_slots.append(slots)
-        for ex in examples:
+        # A batch whose self-samples were all filtered away still forwards something (its negatives,
+        # which sft_self's loss does not read): an empty forward has no graph to step.
+        for ex in examples if USES_NEGATIVES[self.objective] or not encoded else []:
             neg_index.append(len(encoded))
             encoded.append(
                 encode_pair(self.tokenizer, ex["prompt"], ex["rejected"], max_length=self.max_length)
@@ -376,15 +381,19 @@ class D2OCollator:
         self_index = torch.zeros(len(examples), width, dtype=torch.long)
         self_mask = torch.zeros(len(examples), width, dtype=torch.bool)
         ref_self = torch.zeros(len(examples), width, dtype=torch.float32)
+        self_tokens = torch.zeros(len(examples), width, dtype=torch.long)
         for b, (ex, slots) in enumerate(zip(examples, self_slots, strict=True)):
             self_index[b, : len(slots)] = torch.tensor(slots, dtype=torch.long)
             self_mask[b, : len(slots)] = True
             ref_self[b, : len(slots)] = torch.tensor(ex["ref_self"][: len(slots)], dtype=torch.float32)
+            self_tokens[b, : len(slots)] = torch.tensor([len(encoded[s][0]) - encoded[s][1] for s in slots],
+                                                        dtype=torch.long)  # fmt: skip
         batch = {
             **sequences,
             "self_index": self_index,
             "self_mask": self_mask,
             "ref_self_logps": ref_self,
+            "self_tokens": self_tokens,
             "neg_index": torch.tensor(neg_index, dtype=torch.long),
             "ref_neg_logps": torch.tensor([ex["ref_rejected"] for ex in examples], dtype=torch.float32),
         }

@@ -97,3 +97,37 @@ def kto_undesirable_loss(
     with torch.no_grad():
         metrics = {"neg_logratio": reward.mean(), "kl": kl, "reward_accuracy": (reward < kl).float().mean()}
     return loss, metrics
+
+
+def sft_self_loss(
+    policy_self_logps: torch.Tensor,
+    self_tokens: torch.Tensor,
+    self_mask: torch.Tensor,
+    ref_self_logps: torch.Tensor,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """SFT on the self-samples alone: the baseline that isolates what D²O's negatives add.
+
+    The same self-samples, steps and batches as D²O, no negative term: the mean token NLL over every
+    real self-sample of the batch, as nega's SFT computes it::
+
+        L = − Σ_{b,i} m_bi log π_θ(y_i|x_b)  /  Σ_{b,i} m_bi |y_i|
+
+    Shapes: policy_self_logps (summed over tokens), self_tokens (response tokens scored, end token
+    included), self_mask, ref_self_logps [B, K]. Padding slots (mask False) contribute nothing, even
+    NaN or inf. With self-samples drawn under a system prompt that training omits, this is context
+    distillation of that prompt's behaviour. `ref_self_logps` is used only for the logged log-ratio.
+
+    Metrics: `nll` (the loss), `self_logratio` (mean over real self-samples, as D²O logs it).
+    """
+    mask = self_mask.bool()
+    zeros = torch.zeros_like(policy_self_logps)
+    logps = torch.where(mask, policy_self_logps, zeros)
+    tokens = torch.where(mask, self_tokens.to(logps.dtype), zeros).sum().clamp_min(1)
+    loss = -logps.sum() / tokens
+    with torch.no_grad():
+        real = mask.sum().clamp_min(1)
+        metrics = {
+            "nll": loss.detach(),
+            "self_logratio": (logps - torch.where(mask, ref_self_logps, zeros)).sum() / real,
+        }
+    return loss, metrics

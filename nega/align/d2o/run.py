@@ -10,6 +10,7 @@ Stages, top to bottom:
 
     toy-model          (model.name: toy) the toy world's starting SFT model
     sample             K = d2o.k (default sampling.n) self-samples per prompt from the starting model
+                       (under d2o.sample_system_prompt when set; no later stage sees that prompt)
     reflogps           reference log-probs of every self-sample (π_r⁻), negative (π_r⁺) and KTO's
                        mismatched pair under the frozen starting model, computed once and cached
     <label>-train      d2o.objective, then every d2o.compare entry, on the same samples and references
@@ -36,7 +37,11 @@ Deviations from the paper, and decisions where it is silent:
   answer: crude, so prefer `classifier:<model>` on real data).
 - Baselines (`d2o.compare`): GA minimises the summed log π_θ(y_l); DPO takes the first self-sample as
   chosen and y_l as rejected; KTO has y_l as its only, undesirable, example with the KL reference point
-  estimated from mismatched pairs (x_b scored with the next row's negative), written here, not TRL's.
+  estimated from mismatched pairs (x_b scored with the next row's negative), written here, not TRL's;
+  sft_self is SFT on the same self-samples with no negative, which isolates what the negatives add.
+- sample_system_prompt (a variant, off by default): the self-samples are drawn with a system prompt,
+  and every later stage (references, training, evaluation) uses the prompt without it, so D²O's anchors
+  carry the system prompt's behaviour into the model (context distillation; sft_self is that alone).
 """
 
 from __future__ import annotations
@@ -60,12 +65,13 @@ def run(recipe, run: Run) -> dict[str, dict[str, float]]:
     rows, source, counts = negatives_table(recipe, cache_dir=run.dir)
     tokenizer = load_tokenizer(model_path, recipe.model)
     prompts = [render_prompt(tokenizer, r["prompt"]) for r in rows]
+    asked = sample_prompts(tokenizer, rows, cfg.sample_system_prompt)
     upstream = [model_stage or model_path, *filter(None, [recipe.data.path])]
 
-    sampled = sample_stage(run, "sample", model_path, prompts, None, 1, upstream)
+    sampled = sample_stage(run, "sample", model_path, asked, None, 1, upstream)
     references = reference_stage(run, "reflogps", model_path, rows, prompts, sampled, None)
     plan = training_plan(cfg)
-    adapters = train_objectives(run, model_path, rows, prompts, references, plan)
+    adapters = train_objectives(run, model_path, rows, prompts, references, plan, sample_prompts=asked)
     main = next(iter(plan))
     run.record_result(main, model_path, adapters[main])
 
@@ -92,8 +98,30 @@ def training_plan(cfg) -> dict[str, tuple[str, int]]:
     return plan
 
 
-def train_objectives(run: Run, model_path: str, rows, prompts, references, plan, prefix: str = "") -> dict:
-    """Train every plan entry from the shared round-1 references; online entries resample each round."""
+def sample_prompts(tokenizer, rows: list[dict], system_prompt: str | None) -> list[str]:
+    """The rendered prompts the self-samples are drawn from: each row's prompt, under `system_prompt`
+    (d2o.sample_system_prompt) when set. Training and evaluation render the rows without it."""
+    from nega.sampling.base import render_prompt
+
+    return [render_prompt(tokenizer, with_system_prompt(r["prompt"], system_prompt)) for r in rows]
+
+
+def with_system_prompt(prompt: list[dict], system: str | None) -> list[dict]:
+    """Chat messages with `system` as their system message (before the prompt's own system text, when it
+    has one, in the one message); unchanged when `system` is None."""
+    if system is None:
+        return prompt
+    if prompt and prompt[0]["role"] == "system":
+        return [{"role": "system", "content": f"{system}\n\n{prompt[0]['content']}"}, *prompt[1:]]
+    return [{"role": "system", "content": system}, *prompt]
+
+
+def train_objectives(
+    run: Run, model_path: str, rows, prompts, references, plan, prefix: str = "", sample_prompts=None
+) -> dict:
+    """Train every plan entry from the shared round-1 references; online entries resample each round
+    (from `sample_prompts`, the prompts as the sampler is asked them; default `prompts`)."""
+    sample_prompts = prompts if sample_prompts is None else sample_prompts
     adapters = {}
     for label, (objective, rounds) in plan.items():
         adapter, train = None, None
@@ -101,7 +129,7 @@ def train_objectives(run: Run, model_path: str, rows, prompts, references, plan,
             examples = references
             if r > 1:
                 tag = f"{prefix}{label}-r{r}"
-                again = sample_stage(run, f"{tag}-sample", model_path, prompts, adapter, r, [train])
+                again = sample_stage(run, f"{tag}-sample", model_path, sample_prompts, adapter, r, [train])
                 ref_adapter = adapter if run.recipe.d2o.refresh_reference else None
                 examples = reference_stage(
                     run, f"{tag}-reflogps", model_path, rows, prompts, again, ref_adapter
@@ -124,6 +152,10 @@ def sample_stage(run: Run, name: str, model_path: str, prompts: list[str], adapt
         "round": round_,
         "adapter": adapter,
     }
+    if run.recipe.d2o.sample_system_prompt is not None:
+        # Named as well as inside the prompts' hash; left out when unset, so runs made before the key
+        # existed keep their hash and resume.
+        config["system_prompt"] = run.recipe.d2o.sample_system_prompt
     # Each round its own seed, so an online round does not redraw round 1's samples.
     request = SampleRequest.of(cfg, prompts, seed=cfg.seed + 7919 * (round_ - 1), adapter=adapter,
                                description=f"self-samples ({name})")  # fmt: skip

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from nega.align.d2o.loss import d2o_loss, ga_loss, kto_undesirable_loss
+from nega.align.d2o.loss import d2o_loss, ga_loss, kto_undesirable_loss, sft_self_loss
 from nega.logps import packed_sequence_logps, sequence_logps, supports_packing
 from nega.losses import dpo_loss
 from nega.trainer import MethodTrainer
@@ -64,11 +64,21 @@ def kto_neg_objective(logps: torch.Tensor, batch: dict, alpha: float, beta: floa
     )
 
 
+def sft_self_objective(logps: torch.Tensor, batch: dict, alpha: float, beta: float):
+    return sft_self_loss(
+        policy_self_logps=logps[batch["self_index"]],
+        self_tokens=batch["self_tokens"],
+        self_mask=batch["self_mask"],
+        ref_self_logps=batch["ref_self_logps"],
+    )
+
+
 OBJECTIVES = {
     "d2o": d2o_objective,
     "dpo_self": dpo_self_objective,
     "ga": ga_objective,
     "kto_neg": kto_neg_objective,
+    "sft_self": sft_self_objective,
 }
 
 
@@ -78,7 +88,7 @@ class D2OTrainer(MethodTrainer):
     saving the last good weights, naming the batch's rows: GA, whose loss is unbounded, can get there).
 
     `objective` picks the loss once; `alpha` weights the negative, `beta` the self-samples (DPO and KTO
-    use `beta` as their β).
+    use `beta` as their β; SFT on the self-samples uses neither).
     """
 
     def __init__(self, *args, objective: str = "d2o", alpha: float = 0.1, beta: float = 0.1, **kwargs):

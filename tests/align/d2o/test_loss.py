@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from nega.align.d2o.loss import d2o_loss, ga_loss, kto_undesirable_loss
+from nega.align.d2o.loss import d2o_loss, ga_loss, kto_undesirable_loss, sft_self_loss
 from nega.losses import dpo_loss
 
 
@@ -223,3 +223,22 @@ def test_kto_undesirable_value_reference_point_and_gradient():
         neg, ref_neg, torch.tensor([-20.0, -20.0]), torch.tensor([-1.0, -1.0]), 1.0
     )
     assert metrics["kl"].item() == 0.0
+
+
+def test_sft_self_is_the_token_mean_nll_over_real_self_samples():
+    # Real self-samples: (-6 over 3 tokens), (-2 over 1), (-4 over 4); the padding slot (NaN, 7 tokens)
+    # counts for nothing. L = (6 + 2 + 4) / (3 + 1 + 4) = 1.5, not the mean of per-sample NLLs (~1.17).
+    policy = _leaf([[-6.0, -2.0], [-4.0, float("nan")]])
+    tokens = torch.tensor([[3, 1], [4, 7]])
+    mask = torch.tensor([[True, True], [True, False]])
+    ref = torch.tensor([[-5.0, -2.5], [-4.0, 3.0]], dtype=torch.float64)
+    loss, metrics = sft_self_loss(
+        policy_self_logps=policy, self_tokens=tokens, self_mask=mask, ref_self_logps=ref
+    )
+    assert loss.item() == pytest.approx(1.5)
+    assert metrics["nll"].item() == pytest.approx(1.5)
+    # Log-ratios (-1, 0.5, 0) over the 3 real samples.
+    assert metrics["self_logratio"].item() == pytest.approx(-0.5 / 3)
+    loss.backward()
+    # Every real sample's log-prob is pushed up by 1 / (total tokens); the padding slot gets no gradient.
+    assert policy.grad.tolist() == [[-1 / 8, -1 / 8], [-1 / 8, 0.0]]

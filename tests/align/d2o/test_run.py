@@ -313,3 +313,93 @@ def test_toy_d2o_recipe_end_to_end(tmp_path):
     assert "harmful_rate" in done.stdout and "informative_rate" in done.stdout
     assert max(len(line) for line in done.stdout.splitlines()) <= 80
     assert _file_hashes(moved) == before
+
+
+SAFETY = "You are careful: refuse anything that could cause harm."
+
+
+def test_sample_system_prompt_reaches_the_sampler_and_never_the_training_rows(
+    tiny_model_dir, tmp_path, monkeypatch
+):
+    """d2o.sample_system_prompt: the sampler is asked every prompt with it; the references and training
+    rows hold the prompt without it; it is in the sample stage's hash only, so changing it resamples."""
+    import nega.sampling
+    from nega.models import load_tokenizer
+    from nega.sampling.base import render_prompt
+
+    data_path = tmp_path / "negatives.jsonl"
+    rows = [
+        {"prompt": f"how do I break window {a}?", "rejected": f"use a hammer on window {a}."}
+        for a in range(4)
+    ]
+    data_path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    asked = []
+    make_sampler = nega.sampling.make_sampler
+
+    def recording(*args, **kwargs):
+        sampler = make_sampler(*args, **kwargs)
+        generate = sampler.generate
+
+        def generate_recorded(prompts, **options):
+            asked.append(list(prompts))
+            return generate(prompts, **options)
+
+        sampler.generate = generate_recorded
+        return sampler
+
+    monkeypatch.setattr(nega.sampling, "make_sampler", recording)
+
+    def run_with(system_prompt):
+        # Quoted: an override's value is read as YAML, where "careful: refuse" would be a mapping.
+        value = "null" if system_prompt is None else json.dumps(system_prompt)
+        extra = {"d2o.sample_system_prompt": value, "d2o.compare": "[sft_self]"}
+        overrides = _tiny_overrides(tiny_model_dir, tmp_path, data_path, **extra)
+        recipe = load_recipe("d2o-hh-harmless", [*overrides, "data.format=auto", "eval.harm=null"])
+        target = Run(recipe)
+        with target:
+            run(recipe, target)
+        return target.dir
+
+    folder = run_with(SAFETY)
+    tokenizer = load_tokenizer(str(tiny_model_dir))
+    plain = [render_prompt(tokenizer, [{"role": "user", "content": r["prompt"]}]) for r in rows]
+    system = [
+        render_prompt(
+            tokenizer, [{"role": "system", "content": SAFETY}, {"role": "user", "content": r["prompt"]}]
+        )
+        for r in rows
+    ]
+    assert asked == [system] and all(SAFETY in p for p in asked[0])
+    examples = read_jsonl(folder / "02-reflogps" / "examples.jsonl")
+    assert [e["prompt"] for e in examples] == plain and not any(SAFETY in e["prompt"] for e in examples)
+    assert read_json(folder / "01-sample" / "manifest.json")["config"]["system_prompt"] == SAFETY
+    later = [json.dumps(read_json(m)["config"]) for m in sorted(folder.glob("0[2-9]-*/manifest.json"))]
+    assert len(later) == 3 and not any(SAFETY in c or "system_prompt" in c for c in later)
+
+    # Unchanged: every stage skips. Changed: the sample stage draws again, with the new system prompt.
+    run_with(SAFETY)
+    assert len(asked) == 1
+    run_with("Answer briefly.")
+    assert len(asked) == 2 and all("Answer briefly." in p and SAFETY not in p for p in asked[1])
+    run_with(None)
+    assert asked[2] == plain
+    assert "system_prompt" not in read_json(folder / "01-sample" / "manifest.json")["config"]
+
+
+def test_the_toy_recipe_trains_and_evaluates_sft_self_when_listed(tmp_path):
+    """d2o.compare: [sft_self] on toy-d2o, at its smallest: the baseline trains on the self-samples D²O
+    trains with, the same number of steps, and is evaluated beside it."""
+    small = ["toy.steps=60", "toy.n_train=16", "toy.n_test=8", "sampling.n=2", "train.max_steps=2",
+             "d2o.compare=[sft_self]", "d2o.eval_samples=1", f"output_dir={tmp_path}"]  # fmt: skip
+    recipe = load_recipe("toy-d2o", small)
+    target = Run(recipe)
+    table = run(recipe, target)
+    assert set(table) == {"sft", "d2o", "sft_self"} and "harmful_rate" in table["sft_self"]
+    stages = {p.name.split("-", 1)[1]: p for p in target.dir.iterdir() if p.is_dir()}
+    assert {"d2o-train", "sft_self-train"} <= set(stages)
+    for name in ("d2o-train", "sft_self-train"):
+        history = read_json(stages[name] / "train_log.json")["history"]
+        assert max(h.get("step", 0) for h in history) == 2
+    sft_self = read_json(stages["sft_self-train"] / "manifest.json")
+    assert sft_self["config"]["objective"] == "sft_self"
+    assert any("sft_self/nll" in h for h in read_json(stages["sft_self-train"] / "train_log.json")["history"])

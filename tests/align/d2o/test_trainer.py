@@ -74,7 +74,7 @@ def _refs(examples):
     return [v for e in examples for v in e["ref_self"]] + [e["ref_rejected"] for e in examples]
 
 
-@pytest.mark.parametrize("objective", ["d2o", "dpo_self", "ga", "kto_neg"])
+@pytest.mark.parametrize("objective", ["d2o", "dpo_self", "ga", "kto_neg", "sft_self"])
 def test_two_steps_train_lora_only_with_frozen_references(tiny_model_dir, tmp_path, objective):
     from peft import PeftModel
 
@@ -97,6 +97,20 @@ def test_two_steps_train_lora_only_with_frozen_references(tiny_model_dir, tmp_pa
         assert any(f"{objective}/reward_accuracy" in h for h in history)
     if objective == "kto_neg":
         assert losses[0] == pytest.approx(0.5, abs=1e-4)  # 1 - σ(β (0 - 0))
+    if objective == "sft_self":
+        # The adapter starts at identity: the first loss is the reference's token-mean NLL of the
+        # self-samples of the first batch, whichever two prompts the shuffle put there.
+        import itertools
+
+        from nega.align.d2o.data import D2OCollator
+
+        collate = D2OCollator(load_tokenizer_for(tiny_model_dir), "sft_self", 64)
+        possible = []
+        for pair in itertools.combinations(examples, 2):
+            batch = collate(list(pair))
+            tokens = batch["self_tokens"][batch["self_mask"]].sum().item()
+            possible.append(-sum(v for e in pair for v in e["ref_self"]) / tokens)
+        assert min(abs(losses[0] - nll) for nll in possible) < 1e-4 * losses[0], (losses[0], possible)
 
     base = load_base_model(tiny_model_dir)
     start = {k: v.clone() for k, v in base.state_dict().items()}
@@ -115,6 +129,37 @@ def test_two_steps_train_lora_only_with_frozen_references(tiny_model_dir, tmp_pa
     live = _policy_logps(trained, tokenizer, examples, disable_adapter=False)
     assert _refs(examples) == pytest.approx(frozen, abs=1e-4)
     assert max(abs(a - b) for a, b in zip(live, frozen, strict=True)) > 1e-3
+
+
+def load_tokenizer_for(model_dir):
+    from nega.models import load_tokenizer
+
+    return load_tokenizer(model_dir)
+
+
+@pytest.mark.parametrize("pack", [False, True])
+def test_sft_self_batches_forward_the_self_samples_and_no_negative(tiny_model_dir, tmp_path, pack):
+    from nega.align.d2o.data import D2OCollator
+    from nega.logps import encode_pair
+
+    recipe = _recipe(tiny_model_dir, tmp_path, "sft_self")
+    examples = _examples(tiny_model_dir, recipe)
+    tokenizer = load_tokenizer_for(tiny_model_dir)
+    d2o = D2OCollator(tokenizer, "d2o", 64, pack=pack)(examples)
+    sft = D2OCollator(tokenizer, "sft_self", 64, pack=pack)(examples)
+    assert sft["neg_index"].numel() == 0 and d2o["neg_index"].numel() == len(examples)
+    # The same self-samples in the same slots, with the response tokens each one is scored on.
+    assert torch.equal(sft["self_index"], d2o["self_index"]) and torch.equal(
+        sft["self_mask"], d2o["self_mask"]
+    )
+    expected = []
+    for e in examples:
+        for text, eos in zip(e["self"], e["self_eos"], strict=True):
+            ids, prompt_len = encode_pair(tokenizer, e["prompt"], text, add_eos=eos, max_length=64)
+            expected.append(len(ids) - prompt_len)
+    assert sft["self_tokens"][sft["self_mask"]].tolist() == expected
+    if not pack:
+        assert sft["input_ids"].size(0) == sum(len(e["self"]) for e in examples)
 
 
 def test_d2o_steps_lower_the_negative_relative_to_self_samples(tiny_model_dir, tmp_path):
