@@ -108,10 +108,10 @@ MUTANTS = [
     # --- stages: what a stage's hash covers -------------------------------------------------------------
     Mutant("hash-drops-lora", "stage", "nega/training.py",
            '"lora": recipe.lora.model_dump(), **config}', "**config}", (HASH,)),
-    Mutant("max-grad-norm-bookkeeping", "stage", "nega/config.py",
+    Mutant("max-grad-norm-bookkeeping", "stage", "nega/config/schema.py",
            '"report_to", "gradient_checkpointing"})', '"report_to", "gradient_checkpointing", "max_grad_norm"})',
            (HASH,)),
-    Mutant("checkpointing-hashed", "stage", "nega/config.py",
+    Mutant("checkpointing-hashed", "stage", "nega/config/schema.py",
            '"report_to", "gradient_checkpointing"})', '"report_to"})', (HASH,)),
     Mutant("stage-hash-ignores-config", "stage", "nega/pipeline.py",
            'stage_hash = hash_value({"name": name, "config": config, "inputs": keys})',

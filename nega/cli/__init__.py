@@ -98,8 +98,8 @@ def open_run(cfg, output_dir: Path | None, launcher=None, *, keep_results: bool 
 
 
 def method_entry(method: str):
-    """The function running a whole recipe of `method`, from the method table (nega.config.METHODS)."""
-    from nega.config import METHODS
+    """The function running a whole recipe of `method`, from the method table (nega.config.registry.METHODS)."""
+    from nega.config.registry import METHODS
 
     module, func = METHODS[method].run.split(":")
     return getattr(importlib.import_module(module), func)

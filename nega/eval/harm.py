@@ -329,7 +329,7 @@ def evaluate_harm(
 
 def sampling_config(target, backend: str | None):
     """The run's sampling section (when the target is a run), with `backend` overriding its backend."""
-    from nega.config import SamplingConfig
+    from nega.config.schema import SamplingConfig
 
     section = dict(target.recipe.get("sampling") or {})
     if backend:
