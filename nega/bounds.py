@@ -41,11 +41,11 @@ def existing_path(value: str | None) -> str | None:
     """Expand `$VARS` and `~`; the file must exist. Kept as text so the resolved recipe stays readable.
 
     `data:<folder>/<file>` names a file of nega's data folder (`$NEGA_DATA`, else `../shared/data`;
-    `nega.data.data_roots`) and resolves to its path."""
+    `nega.files.data_roots`) and resolves to its path."""
     if value is None:
         return None
     if value.startswith("data:"):
-        from nega.data import find_data_file
+        from nega.files import find_data_file
 
         try:
             return str(find_data_file(*Path(value.removeprefix("data:")).parts))

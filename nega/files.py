@@ -1,6 +1,7 @@
-"""Writing and hashing files: a write that a kill never leaves half done, and a file's sha256 remembered
-within the process. The run folder (`nega.pipeline`), the model store and the launcher's coordination
-files all write through here; it imports nothing of nega.
+"""Files: a write that a kill never leaves half done, a file's sha256 remembered within the process, and
+the data folder (`data:<dir>/<file>` in a recipe). The run folder (`nega.pipeline`), the model store,
+the launcher's coordination files and the recipe's path checks (`nega.bounds`) use it; it imports
+nothing of nega.
 """
 
 from __future__ import annotations
@@ -47,3 +48,28 @@ def atomic_write_text(path: Path, text: str) -> Path:
 
 def write_json(path: Path, value: Any) -> Path:
     return atomic_write_text(path, json.dumps(value, indent=2, ensure_ascii=False, default=str) + "\n")
+
+
+def data_roots() -> list[Path]:
+    """Folders holding nega's public datasets (advbench/, xstest/, gsm8k/, hh-rlhf/, ...), in search order:
+    `$NEGA_DATA` when set; else `shared/data` beside the repository holding the nega package. Never the
+    current directory: a recipe reads the same files wherever it is started from."""
+    if os.environ.get("NEGA_DATA"):
+        return [Path(os.path.expanduser(os.environ["NEGA_DATA"]))]
+    return [(Path(__file__).resolve().parents[1] / ".." / "shared" / "data").resolve()]
+
+
+def find_data_file(*parts: str) -> Path:
+    """A file under the data folder; FileNotFoundError listing every folder tried and the fix."""
+    tried = []
+    for root in data_roots():
+        path = root.joinpath(*parts)
+        if path.exists():
+            return path
+        tried.append(str(path))
+    raise FileNotFoundError(
+        f"data file {'/'.join(parts)} not found; looked at:\n  "
+        + "\n  ".join(tried)
+        + "\nSet NEGA_DATA to the folder holding the data sets (e.g. export NEGA_DATA=/data/nega), "
+        "or give the file's path."
+    )
