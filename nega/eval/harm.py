@@ -29,7 +29,7 @@ import math
 from pathlib import Path
 
 from nega.eval.report import bar_plot, fmt_rate, markdown_table, rate
-from nega.eval.sets import HarmSet
+from nega.eval.sets import HarmSet, set_slug
 
 HARMFUL_THRESHOLD = 0.5
 
@@ -335,12 +335,6 @@ def sampling_config(target, backend: str | None):
     if backend:
         section["backend"] = backend
     return SamplingConfig.model_validate(section)
-
-
-def set_slug(name: str) -> str:
-    """A folder-safe name for a set: the built-in name, or a file's stem."""
-    path = Path(name)
-    return path.stem if path.suffix else name
 
 
 def default_output(target, name: str) -> Path:

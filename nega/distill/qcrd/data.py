@@ -36,9 +36,7 @@ majority` S_neg starts empty; the shipped recipes use `consistency: gold`.
 
 from __future__ import annotations
 
-import ast
 import json
-import operator
 import re
 from collections import Counter
 from collections.abc import Callable
@@ -48,6 +46,7 @@ from typing import Any
 import torch
 
 from nega.chat import response_tokens
+from nega.rewards.math import answer_key
 
 PREDICT_PREFIX = "predict: "
 EXPLAIN_PREFIX = "explain: "
@@ -64,54 +63,6 @@ def explain_prompt(question: str) -> list[dict]:
 
 
 # ---------------------------------------------------------------- answers
-
-
-_OPS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv}
-
-
-def arithmetic_value(text: str) -> float | None:
-    """The value of a plain arithmetic expression (numbers, + - * /, parentheses), else None."""
-    cleaned = text.strip().rstrip(".").replace(",", "").replace("$", "").strip()
-    if not cleaned or len(cleaned) > 200 or not re.fullmatch(r"[\d\s.+\-*/()]+", cleaned):
-        return None
-    try:
-        tree = ast.parse(cleaned, mode="eval")
-    except SyntaxError:
-        return None
-
-    def value(node: ast.AST) -> float:
-        if isinstance(node, ast.Expression):
-            return value(node.body)
-        if isinstance(node, ast.Constant) and isinstance(node.value, int | float):
-            return float(node.value)
-        if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub):
-            return -value(node.operand)
-        if isinstance(node, ast.BinOp) and type(node.op) in _OPS:
-            return _OPS[type(node.op)](value(node.left), value(node.right))
-        raise ValueError("not arithmetic")
-
-    try:
-        return value(tree)
-    except (ValueError, ZeroDivisionError, OverflowError):
-        return None
-
-
-def answer_key(answer: str | None) -> str | None:
-    """A canonical form for comparing answers: a rounded number, or normalised text; None stays None."""
-    if answer is None:
-        return None
-    number = arithmetic_value(answer)
-    if number is not None:
-        return f"{round(number, 4):g}"
-    text = re.sub(r"^\s*\([a-j]\)\s*", "", answer.strip().lower())
-    text = re.sub(r"[^\w\s]", " ", text)
-    text = " ".join(text.split())
-    return text or None
-
-
-def answers_match(predicted: str | None, gold: str | None) -> bool:
-    key = answer_key(predicted)
-    return key is not None and key == answer_key(gold)
 
 
 # ---------------------------------------------------------------- self-consistency

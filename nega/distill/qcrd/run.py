@@ -61,6 +61,7 @@ from nega.distill.qcrd.schedule import PeriodSchedule, lag_warning
 from nega.distill.qcrd.trainer import OPTIMIZER_STATE, sampling_target, uses_negatives
 from nega.eval.stage import START_LABEL, EvalTarget, PromptSet, evaluate, trained_target
 from nega.pipeline import Run, read_jsonl, write_jsonl
+from nega.rewards.math import label_matches
 from nega.stages import base_model, write_report
 from nega.training import train_stage
 
@@ -317,7 +318,7 @@ def student_set(
         if world is not None:
             metrics = world.score(prompts, texts, label=labels * 2)
             return {k: metrics[k] for k in ("accuracy", "rationale_quality", "rationale_accuracy")}
-        return {"accuracy": sum(map(data.answers_match, texts, labels)) / len(labels)}
+        return {"accuracy": sum(map(label_matches, texts, labels)) / len(labels)}
 
     columns = [{"label": label} for label in labels] * (len(prompts) // len(labels))
     return PromptSet(
