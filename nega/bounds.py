@@ -10,13 +10,27 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, ClassVar
 
-from pydantic import ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 # Every section model uses this (plus validate_assignment for the common sections): unknown keys are
 # errors, and inf/nan are rejected in every float field, including `float | None` ones.
 SECTION_CONFIG = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+
+class MethodSection(BaseModel):
+    """A method's recipe section (`d2o:`, `stepneg:`, ...). Its training stages hash `stage_key()`: the
+    whole section less `BOOKKEEPING_FIELDS`, the fields declared to change none of the weights those
+    stages train (as `TrainConfig.stage_key` does for the train section). A new field is hashed unless
+    it is declared here, so it can never reuse a stage trained under another value."""
+
+    model_config = SECTION_CONFIG
+    BOOKKEEPING_FIELDS: ClassVar[frozenset[str]] = frozenset()
+
+    def stage_key(self) -> dict:
+        return self.model_dump(exclude=self.BOOKKEEPING_FIELDS)
+
 
 # Ceilings: generous, so no real recipe meets them, but finite, so a slip of the exponent is caught.
 MAX_COUNT = 65_536  # batch sizes, samples per prompt, K, rounds, folds, ranks

@@ -65,7 +65,8 @@ from nega.rewards.math import label_matches
 from nega.stages import base_model, write_report
 from nega.training import train_stage
 
-# The fields each stage depends on: changing another field (e.g. eval_limit) reuses the stage.
+# The teacher stage samples rationales before any training: it hashes the fields it reads, so a changed
+# loss weight reuses its (costly) samples. Training stages hash the whole section (`stage_key`).
 TEACHER_FIELDS = {
     "teacher",
     "teacher_prompt",
@@ -74,7 +75,6 @@ TEACHER_FIELDS = {
     "teacher_temperature",
     "consistency",
 }
-LOSS_FIELDS = {"alpha1", "alpha2", "alpha3", "alpha3_decay", "delta", "step_by_step_alpha"}
 
 
 def run(recipe, run: Run) -> dict[str, dict[str, float]]:
@@ -179,7 +179,7 @@ def train_student(
             inputs.append(disc)
         by_id = {e["id"]: e for e in period_examples}
         config = {"objective": objective, "seed": recipe.seed, "schedule": schedule_key(schedule, period),
-                  "qcrd": recipe.qcrd.model_dump(include=LOSS_FIELDS)}  # fmt: skip
+                  "qcrd": recipe.qcrd.stage_key()}  # fmt: skip
         previous = checkpoints[-1]
         optimizer = Path(last_train.dir) / OPTIMIZER_STATE if last_train is not None else None
         last_train, adapter = train_stage(
