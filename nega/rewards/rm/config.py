@@ -9,7 +9,6 @@ from nega.bounds import Count, MethodSection, Rows, existing_path
 
 
 class RMConfig(MethodSection):
-
     test_split: str = Field(
         "test",
         description="split of data.dataset (a hub dataset or the toy world) holding the test pairs; "
