@@ -81,8 +81,7 @@ NEVER_EMITTED_EOS = "<|end-of-text|>"
 def build_bench_model(size: str, folder: Path, seed: int = 0) -> Path:
     """A randomly initialised toy Llama whose EOS id is outside its vocabulary (see the module docstring)."""
     from nega.toy import make_world
-    from nega.toy.build import VOCAB_SIZE
-    from nega.toy.model import build_model, build_tokenizer, save_model
+    from nega.toy.model import VOCAB_SIZE, build_model, build_tokenizer, save_model
 
     world = make_world("reasoning", seed=seed)
     tokenizer = build_tokenizer(world.corpus(), vocab_size=VOCAB_SIZE)

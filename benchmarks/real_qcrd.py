@@ -123,10 +123,10 @@ def question_set(val_records: list[dict]):
 
 def answer_right(recipe):
     """One question's greedy `predict:` answer against its label, as the recipe's accuracy counts it."""
-    from nega.distill.qcrd import data
+    from nega.rewards.math import label_matches
 
     def metrics(prompt, completions: list[str], columns: dict) -> dict[str, float]:
-        return {"accuracy": float(data.answers_match(completions[0], columns["label"]))}
+        return {"accuracy": float(label_matches(completions[0], columns["label"]))}
 
     return metrics
 

@@ -34,7 +34,7 @@ def run(
     process, into `output_dir` (default `runs/<name>`); returns the arms table."""
     import importlib
 
-    from nega.config import METHODS
+    from nega.config.registry import METHODS
     from nega.pipeline import Run
 
     cfg = recipe if hasattr(recipe, "method") else load_recipe(recipe, overrides)

@@ -10,13 +10,27 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, ClassVar
 
-from pydantic import ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 # Every section model uses this (plus validate_assignment for the common sections): unknown keys are
 # errors, and inf/nan are rejected in every float field, including `float | None` ones.
 SECTION_CONFIG = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+
+class MethodSection(BaseModel):
+    """A method's recipe section (`d2o:`, `stepneg:`, ...). Its training stages hash `stage_key()`: the
+    whole section less `BOOKKEEPING_FIELDS`, the fields declared to change none of the weights those
+    stages train (as `TrainConfig.stage_key` does for the train section). A new field is hashed unless
+    it is declared here, so it can never reuse a stage trained under another value."""
+
+    model_config = SECTION_CONFIG
+    BOOKKEEPING_FIELDS: ClassVar[frozenset[str]] = frozenset()
+
+    def stage_key(self) -> dict:
+        return self.model_dump(exclude=self.BOOKKEEPING_FIELDS)
+
 
 # Ceilings: generous, so no real recipe meets them, but finite, so a slip of the exponent is caught.
 MAX_COUNT = 65_536  # batch sizes, samples per prompt, K, rounds, folds, ranks
@@ -41,11 +55,11 @@ def existing_path(value: str | None) -> str | None:
     """Expand `$VARS` and `~`; the file must exist. Kept as text so the resolved recipe stays readable.
 
     `data:<folder>/<file>` names a file of nega's data folder (`$NEGA_DATA`, else `../shared/data`;
-    `nega.data.data_roots`) and resolves to its path."""
+    `nega.files.data_roots`) and resolves to its path."""
     if value is None:
         return None
     if value.startswith("data:"):
-        from nega.data import find_data_file
+        from nega.files import find_data_file
 
         try:
             return str(find_data_file(*Path(value.removeprefix("data:")).parts))

@@ -20,39 +20,16 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+# The data folder's files are found in nega.files, below the recipe schema that checks `data:` paths;
+# nega.data.find_data_file stays their name for callers.
+from nega.files import data_roots, find_data_file  # noqa: F401
+
 
 class DataError(Exception):
     """A dataset that cannot be used as given; the message names the source, rows and the fix."""
 
 
 DATA_PREFIX = "data:"  # `data.path: data:hh-rlhf/harmless-base_test.jsonl` names a file in the data folder
-
-
-def data_roots() -> list[Path]:
-    """Folders holding nega's public datasets (advbench/, xstest/, gsm8k/, hh-rlhf/, ...), in search order:
-    `$NEGA_DATA` when set; else `shared/data` beside the repository holding the nega package. Never the
-    current directory: a recipe reads the same files wherever it is started from."""
-    import os
-
-    if os.environ.get("NEGA_DATA"):
-        return [Path(os.path.expanduser(os.environ["NEGA_DATA"]))]
-    return [(Path(__file__).resolve().parents[1] / ".." / "shared" / "data").resolve()]
-
-
-def find_data_file(*parts: str) -> Path:
-    """A file under the data folder; FileNotFoundError listing every folder tried and the fix."""
-    tried = []
-    for root in data_roots():
-        path = root.joinpath(*parts)
-        if path.exists():
-            return path
-        tried.append(str(path))
-    raise FileNotFoundError(
-        f"data file {'/'.join(parts)} not found; looked at:\n  "
-        + "\n  ".join(tried)
-        + "\nSet NEGA_DATA to the folder holding the data sets (e.g. export NEGA_DATA=/data/nega), "
-        "or give the file's path."
-    )
 
 
 def read_table(path: str | Path) -> list[dict]:

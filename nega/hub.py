@@ -157,7 +157,7 @@ def stage_folder(
 
     adapter = Path(target.adapter)
     if merge:
-        from nega.config import ModelConfig
+        from nega.config.schema import ModelConfig
         from nega.models import merge_adapter
 
         model_cfg = ModelConfig.model_validate({**(recipe.get("model") or {}), "name": target.base_model})
@@ -472,7 +472,7 @@ def gguf_base_text(source: dict) -> str:
 
 def _method(name: str):
     """The method's entry in nega's method table (its paper and tags), None for an unknown name."""
-    from nega.config import METHODS
+    from nega.config.registry import METHODS
 
     return METHODS.get(name)
 

@@ -182,7 +182,7 @@ class Coordinator:
     def __init__(self, folder: Path):
         import uuid
 
-        from nega.pipeline import atomic_write_text
+        from nega.files import atomic_write_text
 
         self.folder = Path(folder)
         self.folder.mkdir(parents=True, exist_ok=True)
@@ -195,7 +195,7 @@ class Coordinator:
         atomic_write_text(self.folder / "current.json", json.dumps({"attempt": self.attempt}))
 
     def announce(self, payload: Path) -> None:
-        from nega.pipeline import atomic_write_text
+        from nega.files import atomic_write_text
 
         self.launches += 1
         target = self.folder / self.attempt / f"launch-{self.launches:03d}.json"
@@ -205,7 +205,7 @@ class Coordinator:
         self._finish(self.attempt, status, message)
 
     def _finish(self, attempt: str, status: str, message: str) -> None:
-        from nega.pipeline import atomic_write_text
+        from nega.files import atomic_write_text
 
         atomic_write_text(
             self.folder / attempt / "finished.json", json.dumps({"status": status, "message": message})

@@ -126,7 +126,7 @@ def convert_gguf(
     conversion never leaves a folder that looks whole, and two processes converting at once both end
     with the same complete folder.
     """
-    from nega.pipeline import hash_file, write_json
+    from nega.files import hash_file, write_json
     from nega.progress import progress_bar
 
     gguf_path = Path(gguf_path).expanduser().resolve()
@@ -174,7 +174,7 @@ def convert_gguf(
 
 
 def _cache_folder(gguf_path: Path, cache_dir: Path | None = None) -> Path:
-    from nega.pipeline import hash_file
+    from nega.files import hash_file
 
     root = Path(cache_dir) if cache_dir is not None else model_cache_dir()
     return root / f"{gguf_path.stem}-{hash_file(gguf_path)[:16]}"

@@ -307,8 +307,7 @@ def _read_config(name: str, path: Path, source: str, *, local: bool = False) -> 
 
 def toy_facts(toy_cfg) -> ModelFacts:
     """The facts of the toy model a recipe's `toy:` section builds (nega.toy.model.SIZES)."""
-    from nega.toy.build import VOCAB_SIZE
-    from nega.toy.model import SIZES
+    from nega.toy.model import SIZES, VOCAB_SIZE
 
     size = SIZES[toy_cfg.size]
     config = {

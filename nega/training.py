@@ -111,7 +111,7 @@ def train_on_rank(
     call the training function; rank 0 writes `train_log.json`."""
     import importlib
 
-    from nega.config import validate_recipe
+    from nega.config.loader import validate_recipe
     from nega.console import install_message_hooks
     from nega.launch import is_main_process
     from nega.pipeline import read_jsonl, write_json

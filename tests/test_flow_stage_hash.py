@@ -1,7 +1,8 @@
 """Every recipe key a training stage hashes makes that stage rerun when it changes; bookkeeping keys don't.
 
-Table-driven over the `train` section (less `BOOKKEEPING_FIELDS`), the `lora` section and each method's
-loss weights, through the stage functions the methods run (`nega.training.train_stage`, D²O's
+Table-driven over the `train` section (less `BOOKKEEPING_FIELDS`), the `lora` section and every field of
+each method's section (less its declared `BOOKKEEPING_FIELDS`: one rule, `stage_key`), through the
+stage functions the methods run (`nega.training.train_stage`, D²O's
 `train_round`, per-step RL's `train_objective`, QCRD's `train_student`, which trains one stage per
 period). A launcher stands in for the training itself: it records each launch and writes the log a
 finished training leaves, so "reran" is "every training stage launched again" and "skipped" is "none
@@ -46,18 +47,69 @@ TRAIN_BOOKKEEPING = {
 }
 LORA_CHANGES = {"enabled": False, "r": 8, "alpha": 7, "dropout": 0.1, "target_modules": ["q_proj", "v_proj"]}
 
-# method -> {section field -> changed value}: the loss weights its training stage must hash.
+# method -> {section field -> changed value}: every field its training stage must hash.
 METHOD_CHANGES = {
-    "d2o": {"alpha": 0.37, "beta": 0.81},
-    "stepneg": {"beta": 0.37, "awr_clip": 3.5},
+    "d2o": {
+        "objective": "ga",
+        "alpha": 0.37,
+        "beta": 0.81,
+        "k": 2,
+        "rounds": 2,
+        "refresh_reference": True,
+        "filter_self_samples": True,
+        "filter_scorer": "refusal",
+        "compare_rounds": 3,
+    },
+    "stepneg": {
+        "loss": "awr",
+        "compare": ["outcome_dpo"],
+        "beta": 0.37,
+        "sft_epochs": 2.0,
+        "sft_lr": 1e-4,
+        "rft_samples": 2,
+        "rft": False,
+        "negatives": 3,
+        "negatives_per_problem": 3,
+        "max_samples_per_problem": 16,
+        "best_of": 3,
+        "rollout_groups": 3,
+        "skip_after_pit": False,
+        "step_regex": "[^.]+[.]",
+        "awr_clip": 3.5,
+        "answer_format": "number",
+    },
     "qcrd": {
+        "objective": "step_by_step",
+        "teacher": "some-org/teacher",
+        "teacher_prompt": "Q: {question}",
+        "answer_pattern": "answer: (.+)",
+        "teacher_samples": 3,
+        "teacher_temperature": 0.9,
+        "consistency": "gold",
         "alpha1": 0.11,
         "alpha2": 0.22,
         "alpha3": 0.33,
         "alpha3_decay": 0.5,
         "delta": 2.5,
+        # One step a period, as the default (null) cuts this 3-step run: the same three stages.
+        "negatives_every_steps": 1,
+        "lag": 2,
+        "negative_temperature": 1.1,
+        "disc_steps": 7,
+        "disc_folds": 3,
+        "disc_every": 2,
+        "disc_backbone": "encoder",
+        "disc_lr": 1e-4,
+        "disc_batch_size": 4,
+        "disc_augment_rate": 0.3,
         "step_by_step_alpha": 0.27,
     },
+}
+# method -> {declared bookkeeping field -> changed value}: none may rerun a finished training stage.
+METHOD_BOOKKEEPING = {
+    "d2o": {"compare": ["ga"], "eval_samples": 2, "eval_temperature": 0.5},
+    "stepneg": {},
+    "qcrd": {"baselines": ["label_only"], "eval_limit": 7},
 }
 
 TOY_WORLDS = {"sft": "reasoning", "d2o": "harm", "stepneg": "reasoning", "qcrd": "rationale"}
@@ -74,14 +126,19 @@ def _nested_fields(model, prefix: str = "") -> set[str]:
 
 
 def test_the_tables_cover_every_field():
-    from nega.distill.qcrd.run import LOSS_FIELDS as QCRD_LOSS_FIELDS
+    from nega.config.registry import METHODS
 
     assert set(TRAIN_CHANGES) | set(TRAIN_BOOKKEEPING) == _nested_fields(TrainConfig)
     assert set(TRAIN_BOOKKEEPING) == BOOKKEEPING_FIELDS
-    assert set(METHOD_CHANGES["qcrd"]) == QCRD_LOSS_FIELDS, (
-        "a qcrd loss field the training stage hashes has no row"
-    )
     assert set(LORA_CHANGES) == set(LoraConfig.model_fields)
+    for method in METHOD_CHANGES:
+        section = METHODS[method].section_model()
+        assert set(METHOD_BOOKKEEPING[method]) == section.BOOKKEEPING_FIELDS, f"{method}: bookkeeping rows"
+        hashed = set(section.model_fields) - section.BOOKKEEPING_FIELDS
+        assert set(METHOD_CHANGES[method]) == hashed, f"{method}: hashed fields without a row"
+        default = section()
+        for key, value in (METHOD_CHANGES[method] | METHOD_BOOKKEEPING[method]).items():
+            assert getattr(default, key) != value, f"{method}.{key}: the changed value is the default"
     defaults = {"train": TrainConfig(), "lora": LoraConfig()}
     for section, table in [("train", TRAIN_CHANGES | TRAIN_BOOKKEEPING), ("lora", LORA_CHANGES)]:
         for key, value in table.items():
@@ -219,9 +276,17 @@ def test_a_changed_bookkeeping_key_reuses_the_training_stage(tmp_path, method, k
 @pytest.mark.parametrize(
     ("method", "key"), [(m, k) for m, table in METHOD_CHANGES.items() for k in sorted(table)]
 )
-def test_a_changed_loss_weight_reruns_the_methods_training_stage(tmp_path, method, key):
+def test_a_changed_method_key_reruns_the_methods_training_stage(tmp_path, method, key):
     value = METHOD_CHANGES[method][key]
     assert _reruns(tmp_path, method, {f"{method}.{key}": value}), f"{method}.{key} is not in the train hash"
+
+
+@pytest.mark.parametrize(
+    ("method", "key"), [(m, k) for m, table in METHOD_BOOKKEEPING.items() for k in sorted(table)]
+)
+def test_a_changed_method_bookkeeping_key_reuses_the_methods_training_stage(tmp_path, method, key):
+    value = METHOD_BOOKKEEPING[method][key]
+    assert _reuses(tmp_path, method, {f"{method}.{key}": value}), f"{method}.{key} reran the training"
 
 
 @pytest.mark.parametrize("method", sorted(STAGE_OF))
@@ -231,9 +296,6 @@ def test_train_and_lora_keys_rerun_every_methods_training_stage(tmp_path, method
     assert _reruns(tmp_path / "lora", method, {"lora.r": 8})
 
 
-def test_a_changed_qcrd_period_length_retrains_and_other_qcrd_keys_do_not(tmp_path):
-    """Periods of 3 steps instead of 1: the one period left trains other rows for other steps. Keys that
-    no label_only training reads (the lag of negatives it does not draw, the evaluation's size) reuse it."""
+def test_a_changed_qcrd_period_length_retrains_its_one_period(tmp_path):
+    """Periods of 3 steps instead of 1: the one period left trains other rows for other steps."""
     assert _relaunches(tmp_path / "period", "qcrd", {"qcrd.negatives_every_steps": 3}) == 1
-    assert _reuses(tmp_path / "lag", "qcrd", {"qcrd.lag": 2})
-    assert _reuses(tmp_path / "eval", "qcrd", {"qcrd.eval_limit": 7})

@@ -1,5 +1,5 @@
 """A fourth method is one folder and one table entry: a package written here, outside nega, with its
-recipe section, trainer and run, becomes a method by its entry in `nega.config.METHODS` alone; then
+recipe section, trainer and run, becomes a method by its entry in `nega.config.registry.METHODS` alone; then
 `nega validate` checks its recipes (section keys, ignored keys) and `nega run` trains, evaluates,
 reports and names its result, and `nega push` writes its paper on the model card. No nega file is
 edited for it."""
@@ -102,19 +102,17 @@ def fourth_method(tmp_path, monkeypatch):
     for name, text in FILES.items():
         (package / name).write_text(textwrap.dedent(text).lstrip())
     monkeypatch.syspath_prepend(str(tmp_path))
-    from nega_fourth.config import FourthConfig
-
-    import nega.config
+    import nega.config.registry
     from nega.config import Method, Paper
 
     entry = Method(
-        section=FourthConfig,
+        section="nega_fourth.config:FourthConfig",
         run="nega_fourth.run:run",
         paper=Paper("Weighted SFT for tests", "Nobody et al., 2026", "https://example.org/fourth"),
         tags=("demo",),
         ignores={"eval.harm": "fourth evaluates held-out problems only"},
     )
-    monkeypatch.setattr(nega.config, "METHODS", {**nega.config.METHODS, "fourth": entry})
+    monkeypatch.setattr(nega.config.registry, "METHODS", {**nega.config.registry.METHODS, "fourth": entry})
     yield
     for name in [m for m in sys.modules if m == "nega_fourth" or m.startswith("nega_fourth.")]:
         del sys.modules[name]

@@ -250,11 +250,13 @@ def test_quantization_on_a_cpu_is_one_clear_error():
 
 
 def test_quantized_recipes_train_an_adapter_and_shrink_the_planned_weights(monkeypatch):
-    import nega.config
+    import nega.config.schema
     from nega.config import RecipeError, load_recipe
     from nega.plan import DeviceFacts, make_plan
 
-    monkeypatch.setattr(nega.config, "quantization_problem", lambda value: None)  # as on a CUDA machine
+    monkeypatch.setattr(
+        nega.config.schema, "quantization_problem", lambda value: None
+    )  # as on a CUDA machine
     qwen = "model.name=Qwen/Qwen2.5-7B-Instruct"
     with pytest.raises(RecipeError, match="trains through a LoRA adapter only"):
         load_recipe("d2o-hh-harmless", [qwen, "model.quantization=4bit", "lora.enabled=false"])

@@ -31,12 +31,14 @@ def test_the_recipe_union_has_one_member_per_method():
     for name, method in METHODS.items():
         cls = recipe_class(name)
         assert issubclass(cls, RecipeBase) and cls.model_fields["method"].annotation.__args__ == (name,)
-        if method.section is None:
+        section = method.section_model()
+        if section is None:
+            assert method.section is None
             assert set(cls.model_fields) == set(RecipeBase.model_fields) | {"method"}
         else:
             # The section is named after the method, and a misspelled key in it is an error.
-            assert cls.model_fields[name].annotation is method.section
-            assert issubclass(method.section, BaseModel) and method.section.model_config["extra"] == "forbid"
+            assert cls.model_fields[name].annotation is section
+            assert issubclass(section, BaseModel) and section.model_config["extra"] == "forbid"
 
 
 def test_every_method_has_a_builtin_recipe_and_every_recipe_a_method():

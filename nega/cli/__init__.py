@@ -12,6 +12,8 @@ from pathlib import Path
 
 import typer
 
+from nega.cli.inputs import check_recipe_data, fail, load
+
 app = typer.Typer(
     name="nega",
     help="Align and distill language models by learning from negatives (D²O, per-step negative RL, QCRD).",
@@ -59,34 +61,6 @@ RecipeArg = typer.Argument(
 OverridesArg = typer.Argument(None, help="KEY=VALUE overrides, e.g. train.lr=1e-5 sampling.n=4")
 
 
-def fail(message: str, code: int = 2) -> None:
-    from nega.console import end_progress_lines
-
-    end_progress_lines()  # the message starts a line of its own, not the end of a bar's
-    typer.secho(message, err=True, fg=typer.colors.RED)
-    raise typer.Exit(code)
-
-
-def load(recipe: str, overrides: list[str] | None):
-    from nega.config import RecipeError, load_recipe
-
-    try:
-        return load_recipe(recipe, overrides or [])
-    except RecipeError as exc:
-        fail(str(exc))
-
-
-def check_recipe_data(cfg) -> None:
-    """Stop with exit 2 when the recipe's data cannot be read as its method needs (no model loads)."""
-    from nega.data import check_data, data_problems_message
-
-    check = check_data(cfg)
-    for note in check.notes:
-        typer.echo(f"[nega] {note}", err=True)
-    if check.problems:
-        fail(data_problems_message(check))
-
-
 def open_run(cfg, output_dir: Path | None, launcher=None, *, keep_results: bool = False):
     """The run folder, locked for this process; another live `nega run` on it stops this one at once."""
     from nega.pipeline import Run, RunLockedError
@@ -98,8 +72,8 @@ def open_run(cfg, output_dir: Path | None, launcher=None, *, keep_results: bool 
 
 
 def method_entry(method: str):
-    """The function running a whole recipe of `method`, from the method table (nega.config.METHODS)."""
-    from nega.config import METHODS
+    """The function running a whole recipe of `method`, from the method table (nega.config.registry.METHODS)."""
+    from nega.config.registry import METHODS
 
     module, func = METHODS[method].run.split(":")
     return getattr(importlib.import_module(module), func)

@@ -12,7 +12,7 @@ def data(
     rows: int = typer.Option(3, "--rows", "-n", min=1, max=1000, help="rows to show"),
 ):
     """Show the first rows as the method reads them (the data is checked first, like `nega validate`)."""
-    from nega.cli import check_recipe_data, fail, load
+    from nega.cli.inputs import check_recipe_data, fail, load
     from nega.data import DataError
     from nega.data_preview import method_views, preview_tokenizer, render_views
 

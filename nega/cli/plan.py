@@ -24,7 +24,7 @@ def plan(
     """Show the plan of a recipe: the vLLM engine's dtype and tensor x data parallel layout, where
     reference log-probs, merges and classifiers run, the training processes, and a memory estimate per
     GPU, with the recipe keys that would make it fit when it does not. Loads no model."""
-    from nega.cli import fail, load
+    from nega.cli.inputs import fail, load
     from nega.plan import DeviceFacts, PlanError, make_plan
 
     if assume_gpus is not None:

@@ -29,7 +29,7 @@ import math
 from pathlib import Path
 
 from nega.eval.report import bar_plot, fmt_rate, markdown_table, rate
-from nega.eval.sets import HarmSet
+from nega.eval.sets import HarmSet, set_slug
 
 HARMFUL_THRESHOLD = 0.5
 
@@ -329,18 +329,12 @@ def evaluate_harm(
 
 def sampling_config(target, backend: str | None):
     """The run's sampling section (when the target is a run), with `backend` overriding its backend."""
-    from nega.config import SamplingConfig
+    from nega.config.schema import SamplingConfig
 
     section = dict(target.recipe.get("sampling") or {})
     if backend:
         section["backend"] = backend
     return SamplingConfig.model_validate(section)
-
-
-def set_slug(name: str) -> str:
-    """A folder-safe name for a set: the built-in name, or a file's stem."""
-    path = Path(name)
-    return path.stem if path.suffix else name
 
 
 def default_output(target, name: str) -> Path:

@@ -43,7 +43,7 @@ def grade(problem_set: ProblemSet, completions: list[str], items: list[dict]) ->
     return [s >= 1.0 for s in math_reward(prompts, completions, answer=[item["answer"] for item in items])]
 
 
-def answer_key(problem_set: ProblemSet, completion: str) -> str | None:
+def final_answer(problem_set: ProblemSet, completion: str) -> str | None:
     """The completion's final answer in a form where equal answers compare equal (for voting)."""
     if problem_set.answer_of is not None:
         found = problem_set.answer_of(completion)
@@ -151,10 +151,10 @@ def evaluate_problems(
                 "category": item["category"],
                 "greedy": greedy_texts[i],
                 "greedy_finish_reason": greedy[i][0].finish_reason,
-                "greedy_answer": answer_key(problem_set, greedy_texts[i]),
+                "greedy_answer": final_answer(problem_set, greedy_texts[i]),
                 "greedy_correct": bool(greedy_correct[i]),
                 "samples": texts,
-                "sample_answers": [answer_key(problem_set, t) for t in texts],
+                "sample_answers": [final_answer(problem_set, t) for t in texts],
                 "sample_correct": [bool(c) for c in correct],
                 "n_correct": int(sum(correct)),
             }
@@ -218,8 +218,8 @@ def evaluate_reasoning(
     output: Path | None = None,
 ) -> tuple[dict, Path]:
     """`nega eval reasoning`: answer, grade, write the outputs; returns (metrics, output folder)."""
-    from nega.eval.harm import default_output, sampling_config, set_slug
-    from nega.eval.sets import load_problem_set
+    from nega.eval.harm import default_output, sampling_config
+    from nega.eval.sets import load_problem_set, set_slug
     from nega.eval.target import resolve_target
     from nega.sampling import make_sampler
 

@@ -341,3 +341,9 @@ def prompt_of(problem_set: ProblemSet, item: dict) -> list[dict]:
     if problem_set.instruction:
         text = f"{text}\n\n{problem_set.instruction}"
     return [{"role": "user", "content": text}]
+
+
+def set_slug(name: str) -> str:
+    """A set's name in stage, metric and folder names: a built-in name as it is, a file by its stem
+    (so `data:xstest/xstest.csv` and `prompts/mine.jsonl` give `xstest` and `mine`, never a path)."""
+    return Path(name).stem if ("/" in name or "." in name) else name

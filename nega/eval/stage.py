@@ -33,6 +33,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from nega.eval.sets import set_slug
 from nega.pipeline import Run, read_json, write_json, write_jsonl
 from nega.sampling.engine import ModelSampler
 
@@ -250,11 +251,6 @@ def recipe_sets(recipe) -> list:
     if recipe.eval.reasoning is not None:
         sets.append(ReasoningEval("eval-reasoning"))
     return sets
-
-
-def set_slug(name: str) -> str:
-    """A prompt set's name in stage and metric names: built-in names as they are, files by their stem."""
-    return Path(name).stem if ("/" in name or "." in name) else name
 
 
 def _stage_config(run: Run, model_path: str, labels: dict, section) -> dict:

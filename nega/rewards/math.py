@@ -17,6 +17,8 @@ one column value per completion (a column named `answer` for the graders here).
 
 from __future__ import annotations
 
+import ast
+import operator
 import re
 import threading
 from collections.abc import Callable, Sequence
@@ -198,3 +200,58 @@ def toy_reasoning_reward(world) -> RewardFn:
         return [float(world.verify(p, c)) for p, c in zip(prompts, completions, strict=True)]
 
     return reward
+
+
+# ---------------------------------------------------------------- short answers: numbers and labels
+# A rationale's answer to a word problem (SVAMP's "3 + 5") or a multiple-choice question (CQA's
+# "(b) bank"), compared through one key; a plain expression is evaluated, never executed.
+
+_OPS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv}
+
+
+def arithmetic_value(text: str) -> float | None:
+    """The value of a plain arithmetic expression (numbers, + - * /, parentheses), else None."""
+    cleaned = text.strip().rstrip(".").replace(",", "").replace("$", "").strip()
+    if not cleaned or len(cleaned) > 200 or not re.fullmatch(r"[\d\s.+\-*/()]+", cleaned):
+        return None
+    try:
+        tree = ast.parse(cleaned, mode="eval")
+    except SyntaxError:
+        return None
+
+    def value(node: ast.AST) -> float:
+        if isinstance(node, ast.Expression):
+            return value(node.body)
+        if isinstance(node, ast.Constant) and isinstance(node.value, int | float):
+            return float(node.value)
+        if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub):
+            return -value(node.operand)
+        if isinstance(node, ast.BinOp) and type(node.op) in _OPS:
+            return _OPS[type(node.op)](value(node.left), value(node.right))
+        raise ValueError("not arithmetic")
+
+    try:
+        return value(tree)
+    except (ValueError, ZeroDivisionError, OverflowError):
+        return None
+
+
+def answer_key(answer: str | None) -> str | None:
+    """A canonical form for comparing short answers: an arithmetic expression's value rounded to 4
+    places, or the text lower-cased without a choice letter `(a)` or punctuation; None stays None."""
+    if answer is None:
+        return None
+    number = arithmetic_value(answer)
+    if number is not None:
+        return f"{round(number, 4):g}"
+    text = re.sub(r"^\s*\([a-j]\)\s*", "", answer.strip().lower())
+    text = re.sub(r"[^\w\s]", " ", text)
+    text = " ".join(text.split())
+    return text or None
+
+
+def label_matches(predicted: str | None, label: str | None) -> bool:
+    """Whether a short answer (a number, an arithmetic expression, a choice's text) equals the label,
+    by `answer_key`; QCRD's students are graded this way on their data's test split."""
+    key = answer_key(predicted)
+    return key is not None and key == answer_key(label)

@@ -5,6 +5,7 @@
 exactly what was sampled.
 """
 
-from nega.sampling.base import Completion, Sampler, make_sampler, render_prompt
+from nega.sampling.backends import make_sampler
+from nega.sampling.base import Completion, Sampler, render_prompt
 
 __all__ = ["Completion", "Sampler", "make_sampler", "render_prompt"]

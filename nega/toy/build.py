@@ -14,7 +14,6 @@ import shutil
 from pathlib import Path
 
 TOY_MANIFEST = "nega_toy.json"
-VOCAB_SIZE = 512
 
 
 def build_toy_model(toy_cfg, out_dir: Path, seed: int) -> Path:
@@ -27,7 +26,7 @@ def build_toy_model(toy_cfg, out_dir: Path, seed: int) -> Path:
     import torch
 
     from nega.sampling.base import render_prompt
-    from nega.toy.model import build_model, build_tokenizer, save_model, train_on_pairs
+    from nega.toy.model import VOCAB_SIZE, build_model, build_tokenizer, save_model, train_on_pairs
     from nega.toy.worlds import make_world
 
     out_dir = Path(out_dir)

@@ -33,6 +33,9 @@ class ToySize:
     intermediate: int
 
 
+# The toy tokenizer's vocabulary, trained on the world's corpus (`nega.toy.build`).
+VOCAB_SIZE = 512
+
 # head_dim = hidden / heads stays >= 32 for vLLM on CPU.
 SIZES = {
     "tiny": ToySize(hidden=64, layers=2, heads=2, intermediate=256),

@@ -13,6 +13,7 @@ from nega.eval.sets import (
     load_harm_set,
     load_problem_set,
     prompt_of,
+    set_slug,
     spread,
 )
 
@@ -129,3 +130,11 @@ def test_toy_sets_follow_the_world():
     assert problems.grade(item, f"answer: {item['answer']}") and not problems.grade(item, "answer: -1")
     with pytest.raises(EvalDataError, match="reasoning world"):
         load_harm_set("toy", toy={"world": "reasoning"})
+
+
+def test_a_set_is_named_by_its_built_in_name_or_its_file_stem():
+    # One rule for stage names, metric names and `nega eval` folders: never a path with a slash.
+    assert set_slug("advbench") == "advbench"
+    assert set_slug("data:xstest/xstest.csv") == "xstest"
+    assert set_slug("prompts/mine.jsonl") == "mine"
+    assert set_slug("prompts/mine") == "mine"

@@ -9,7 +9,7 @@ import pytest
 from sampling_helpers import chat, write_lora_adapter
 
 from nega.config import SamplingConfig
-from nega.sampling.base import adapter_mode, make_sampler
+from nega.sampling.backends import adapter_mode, make_sampler
 from nega.sampling.hf import HFSampler
 from nega.sampling.merged import MergedAdapterSampler
 

@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import ClassVar, Literal
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import Field, field_validator
 
-from nega.bounds import MAX_COUNT, SECTION_CONFIG, Count
+from nega.bounds import MAX_COUNT, Count, MethodSection
 
 Objective = Literal["d2o", "ga", "dpo_self", "kto_neg", "sft_self"]
 
 
-class D2OConfig(BaseModel):
-    model_config = SECTION_CONFIG
+class D2OConfig(MethodSection):
+    # Which other arms train beside this one and how the toy worlds evaluate: no weights depend on them.
+    BOOKKEEPING_FIELDS: ClassVar[frozenset[str]] = frozenset({"compare", "eval_samples", "eval_temperature"})
 
     objective: Objective = Field(
         "d2o", description="d2o, or a baseline on the same data: ga, dpo_self, kto_neg, sft_self"

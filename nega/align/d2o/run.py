@@ -216,7 +216,7 @@ def train_round(run: Run, name: str, model_path: str, references, objective: str
     """Train (continuing `adapter`) on the reference stage's examples; returns (stage, adapter folder)."""
     recipe = run.recipe
     overrides = round_budget(recipe.train, rounds)
-    config = {"objective": objective, "d2o": recipe.d2o.model_dump(include={"alpha", "beta"}),
+    config = {"objective": objective, "d2o": recipe.d2o.stage_key(),
               "overrides": overrides, "adapter": adapter, "seed": recipe.seed}  # fmt: skip
     return train_stage(
         run, name, "nega.align.d2o.trainer:train_policy", model_path=model_path,

@@ -6,21 +6,18 @@ Defaults follow the paper where it fixes them.
 from __future__ import annotations
 
 import re
-from typing import Literal
+from typing import ClassVar, Literal
 
-from pydantic import BaseModel, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
-from nega.bounds import SECTION_CONFIG, Count, Epochs, LearningRate
+from nega.bounds import Count, Epochs, LearningRate, MethodSection
 
 Loss = Literal["dpo", "awr", "outcome_dpo"]
 
-# StepNegConfig fields that change no stage's output (a stage's hash leaves them out, as
-# `TrainConfig.stage_key` does for the train section). Every stepneg field changes some result today.
-BOOKKEEPING_FIELDS: frozenset[str] = frozenset()
 
-
-class StepNegConfig(BaseModel):
-    model_config = SECTION_CONFIG
+class StepNegConfig(MethodSection):
+    # Every stepneg field changes some stage's output today: the pairs and training stages hash all.
+    BOOKKEEPING_FIELDS: ClassVar[frozenset[str]] = frozenset()
 
     loss: Loss = Field("dpo", description="per-step DPO, AWR, or the outcome-DPO baseline")
     compare: list[Loss] = Field(
@@ -82,7 +79,3 @@ class StepNegConfig(BaseModel):
                 "distinct wrong solutions; raise max_samples_per_problem or lower negatives_per_problem"
             )
         return self
-
-    def stage_key(self) -> dict:
-        """The fields a stage's hash covers: the whole section less `BOOKKEEPING_FIELDS`."""
-        return self.model_dump(exclude=BOOKKEEPING_FIELDS)

@@ -2,18 +2,19 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import ClassVar, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import Field
 
-from nega.bounds import SECTION_CONFIG, Count, LearningRate, Rows, Steps
+from nega.bounds import Count, LearningRate, MethodSection, Rows, Steps
 from nega.distill.qcrd.schedule import DEFAULT_PERIODS, lag_warning, steps_per_epoch
 
 Objective = Literal["qcrd", "qcrd_no_disc", "step_by_step", "label_only"]
 
 
-class QCRDConfig(BaseModel):
-    model_config = SECTION_CONFIG
+class QCRDConfig(MethodSection):
+    # Which other arms train beside this one and how many test questions are evaluated.
+    BOOKKEEPING_FIELDS: ClassVar[frozenset[str]] = frozenset({"baselines", "eval_limit"})
 
     objective: Objective = "qcrd"
     baselines: list[Objective] = Field(

@@ -61,10 +61,12 @@ from nega.distill.qcrd.schedule import PeriodSchedule, lag_warning
 from nega.distill.qcrd.trainer import OPTIMIZER_STATE, sampling_target, uses_negatives
 from nega.eval.stage import START_LABEL, EvalTarget, PromptSet, evaluate, trained_target
 from nega.pipeline import Run, read_jsonl, write_jsonl
+from nega.rewards.math import label_matches
 from nega.stages import base_model, write_report
 from nega.training import train_stage
 
-# The fields each stage depends on: changing another field (e.g. eval_limit) reuses the stage.
+# The teacher stage samples rationales before any training: it hashes the fields it reads, so a changed
+# loss weight reuses its (costly) samples. Training stages hash the whole section (`stage_key`).
 TEACHER_FIELDS = {
     "teacher",
     "teacher_prompt",
@@ -73,7 +75,6 @@ TEACHER_FIELDS = {
     "teacher_temperature",
     "consistency",
 }
-LOSS_FIELDS = {"alpha1", "alpha2", "alpha3", "alpha3_decay", "delta", "step_by_step_alpha"}
 
 
 def run(recipe, run: Run) -> dict[str, dict[str, float]]:
@@ -178,7 +179,7 @@ def train_student(
             inputs.append(disc)
         by_id = {e["id"]: e for e in period_examples}
         config = {"objective": objective, "seed": recipe.seed, "schedule": schedule_key(schedule, period),
-                  "qcrd": recipe.qcrd.model_dump(include=LOSS_FIELDS)}  # fmt: skip
+                  "qcrd": recipe.qcrd.stage_key()}  # fmt: skip
         previous = checkpoints[-1]
         optimizer = Path(last_train.dir) / OPTIMIZER_STATE if last_train is not None else None
         last_train, adapter = train_stage(
@@ -317,7 +318,7 @@ def student_set(
         if world is not None:
             metrics = world.score(prompts, texts, label=labels * 2)
             return {k: metrics[k] for k in ("accuracy", "rationale_quality", "rationale_accuracy")}
-        return {"accuracy": sum(map(data.answers_match, texts, labels)) / len(labels)}
+        return {"accuracy": sum(map(label_matches, texts, labels)) / len(labels)}
 
     columns = [{"label": label} for label in labels] * (len(prompts) // len(labels))
     return PromptSet(

@@ -203,7 +203,7 @@ def train_period(
     `lora.enabled: false`, `adapter` is the previous period's full model folder and the result goes to
     `<output_dir>/model`. Returns (that folder, log history, the period's counts for its manifest). The
     training function of the <objective>-p<k>-train stages (`nega.training.train_stage`)."""
-    from nega.distill.qcrd.data import MultiTaskCollator
+    from nega.distill.qcrd.collator import MultiTaskCollator
     from nega.models import load_policy
     from nega.training import trained_folder_name, training_arguments
 

@@ -3,14 +3,12 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import Field, field_validator
 
-from nega.bounds import SECTION_CONFIG, Count, Rows, existing_path
+from nega.bounds import Count, MethodSection, Rows, existing_path
 
 
-class RMConfig(BaseModel):
-    model_config = SECTION_CONFIG
-
+class RMConfig(MethodSection):
     test_split: str = Field(
         "test",
         description="split of data.dataset (a hub dataset or the toy world) holding the test pairs; "

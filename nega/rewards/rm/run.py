@@ -57,7 +57,7 @@ def run(recipe, run: Run) -> dict[str, dict[str, float]]:
     stage, folder = train_stage(
         run, f"{LABEL}-train", "nega.rewards.rm.trainer:train_reward_model", model_path=model_path,
         examples=examples, inputs=[model_stage or model_path],
-        config={"model": recipe.model.model_dump(), "rm": recipe.rm.model_dump(), "seed": recipe.seed,
+        config={"model": recipe.model.model_dump(), "rm": recipe.rm.stage_key(), "seed": recipe.seed,
                 "examples": hash_value(examples)},
         counts={"calibration_pairs": len(pairs["calibration"])},
     )  # fmt: skip

@@ -9,22 +9,21 @@ from nega_testing import shared_data
 from nega.distill.qcrd.data import (
     MultiTaskCollator,
     answer_by_pattern,
-    answer_key,
-    answers_match,
     majority_answer,
     parse_palm_output,
     parse_step_by_step,
     record_from_row,
     split_by_consistency,
 )
+from nega.rewards.math import answer_key, label_matches
 
 
 def test_answer_key_compares_equations_by_value_and_text_without_choice_letter():
-    assert answers_match("(84 / 2)", "( 84.0 / 2.0 )")
-    assert not answers_match("(7 * 36)", "( 7.0 * 30.0 )")
-    assert answers_match("(c) Train Station.", "train station")
+    assert label_matches("(84 / 2)", "( 84.0 / 2.0 )")
+    assert not label_matches("(7 * 36)", "( 7.0 * 30.0 )")
+    assert label_matches("(c) Train Station.", "train station")
     assert answer_key("(10 / 0)") == "10 0"  # not a valid number: compared as text, never crashes
-    assert answer_key(None) is None and not answers_match(None, None)
+    assert answer_key(None) is None and not label_matches(None, None)
 
 
 def test_majority_answer_and_ties_take_the_first_seen():
@@ -111,7 +110,7 @@ def test_svamp_files_parse_into_teacher_records():
     }
     assert train[0]["label"] == "( 84.0 / 2.0 )"
     assert sum(r["rationales"][0]["answer"] is None for r in train) == 11  # cut-off continuations
-    agree = sum(answers_match(r["rationales"][0]["answer"], r["label"]) for r in train)
+    agree = sum(label_matches(r["rationales"][0]["answer"], r["label"]) for r in train)
     assert agree == 593
 
 
