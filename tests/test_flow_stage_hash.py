@@ -59,6 +59,7 @@ METHOD_CHANGES = {
         "filter_self_samples": True,
         "filter_scorer": "refusal",
         "compare_rounds": 3,
+        "sample_system_prompt": "Answer safely.",
     },
     "stepneg": {
         "loss": "awr",

@@ -9,7 +9,7 @@ package's `__init__`):
   plans, log-probs, sampling, training, results and the report's rendering, the toy world's source;
 - scoring: evaluation sets and scorers, rewards (the reward model among them);
 - methods: one folder each, and sft;
-- top: the command line, the Python API, the Hub, the data preview.
+- top: the command line, the Python API, the Hub, the data preview, the export of a run's datasets.
 A new module outside these prefixes fails `test_every_module_stands_on_a_floor` until it is placed.
 """
 
@@ -54,7 +54,10 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ),
     ("scoring", ("nega.eval", "nega.rewards")),
     ("methods", ("nega.align", "nega.distill", "nega.sft")),
-    ("top", ("nega", "nega.__main__", "nega.api", "nega.cli", "nega.hub", "nega.data_preview")),
+    (
+        "top",
+        ("nega", "nega.__main__", "nega.api", "nega.cli", "nega.hub", "nega.data_preview", "nega.export"),
+    ),
 ]
 
 
