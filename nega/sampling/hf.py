@@ -11,6 +11,7 @@ batch_size x n rows that copying dominates (benchmarks/bench_sampling.py).
 
 from __future__ import annotations
 
+import time
 from contextlib import nullcontext
 from dataclasses import replace
 from pathlib import Path
@@ -18,7 +19,7 @@ from pathlib import Path
 import torch
 
 from nega.progress import progress_bar
-from nega.sampling.base import Completion, Prompt, adapter_version, prompt_token_ids
+from nega.sampling.base import Completion, Prompt, adapter_version, prompt_token_ids, record_engine_start
 
 # Sampling knobs a checkpoint's generation_config.json may set (Qwen: top_k=20, repetition_penalty=1.05).
 # generate() fills unset arguments from it; pinning them to neutral values makes a call sample exactly
@@ -39,6 +40,7 @@ class HFSampler:
     def __init__(self, model_path: str | Path, cfg, dtype: str | None = None):
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
+        started = time.perf_counter()
         self.model_path = str(model_path)
         self.cfg = cfg
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -59,6 +61,7 @@ class HFSampler:
         self.adapters: dict[Path, tuple[int, str]] = {}  # folder -> (weights mtime, peft adapter name)
         self.loads = 0
         self.on_host = False  # moved off the accelerator by hand_back until the next generate call
+        record_engine_start("hf", self.model_path, time.perf_counter() - started)
 
     def generate(
         self,
