@@ -6,7 +6,7 @@ The student learns two tasks from one question x, told apart by a prefix in the 
     predict prompt  [{"role": "user", "content": "predict: " + x}]  -> response: the label
     explain prompt  [{"role": "user", "content": "explain: " + x}]  -> response: a rationale
 
-Teacher rationales, one record per input, come from a teacher model (`sample_teacher_rationales`:
+Teacher rationales, one record per input, come from a teacher model (`teacher_record`:
 `qcrd.teacher_samples` = 5 at temperature 0.7) or from a file, and have this shape::
 
     {"id": "cqa-train-0", "question": "...\\nAnswer Choices:\\n(a) ...", "label": "bridge",
@@ -48,6 +48,7 @@ from typing import Any
 import torch
 
 from nega.chat import response_tokens
+from nega.sampling.base import Completion
 
 PREDICT_PREFIX = "predict: "
 EXPLAIN_PREFIX = "explain: "
@@ -173,80 +174,41 @@ def answer_by_pattern(pattern: str) -> Callable[[str], str | None]:
     return extract
 
 
-def sample_teacher_rationales(
-    sampler,
-    rows: list[dict],
-    *,
-    answer_of: Callable[[str], str | None],
-    n: int = 5,
-    temperature: float = 0.7,
-    top_p: float = 1.0,
-    max_tokens: int = 256,
-    seed: int = 0,
-    template: str = "{question}",
-) -> list[dict]:
-    """`n` teacher rationales per row (dicts with id, question, label) in the teacher-rationale format."""
-    prompts = teacher_prompts([r["question"] for r in rows], template)
-    outputs = sampler.generate(
-        prompts, n=n, temperature=temperature, top_p=top_p, max_tokens=max_tokens, seed=seed,
-        description="teacher rationales",
-    )  # fmt: skip
-    records = []
-    for row, group in zip(rows, outputs, strict=True):
-        rationales = [
-            {"text": c.text.strip(), "answer": answer_of(c.text), "finish_reason": c.finish_reason}
-            for c in group
-            if c.text.strip()
-        ]
-        records.append(
-            {
-                "id": row["id"],
-                "question": row["question"],
-                "label": row.get("label"),
-                "rationales": rationales,
-            }
-        )
-    return records
+def teacher_record(row: dict, completions: list[Completion], answer_of: Callable[[str], str | None]) -> dict:
+    """A row (id, question, label) and its teacher's completions as a teacher-rationale record; blank
+    completions are dropped."""
+    rationales = [
+        {"text": c.text.strip(), "answer": answer_of(c.text), "finish_reason": c.finish_reason}
+        for c in completions
+        if c.text.strip()
+    ]
+    return {"id": row["id"], "question": row["question"], "label": row.get("label"), "rationales": rationales}
 
 
-def sample_self_negatives(
-    sampler,
-    examples: list[dict],
-    *,
-    adapter: str | None,
-    temperature: float = 1.5,
-    top_p: float = 1.0,
-    max_tokens: int = 256,
-    seed: int = 0,
-    description: str = "self-adversarial negatives",
-) -> list[dict]:
-    """One `explain:` rationale per example from the student (`adapter`; None = the base model).
+def self_negative_prompts(examples: list[dict]) -> list[list[dict]]:
+    """The `explain:` prompt of every example, sampled from the (lagged) student for its negatives."""
+    return [explain_prompt(e["question"]) for e in examples]
 
-    Returns [{"id", "texts": [rationale], "token_ids": [ids], "finish_reasons": [reason]}] (all empty
-    when the sample is blank). Training scores the sampled ids (`nega.chat.response_tokens`), not the
-    text. The reason ("stop" or "length") decides whether the rationale is scored with EOS: one cut at
-    max_tokens never ended, and teaching the student that it ends there would be a second error.
+
+def self_negative_row(example: dict, completions: list[Completion]) -> dict:
+    """One example's self-adversarial sample as stored: {"id", "texts", "token_ids", "finish_reasons"}
+    (all empty when the sample is blank).
+
+    Training scores the sampled ids (`nega.chat.response_tokens`), not the text. The reason ("stop" or
+    "length") decides whether the rationale is scored with EOS: one cut at max_tokens never ended, and
+    teaching the student that it ends there would be a second error.
     """
-    outputs = sampler.generate(
-        [explain_prompt(e["question"]) for e in examples], n=1, temperature=temperature, top_p=top_p,
-        max_tokens=max_tokens, seed=seed, adapter=adapter, description=description,
-    )  # fmt: skip
-    rows = []
-    for e, group in zip(examples, outputs, strict=True):
-        kept = [c for c in group if c.text.strip()]
-        rows.append(
-            {
-                "id": e["id"],
-                "texts": [c.text.strip() for c in kept],
-                "token_ids": [c.token_ids for c in kept],
-                "finish_reasons": [c.finish_reason for c in kept],
-            }
-        )
-    return rows
+    kept = [c for c in completions if c.text.strip()]
+    return {
+        "id": example["id"],
+        "texts": [c.text.strip() for c in kept],
+        "token_ids": [c.token_ids for c in kept],
+        "finish_reasons": [c.finish_reason for c in kept],
+    }
 
 
 def merge_sampled(batches: list[list[dict]]) -> list[dict]:
-    """Rows of several `sample_self_negatives` calls as one row per input id: its texts (with their
+    """Rows of several negatives stages (`self_negative_row`) as one row per input id: its texts (with their
     token ids and finish reasons) in call order; inputs in order of first appearance."""
     merged: dict[str, dict] = {}
     for rows in batches:
