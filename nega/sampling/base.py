@@ -18,6 +18,25 @@ class Completion:
     finish_reason: str = "stop"  # "stop" (EOS or a stop string) or "length"
 
 
+@dataclass(frozen=True)
+class EngineStart:
+    """One sampling engine started in this process: its backend, model folder and seconds to start."""
+
+    backend: str
+    model: str
+    seconds: float
+
+
+# Every engine this process started, in order (`record_engine_start`). A run keeps one engine per base
+# model (nega.sampling.engine); tests and benchmarks/bench_engine.py count the starts here, where the
+# backends start them, so a start that bypasses the run's engines is counted too.
+ENGINE_STARTS: list[EngineStart] = []
+
+
+def record_engine_start(backend: str, model: str | Path, seconds: float) -> None:
+    ENGINE_STARTS.append(EngineStart(backend, str(model), seconds))
+
+
 class Sampler(Protocol):
     """n completions for each prompt.
 

@@ -96,13 +96,18 @@ class RunSampler:
 
 class ModelSampler:
     """A stage's handle on the run's sampler for one model; `get()` starts the engine only when a stage
-    has work to do, so a resumed run whose stages are all finished starts none."""
+    has work to do, so a resumed run whose stages are all finished starts none. It is a Sampler itself
+    (`generate` starts the engine on first call), so a judge scorer can be handed one before it is known
+    whether anything will be judged. `adapters` as in `RunEngines.sampler`."""
 
-    def __init__(self, run, model_path: str | Path):
-        self.run, self.model_path = run, str(model_path)
+    def __init__(self, run, model_path: str | Path, *, adapters: bool | None = None):
+        self.run, self.model_path, self.adapters = run, str(model_path), adapters
 
     def get(self) -> RunSampler:
-        return run_sampler(self.run, self.model_path)
+        return run_sampler(self.run, self.model_path, adapters=self.adapters)
+
+    def generate(self, prompts, **options):
+        return self.get().generate(prompts, **options)
 
     def close(self) -> None:
         """Close the run's engine for this model, handing its memory back (another model is about to

@@ -11,6 +11,7 @@ batch_size x n rows that copying dominates (benchmarks/bench_sampling.py).
 
 from __future__ import annotations
 
+import time
 from contextlib import nullcontext
 from dataclasses import replace
 from pathlib import Path
@@ -18,14 +19,24 @@ from pathlib import Path
 import torch
 
 from nega.progress import progress_bar
-from nega.sampling.base import Completion, Prompt, adapter_version, prompt_token_ids
+from nega.sampling.base import Completion, Prompt, adapter_version, prompt_token_ids, record_engine_start
 
 # Sampling knobs a checkpoint's generation_config.json may set (Qwen: top_k=20, repetition_penalty=1.05).
 # generate() fills unset arguments from it; pinning them to neutral values makes a call sample exactly
 # from temperature/top_p, as vLLM does with explicit SamplingParams.
-NEUTRAL_PROCESSORS = {"repetition_penalty": 1.0, "no_repeat_ngram_size": 0, "min_new_tokens": 0}
+# min_new_tokens None and min_length 0, not min_new_tokens 0: generate turns min_new_tokens into a minimum
+# length of prompt + min_new_tokens and adds a processor that rewrites every row's scores at every step.
+NEUTRAL_PROCESSORS = {
+    "repetition_penalty": 1.0,
+    "no_repeat_ngram_size": 0,
+    "min_new_tokens": None,
+    "min_length": 0,
+}
 MAX_LOADED_ADAPTERS = 4  # LoRA adapters kept loaded beside the base (least recently used dropped first)
-NEUTRAL_WARPERS = {"top_k": 0, "min_p": 0.0, "typical_p": 1.0, "epsilon_cutoff": 0.0, "eta_cutoff": 0.0}
+# min_p None, not 0.0: generate adds a min-p warper for any value that is not None, a softmax over the
+# whole vocabulary for every row at every step that changes nothing at 0 (49k-token vocabularies: a few
+# per cent of a CPU decode step). The other neutral values already add no warper.
+NEUTRAL_WARPERS = {"top_k": 0, "min_p": None, "typical_p": 1.0, "epsilon_cutoff": 0.0, "eta_cutoff": 0.0}
 
 
 class HFSampler:
@@ -39,6 +50,7 @@ class HFSampler:
     def __init__(self, model_path: str | Path, cfg, dtype: str | None = None):
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
+        started = time.perf_counter()
         self.model_path = str(model_path)
         self.cfg = cfg
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -59,6 +71,7 @@ class HFSampler:
         self.adapters: dict[Path, tuple[int, str]] = {}  # folder -> (weights mtime, peft adapter name)
         self.loads = 0
         self.on_host = False  # moved off the accelerator by hand_back until the next generate call
+        record_engine_start("hf", self.model_path, time.perf_counter() - started)
 
     def generate(
         self,

@@ -76,19 +76,24 @@ def sample_stage(
     inputs=(),
     row: Callable[[int, list[Completion]], dict] = completion_row,
     counts: Callable[[list[dict]], dict] | None = None,
+    file: str = SAMPLES,
+    adapters: bool | None = None,
+    manifest: dict | None = None,
 ):
     """Stage `name`: `request` sampled from the run's engine for `model_path`, one row per prompt in
-    `samples.jsonl`. `config` and `inputs` make the stage's hash (a method passes what decides its
-    samples: settings, prompts or their hash, adapter); `counts(rows)` joins the manifest's counts of
-    prompts and completions. Returns the finished stage."""
+    `file` (default samples.jsonl). `config` and `inputs` make the stage's hash (a method passes what
+    decides its samples: settings, prompts or their hash, adapter); `counts(rows)` joins the manifest's
+    counts of prompts and completions, and `manifest` adds fields of its own. `adapters` False says the
+    model is never sampled through an adapter (a teacher: `RunEngines.sampler`). Returns the finished
+    stage."""
     from nega.pipeline import write_jsonl
     from nega.sampling.engine import run_sampler
 
     stage = run.stage(name, config=config, inputs=[i for i in inputs if i is not None])
     if stage.done:
         return stage
-    groups = run_sampler(run, model_path).generate(request.prompts, **request.settings())
+    groups = run_sampler(run, model_path, adapters=adapters).generate(request.prompts, **request.settings())
     rows = [row(i, group) for i, group in enumerate(groups)]
-    write_jsonl(stage.dir / SAMPLES, rows)
+    write_jsonl(stage.dir / file, rows)
     totals = {"prompts": len(rows), "completions": sum(len(g) for g in groups)}
-    return stage.finish(counts={**totals, **(counts(rows) if counts is not None else {})})
+    return stage.finish(counts={**totals, **(counts(rows) if counts is not None else {})}, **(manifest or {}))

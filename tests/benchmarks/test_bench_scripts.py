@@ -34,23 +34,26 @@ def positive_finite(value) -> bool:
 
 
 def test_bench_sampling_writes_ratios_and_medians(tmp_path):
-    result = run_script("bench_sampling", tmp_path)
-    assert positive_finite(result["sampling_vllm_vs_generate"])
-    assert positive_finite(result["sampling_hf_vs_generate"])
-    assert positive_finite(result["sampling_vllm_lora_vs_generate"])
-    assert positive_finite(result["sampling_vllm_vs_generate_one_prompt"])
-    ceiling = result["profile"]["decode_ceiling_tokens_per_s"]
-    assert result["sampling_vllm_fraction_of_ceiling"] == pytest.approx(
-        result["ways"]["vllm"]["median_tokens_per_s"] / ceiling
+    result = run_script("bench_sampling", tmp_path, "--reps", "2")
+    for key in ("sampling_vllm_vs_generate", "sampling_vllm_omp2_vs_generate", "sampling_hf_vs_generate",
+                "sampling_vllm_lora_vs_generate", "sampling_vllm_vs_generate_one_prompt"):  # fmt: skip
+        assert positive_finite(result[key]) and len(result["per_rep_ratios"][key]) == 2
+    # The fractions divide by the ceiling of the same repetition at the way's batch: 2 prompts x 2 samples.
+    ceilings = result["ceiling_tokens_per_s_per_rep"]["batch_4"]
+    fractions = [r / c for r, c in zip(result["ways"]["vllm"]["tokens_per_s"], ceilings, strict=True)]
+    assert result["per_rep_ratios"]["sampling_vllm_fraction_of_ceiling"] == pytest.approx(fractions)
+    assert result["sampling_vllm_fraction_of_ceiling"] == pytest.approx(sum(fractions) / 2)
+    assert (
+        result["ways"]["vllm"]["omp_num_threads"] is None
+        and result["ways"]["vllm_omp2"]["omp_num_threads"] == "2"
     )
-    for way in ("vllm", "vllm_lora", "hf", "generate", "generate_1"):
+    for way in ("vllm", "vllm_omp2", "vllm_lora", "hf", "generate", "generate_1"):
         timing = result["ways"][way]
         assert timing["tokens_per_rep"] == 2 * 2 * 8
-        assert len(timing["seconds"]) == len(timing["tokens_per_s"]) == 1
+        assert len(timing["seconds"]) == len(timing["tokens_per_s"]) == 2
         assert positive_finite(timing["median_tokens_per_s"])
     assert positive_finite(result["ways"]["vllm"]["start_seconds"])
-    assert all(positive_finite(v) for k, v in result["profile"].items() if k.startswith("decode_step"))
-    assert result["config"]["max_tokens"] == 8
+    assert result["config"]["max_tokens"] == 8 and result["config"]["omp_num_threads"] == "1"
     assert {"platform", "cpus", "torch", "vllm", "transformers", "device"} <= set(result["machine"])
 
 

@@ -344,3 +344,26 @@ def test_logps_memory_section_shows_each_size_its_verdicts_and_a_skipped_naive_w
     assert f"| skipped | {skip} |" in large
     assert small.count("|") == large.count("|")
     assert "- time_vs_naive <= 1.15: undecided" in lines
+
+
+def test_the_spread_rule_decides_a_real_model_file_and_the_fractions_of_the_ceiling(tmp_path):
+    """bench_sampling_smollm2.json is bench_sampling's: its ratios and its fractions of the decode ceiling
+    (which has no arm of its own) are decided by their per-repetition values."""
+    data = {
+        "benchmark": "bench_sampling",
+        "sampling_vllm_vs_generate": 1.5,
+        "sampling_vllm_fraction_of_ceiling": 0.85,
+        "sampling_hf_fraction_of_ceiling": 0.75,
+        "per_rep_ratios": {
+            "sampling_vllm_vs_generate": [1.4, 1.5, 1.55],
+            "sampling_vllm_fraction_of_ceiling": [0.75, 0.85, 0.9],
+            "sampling_hf_fraction_of_ceiling": [0.72, 0.75, 0.8],
+        },
+        "ways": {"vllm": {"tokens_per_s": [330.0, 350.0, 360.0]}, "generate": {"tokens_per_s": [230.0] * 3}},
+    }
+    path = tmp_path / "bench_sampling_smollm2.json"
+    path.write_text(json.dumps(data))
+    rows = {line.split("`")[1]: line for line in report.section(path) if line.startswith("| `")}
+    assert "| 1.50 | 1.40–1.55 | — |" in rows["sampling_vllm_vs_generate"]
+    assert "0.75–0.90 | >= 0.8 | **undecided**" in rows["sampling_vllm_fraction_of_ceiling"]
+    assert rows["sampling_hf_fraction_of_ceiling"].endswith("| 0.72–0.80 | >= 0.7 | met |")

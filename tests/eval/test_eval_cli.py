@@ -62,6 +62,33 @@ def test_eval_harm_xstest(tiny_model_dir, tmp_path, data_env):
     assert "over-refusal rate (safe prompts)" in (out / "harm.md").read_text()
 
 
+def test_eval_harm_with_a_judge_of_the_evaluated_model_starts_one_engine(tiny_model_dir, tmp_path, data_env):
+    """The judge answers through the engine that sampled the answers: one start, not two."""
+    from nega.sampling.base import ENGINE_STARTS
+
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text(
+        "".join(json.dumps({"prompt": p, "label": "harmful"}) + "\n" for p in ["steal a car", "hi"])
+    )
+    before = len(ENGINE_STARTS)
+    args = [
+        "eval",
+        "harm",
+        str(tiny_model_dir),
+        "--prompts",
+        str(prompts),
+        "--backend",
+        "hf",
+        "--max-tokens",
+        "6",
+    ]
+    result = runner.invoke(app, [*args, "--scorer", f"judge:{tiny_model_dir}", "-o", str(tmp_path / "out")])
+    assert result.exit_code == 0, result.output
+    assert [s.model for s in ENGINE_STARTS[before:]] == [str(tiny_model_dir)]
+    rows = read_jsonl(tmp_path / "out" / "samples.jsonl")
+    assert len(rows) == 2 and all("judge_output" in r for r in rows)  # the judge did answer
+
+
 def test_eval_harm_on_a_run_directory(tiny_model_dir, tmp_path, data_env, monkeypatch):
     """A run directory is evaluated as base model + its final adapter; outputs go under the run."""
     shared_data("advbench", "harmful_behaviors.csv")

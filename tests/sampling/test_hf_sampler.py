@@ -129,3 +129,28 @@ def test_adapter_folder_with_new_weights_is_reloaded(tiny_model_dir, hf_sampler,
 def test_missing_adapter_is_a_clear_error(hf_sampler, tmp_path):
     with pytest.raises(FileNotFoundError, match="adapter_config.json"):
         hf_sampler.generate([chat("say hello.")], adapter=tmp_path / "nope")
+
+
+def test_sampling_runs_no_logits_processor_beyond_temperature_and_top_p(hf_sampler, monkeypatch):
+    """A checkpoint's own knobs (Qwen sets top_k, repetition_penalty; some min_p) are neutralised, and so
+    are nega's neutral values themselves: min_p 0.0 would still run a warper over the whole vocabulary at
+    every step of every row."""
+    from transformers.generation.logits_process import LogitsProcessorList
+
+    used = []
+    real_call = LogitsProcessorList.__call__
+
+    def recording(self, input_ids, scores, **kwargs):
+        used.append(tuple(type(p).__name__ for p in self))
+        return real_call(self, input_ids, scores, **kwargs)
+
+    monkeypatch.setattr(LogitsProcessorList, "__call__", recording)
+    config = hf_sampler.base.generation_config
+    monkeypatch.setattr(config, "min_p", 0.2, raising=False)
+    monkeypatch.setattr(config, "top_k", 20, raising=False)
+    monkeypatch.setattr(config, "repetition_penalty", 1.05, raising=False)
+    hf_sampler.generate(UNSURE, n=2, temperature=1.0, top_p=1.0, max_tokens=4, seed=0)
+    assert used and set(used) == {()}
+    used.clear()
+    hf_sampler.generate(UNSURE, n=2, temperature=0.7, top_p=0.9, max_tokens=4, seed=0)
+    assert set(used) == {("TemperatureLogitsWarper", "TopPLogitsWarper")}

@@ -6,7 +6,7 @@ The student learns two tasks from one question x, told apart by a prefix in the 
     predict prompt  [{"role": "user", "content": "predict: " + x}]  -> response: the label
     explain prompt  [{"role": "user", "content": "explain: " + x}]  -> response: a rationale
 
-Teacher rationales, one record per input, come from a teacher model (`sample_teacher_rationales`:
+Teacher rationales, one record per input, come from a teacher model (`teacher_record`:
 `qcrd.teacher_samples` = 5 at temperature 0.7) or from a file, and have this shape::
 
     {"id": "cqa-train-0", "question": "...\\nAnswer Choices:\\n(a) ...", "label": "bridge",
@@ -40,9 +40,15 @@ from nega.distill.qcrd.formats import (
     record_from_row,
     step_by_step_name,
 )
-from nega.distill.qcrd.negatives import merge_sampled, negatives_eos, sample_self_negatives, with_negatives
+from nega.distill.qcrd.negatives import (
+    merge_sampled,
+    negatives_eos,
+    self_negative_prompts,
+    self_negative_row,
+    with_negatives,
+)
 from nega.distill.qcrd.prompts import EXPLAIN_PREFIX, PREDICT_PREFIX, explain_prompt, predict_prompt
-from nega.distill.qcrd.teacher import answer_by_pattern, sample_teacher_rationales, teacher_prompts
+from nega.distill.qcrd.teacher import answer_by_pattern, teacher_prompts, teacher_record
 from nega.rewards.math import answer_key
 
 __all__ = [
@@ -63,11 +69,12 @@ __all__ = [
     "parse_step_by_step",
     "predict_prompt",
     "record_from_row",
-    "sample_self_negatives",
-    "sample_teacher_rationales",
+    "self_negative_prompts",
+    "self_negative_row",
     "split_by_consistency",
     "step_by_step_name",
     "teacher_prompts",
+    "teacher_record",
     "with_negatives",
 ]
 

@@ -4,46 +4,33 @@ earlier period, added to each example's S_neg with whether each ended on its own
 from __future__ import annotations
 
 from nega.distill.qcrd.prompts import explain_prompt
+from nega.sampling.base import Completion
 
 
-def sample_self_negatives(
-    sampler,
-    examples: list[dict],
-    *,
-    adapter: str | None,
-    temperature: float = 1.5,
-    top_p: float = 1.0,
-    max_tokens: int = 256,
-    seed: int = 0,
-    description: str = "self-adversarial negatives",
-) -> list[dict]:
-    """One `explain:` rationale per example from the student (`adapter`; None = the base model).
+def self_negative_prompts(examples: list[dict]) -> list[list[dict]]:
+    """The `explain:` prompt of every example, sampled from the (lagged) student for its negatives."""
+    return [explain_prompt(e["question"]) for e in examples]
 
-    Returns [{"id", "texts": [rationale], "token_ids": [ids], "finish_reasons": [reason]}] (all empty
-    when the sample is blank). Training scores the sampled ids (`nega.chat.response_tokens`), not the
-    text. The reason ("stop" or "length") decides whether the rationale is scored with EOS: one cut at
-    max_tokens never ended, and teaching the student that it ends there would be a second error.
+
+def self_negative_row(example: dict, completions: list[Completion]) -> dict:
+    """One example's self-adversarial sample as stored: {"id", "texts", "token_ids", "finish_reasons"}
+    (all empty when the sample is blank).
+
+    Training scores the sampled ids (`nega.chat.response_tokens`), not the text. The reason ("stop" or
+    "length") decides whether the rationale is scored with EOS: one cut at max_tokens never ended, and
+    teaching the student that it ends there would be a second error.
     """
-    outputs = sampler.generate(
-        [explain_prompt(e["question"]) for e in examples], n=1, temperature=temperature, top_p=top_p,
-        max_tokens=max_tokens, seed=seed, adapter=adapter, description=description,
-    )  # fmt: skip
-    rows = []
-    for e, group in zip(examples, outputs, strict=True):
-        kept = [c for c in group if c.text.strip()]
-        rows.append(
-            {
-                "id": e["id"],
-                "texts": [c.text.strip() for c in kept],
-                "token_ids": [c.token_ids for c in kept],
-                "finish_reasons": [c.finish_reason for c in kept],
-            }
-        )
-    return rows
+    kept = [c for c in completions if c.text.strip()]
+    return {
+        "id": example["id"],
+        "texts": [c.text.strip() for c in kept],
+        "token_ids": [c.token_ids for c in kept],
+        "finish_reasons": [c.finish_reason for c in kept],
+    }
 
 
 def merge_sampled(batches: list[list[dict]]) -> list[dict]:
-    """Rows of several `sample_self_negatives` calls as one row per input id: its texts (with their
+    """Rows of several negatives stages (`self_negative_row`) as one row per input id: its texts (with their
     token ids and finish reasons) in call order; inputs in order of first appearance."""
     merged: dict[str, dict] = {}
     for rows in batches:
@@ -59,7 +46,7 @@ def merge_sampled(batches: list[list[dict]]) -> list[dict]:
 
 
 def with_negatives(examples: list[dict], sampled: list[dict]) -> list[dict]:
-    """Copies of `examples` whose S_neg also holds the sampled rationales (rows of `sample_self_negatives`),
+    """Copies of `examples` whose S_neg also holds the sampled rationales (rows of `self_negative_row`),
     with `negatives_eos` saying which negatives ended on their own (a row without finish reasons:
     all of its rationales did)."""
     by_id = {row["id"]: row for row in sampled}

@@ -62,6 +62,7 @@ from nega.distill.qcrd.trainer import OPTIMIZER_STATE, sampling_target, uses_neg
 from nega.eval.stage import START_LABEL, EvalTarget, PromptSet, evaluate, trained_target
 from nega.pipeline import Run, read_jsonl, write_jsonl
 from nega.rewards.math import label_matches
+from nega.sampling.engine import model_key
 from nega.stages import base_model, write_report
 from nega.training import train_stage
 
@@ -118,33 +119,58 @@ def whole_epochs(epochs: float) -> int:
 
 
 def teacher_stage(run: Run, recipe, upstream: list):
-    """Teacher rationales (records.jsonl) and their self-consistency split into S_pos / S_neg (examples.jsonl)."""
+    """Teacher rationales (records.jsonl) and their self-consistency split into S_pos / S_neg (examples.jsonl).
+
+    With `qcrd.teacher` the rationales are sampled first, by the `teacher-sample` stage."""
     cfg = recipe.qcrd
     config = {"data": recipe.data.model_dump(), "seed": recipe.seed, "toy": recipe.toy and recipe.toy.model_dump(),
               "qcrd": cfg.model_dump(include=TEACHER_FIELDS), "sampling": cfg.teacher and recipe.sampling.model_dump()}  # fmt: skip
-    stage = run.stage("teacher", config=config, inputs=[*upstream, *filter(None, [recipe.data.path])])
+    inputs = [*upstream, *filter(None, [recipe.data.path])]
+    answer_of = data.answer_by_pattern(cfg.answer_pattern)
+    records = None
+    if cfg.teacher is not None:
+        records, _ = data.load_teacher_records(
+            recipe.data, toy_cfg=recipe.toy, seed=recipe.seed, answer_of=answer_of
+        )
+        sampled = teacher_sample_stage(run, recipe, records, config, inputs)
+        inputs.append(sampled)
+    stage = run.stage("teacher", config=config, inputs=inputs)
     if stage.done:
         return stage
-    answer_of = data.answer_by_pattern(cfg.answer_pattern)
-    records, _ = data.load_teacher_records(
-        recipe.data, toy_cfg=recipe.toy, seed=recipe.seed, answer_of=answer_of
-    )
-    if cfg.teacher is not None:
-        from nega.sampling.engine import run_engines
-
-        engines = run_engines(run)
-        # The teacher is sampled here only: its engine, without LoRA layers, closes when this stage ends.
-        records = data.sample_teacher_rationales(
-            engines.sampler(cfg.teacher, adapters=False), records, answer_of=answer_of, n=cfg.teacher_samples,
-            temperature=cfg.teacher_temperature, top_p=recipe.sampling.top_p,
-            max_tokens=recipe.sampling.max_tokens, seed=recipe.seed, template=cfg.teacher_prompt,
-        )  # fmt: skip
-        engines.release(cfg.teacher)
+    if cfg.teacher is None:
+        records, _ = data.load_teacher_records(
+            recipe.data, toy_cfg=recipe.toy, seed=recipe.seed, answer_of=answer_of
+        )
+    else:
+        records = read_jsonl(sampled.dir / "samples.jsonl")
     examples = [data.split_by_consistency(r, cfg.consistency) for r in records]
     write_jsonl(stage.dir / "records.jsonl", records)
     write_jsonl(stage.dir / "examples.jsonl", examples)
     positives, negatives = (sum(len(e[k]) for e in examples) for k in ("positives", "negatives"))
     return stage.finish(counts={"inputs": len(examples), "positives": positives, "negatives": negatives})
+
+
+def teacher_sample_stage(run: Run, recipe, rows: list[dict], config: dict, inputs: list):
+    """`qcrd.teacher_samples` rationales per input from the teacher at `teacher_temperature`, stored as
+    teacher-rationale records (`data.teacher_record`)."""
+    from nega.sampling.engine import run_engines
+    from nega.sampling.stage import SampleRequest, sample_stage
+
+    cfg = recipe.qcrd
+    answer_of = data.answer_by_pattern(cfg.answer_pattern)
+    request = SampleRequest(
+        data.teacher_prompts([r["question"] for r in rows], cfg.teacher_prompt), n=cfg.teacher_samples,
+        temperature=cfg.teacher_temperature, top_p=recipe.sampling.top_p, max_tokens=recipe.sampling.max_tokens,
+        seed=recipe.seed, description="teacher rationales",
+    )  # fmt: skip
+    stage = sample_stage(
+        run, "teacher-sample", cfg.teacher, request, config=config, inputs=inputs, adapters=False,
+        row=lambda i, completions: data.teacher_record(rows[i], completions, answer_of),
+    )  # fmt: skip
+    if model_key(cfg.teacher) != model_key(run.recipe.model.name):
+        # The teacher is sampled here only: its engine, without LoRA layers, closes when this stage ends.
+        run_engines(run).release(cfg.teacher)
+    return stage
 
 
 def train_student(
@@ -214,28 +240,29 @@ def negatives_stage(
         "schedule": schedule_key(schedule, period),
         "source_checkpoint": source,
     }
-    stage = run.stage(name, config=config, inputs=[*inputs, checkpoint or "starting student"])
-    if stage.done:
-        return stage
     from nega.sampling.engine import run_engines
+    from nega.sampling.stage import SampleRequest, sample_stage
 
     # With LoRA the lagged student is an adapter on the run's engine for the base model. A full
     # fine-tune's checkpoint is a model folder of its own, sampled for this period only: its engine
     # closes with the stage, so the run does not hold one engine per period.
     target, adapter = sampling_target(model_path, checkpoint, recipe.lora)
     lagged = f"period {period}, the student of step {schedule.checkpoint_step(source)}"
-    engines = run_engines(run)
-    rows = data.sample_self_negatives(
-        engines.sampler(target), examples, adapter=adapter, temperature=recipe.qcrd.negative_temperature,
+    request = SampleRequest(
+        data.self_negative_prompts(examples), n=1, temperature=recipe.qcrd.negative_temperature,
         top_p=recipe.sampling.top_p, max_tokens=recipe.sampling.max_tokens, seed=recipe.seed * 1000 + period,
-        description=f"self-adversarial negatives ({lagged})",
+        adapter=adapter, description=f"self-adversarial negatives ({lagged})",
+    )  # fmt: skip
+    counts = {"period": period, "source_checkpoint": source, "source_step": schedule.checkpoint_step(source)}
+    stage = sample_stage(
+        run, name, target, request, config=config, inputs=[*inputs, checkpoint or "starting student"],
+        row=lambda i, completions: data.self_negative_row(examples[i], completions), file="negatives.jsonl",
+        counts=lambda rows: {"negatives": sum(len(r["texts"]) for r in rows), **counts},
+        manifest={"source": checkpoint or "start"},
     )  # fmt: skip
     if checkpoint is not None and adapter is None:
-        engines.release(target)
-    write_jsonl(stage.dir / "negatives.jsonl", rows)
-    counts = {"negatives": sum(len(r["texts"]) for r in rows), "period": period,
-              "source_checkpoint": source, "source_step": schedule.checkpoint_step(source)}  # fmt: skip
-    return stage.finish(counts=counts, source=checkpoint or "start")
+        run_engines(run).release(target)
+    return stage
 
 
 def discriminator_stage(

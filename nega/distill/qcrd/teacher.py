@@ -6,6 +6,8 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 
+from nega.sampling.base import Completion
+
 
 def teacher_prompts(questions: list[str], template: str) -> list[list[dict]]:
     return [[{"role": "user", "content": template.format(question=q)}] for q in questions]
@@ -24,37 +26,12 @@ def answer_by_pattern(pattern: str) -> Callable[[str], str | None]:
     return extract
 
 
-def sample_teacher_rationales(
-    sampler,
-    rows: list[dict],
-    *,
-    answer_of: Callable[[str], str | None],
-    n: int = 5,
-    temperature: float = 0.7,
-    top_p: float = 1.0,
-    max_tokens: int = 256,
-    seed: int = 0,
-    template: str = "{question}",
-) -> list[dict]:
-    """`n` teacher rationales per row (dicts with id, question, label) in the teacher-rationale format."""
-    prompts = teacher_prompts([r["question"] for r in rows], template)
-    outputs = sampler.generate(
-        prompts, n=n, temperature=temperature, top_p=top_p, max_tokens=max_tokens, seed=seed,
-        description="teacher rationales",
-    )  # fmt: skip
-    records = []
-    for row, group in zip(rows, outputs, strict=True):
-        rationales = [
-            {"text": c.text.strip(), "answer": answer_of(c.text), "finish_reason": c.finish_reason}
-            for c in group
-            if c.text.strip()
-        ]
-        records.append(
-            {
-                "id": row["id"],
-                "question": row["question"],
-                "label": row.get("label"),
-                "rationales": rationales,
-            }
-        )
-    return records
+def teacher_record(row: dict, completions: list[Completion], answer_of: Callable[[str], str | None]) -> dict:
+    """A row (id, question, label) and its teacher's completions as a teacher-rationale record; blank
+    completions are dropped."""
+    rationales = [
+        {"text": c.text.strip(), "answer": answer_of(c.text), "finish_reason": c.finish_reason}
+        for c in completions
+        if c.text.strip()
+    ]
+    return {"id": row["id"], "question": row["question"], "label": row.get("label"), "rationales": rationales}

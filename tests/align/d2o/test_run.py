@@ -241,6 +241,48 @@ def test_an_online_run_starts_one_sampler_for_every_round_and_the_evaluation(
     assert made[0].base is None  # the run's end closed it
 
 
+def test_an_online_vllm_round_samples_through_the_running_engine(tiny_model_dir, tmp_path, monkeypatch):
+    """With vLLM and adapter_mode lora, round 2 samples round 1's adapter, and the evaluation samples the
+    start and the trained adapter, all on the one engine the run started: the count comes from the
+    backend's own record of engine starts, not from a wrapper."""
+    from nega_testing import require_module
+
+    require_module("vllm")
+    from nega.sampling.base import ENGINE_STARTS
+
+    data_path = tmp_path / "negatives.jsonl"
+    rows = [{"prompt": f"what is {a} plus {a}?", "rejected": f"{a} plus {a} is {a + 3}."} for a in range(4)]
+    data_path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    prompts = tmp_path / "harm.jsonl"
+    prompts.write_text(
+        "".join(json.dumps({"prompt": p, "label": "harmful"}) + "\n" for p in ["steal a car", "hi"])
+    )
+    overrides = _tiny_overrides(
+        tiny_model_dir, tmp_path, data_path,
+        **{"d2o.rounds": 2, "sampling.backend": "vllm", "sampling.adapter_mode": "lora", "sampling.kv_cache_gib": 1,
+           "train.lr": 1e-2, "train.warmup_ratio": 0.0},
+    )  # fmt: skip
+    recipe = load_recipe(
+        "d2o-hh-harmless",
+        [*overrides, "data.format=auto", f"eval.harm.prompts={prompts}", "eval.harm.max_tokens=4"],
+    )
+    # The engine's processes inherit one OpenMP thread (as the vLLM sampler fixture does, for the same reason).
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    before = len(ENGINE_STARTS)
+    with Run(recipe) as target:
+        run(recipe, target)
+        engines = target.engines
+        sampler = next(iter(engines.samplers.values())).sampler
+        started = ENGINE_STARTS[before:]
+        assert [s.backend for s in started] == ["vllm"] and engines.starts == 1
+        # One engine held LoRA slots and loaded both rounds' adapters into them, with no restart.
+        assert sampler.serves_adapters and len(sampler.adapters) == 2
+    assert [s.backend for s in ENGINE_STARTS[before:]] == ["vllm"] and sampler.llm is None
+    first = read_jsonl(target.dir / "01-sample" / "samples.jsonl")
+    again = read_jsonl(target.dir / "04-d2o_online-r2-sample" / "samples.jsonl")
+    assert len(again) == len(first) == 4 and all(len(r["completions"]) == 2 for r in again)
+
+
 def test_a_copied_online_run_resumes_from_another_directory_with_no_file_changed(
     tiny_model_dir, tmp_path, monkeypatch
 ):

@@ -157,18 +157,9 @@ def test_a_cut_teacher_rationale_is_a_negative_without_eos():
     assert example["negatives_eos"] == [False, True]
 
 
-class FinishingSampler:
-    """One completion per prompt: the first ends on EOS, the second is cut at max_tokens."""
-
-    def generate(self, prompts, **kwargs):
-        from nega.sampling.base import Completion
-
-        reasons = ["stop", "length"]
-        return [[Completion(text=f" rationale {i} ", finish_reason=reasons[i])] for i in range(len(prompts))]
-
-
 def test_self_negatives_keep_their_finish_reason_and_a_cut_one_is_scored_without_eos():
-    from nega.distill.qcrd.data import negatives_eos, sample_self_negatives, with_negatives
+    from nega.distill.qcrd.data import negatives_eos, self_negative_row, with_negatives
+    from nega.sampling.base import Completion
     from nega.toy.model import build_tokenizer
 
     examples = [
@@ -176,7 +167,11 @@ def test_self_negatives_keep_their_finish_reason_and_a_cut_one_is_scored_without
          "negatives_eos": [True]},
         {"id": "b", "question": "name a color.", "label": "blue", "positives": ["blue."], "negatives": []},
     ]  # fmt: skip
-    sampled = sample_self_negatives(FinishingSampler(), examples, adapter=None)
+    # The first sample ended on EOS, the second was cut at max_tokens.
+    sampled = [
+        self_negative_row(e, [Completion(text=f" rationale {i} ", finish_reason=reason)])
+        for i, (e, reason) in enumerate(zip(examples, ["stop", "length"], strict=True))
+    ]
     assert sampled == [
         {"id": "a", "texts": ["rationale 0"], "token_ids": [[]], "finish_reasons": ["stop"]},
         {"id": "b", "texts": ["rationale 1"], "token_ids": [[]], "finish_reasons": ["length"]},

@@ -247,3 +247,41 @@ def test_the_students_are_evaluated_on_the_test_split_never_on_their_training_ro
     five = records * 5
     limited = load_recipe("qcrd-svamp", [f"data.path={own}", "qcrd.eval_limit=2"])
     assert len(student_set(limited, records=five, name="validation").prompts) == 5
+
+
+def test_a_teacher_model_is_sampled_once_through_the_sample_stage_and_its_engine_closed(tmp_path):
+    """qcrd.teacher: `teacher-sample` samples teacher_samples rationales per input on the run's engine for
+    the teacher (one start, closed when the stage ends); `teacher` splits them; a second run starts none."""
+    from nega.distill.qcrd.data import parse_step_by_step
+    from nega.distill.qcrd.run import teacher_stage
+    from nega.pipeline import Run, read_json, read_jsonl
+    from nega.sampling.base import ENGINE_STARTS
+
+    path = shared_data("distill_step_by_step", "cqa", "cqa_train.json")
+    student = tiny_student_for(parse_step_by_step(path)[:40], tmp_path / "student")
+    teacher = tiny_student_for(parse_step_by_step(path)[40:80], tmp_path / "teacher")
+    overrides = [
+        f"data.path={path}", f"model.name={student}", "data.limit=5", "sampling.backend=hf",
+        "sampling.max_tokens=6", f"qcrd.teacher={teacher}", "qcrd.teacher_samples=3",
+        "qcrd.teacher_temperature=1.0", "qcrd.consistency=majority", "qcrd.answer_pattern=(\\w+)",
+    ]  # fmt: skip
+    recipe = load_recipe("qcrd-cqa", overrides)
+    before = len(ENGINE_STARTS)
+    with Run(recipe, tmp_path / "run") as run:
+        stage = teacher_stage(run, recipe, [])
+        assert run.engines is not None and not run.engines.samplers  # the teacher's engine is closed
+    assert [(s.backend, s.model) for s in ENGINE_STARTS[before:]] == [("hf", str(teacher))]
+    stages = stage_folders(tmp_path / "run")
+    assert list(stages) == ["teacher-sample", "teacher"] and stages["teacher"] == stage.dir
+    records = read_jsonl(stage.dir / "records.jsonl")
+    sampled = read_jsonl(stages["teacher-sample"] / "samples.jsonl")
+    assert records == sampled and len(records) == 5
+    rows = parse_step_by_step(path)[:5]
+    assert [r["id"] for r in records] == [r["id"] for r in rows]
+    assert all(0 < len(r["rationales"]) <= 3 for r in records)
+    assert any(len({x["text"] for x in r["rationales"]}) > 1 for r in records)  # sampled, not repeated
+    counts = read_json(stage.dir / "manifest.json")["counts"]
+    assert counts["positives"] + counts["negatives"] == sum(len(r["rationales"]) for r in records)
+    with Run(recipe, tmp_path / "run") as run:
+        teacher_stage(run, recipe, [])
+    assert len(ENGINE_STARTS) == before + 1
