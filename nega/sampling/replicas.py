@@ -21,6 +21,7 @@ The replicas run `python -m nega.sampling.replicas FD` and talk over a pipe inhe
 
 from __future__ import annotations
 
+import inspect
 import os
 import signal
 import subprocess
@@ -133,15 +134,22 @@ class ReplicaProcess:
             raise ReplicaError(f"{label(self.index, self.devices)} is gone: {error}") from None
 
     def receive(self):
-        while not self.conn.poll(POLL_S):
+        while not self._poll(POLL_S):
             code = self.process.poll()
-            if code is not None and not self.conn.poll(0):
+            if code is not None and not self._poll(0):
                 raise ReplicaError(f"{label(self.index, self.devices)} exited with code {code}")
         try:
             return self.conn.recv()
-        except EOFError:
+        except (EOFError, OSError):  # the replica's end closed, or reset as it died
             code = self.process.wait()
             raise ReplicaError(f"{label(self.index, self.devices)} exited with code {code}") from None
+
+    def _poll(self, timeout: float) -> bool:
+        """Whether an answer (or the pipe's end) can be read now; a reset pipe counts as readable."""
+        try:
+            return self.conn.poll(timeout)
+        except OSError:
+            return True
 
     def stop(self, timeout: float = STOP_S) -> None:
         """Ask the replica to close its engine; kill it and its engine processes if it has not within
@@ -206,7 +214,7 @@ class ReplicaSampler:
                 except ReplicaError as error:
                     status, payload = FAILED, str(error)
                 if status != READY:
-                    failures.append(f"{label(index, self.devices[index])} failed to start:\n{payload}")
+                    failures.append(f"{label(index, self.devices[index])} failed to start: {payload}")
                 advance(1)
         if failures:
             self.close(timeout=STOP_S / 10)
@@ -218,42 +226,45 @@ class ReplicaSampler:
         if not self.replicas:
             raise RuntimeError("this ReplicaSampler was closed; make a new one to sample again")
         blocks = prompt_blocks(len(prompts), len(self.replicas))
-        busy = [(index, block) for index, block in enumerate(blocks) if block]
-        for index, block in busy:
-            self.replicas[index].send(
-                (
-                    "generate",
-                    {**options, "prompts": prompts[block.start : block.stop], "first_index": block.start},
-                )
-            )
-        outputs = self._replies([index for index, _ in busy], description, len(prompts) * options.get("n", 1))
-        return join_blocks([block for _, block in busy], outputs)
+        busy = {index: block for index, block in enumerate(blocks) if block}
+        requests = {
+            index: ("generate", {**options, "prompts": prompts[block.start : block.stop], "first_index": block.start})
+            for index, block in busy.items()
+        }  # fmt: skip
+        outputs = self._ask(requests, description, total=len(prompts) * options.get("n", 1))
+        return join_blocks(list(busy.values()), outputs)
 
     def hand_back(self) -> None:
         """Every replica gives its GPU memory back until its next generate call."""
-        for replica in self.replicas:
-            replica.send(("hand_back", {}))
-        self._replies(range(len(self.replicas)))
+        self._ask({index: ("hand_back", {}) for index in range(len(self.replicas))})
 
-    def _replies(self, indices, description: str | None = None, total: int = 0) -> list:
-        """Every asked replica's answer, in order; all are read before any failure is raised, so the
-        replicas that answered are ready for the next call."""
+    def _ask(self, requests: dict, description: str | None = None, total: int = 0) -> list:
+        """Send each replica its request (index -> message), all before any answer is read, so they
+        run at once; then every answer, in the replicas' order. All answers are read before a failure
+        is raised, so the replicas that answered are ready for the next call."""
         from contextlib import nullcontext
 
         from nega.progress import progress_bar
 
-        answers, failures = [], []
-        with progress_bar(description, total=total) if description else nullcontext(None) as advance:
-            for index in indices:
+        answers, failures, asked = [], [], []
+        for index, message in requests.items():
+            try:
+                self.replicas[index].send(message)
+                asked.append(index)
+            except ReplicaError as error:
+                failures.append(str(error))
+        bar = progress_bar(description, total=total) if description else nullcontext(None)
+        with bar as advance:
+            for index in asked:
                 try:
                     status, payload = self.replicas[index].receive()
                 except ReplicaError as error:
                     status, payload = FAILED, str(error)
                 if status != OK:
-                    failures.append(f"{label(index, self.devices[index])} failed:\n{payload}")
+                    failures.append(f"{label(index, self.devices[index])} failed: {payload}")
                     continue
                 answers.append(payload)
-                if advance is not None:
+                if advance is not None and payload:
                     advance(sum(len(group) for group in payload))
         if failures:
             raise ReplicaError("\n".join(failures))
@@ -277,24 +288,21 @@ def make_replicated_sampler(
     *,
     max_lora_rank: int = 16,
     adapters: bool = True,
-    max_model_len=None,
-    **extra,
+    max_model_len: int | None = None,
+    devices=None,
+    start: Callable = ReplicaProcess,
 ):
-    """`nega.sampling.make_sampler`, or DP replicas of it when the plan's sampling layout for this
-    machine has data_parallel_size > 1 (vLLM only; `sampling.data_parallel_size` sets it)."""
+    """`nega.sampling.make_sampler`, or a ReplicaSampler when the plan's sampling layout for `devices`
+    (default: this machine's) has more than one replica: vLLM with GPUs left beyond tensor parallel, or
+    `sampling.data_parallel_size` > 1. `start` starts one replica (see ReplicaSampler)."""
     import nega.sampling
 
-    arguments = {
-        "max_lora_rank": max_lora_rank,
-        "adapters": adapters,
-        "max_model_len": max_model_len,
-        **extra,
-    }
-    layout = replica_layout(model_path, cfg, adapters=adapters)
-    if layout is None or layout.data_parallel_size == 1:
-        return nega.sampling.make_sampler(model_path, cfg, **arguments)
+    arguments = {"max_lora_rank": max_lora_rank, "adapters": adapters, "max_model_len": max_model_len}
+    layout = replica_layout(model_path, cfg, adapters=adapters, devices=devices)
+    if layout is None:
+        return nega.sampling.make_sampler(model_path, cfg, devices=devices, **arguments)
     return ReplicaSampler(
-        layout, {"model_path": str(model_path), "cfg": cfg, "gpus": layout.gpus, **arguments}
+        layout, {"model_path": str(model_path), "cfg": cfg, "gpus": layout.gpus, **arguments}, start=start
     )
 
 
@@ -321,6 +329,13 @@ def replica_layout(model_path: str | Path, cfg, *, adapters: bool, devices=None)
     return layout if layout.data_parallel_size > 1 else None
 
 
+def failure(error: BaseException) -> str:
+    """The replica's answer for `error`: its last line, with the whole traceback printed to the
+    replica's stderr (the run's terminal or log) for the rest."""
+    traceback.print_exception(error, file=sys.stderr)
+    return "".join(traceback.format_exception_only(error)).strip() + " (traceback above, from the replica)"
+
+
 def serve(fd: int) -> None:
     """A replica's loop: start the sampler its first message asks for, answer READY (or FAILED with the
     traceback), then run (method, keyword arguments) requests until "close" or the pipe closes."""
@@ -337,10 +352,14 @@ def serve(fd: int) -> None:
         layout_cfg = cfg.model_copy(update={"data_parallel_size": 1})
         devices = DeviceFacts.detect() if gpus else DeviceFacts()
         sampler = nega.sampling.make_sampler(model_path, layout_cfg, devices=devices, **arguments)
-    except BaseException:
-        conn.send((FAILED, traceback.format_exc()))
+    except BaseException as error:
+        conn.send((FAILED, failure(error)))
         return
     conn.send((READY, None))
+    # vLLM seeds each request by the caller's index (`first_index`); transformers, which seeds per batch
+    # and is never replicated by a run (only in tests of these processes), takes no such argument.
+    parameters = inspect.signature(sampler.generate).parameters.values()
+    per_prompt_seeds = any(p.name == "first_index" or p.kind is p.VAR_KEYWORD for p in parameters)
     try:
         while True:
             try:
@@ -351,12 +370,14 @@ def serve(fd: int) -> None:
                 return
             try:
                 if method == "generate":
+                    if not per_prompt_seeds:
+                        options.pop("first_index")
                     result = sampler.generate(options.pop("prompts"), **options)
                 else:
                     getattr(sampler, method, lambda: None)()
                     result = None
-            except Exception:
-                conn.send((FAILED, traceback.format_exc()))
+            except Exception as error:
+                conn.send((FAILED, failure(error)))
                 continue
             conn.send((OK, result))
     finally:
