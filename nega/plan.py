@@ -636,7 +636,8 @@ class Plan:
     def to_dict(self) -> dict:
         """The plan as JSON-able data (what `nega plan --json` prints)."""
         sampling = dataclasses.asdict(self.sampling)
-        sampling.update(gpus_used=self.sampling.gpus_used, memory=self.sampling_memory.to_dict())
+        sampling.update(gpus_used=self.sampling.gpus_used, engines=self.sampling.engines)
+        sampling.update(memory=self.sampling_memory.to_dict())
         sampling.update(kv_room_sequences=self.kv_room_sequences, notes=list(self.sampling.notes))
         training = dataclasses.asdict(self.training)
         training["memory"] = self.training.memory.to_dict()

@@ -290,3 +290,22 @@ def test_two_vllm_replicas_sample_what_one_engine_samples(
                 assert any(len({tuple(x) for x in g}) > 1 for g in ids)  # really sampled
     finally:
         sampler.close()
+
+
+def test_plan_and_doctor_name_the_replicas():
+    from typer.testing import CliRunner
+
+    from nega.cli import app
+    from nega.cli.doctor import plan_lines
+    from nega.config import load_recipe
+    from nega.plan import make_plan
+
+    keys = [f"model.name={SMOLLM2}", "sampling.tensor_parallel_size=1"]
+    result = CliRunner().invoke(app, ["plan", "d2o-hh-harmless", *keys, "--assume-gpus", "8x80"])
+    assert result.exit_code == 0, result.output
+    assert "vLLM: 8 replicas x TP 1, bfloat16" in result.output
+    assert "8 vLLM replicas of tensor-parallel size 1 sample in parallel" in " ".join(result.output.split())
+    as_json = CliRunner().invoke(app, ["plan", "d2o-hh-harmless", *keys, "--assume-gpus", "8x80", "--json"])
+    assert json.loads(as_json.stdout)["sampling"]["engines"] == "vLLM: 8 replicas x TP 1, bfloat16"
+    plan = make_plan(load_recipe("d2o-hh-harmless", keys), DeviceFacts(8, 80.0), backend="vllm")
+    assert "  sampling            vLLM: 8 replicas x TP 1, bfloat16, adapters lora" in plan_lines(plan)
