@@ -309,3 +309,32 @@ def test_plan_and_doctor_name_the_replicas():
     assert json.loads(as_json.stdout)["sampling"]["engines"] == "vLLM: 8 replicas x TP 1, bfloat16"
     plan = make_plan(load_recipe("d2o-hh-harmless", keys), DeviceFacts(8, 80.0), backend="vllm")
     assert "  sampling            vLLM: 8 replicas x TP 1, bfloat16, adapters lora" in plan_lines(plan)
+
+
+@pytest.mark.vllm
+def test_a_blocks_requests_are_seeded_by_their_index_in_the_callers_list(tiny_model_dir):
+    """What makes the samples independent of the number of replicas, without starting an engine: the
+    vLLM sampler seeds a block's prompt i as the caller's prompt first_index + i."""
+    from nega_testing import require_module
+
+    require_module("vllm")
+    from transformers import AutoTokenizer
+
+    from nega.sampling.base import request_seed
+    from nega.sampling.vllm import VLLMSampler
+
+    seen = []
+
+    class Engine:
+        def generate(self, requests, params, **kwargs):
+            seen.extend(p.seed for p in params)
+            return []
+
+    sampler = object.__new__(VLLMSampler)  # the engine-free parts of a started sampler
+    sampler.llm, sampler.serves_adapters, sampler.asleep, sampler.stop_token_ids = Engine(), True, False, None
+    sampler.tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    sampler.generate(PROMPTS[:3], n=2, seed=11, first_index=4)
+    assert seen == [request_seed(11, 4 + i) for i in range(3)]
+    seen.clear()
+    sampler.generate(PROMPTS[:3], n=2, seed=11)
+    assert seen == [request_seed(11, i) for i in range(3)]  # one engine: as before replicas
