@@ -170,9 +170,9 @@ class ReplicaProcess:
 class ReplicaSampler:
     """The Sampler protocol over `layout.data_parallel_size` replicas (see the module docstring).
 
-    `arguments` are `make_sampler`'s keyword arguments for one replica (model path, sampling config,
-    LoRA rank, dtype, adapters, model length) and `devices` the DeviceFacts one replica sees; `start`
-    (default ReplicaProcess) starts one replica from its index, environment and arguments, and is
+    `arguments` are what one replica's `make_sampler` call needs: `model_path`, `cfg` (the sampling
+    config), `gpus` (0: CPU replicas) and its keyword arguments (LoRA rank, adapters, model length).
+    `start` (default ReplicaProcess) starts one replica from its index, environment and arguments, and is
     injected by tests to see what would start. All replicas start at once; if any fails, the others are
     stopped and ReplicaError names the failed ones."""
 
@@ -338,7 +338,7 @@ def failure(error: BaseException) -> str:
 
 def serve(fd: int) -> None:
     """A replica's loop: start the sampler its first message asks for, answer READY (or FAILED with the
-    traceback), then run (method, keyword arguments) requests until "close" or the pipe closes."""
+    error), then answer (method, keyword arguments) requests until "close" or the pipe closes."""
     from multiprocessing.connection import Connection
 
     import nega.sampling
