@@ -181,11 +181,12 @@ class ReplicaSampler:
         layout,
         arguments: dict,
         *,
-        start: Callable = ReplicaProcess,
+        start: Callable | None = None,
         environ: dict | None = None,
     ):
         from nega.progress import progress_bar
 
+        start = start or ReplicaProcess
         environ = dict(os.environ if environ is None else environ)
         self.layout = layout
         self.devices = replica_devices(
@@ -290,7 +291,7 @@ def make_replicated_sampler(
     adapters: bool = True,
     max_model_len: int | None = None,
     devices=None,
-    start: Callable = ReplicaProcess,
+    start: Callable | None = None,
 ):
     """`nega.sampling.make_sampler`, or a ReplicaSampler when the plan's sampling layout for `devices`
     (default: this machine's) has more than one replica: vLLM with GPUs left beyond tensor parallel, or

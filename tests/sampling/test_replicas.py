@@ -338,3 +338,45 @@ def test_a_blocks_requests_are_seeded_by_their_index_in_the_callers_list(tiny_mo
     seen.clear()
     sampler.generate(PROMPTS[:3], n=2, seed=11)
     assert seen == [request_seed(11, i) for i in range(3)]  # one engine: as before replicas
+
+
+def test_a_runs_engine_is_its_replicas_until_the_run_ends(tiny_model_dir, tmp_path, monkeypatch):
+    """`run_sampler` starts the replicas the recipe's layout asks for, once; opening a stage hands every
+    replica's memory back; the run's end stops them all."""
+    import nega.sampling.replicas
+    from nega.config import load_recipe
+    from nega.pipeline import Run
+    from nega.sampling.engine import run_engines, run_sampler
+
+    started: list[FakeReplica] = []
+    sent = []
+
+    class Recording(FakeReplica):
+        def send(self, message):
+            sent.append((self.index, message[0]))
+            super().send(message)
+
+    monkeypatch.setattr(
+        nega.sampling.replicas,
+        "ReplicaProcess",
+        lambda index, env, arguments: Recording(index, env, arguments, started),
+    )
+    keys = [f"model.name={tiny_model_dir}", "sampling.backend=vllm", "sampling.data_parallel_size=2"]
+    recipe = load_recipe("d2o-hh-harmless", [*keys, "lora.r=4", f"output_dir={tmp_path}"])
+    with Run(recipe) as run:
+        sampler = run_sampler(run, tiny_model_dir)
+        assert isinstance(sampler.sampler, ReplicaSampler) and len(started) == 2
+        assert started[0].arguments["max_lora_rank"] == 4 and started[0].arguments["adapters"] is True
+        out = sampler.generate(["a", "b", "c"], n=1, seed=2)
+        assert [g[0].text for g in out] == ["0/a/2/0", "1/b/2/0", "2/c/2/0"]
+        run.stage("train")
+        assert run_sampler(run, tiny_model_dir) is sampler and run_engines(run).starts == 1
+    assert sent == [
+        (0, "generate"),
+        (1, "generate"),
+        (0, "hand_back"),
+        (1, "hand_back"),
+        (0, "close"),
+        (1, "close"),
+    ]
+    assert all(r.stopped for r in started)
