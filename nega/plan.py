@@ -384,6 +384,15 @@ class SamplingLayout:
     def gpus_used(self) -> int:
         return self.tensor_parallel_size * self.data_parallel_size if self.gpus else 0
 
+    @property
+    def engines(self) -> str:
+        """The engines in a few words: "vLLM: 8 replicas x TP 1, bfloat16"."""
+        if self.backend != "vllm":
+            return f"{'transformers' if self.backend == 'hf' else self.backend}, {self.dtype}"
+        replicas = f"{self.data_parallel_size} replica{'s' if self.data_parallel_size > 1 else ''}"
+        where = "" if self.gpus else " on the CPU"
+        return f"vLLM: {replicas} x TP {self.tensor_parallel_size}, {self.dtype}{where}"
+
 
 def sampling_layout(
     facts: ModelFacts, devices: DeviceFacts, sampling_cfg, *, adapters: bool, backend: str | None = None
@@ -394,11 +403,16 @@ def sampling_layout(
     backend = backend or sampling_cfg.backend
     mode = resolve_adapter_mode(sampling_cfg.adapter_mode, devices)
     requested = sampling_cfg.tensor_parallel_size
+    replicas = getattr(sampling_cfg, "data_parallel_size", None)
     notes: list[str] = []
     if devices.gpus == 0:
-        # Today's CPU engine: the checkpoint's dtype, the configured TP (1 unless set), no replicas.
+        # The CPU engine: the checkpoint's dtype, the configured TP (1 unless set), one replica unless
+        # sampling.data_parallel_size asks for more (vLLM engines on separate cores).
+        dp = (replicas or 1) if backend == "vllm" else 1
+        if dp > 1:
+            notes.append(f"{dp} vLLM replicas sample in parallel on the CPU")
         return SamplingLayout(
-            backend, engine_dtype(facts, devices, adapters=False), requested or 1, 1, 0, mode
+            backend, engine_dtype(facts, devices, adapters=False), requested or 1, dp, 0, mode, tuple(notes)
         )
     dtype = engine_dtype(facts, devices, adapters=adapters)
     if backend != "vllm":
@@ -424,14 +438,23 @@ def sampling_layout(
         if facts.heads is None:
             notes.append("model heads unknown: tensor-parallel size 1, which every model accepts")
     dp = devices.gpus // tp
+    if replicas is not None:
+        if replicas > dp:
+            raise PlanError(
+                f"sampling.data_parallel_size={replicas} needs {replicas * tp} GPUs at tensor-parallel "
+                f"size {tp}, but {devices.gpus} are visible; set it to at most {dp} or remove it "
+                f"(nega then starts {dp})"
+            )
+        dp = replicas
     if tp * dp < devices.gpus:
         notes.append(
             f"{devices.gpus - tp * dp} of {devices.gpus} GPUs idle while sampling: "
-            f"{tp} does not divide {devices.gpus}"
+            f"{tp} x {dp} replicas use {tp * dp}"
         )
     if dp > 1:
         notes.append(
-            f"vLLM's offline engine starts one replica: sampling runs on {tp} of {devices.gpus} GPUs"
+            f"{dp} vLLM replicas of tensor-parallel size {tp} sample in parallel, each on its own "
+            f"{'GPU' if tp == 1 else f'{tp} GPUs'}; a call's prompts are split between them"
         )
     return SamplingLayout("vllm", dtype, tp, dp, devices.gpus, mode, tuple(notes))
 
@@ -612,7 +635,8 @@ class Plan:
     def to_dict(self) -> dict:
         """The plan as JSON-able data (what `nega plan --json` prints)."""
         sampling = dataclasses.asdict(self.sampling)
-        sampling.update(gpus_used=self.sampling.gpus_used, memory=self.sampling_memory.to_dict())
+        sampling.update(gpus_used=self.sampling.gpus_used, engines=self.sampling.engines)
+        sampling.update(memory=self.sampling_memory.to_dict())
         sampling.update(kv_room_sequences=self.kv_room_sequences, notes=list(self.sampling.notes))
         training = dataclasses.asdict(self.training)
         training["memory"] = self.training.memory.to_dict()

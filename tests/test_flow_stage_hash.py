@@ -59,7 +59,6 @@ METHOD_CHANGES = {
         "filter_self_samples": True,
         "filter_scorer": "refusal",
         "compare_rounds": 3,
-        "sample_system_prompt": "Answer safely.",
     },
     "stepneg": {
         "loss": "awr",
@@ -108,7 +107,12 @@ METHOD_CHANGES = {
 }
 # method -> {declared bookkeeping field -> changed value}: none may rerun a finished training stage.
 METHOD_BOOKKEEPING = {
-    "d2o": {"compare": ["ga"], "eval_samples": 2, "eval_temperature": 0.5},
+    "d2o": {
+        "compare": ["ga"],
+        "eval_samples": 2,
+        "eval_temperature": 0.5,
+        "sample_system_prompt": "Be safe.",
+    },
     "stepneg": {},
     "qcrd": {"baselines": ["label_only"], "eval_limit": 7},
 }

@@ -154,15 +154,10 @@ def describe(env: Environment) -> list[str]:
 def plan_lines(result) -> list[str]:
     """What each stage of a plan (`nega.plan.Plan`) uses, as lines of text."""
     sampling, training = result.sampling, result.training
-    layout = (
-        f", tensor parallel {sampling.tensor_parallel_size} x data parallel {sampling.data_parallel_size}"
-        if sampling.gpus
-        else ""
-    )
     checkpointing = "on" if training.gradient_checkpointing else "off"
     return [
         f"plan for {result.recipe} ({result.method}):",
-        f"  sampling            {sampling.backend}, {sampling.dtype}{layout}, adapters {sampling.adapter_mode}",
+        f"  sampling            {sampling.engines}, adapters {sampling.adapter_mode}",
         f"  reference log-probs {result.reference_device}",
         f"  adapter merges      {result.merge_device}",
         f"  classifier scorers  {result.classifier_device}",

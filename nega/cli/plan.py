@@ -92,6 +92,7 @@ def print_plan(result) -> None:
     table.add_row("model", model.name, shape)
     table.add_row("", "facts from", model.source)
     table.add_row("sampling", "backend", sampling.backend)
+    table.add_row("", "engines", sampling.engines)
     table.add_row("", "engine dtype", sampling.dtype)
     if sampling.gpus:
         table.add_row(

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -205,7 +205,14 @@ class SamplingConfig(Strict):
     max_tokens: Tokens = 256
     seed: Seed = 0
     batch_size: Count = Field(64, description="prompts per generate call (HF backend)")
-    tensor_parallel_size: Count | None = Field(None, description="vLLM; default: all local GPUs")
+    tensor_parallel_size: Count | None = Field(
+        None, description="vLLM GPUs per replica; default: the largest size that divides the model's heads"
+    )
+    data_parallel_size: Count | None = Field(
+        None,
+        description="vLLM replicas, each an engine in its own process on tensor_parallel_size GPUs; a call's "
+        "prompts are split between them; default: visible GPUs // tensor_parallel_size, 1 on a CPU",
+    )
     gpu_memory_utilization: float = Field(0.85, gt=0, le=1)
     kv_cache_gib: Count = Field(1, description="vLLM CPU KV cache (VLLM_CPU_KVCACHE_SPACE)")
     enable_prefix_caching: bool = True
@@ -223,10 +230,23 @@ class SamplingConfig(Strict):
     server_timeout: float = Field(120.0, gt=0)
     server_retries: int = Field(3, ge=0, le=1000)
 
+    # How the sampling is spread over engines, not what is sampled: requests are seeded by their index
+    # in the caller's list, so the samples are the same with any number of replicas.
+    LAYOUT_FIELDS: ClassVar[frozenset[str]] = frozenset({"data_parallel_size"})
+
+    def stage_key(self) -> dict:
+        """The fields a sampling stage's hash covers: all but the layout ones."""
+        return self.model_dump(exclude=self.LAYOUT_FIELDS)
+
     @model_validator(mode="after")
     def _server_needs_url(self) -> SamplingConfig:
         if self.backend == "server" and not self.server_url:
             raise ValueError("sampling.backend 'server' needs sampling.server_url (e.g. http://host:8000/v1)")
+        if self.backend in ("hf", "server") and (self.data_parallel_size or 1) > 1:
+            raise ValueError(
+                f"sampling.data_parallel_size={self.data_parallel_size} starts vLLM replicas, but "
+                f"sampling.backend is {self.backend}; set sampling.backend to vllm or auto, or remove it"
+            )
         return self
 
 

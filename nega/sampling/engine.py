@@ -35,7 +35,7 @@ class RunEngines:
         `adapters` (default: `lora.enabled`) says generate calls may pass a LoRA adapter. It is decided
         once per model: a model first sampled without adapters and later with one gets a second engine,
         so a method passes False only for models it never samples through an adapter (a teacher)."""
-        import nega.sampling
+        from nega.sampling.replicas import make_replicated_sampler
 
         if adapters is None:
             adapters = self.recipe.lora.enabled
@@ -46,7 +46,8 @@ class RunEngines:
         if known is not None:
             known.close()
         recipe = self.recipe
-        sampler = nega.sampling.make_sampler(
+        # One engine, or data-parallel replicas of it when the plan has GPUs left beyond tensor parallel.
+        sampler = make_replicated_sampler(
             model_path,
             recipe.sampling,
             max_lora_rank=recipe.lora.r,

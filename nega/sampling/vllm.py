@@ -158,7 +158,10 @@ class VLLMSampler:
         stop: list[str] | None = None,
         adapter: str | Path | None = None,
         description: str = "sampling",
+        first_index: int = 0,
     ) -> list[list[Completion]]:
+        """`first_index`: the index of `prompts[0]` in the caller's list, when this is one replica's block
+        of it (`nega.sampling.replicas`): request seeds follow the caller's indices, not the block's."""
         from vllm import SamplingParams
 
         if self.llm is None:
@@ -178,7 +181,7 @@ class VLLMSampler:
                 temperature=temperature,
                 top_p=top_p if temperature > 0 else 1.0,
                 max_tokens=max_tokens,
-                seed=request_seed(seed, i),
+                seed=request_seed(seed, first_index + i),
                 stop=list(stop) if stop else None,
                 stop_token_ids=self.stop_token_ids,
             )

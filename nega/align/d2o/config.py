@@ -13,7 +13,11 @@ Objective = Literal["d2o", "ga", "dpo_self", "kto_neg", "sft_self"]
 
 class D2OConfig(MethodSection):
     # Which other arms train beside this one and how the toy worlds evaluate: no weights depend on them.
-    BOOKKEEPING_FIELDS: ClassVar[frozenset[str]] = frozenset({"compare", "eval_samples", "eval_temperature"})
+    # The self-samples' system prompt reaches training only through the sample stage, an input of every
+    # training stage, so it is hashed there and nowhere else.
+    BOOKKEEPING_FIELDS: ClassVar[frozenset[str]] = frozenset(
+        {"compare", "eval_samples", "eval_temperature", "sample_system_prompt"}
+    )
 
     objective: Objective = Field(
         "d2o", description="d2o, or a baseline on the same data: ga, dpo_self, kto_neg, sft_self"

@@ -124,7 +124,7 @@ def teacher_stage(run: Run, recipe, upstream: list):
     With `qcrd.teacher` the rationales are sampled first, by the `teacher-sample` stage."""
     cfg = recipe.qcrd
     config = {"data": recipe.data.model_dump(), "seed": recipe.seed, "toy": recipe.toy and recipe.toy.model_dump(),
-              "qcrd": cfg.model_dump(include=TEACHER_FIELDS), "sampling": cfg.teacher and recipe.sampling.model_dump()}  # fmt: skip
+              "qcrd": cfg.model_dump(include=TEACHER_FIELDS), "sampling": cfg.teacher and recipe.sampling.stage_key()}  # fmt: skip
     inputs = [*upstream, *filter(None, [recipe.data.path])]
     answer_of = data.answer_by_pattern(cfg.answer_pattern)
     records = None
@@ -235,7 +235,7 @@ def negatives_stage(
     source = schedule.source(period)
     config = {
         "temperature": recipe.qcrd.negative_temperature,
-        "sampling": recipe.sampling.model_dump(),
+        "sampling": recipe.sampling.stage_key(),
         "seed": recipe.seed,
         "schedule": schedule_key(schedule, period),
         "source_checkpoint": source,
