@@ -367,3 +367,9 @@ def test_the_spread_rule_decides_a_real_model_file_and_the_fractions_of_the_ceil
     assert "| 1.50 | 1.40–1.55 | — |" in rows["sampling_vllm_vs_generate"]
     assert "0.75–0.90 | >= 0.8 | **undecided**" in rows["sampling_vllm_fraction_of_ceiling"]
     assert rows["sampling_hf_fraction_of_ceiling"].endswith("| 0.72–0.80 | >= 0.7 | met |")
+
+
+def test_a_fraction_of_the_ceiling_above_one_is_invalid_not_met():
+    data = {"benchmark": "bench_sampling", "sampling_vllm_fraction_of_ceiling": 1.9}
+    (row,) = [line for line in report.ratio_table("bench_sampling", data) if "fraction" in line]
+    assert "invalid" in row and "| met" not in row
