@@ -291,17 +291,8 @@ def pick_rows(table, data_cfg, source: Source, seed: int) -> list[dict]:
 
 def load_rows(data_cfg, *, toy_cfg=None, seed: int = 0, split: str | None = None) -> tuple[list[dict], str]:
     """(rows, source description) for the recipe's `data` section; `split` overrides data.split."""
-    split = split or data_cfg.split
     source = resolve_source(data_cfg)
-    if source.kind == "toy":
-        from nega.toy import make_world
-
-        world = make_world(toy_cfg.world, seed=seed, **toy_cfg.options)
-        n = toy_cfg.n_train if split == "train" else toy_cfg.n_test
-        table, description = world.rows(split, n), f"toy world {toy_cfg.world!r} ({split})"
-    else:
-        table = open_table(data_cfg, source, split, streaming=data_cfg.streaming)
-        description = source.describe(split)
+    table, description = _open_source(data_cfg, source, toy_cfg, seed, split, streaming=data_cfg.streaming)
     rows = pick_rows(table, data_cfg, source, seed)
     if data_cfg.fields:
         rows = [rename_fields(r, data_cfg.fields) for r in rows]
@@ -320,22 +311,26 @@ def open_rows(data_cfg, *, toy_cfg=None, seed: int = 0, split: str | None = None
     A local source read in its order (no `data.shuffle`) is read as a stream even without
     `data.streaming`: the same rows in the same order, never all in memory and with no Arrow copy of the
     file in the `datasets` cache. An empty source yields nothing (the caller says so)."""
-    split = split or data_cfg.split
     source = resolve_source(data_cfg)
+    stream = data_cfg.streaming or (source.kind in LOCAL_KINDS and not data_cfg.shuffle)
+    table, description = _open_source(data_cfg, source, toy_cfg, seed, split, streaming=stream)
+    rows = _picked(table, data_cfg, source, seed)
+    if data_cfg.fields:
+        rows = (rename_fields(r, data_cfg.fields) for r in rows)
+    return rows, description
+
+
+def _open_source(data_cfg, source: Source, toy_cfg, seed: int, split: str | None, *, streaming: bool):
+    """(table, description) of the recipe's source for `split` (default data.split): the toy world's
+    rows, or the `datasets` table (a stream with `streaming`)."""
+    split = split or data_cfg.split
     if source.kind == "toy":
         from nega.toy import make_world
 
         world = make_world(toy_cfg.world, seed=seed, **toy_cfg.options)
         n = toy_cfg.n_train if split == "train" else toy_cfg.n_test
-        table, description = world.rows(split, n), f"toy world {toy_cfg.world!r} ({split})"
-    else:
-        stream = data_cfg.streaming or (source.kind in LOCAL_KINDS and not data_cfg.shuffle)
-        table = open_table(data_cfg, source, split, streaming=stream)
-        description = source.describe(split)
-    rows = _picked(table, data_cfg, source, seed)
-    if data_cfg.fields:
-        rows = (rename_fields(r, data_cfg.fields) for r in rows)
-    return rows, description
+        return world.rows(split, n), f"toy world {toy_cfg.world!r} ({split})"
+    return open_table(data_cfg, source, split, streaming=streaming), source.describe(split)
 
 
 def _picked(table, data_cfg, source: Source, seed: int):
