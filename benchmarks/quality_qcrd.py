@@ -111,7 +111,7 @@ def hinge_activity(swept: dict, work: Path) -> dict:
         for point in entry["validation"]["qcrd"]:
             folder = work / f"seed{seed}" / point / "main"
             periods = sorted(
-                folder.glob("qcrd-p*-train/train_log.json"),
+                folder.glob("*-qcrd-p*-train/train_log.json"),
                 key=lambda f: int(f.parent.name.split("-p")[1].split("-")[0]),
             )
             counts = [json.loads(f.read_text()).get("counts", {}) for f in periods]
