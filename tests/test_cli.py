@@ -180,7 +180,12 @@ def complete(words: str) -> list[str]:
 
 
 def test_shell_completion(tmp_path, monkeypatch):
-    script = runner.invoke(app, ["--show-completion", "bash"], prog_name="nega")
+    import typer.completion
+
+    # `--show-completion` is a flag that asks the process tree for the user's shell; a test run started
+    # outside a shell (a detached job) has none, so the shell is named here.
+    monkeypatch.setattr(typer.completion, "_get_shell_name", lambda: "bash")
+    script = runner.invoke(app, ["--show-completion"], prog_name="nega")
     assert script.exit_code == 0 and "_NEGA_COMPLETE=complete_bash" in script.output
     assert "--install-completion" in runner.invoke(app, ["--help"]).output
     assert complete("nega val") == ["validate"]
