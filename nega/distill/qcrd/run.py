@@ -153,10 +153,13 @@ def teacher_stage(run: Run, recipe, upstream: list):
 def teacher_sample_stage(run: Run, recipe, rows: list[dict], config: dict, inputs: list):
     """`qcrd.teacher_samples` rationales per input from the teacher at `teacher_temperature`, stored as
     teacher-rationale records (`data.teacher_record`)."""
+    from nega.models import resolve_model
     from nega.sampling.engine import run_engines
     from nega.sampling.stage import SampleRequest, sample_stage
 
     cfg = recipe.qcrd
+    # A model nega knows by name (e.g. the packaged SmolLM2) is its converted folder, as for the student.
+    teacher = resolve_model(cfg.teacher)
     answer_of = data.answer_by_pattern(cfg.answer_pattern)
     request = SampleRequest(
         data.teacher_prompts([r["question"] for r in rows], cfg.teacher_prompt), n=cfg.teacher_samples,
@@ -164,12 +167,12 @@ def teacher_sample_stage(run: Run, recipe, rows: list[dict], config: dict, input
         seed=recipe.seed, description="teacher rationales",
     )  # fmt: skip
     stage = sample_stage(
-        run, "teacher-sample", cfg.teacher, request, config=config, inputs=inputs, adapters=False,
+        run, "teacher-sample", teacher, request, config=config, inputs=inputs, adapters=False,
         row=lambda i, completions: data.teacher_record(rows[i], completions, answer_of),
     )  # fmt: skip
-    if model_key(cfg.teacher) != model_key(run.recipe.model.name):
+    if model_key(teacher) != model_key(resolve_model(run.recipe.model.name)):
         # The teacher is sampled here only: its engine, without LoRA layers, closes when this stage ends.
-        run_engines(run).release(cfg.teacher)
+        run_engines(run).release(teacher)
     return stage
 
 
