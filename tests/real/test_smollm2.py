@@ -140,13 +140,6 @@ SMALL = {
         "data.limit": 8, "train.epochs": 1, "train.batch_size": 4, "train.warmup_ratio": 0.0,
         "sampling.max_tokens": 32, "qcrd.disc_steps": 4, "qcrd.eval_limit": 4, "model.max_length": 192,
     },
-    # The teacher's vote: SmolLM2 sampled 5 times per question; two one-step periods, so the second
-    # period's negatives come from the student trained in the first.
-    "qcrd-smollm2-svamp-vote": {
-        "data.limit": 8, "train.epochs": 1, "train.batch_size": 4, "train.warmup_ratio": 0.0,
-        "sampling.max_tokens": 64, "qcrd.negatives_every_steps": 1, "qcrd.disc_steps": 4,
-        "qcrd.eval_limit": 4, "model.max_length": 256,
-    },
 }  # fmt: skip
 
 
@@ -196,28 +189,6 @@ def test_real_recipe_runs_and_trains_a_loadable_adapter(recipe, smollm2, tmp_pat
             plain = model(ids).logits
     assert not torch.allclose(tuned, plain)
     assert (run_dir / "report.md").is_file()
-    if recipe.endswith("-vote"):
-        _assert_teacher_voted(run_dir, samples=5)
-
-
-def _assert_teacher_voted(run_dir: Path, samples: int) -> None:
-    """The teacher stage sampled `samples` rationales per question and split them by their majority
-    answer; the last period's negatives came from a trained student, not the start."""
-    from nega.distill.qcrd.data import answer_key, majority_answer
-
-    (teacher,) = run_dir.glob("*-teacher")
-    records = [json.loads(line) for line in (teacher / "records.jsonl").read_text().splitlines()]
-    examples = {e["id"]: e for e in map(json.loads, (teacher / "examples.jsonl").read_text().splitlines())}
-    assert len(records) == 8 and all(len(r["rationales"]) == samples for r in records)
-    assert sum(r["answer"] is not None for rec in records for r in rec["rationales"]) > 0, "no answer parsed"
-    for record in records:
-        majority = majority_answer([r["answer"] for r in record["rationales"]])
-        agreeing = [r["text"] for r in record["rationales"]
-                    if majority is not None and answer_key(r["answer"]) == majority]  # fmt: skip
-        assert examples[record["id"]]["positives"] == agreeing
-    last = sorted(run_dir.glob("*-qcrd-p*-negatives"))[-1]
-    manifest = json.loads((last / "manifest.json").read_text())
-    assert manifest["config"]["source_checkpoint"] > 0 and manifest["source"] != "start", manifest
 
 
 # --- SIGKILL during training on the real model, then the same command again ---------------------------
